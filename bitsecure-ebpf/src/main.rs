@@ -1,0 +1,308 @@
+//! BitSecure kernel programs.
+//!
+//! - `count_egress` / `count_ingress` (cgroup_skb): add every packet of a socket to its
+//!   [`FlowKey`] counters, in L3 wire bytes.
+//! - `record_owner` (cgroup/sock_create): remember which process created a socket, in process
+//!   context, so even a socket that lives for a millisecond is attributed.
+//! - `mark_released` (cgroup/sock_release): stamp the socket as closed so the agent can fold its
+//!   counters and free the entries; for sockets the agent never saw created (accepted sockets,
+//!   sockets older than the agent) the closing process is recorded as owner.
+//!
+//! Every program always allows the packet or socket: BitSecure observes, it never filters.
+//! Everything that is not packet access (naming, aggregation, statistics) lives in userspace.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
+        generated::bpf_ktime_get_boot_ns,
+    },
+    macros::{cgroup_skb, cgroup_sock, map},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    programs::{SkBuffContext, SockContext},
+};
+use aya_log_ebpf::warn;
+use bitsecure_common::{
+    DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    FlowCounters, FlowKey, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, SocketOwner, Stat,
+};
+
+/// Per-flow counters (bytes are L3 wire bytes, packets are wire packets), one slot per CPU.
+#[map]
+static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Socket cookie → the process that created (or closed) the socket.
+#[map]
+static SOCKETS: HashMap<u64, SocketOwner> = HashMap::with_max_entries(DEFAULT_SOCKET_CAPACITY, 0);
+
+/// Event counters (a count of events per [`Stat`] index), one slot per CPU.
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// cgroup_skb: 1 lets the packet through. These programs never return anything else.
+const SKB_PASS: i32 = 1;
+/// cgroup/sock: 1 lets the socket operation proceed.
+const SOCK_ALLOW: i32 = 1;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_SCTP: u8 = 132;
+/// IPv6 extension headers we step over to find the transport protocol.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
+/// Enough for any real packet; bounded so the verifier sees a finite loop.
+const MAX_IPV6_EXT_HEADERS: usize = 4;
+
+#[cgroup_skb(egress)]
+pub fn count_egress(ctx: SkBuffContext) -> i32 {
+    count_packet(&ctx, DIRECTION_EGRESS);
+    SKB_PASS
+}
+
+#[cgroup_skb(ingress)]
+pub fn count_ingress(ctx: SkBuffContext) -> i32 {
+    count_packet(&ctx, DIRECTION_INGRESS);
+    SKB_PASS
+}
+
+#[cgroup_sock(sock_create)]
+pub fn record_owner(ctx: SockContext) -> i32 {
+    // SAFETY: ctx.sock is the socket the hook runs for; the helper only reads its cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    if try_record_owner(cookie, OWNER_FROM_CREATE).is_err() {
+        bump(Stat::SocketInsertFailed);
+        warn!(&ctx, "SOCKETS map full: socket {} not attributed", cookie);
+    }
+    SOCK_ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn mark_released(ctx: SockContext) -> i32 {
+    // SAFETY: as in record_owner.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    // SAFETY: the helper reads the monotonic boot clock, no memory access.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    match SOCKETS.get_ptr_mut(cookie) {
+        // SAFETY: the pointer comes from a successful map lookup and is valid for this program run.
+        Some(owner) => unsafe { (*owner).released_boot_ns = now },
+        None => {
+            // Accepted or pre-existing socket: the process closing it is its best known owner.
+            if try_record_owner(cookie, OWNER_FROM_RELEASE).is_err() {
+                bump(Stat::SocketInsertFailed);
+            } else if let Some(owner) = SOCKETS.get_ptr_mut(cookie) {
+                // SAFETY: as above.
+                unsafe { (*owner).released_boot_ns = now };
+            }
+        }
+    }
+    SOCK_ALLOW
+}
+
+/// Records the current process as the owner of `cookie`. Runs in process context only.
+fn try_record_owner(cookie: u64, origin: u8) -> Result<(), i32> {
+    let owner = SocketOwner {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        // SAFETY: helper without memory arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        // SAFETY: helper without memory arguments.
+        recorded_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        released_boot_ns: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        origin,
+        _pad: [0; 7],
+    };
+    SOCKETS.insert(cookie, owner, 0)
+}
+
+/// What the counting needs from one packet's headers.
+struct PacketInfo {
+    key: FlowKey,
+    /// IP header + transport header length: the bytes every GSO segment repeats.
+    header_len: u32,
+}
+
+fn count_packet(ctx: &SkBuffContext, direction: u8) {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: skb is the context pointer the kernel passed in; these are plain context reads.
+    let (len, gso_segs, l3_protocol) = unsafe { ((*skb).len, (*skb).gso_segs, (*skb).protocol) };
+    // SAFETY: as above; the helper reads the cookie of skb->sk.
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+
+    // __sk_buff.protocol holds the big-endian 16-bit EtherType.
+    let info = match read_headers(ctx, u16::from_be(l3_protocol as u16), direction, cookie) {
+        Some(info) => info,
+        None => {
+            bump(Stat::MalformedPackets);
+            // Still count the bytes, against an all-zero remote, so totals stay complete.
+            PacketInfo {
+                key: FlowKey {
+                    cookie,
+                    ..FlowKey::default()
+                },
+                header_len: 0,
+            }
+        }
+    };
+
+    // A GSO/GRO packet stands for `gso_segs` wire packets, each carrying its own headers.
+    let segments = if gso_segs > 1 { gso_segs } else { 1 };
+    let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
+    add_to_flow(&info.key, direction, wire_bytes, segments as u64);
+}
+
+fn add_to_flow(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
+    let counters = match FLOWS.get_ptr_mut(key) {
+        Some(counters) => counters,
+        None => {
+            let fresh = FlowCounters {
+                first_direction: direction,
+                ..FlowCounters::default()
+            };
+            // BPF_NOEXIST: if another CPU raced us to insert, its entry is as good as ours.
+            let _ = FLOWS.insert(key, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+            match FLOWS.get_ptr_mut(key) {
+                Some(counters) => counters,
+                None => {
+                    bump(Stat::FlowInsertFailed);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: pointer from a successful lookup of this CPU's slot; no other CPU writes it.
+    unsafe {
+        if direction == DIRECTION_EGRESS {
+            (*counters).tx_bytes += bytes;
+            (*counters).tx_packets += packets;
+        } else {
+            (*counters).rx_bytes += bytes;
+            (*counters).rx_packets += packets;
+        }
+    }
+}
+
+fn bump(stat: Stat) {
+    if let Some(count) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array; no other CPU writes it.
+        unsafe { *count += 1 };
+    }
+}
+
+/// Reads the remote address, ports and transport protocol from the packet.
+///
+/// In cgroup_skb programs the packet data starts at the IP header in both directions.
+#[inline(always)]
+fn read_headers(
+    ctx: &SkBuffContext,
+    l3_protocol: u16,
+    direction: u8,
+    cookie: u64,
+) -> Option<PacketInfo> {
+    let mut key = FlowKey {
+        cookie,
+        ..FlowKey::default()
+    };
+    let (protocol, l4_offset, fragment_tail) = if l3_protocol == ETH_P_IP {
+        let header: [u8; 20] = load(ctx, 0)?;
+        let ihl = ((header[0] & 0x0f) as usize) * 4;
+        // A non-first fragment carries no transport header.
+        let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
+        let remote = if direction == DIRECTION_EGRESS {
+            16
+        } else {
+            12
+        };
+        key.remote_addr[10] = 0xff;
+        key.remote_addr[11] = 0xff;
+        key.remote_addr[12..16].copy_from_slice(&header[remote..remote + 4]);
+        (header[9], ihl, fragment_offset != 0)
+    } else if l3_protocol == ETH_P_IPV6 {
+        let header: [u8; 40] = load(ctx, 0)?;
+        let remote = if direction == DIRECTION_EGRESS { 24 } else { 8 };
+        key.remote_addr
+            .copy_from_slice(&header[remote..remote + 16]);
+        let (protocol, offset, fragment_tail) = skip_ipv6_extensions(ctx, header[6])?;
+        (protocol, offset, fragment_tail)
+    } else {
+        return None;
+    };
+    key.protocol = protocol;
+
+    let mut header_len = l4_offset as u32;
+    if !fragment_tail && has_ports(protocol) {
+        let ports: [u8; 4] = load(ctx, l4_offset)?;
+        let source = u16::from_be_bytes([ports[0], ports[1]]);
+        let destination = u16::from_be_bytes([ports[2], ports[3]]);
+        (key.local_port, key.remote_port) = if direction == DIRECTION_EGRESS {
+            (source, destination)
+        } else {
+            (destination, source)
+        };
+        header_len += if protocol == IPPROTO_TCP {
+            let data_offset: [u8; 1] = load(ctx, l4_offset + 12)?;
+            ((data_offset[0] >> 4) as u32) * 4
+        } else {
+            8
+        };
+    }
+    Some(PacketInfo { key, header_len })
+}
+
+/// Walks IPv6 extension headers; returns (transport protocol, its offset, non-first fragment).
+#[inline(always)]
+fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize, bool)> {
+    let mut next = first;
+    let mut offset = 40usize;
+    let mut fragment_tail = false;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let ext: [u8; 2] = load(ctx, offset)?;
+                next = ext[0];
+                offset += (ext[1] as usize + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let ext: [u8; 4] = load(ctx, offset)?;
+                next = ext[0];
+                fragment_tail = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0;
+                offset += 8;
+            }
+            _ => return Some((next, offset, fragment_tail)),
+        }
+    }
+    Some((next, offset, fragment_tail))
+}
+
+#[inline(always)]
+fn has_ports(protocol: u8) -> bool {
+    matches!(
+        protocol,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
+    )
+}
+
+/// The one bounds-checked way to read packet bytes (`bpf_skb_load_bytes`).
+#[inline(always)]
+fn load<T>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
+    ctx.load::<T>(offset).ok()
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

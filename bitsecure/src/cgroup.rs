@@ -1,0 +1,91 @@
+//! Finding the cgroup v2 hierarchy the programs attach to.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read /proc/mounts: {0}")]
+    Mounts(std::io::Error),
+    #[error(
+        "no cgroup v2 filesystem is mounted (looked in /proc/mounts); mount one with \
+         `mount -t cgroup2 none /sys/fs/cgroup/unified` or boot with systemd.unified_cgroup_hierarchy=1"
+    )]
+    NotMounted,
+    #[error(
+        "cgroup path {path} does not exist or is not a directory of a cgroup v2 mount ({mount})"
+    )]
+    NotACgroup { path: String, mount: String },
+}
+
+/// Mount point of the cgroup v2 hierarchy, from a `/proc/mounts` text.
+///
+/// Modern systems mount it at /sys/fs/cgroup; hybrid layouts at /sys/fs/cgroup/unified.
+pub fn cgroup2_mount_from(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        // /proc/mounts escapes spaces in paths as \040.
+        (fstype == "cgroup2").then(|| PathBuf::from(target.replace("\\040", " ")))
+    })
+}
+
+/// The directory to attach to: `configured` if given (must be inside the cgroup v2 mount),
+/// else the cgroup v2 root.
+pub fn resolve_attach_path(configured: &str) -> Result<PathBuf, CgroupError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(CgroupError::Mounts)?;
+    let mount = cgroup2_mount_from(&mounts).ok_or(CgroupError::NotMounted)?;
+    if configured.is_empty() {
+        return Ok(mount);
+    }
+    let path = Path::new(configured);
+    if path.starts_with(&mount) && path.join("cgroup.procs").is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(CgroupError::NotACgroup {
+            path: configured.to_owned(),
+            mount: mount.display().to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_unified_mount_in_hybrid_layout() {
+        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
+                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount_from(mounts),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_pure_v2_mount_and_unescapes_spaces() {
+        assert_eq!(
+            cgroup2_mount_from("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        assert_eq!(
+            cgroup2_mount_from("none /mnt/my\\040cg cgroup2 rw 0 0\n"),
+            Some(PathBuf::from("/mnt/my cg"))
+        );
+    }
+
+    #[test]
+    fn v1_only_is_none() {
+        assert_eq!(
+            cgroup2_mount_from("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn configured_path_outside_cgroup2_is_rejected() {
+        let error = resolve_attach_path("/tmp").unwrap_err().to_string();
+        assert!(error.contains("/tmp"), "{error}");
+    }
+}

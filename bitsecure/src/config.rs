@@ -1,0 +1,250 @@
+//! Agent configuration: TOML, every key optional, unknown keys rejected.
+//!
+//! The embedded default (`config/bitsecure.toml`) is the documentation of every key.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::Deserialize;
+
+/// The default configuration, embedded so `bitsecure run` works with no file at all.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/bitsecure.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid UTF-8")]
+    NotUtf8 { path: String },
+    #[error("config file {path} is {size} bytes; a config larger than 1 MiB is surely a mistake")]
+    TooLarge { path: String, size: u64 },
+    // toml's message names the line, column and the offending key.
+    #[error("invalid config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: toml::de::Error,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub kernel: KernelConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    pub poll_interval_seconds: f64,
+    /// cgroup v2 directory to attach to; empty = the cgroup v2 root.
+    pub cgroup: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    pub flow_capacity: u32,
+    pub socket_capacity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub max_remotes: usize,
+    pub max_series: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9977)),
+            poll_interval_seconds: 5.0,
+            cgroup: String::new(),
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            flow_capacity: bitsecure_common::DEFAULT_FLOW_CAPACITY,
+            socket_capacity: bitsecure_common::DEFAULT_SOCKET_CAPACITY,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            max_remotes: 500,
+            max_series: 5000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        // A unit test checks that the embedded file states exactly these values.
+        Self {
+            agent: AgentConfig::default(),
+            kernel: KernelConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+impl Config {
+    /// Loads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Self::parse(DEFAULT_CONFIG, "(embedded default)");
+        };
+        let shown = path.display().to_string();
+        let read_error = |source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: shown, size });
+        }
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
+            path: shown.clone(),
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source,
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let interval = self.agent.poll_interval_seconds;
+        if !(0.1..=3600.0).contains(&interval) {
+            return Err(format!(
+                "agent.poll_interval_seconds = {interval}: must be between 0.1 and 3600"
+            ));
+        }
+        for (key, value) in [
+            ("kernel.flow_capacity", self.kernel.flow_capacity),
+            ("kernel.socket_capacity", self.kernel.socket_capacity),
+        ] {
+            if !(64..=16 * 1024 * 1024).contains(&value) {
+                return Err(format!("{key} = {value}: must be between 64 and 16777216"));
+            }
+        }
+        if self.metrics.max_remotes == 0 || self.metrics.max_series == 0 {
+            return Err("metrics.max_remotes and metrics.max_series must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.agent.poll_interval_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses_and_equals_code_defaults() {
+        let parsed = Config::parse(DEFAULT_CONFIG, "default").expect("default config parses");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(parsed.agent.listen.to_string(), "127.0.0.1:9977");
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        assert_eq!(Config::parse("", "empty").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn partial_file_overrides_only_given_keys() {
+        let config = Config::parse(
+            "[agent]\npoll_interval_seconds = 1.5\n[metrics]\nmax_remotes = 3\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(config.poll_interval(), Duration::from_millis(1500));
+        assert_eq!(config.metrics.max_remotes, 3);
+        assert_eq!(
+            config.metrics.max_series,
+            MetricsConfig::default().max_series
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let error = Config::parse(
+            "[agent]\nlisten = \"127.0.0.1:1\"\npoll_intervall = 3\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("poll_intervall"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_line() {
+        let error = Config::parse("\n[kernel]\nflow_capacity = \"big\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("flow_capacity"), "{error}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_rejected() {
+        let error = Config::parse("[agent]\nlisten = \"localhost\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        for text in [
+            "[agent]\npoll_interval_seconds = 0.0\n",
+            "[kernel]\nflow_capacity = 1\n",
+            "[metrics]\nmax_series = 0\n",
+        ] {
+            assert!(Config::parse(text, "t").is_err(), "{text} was accepted");
+        }
+    }
+
+    #[test]
+    fn non_utf8_and_missing_files_give_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("bitsecure-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, [0xff, 0xfe, b'\n']).unwrap();
+        let error = Config::load(Some(&file)).unwrap_err().to_string();
+        assert!(error.contains("not valid UTF-8"), "{error}");
+        let missing = dir.join("missing.toml");
+        let error = Config::load(Some(&missing)).unwrap_err().to_string();
+        assert!(error.contains("missing.toml"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

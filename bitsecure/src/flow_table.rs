@@ -1,0 +1,327 @@
+//! The flow table: kernel flows aggregated into the series of the metric contract,
+//! `(process, remote, port, protocol)`, with bounded cardinality.
+//!
+//! Prometheus counters must never go down, so membership is sticky: a remote that got a series
+//! of its own keeps it, and a remote folded into `other` stays folded (until restart). New
+//! remotes are admitted biggest-first while there is room.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+/// Label value for remotes folded away by the cardinality limits.
+pub const OTHER_REMOTE: &str = "other";
+
+/// Bytes and packets in both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub sent_packets: u64,
+    pub received_packets: u64,
+}
+
+impl Traffic {
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.sent_bytes + self.received_bytes
+    }
+
+    pub fn add(&mut self, other: &Traffic) {
+        self.sent_bytes += other.sent_bytes;
+        self.received_bytes += other.received_bytes;
+        self.sent_packets += other.sent_packets;
+        self.received_packets += other.received_packets;
+    }
+
+    /// `self - earlier`, for cumulative counters; a counter that went backwards (the kernel
+    /// entry was deleted and re-created) counts from zero again.
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
+        Traffic {
+            sent_bytes: delta(self.sent_bytes, earlier.sent_bytes),
+            received_bytes: delta(self.received_bytes, earlier.received_bytes),
+            sent_packets: delta(self.sent_packets, earlier.sent_packets),
+            received_packets: delta(self.received_packets, earlier.received_packets),
+        }
+    }
+}
+
+/// New traffic of one kernel flow since the last poll, already attributed to a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowDelta {
+    pub process: String,
+    pub remote: IpAddr,
+    /// Service port (see [`crate::poller::service_port`]); `None` for protocols without ports.
+    pub port: Option<u16>,
+    pub protocol: u8,
+    pub traffic: Traffic,
+}
+
+/// Label values of one exported series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub process: String,
+    pub remote: String,
+    pub port: String,
+    pub protocol: String,
+}
+
+impl SeriesKey {
+    pub fn labels(&self) -> [&str; 4] {
+        [&self.process, &self.remote, &self.port, &self.protocol]
+    }
+}
+
+pub struct FlowTable {
+    max_remotes: usize,
+    max_series: usize,
+    admitted_remotes: HashSet<IpAddr>,
+    series: HashMap<SeriesKey, Traffic>,
+}
+
+/// What one [`FlowTable::apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Traffic added per series in this round.
+    pub increments: Vec<(SeriesKey, Traffic)>,
+    /// Flow deltas that went into a `remote="other"` series.
+    pub folded: u64,
+}
+
+impl FlowTable {
+    pub fn new(max_remotes: usize, max_series: usize) -> Self {
+        Self {
+            max_remotes,
+            max_series,
+            admitted_remotes: HashSet::new(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Adds one poll's deltas.
+    pub fn apply(&mut self, deltas: &[FlowDelta]) -> Applied {
+        self.admit_new_remotes(deltas);
+        let mut increments: HashMap<SeriesKey, Traffic> = HashMap::new();
+        let mut folded = 0;
+        for delta in deltas.iter().filter(|delta| !delta.traffic.is_zero()) {
+            let mut key = SeriesKey {
+                process: delta.process.clone(),
+                remote: remote_label(delta.remote),
+                port: delta.port.map(|port| port.to_string()).unwrap_or_default(),
+                protocol: protocol_label(delta.protocol),
+            };
+            let known = self.series.contains_key(&key);
+            let room = self.series.len() < self.max_series;
+            if !self.admitted_remotes.contains(&delta.remote) || (!known && !room) {
+                // The port of folded traffic would reintroduce the cardinality (port scans).
+                key.remote = OTHER_REMOTE.to_owned();
+                key.port = String::new();
+                folded += 1;
+            }
+            self.series
+                .entry(key.clone())
+                .or_default()
+                .add(&delta.traffic);
+            increments.entry(key).or_default().add(&delta.traffic);
+        }
+        let mut increments: Vec<_> = increments.into_iter().collect();
+        increments.sort_by(|a, b| a.0.cmp(&b.0));
+        Applied { increments, folded }
+    }
+
+    /// Admits remotes not seen before, biggest by bytes in this round first, while room lasts.
+    fn admit_new_remotes(&mut self, deltas: &[FlowDelta]) {
+        if self.admitted_remotes.len() >= self.max_remotes {
+            return;
+        }
+        let mut candidates: HashMap<IpAddr, u64> = HashMap::new();
+        for delta in deltas {
+            if !self.admitted_remotes.contains(&delta.remote) && !delta.traffic.is_zero() {
+                *candidates.entry(delta.remote).or_default() += delta.traffic.total_bytes();
+            }
+        }
+        let mut candidates: Vec<_> = candidates.into_iter().collect();
+        // Ties broken by address so the outcome does not depend on hash order.
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let room = self.max_remotes - self.admitted_remotes.len();
+        self.admitted_remotes
+            .extend(candidates.into_iter().take(room).map(|(remote, _)| remote));
+    }
+
+    /// Cumulative traffic per series.
+    pub fn series(&self) -> &HashMap<SeriesKey, Traffic> {
+        &self.series
+    }
+}
+
+/// Canonical text of a remote address; IPv4-mapped IPv6 is shown as IPv4.
+pub fn remote_label(remote: IpAddr) -> String {
+    remote.to_canonical().to_string()
+}
+
+/// The `protocol` label: a name for the common protocols, else the IP protocol number.
+pub fn protocol_label(protocol: u8) -> String {
+    match protocol {
+        6 => "tcp".to_owned(),
+        17 => "udp".to_owned(),
+        1 => "icmp".to_owned(),
+        58 => "icmpv6".to_owned(),
+        132 => "sctp".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn delta(
+        process: &str,
+        remote: &str,
+        port: Option<u16>,
+        protocol: u8,
+        bytes: u64,
+    ) -> FlowDelta {
+        FlowDelta {
+            process: process.to_owned(),
+            remote: remote.parse().unwrap(),
+            port,
+            protocol,
+            traffic: Traffic {
+                sent_bytes: bytes,
+                received_bytes: bytes / 2,
+                sent_packets: 1,
+                received_packets: 1,
+            },
+        }
+    }
+
+    fn total_for(table: &FlowTable, process: &str, remote: &str) -> Traffic {
+        let mut sum = Traffic::default();
+        for (key, traffic) in table.series() {
+            if key.process == process && key.remote == remote {
+                sum.add(traffic);
+            }
+        }
+        sum
+    }
+
+    #[test]
+    fn labels_follow_the_metric_contract() {
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
+        assert_eq!(remote_label(mapped), "10.1.2.3");
+        assert_eq!(remote_label(IpAddr::V6(Ipv6Addr::LOCALHOST)), "::1");
+        assert_eq!(protocol_label(6), "tcp");
+        assert_eq!(protocol_label(58), "icmpv6");
+        assert_eq!(protocol_label(253), "253");
+    }
+
+    #[test]
+    fn deltas_of_the_same_series_accumulate() {
+        let mut table = FlowTable::new(10, 100);
+        // Two sockets of one process to one pool: one series.
+        table.apply(&[
+            delta("xmrig", "10.0.0.1", Some(3333), 6, 100),
+            delta("xmrig", "10.0.0.1", Some(3333), 6, 50),
+        ]);
+        table.apply(&[delta("xmrig", "10.0.0.1", Some(3333), 6, 10)]);
+        assert_eq!(table.series().len(), 1);
+        let traffic = total_for(&table, "xmrig", "10.0.0.1");
+        assert_eq!(traffic.sent_bytes, 160);
+        assert_eq!(traffic.received_bytes, 50 + 25 + 5);
+        assert_eq!(traffic.sent_packets, 3);
+    }
+
+    #[test]
+    fn top_n_admits_the_biggest_remotes_and_folds_the_rest() {
+        let mut table = FlowTable::new(2, 100);
+        let applied = table.apply(&[
+            delta("a", "10.0.0.1", Some(80), 6, 10),
+            delta("a", "10.0.0.2", Some(80), 6, 1000),
+            delta("a", "10.0.0.3", Some(80), 6, 500),
+        ]);
+        assert_eq!(applied.folded, 1);
+        assert_eq!(total_for(&table, "a", "10.0.0.2").sent_bytes, 1000);
+        assert_eq!(total_for(&table, "a", "10.0.0.3").sent_bytes, 500);
+        assert_eq!(total_for(&table, "a", OTHER_REMOTE).sent_bytes, 10);
+        assert_eq!(total_for(&table, "a", "10.0.0.1"), Traffic::default());
+    }
+
+    #[test]
+    fn membership_is_sticky_so_counters_never_decrease() {
+        let mut table = FlowTable::new(1, 100);
+        table.apply(&[delta("a", "10.0.0.1", Some(80), 6, 10)]);
+        // A much bigger newcomer does not evict the admitted remote: it is folded.
+        table.apply(&[delta("a", "10.0.0.9", Some(80), 6, 1_000_000)]);
+        table.apply(&[delta("a", "10.0.0.1", Some(80), 6, 5)]);
+        assert_eq!(total_for(&table, "a", "10.0.0.1").sent_bytes, 15);
+        assert_eq!(total_for(&table, "a", OTHER_REMOTE).sent_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn series_cap_folds_new_series_and_drops_their_port() {
+        let mut table = FlowTable::new(100, 2);
+        let applied = table.apply(&[
+            delta("scan", "10.0.0.1", Some(1), 6, 10),
+            delta("scan", "10.0.0.1", Some(2), 6, 10),
+            delta("scan", "10.0.0.1", Some(3), 6, 10),
+            delta("scan", "10.0.0.1", Some(4), 6, 10),
+        ]);
+        assert_eq!(applied.folded, 2);
+        let other: Vec<_> = table
+            .series()
+            .keys()
+            .filter(|key| key.remote == OTHER_REMOTE)
+            .collect();
+        assert_eq!(other.len(), 1);
+        assert_eq!(other[0].port, "");
+        assert_eq!(total_for(&table, "scan", OTHER_REMOTE).sent_bytes, 20);
+        // Existing series keep counting after the cap is reached.
+        table.apply(&[delta("scan", "10.0.0.1", Some(1), 6, 7)]);
+        assert_eq!(
+            table.series()[&SeriesKey {
+                process: "scan".into(),
+                remote: "10.0.0.1".into(),
+                port: "1".into(),
+                protocol: "tcp".into()
+            }]
+                .sent_bytes,
+            17
+        );
+    }
+
+    #[test]
+    fn increments_report_exactly_what_was_added() {
+        let mut table = FlowTable::new(10, 10);
+        let applied = table.apply(&[
+            delta("a", "::1", None, 58, 8),
+            delta("a", "::1", None, 58, 2),
+            delta("b", "::1", None, 58, 0),
+        ]);
+        assert_eq!(applied.increments.len(), 1);
+        assert_eq!(applied.increments[0].0.port, "");
+        assert_eq!(applied.increments[0].0.protocol, "icmpv6");
+        assert_eq!(applied.increments[0].1.sent_bytes, 10);
+    }
+
+    #[test]
+    fn since_handles_recreated_counters() {
+        let before = Traffic {
+            sent_bytes: 100,
+            ..Traffic::default()
+        };
+        let after = Traffic {
+            sent_bytes: 30,
+            ..Traffic::default()
+        };
+        assert_eq!(after.since(&before).sent_bytes, 30);
+        assert_eq!(before.since(&after).sent_bytes, 70);
+    }
+}

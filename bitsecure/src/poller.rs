@@ -1,0 +1,543 @@
+//! The poller: reads the kernel maps, attributes each flow to a process, feeds the flow table
+//! and metrics, and folds closed sockets so the kernel maps never silently fill.
+//!
+//! Kernel counters are cumulative per flow; the poller remembers the last value it saw and
+//! passes on only the difference. A flow whose owner is not known yet is simply not advanced:
+//! its bytes stay in the kernel counter until the owner is found, so nothing is lost or
+//! attributed twice.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, Ipv6Addr},
+    os::fd::AsFd as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, SocketOwner, Stat};
+use log::{debug, info, warn};
+
+use crate::{
+    bpf_batch,
+    flow_table::{FlowDelta, FlowTable, Traffic},
+    identity::{self, ProcessIdentity},
+    kernel::KernelMaps,
+    metrics::Metrics,
+    sock_diag,
+};
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_SCTP: u8 = 132;
+
+/// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
+const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
+/// How long the owner of a folded socket is remembered, for packets that trail its close.
+const RETIRED_OWNER_TTL: Duration = Duration::from_secs(600);
+
+pub struct Poller {
+    maps: KernelMaps,
+    cpus: usize,
+    proc_root: PathBuf,
+    /// A closed socket is folded this long after its release, so in-flight data (TCP sends
+    /// continue after close()) is counted before the entries are deleted.
+    close_grace: Duration,
+    /// Cumulative kernel counters as of the last poll.
+    last_seen: HashMap<FlowKey, Traffic>,
+    /// Resolved owners of live sockets.
+    owners: HashMap<u64, ProcessIdentity>,
+    /// Owners of sockets already folded, for late packets.
+    retired: HashMap<u64, (ProcessIdentity, Instant)>,
+    /// Failed owner lookups per socket cookie.
+    lookup_attempts: HashMap<u64, u8>,
+    /// `(kernel stat, last value)` so the exported counters advance by deltas.
+    last_stats: [u64; Stat::COUNT as usize],
+    exported_processes: HashSet<ProcessIdentity>,
+    ephemeral_ports: (u16, u16),
+    pub table: FlowTable,
+}
+
+/// One poll's outcome, for logs and tests.
+#[derive(Debug, Default)]
+pub struct PollReport {
+    pub flows: usize,
+    pub sockets: usize,
+    pub folded_sockets: usize,
+    pub deferred_flows: usize,
+}
+
+impl Poller {
+    pub fn new(
+        maps: KernelMaps,
+        table: FlowTable,
+        poll_interval: Duration,
+    ) -> anyhow::Result<Self> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
+        Ok(Self {
+            maps,
+            cpus,
+            proc_root: PathBuf::from("/proc"),
+            close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
+            last_seen: HashMap::new(),
+            owners: HashMap::new(),
+            retired: HashMap::new(),
+            lookup_attempts: HashMap::new(),
+            last_stats: [0; Stat::COUNT as usize],
+            exported_processes: HashSet::new(),
+            ephemeral_ports: read_ephemeral_port_range(),
+            table,
+        })
+    }
+
+    /// Reads everything once and updates `metrics`.
+    pub fn poll(&mut self, metrics: &Metrics) -> anyhow::Result<PollReport> {
+        let started = Instant::now();
+        let now_boot = boot_time();
+
+        let sockets: HashMap<u64, SocketOwner> =
+            bpf_batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
+                .into_iter()
+                .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
+                .collect();
+        let flows: Vec<(FlowKey, Traffic, bool)> = bpf_batch::lookup_all::<FlowKey, FlowCounters>(
+            self.maps.flows.fd().as_fd(),
+            self.cpus,
+        )?
+        .into_iter()
+        .map(|(key, per_cpu)| {
+            let (traffic, egress_first) = sum_per_cpu(&per_cpu);
+            (key, traffic, egress_first)
+        })
+        .collect();
+        let listening_ports = self.listening_ports();
+
+        let unattributed = self.resolve_owners(&flows, &sockets);
+        metrics.unattributed_flows.inc_by(unattributed);
+
+        let mut deltas = Vec::new();
+        let mut report = PollReport {
+            flows: flows.len(),
+            sockets: sockets.len(),
+            ..PollReport::default()
+        };
+        let mut present = HashSet::with_capacity(flows.len());
+        for (key, traffic, egress_first) in &flows {
+            present.insert(*key);
+            let Some(owner) = self.owner_of(key.cookie).cloned() else {
+                report.deferred_flows += 1;
+                continue;
+            };
+            let previous = self.last_seen.get(key).copied().unwrap_or_default();
+            let new = traffic.since(&previous);
+            self.last_seen.insert(*key, *traffic);
+            if new.is_zero() {
+                continue;
+            }
+            self.export_process(&owner, metrics);
+            deltas.push(FlowDelta {
+                process: owner.name.clone(),
+                remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
+                port: service_port(key, *egress_first, &listening_ports, self.ephemeral_ports),
+                protocol: key.protocol,
+                traffic: new,
+            });
+        }
+        // Entries deleted since the last poll (folded) must not be remembered.
+        self.last_seen.retain(|key, _| present.contains(key));
+
+        let applied = self.table.apply(&deltas);
+        for (series, traffic) in &applied.increments {
+            metrics.add_traffic(series, traffic);
+        }
+        metrics.folded_flows.inc_by(applied.folded);
+        metrics.traffic_series.set(self.table.series().len() as i64);
+
+        report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
+        metrics.closed_sockets.inc_by(report.folded_sockets as u64);
+
+        self.export_kernel_stats(metrics)?;
+        metrics
+            .map_entries
+            .with_label_values(&["flows"])
+            .set(flows.len() as i64);
+        metrics
+            .map_entries
+            .with_label_values(&["sockets"])
+            .set(sockets.len() as i64);
+        metrics
+            .poll_duration
+            .observe(started.elapsed().as_secs_f64());
+        debug!("{report:?}");
+        Ok(report)
+    }
+
+    fn owner_of(&self, cookie: u64) -> Option<&ProcessIdentity> {
+        self.owners
+            .get(&cookie)
+            .or_else(|| self.retired.get(&cookie).map(|(owner, _)| owner))
+    }
+
+    /// Finds owners for sockets seen for the first time: from the kernel's record (created while
+    /// the agent ran), else from sock_diag + /proc (older or accepted sockets). Returns how many
+    /// sockets were given up on as "unknown".
+    fn resolve_owners(
+        &mut self,
+        flows: &[(FlowKey, Traffic, bool)],
+        sockets: &HashMap<u64, SocketOwner>,
+    ) -> u64 {
+        let mut unresolved = Vec::new();
+        for cookie in flows
+            .iter()
+            .map(|(key, ..)| key.cookie)
+            .chain(sockets.keys().copied())
+        {
+            if self.owner_of(cookie).is_some() || unresolved.contains(&cookie) {
+                continue;
+            }
+            if let Some(owner) = sockets.get(&cookie) {
+                let recorded = Duration::from_nanos(owner.recorded_boot_ns);
+                let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
+                    .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
+                self.owners.insert(cookie, identity);
+            } else {
+                unresolved.push(cookie);
+            }
+        }
+        if unresolved.is_empty() {
+            return 0;
+        }
+        let mut given_up = 0;
+        let found = self.lookup_in_proc(&unresolved);
+        for cookie in unresolved {
+            if let Some(identity) = found.get(&cookie) {
+                self.owners.insert(cookie, identity.clone());
+                self.lookup_attempts.remove(&cookie);
+                continue;
+            }
+            let attempts = self.lookup_attempts.entry(cookie).or_default();
+            *attempts += 1;
+            if *attempts >= OWNER_LOOKUP_ATTEMPTS {
+                debug!("socket {cookie:#x}: owner not found, counting it as unknown");
+                self.owners.insert(cookie, ProcessIdentity::unknown());
+                self.lookup_attempts.remove(&cookie);
+                given_up += 1;
+            }
+        }
+        given_up
+    }
+
+    /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
+    fn lookup_in_proc(&self, cookies: &[u64]) -> HashMap<u64, ProcessIdentity> {
+        let sockets = match sock_diag::dump_sockets() {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                warn!("sock_diag failed, cannot attribute older sockets: {error}");
+                return HashMap::new();
+            }
+        };
+        let wanted: HashSet<u64> = cookies.iter().copied().collect();
+        let inodes: HashMap<u64, u64> = sockets
+            .iter()
+            // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
+            .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
+            .map(|socket| (socket.inode, socket.cookie))
+            .collect();
+        if inodes.is_empty() {
+            return HashMap::new();
+        }
+        let owners = match sock_diag::socket_inode_owners() {
+            Ok(owners) => owners,
+            Err(error) => {
+                warn!("cannot scan /proc for socket owners: {error}");
+                return HashMap::new();
+            }
+        };
+        inodes
+            .iter()
+            .filter_map(|(inode, cookie)| {
+                let pid = *owners.get(inode)?;
+                Some((
+                    *cookie,
+                    identity::read_identity(&self.proc_root, pid, None)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Deletes the kernel entries of sockets closed longer than the grace period ago.
+    fn fold_closed(
+        &mut self,
+        flows: &[(FlowKey, Traffic, bool)],
+        sockets: &HashMap<u64, SocketOwner>,
+        now_boot: Duration,
+    ) -> anyhow::Result<usize> {
+        let closed: HashSet<u64> = sockets
+            .iter()
+            .filter(|(_, owner)| {
+                owner.released_boot_ns != 0
+                    && now_boot.saturating_sub(Duration::from_nanos(owner.released_boot_ns))
+                        >= self.close_grace
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect();
+        // Late packets of an already folded socket re-create entries: fold them right away.
+        let now = Instant::now();
+        self.retired
+            .retain(|_, (_, since)| now.duration_since(*since) < RETIRED_OWNER_TTL);
+        let flow_keys: Vec<FlowKey> = flows
+            .iter()
+            .map(|(key, ..)| *key)
+            .filter(|key| {
+                (closed.contains(&key.cookie) || self.retired.contains_key(&key.cookie))
+                    && self.last_seen.contains_key(key)
+            })
+            .collect();
+        bpf_batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
+        let cookies: Vec<u64> = closed.iter().copied().collect();
+        bpf_batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
+        for key in &flow_keys {
+            self.last_seen.remove(key);
+        }
+        for cookie in &cookies {
+            if let Some(owner) = self.owners.remove(cookie) {
+                self.retired.insert(*cookie, (owner, now));
+            }
+        }
+        // Forget owners of sockets that have neither flows nor a kernel record any more.
+        let live: HashSet<u64> = flows.iter().map(|(key, ..)| key.cookie).collect();
+        self.owners
+            .retain(|cookie, _| live.contains(cookie) || sockets.contains_key(cookie));
+        self.lookup_attempts
+            .retain(|cookie, _| live.contains(cookie));
+        Ok(cookies.len())
+    }
+
+    fn export_process(&mut self, identity: &ProcessIdentity, metrics: &Metrics) {
+        if self.exported_processes.contains(identity) {
+            return;
+        }
+        metrics
+            .process_info
+            .with_label_values(&[
+                identity.name.as_str(),
+                identity.exe.as_deref().unwrap_or(""),
+                identity.unit.as_deref().unwrap_or(""),
+            ])
+            .set(1);
+        if identity.name != ProcessIdentity::unknown().name {
+            info!(
+                "new process on the network: {} (exe {}, unit {})",
+                identity.name,
+                identity.exe.as_deref().unwrap_or("?"),
+                identity.unit.as_deref().unwrap_or("?")
+            );
+        }
+        self.exported_processes.insert(identity.clone());
+    }
+
+    fn export_kernel_stats(&mut self, metrics: &Metrics) -> anyhow::Result<()> {
+        let per_cpu = bpf_batch::lookup_all::<u32, u64>(self.maps.stats.fd().as_fd(), self.cpus)?;
+        for (index, values) in per_cpu {
+            let Some(stat) = Stat::ALL.get(index as usize) else {
+                continue;
+            };
+            let total: u64 = values.iter().sum();
+            let new = total.saturating_sub(self.last_stats[index as usize]);
+            self.last_stats[index as usize] = total;
+            if new == 0 {
+                continue;
+            }
+            match stat {
+                Stat::FlowInsertFailed => {
+                    warn!("{new} packets not counted: the kernel flow map is full");
+                    metrics
+                        .map_insert_failures
+                        .with_label_values(&["flows"])
+                        .inc_by(new);
+                }
+                Stat::SocketInsertFailed => {
+                    warn!("{new} socket owners not recorded: the kernel socket map is full");
+                    metrics
+                        .map_insert_failures
+                        .with_label_values(&["sockets"])
+                        .inc_by(new);
+                }
+                Stat::MalformedPackets => metrics.malformed_packets.inc_by(new),
+            }
+        }
+        Ok(())
+    }
+
+    fn listening_ports(&self) -> HashSet<u16> {
+        match sock_diag::dump_tcp_listeners() {
+            Ok(listeners) => listeners.iter().map(|socket| socket.local.port()).collect(),
+            Err(error) => {
+                warn!("cannot list TCP listeners, service ports may be wrong: {error}");
+                HashSet::new()
+            }
+        }
+    }
+}
+
+/// Sums a flow's per-CPU counters; the flag tells whether some CPU saw it egress first.
+fn sum_per_cpu(per_cpu: &[FlowCounters]) -> (Traffic, bool) {
+    let mut traffic = Traffic::default();
+    let mut egress_first = false;
+    for counters in per_cpu {
+        traffic.add(&Traffic {
+            sent_bytes: counters.tx_bytes,
+            received_bytes: counters.rx_bytes,
+            sent_packets: counters.tx_packets,
+            received_packets: counters.rx_packets,
+        });
+        egress_first |= counters.first_direction == DIRECTION_EGRESS;
+    }
+    (traffic, egress_first)
+}
+
+/// The `port` label: the remote port of connections this host opened, the local port of
+/// connections it accepted; `None` for protocols without ports.
+///
+/// TCP: accepted ⇔ the local port is a listening port. Datagram protocols have no listen
+/// state: a port in the ephemeral range is the client side; if that does not decide, the side
+/// that sent first is the client.
+pub fn service_port(
+    key: &FlowKey,
+    egress_first: bool,
+    listening_ports: &HashSet<u16>,
+    ephemeral: (u16, u16),
+) -> Option<u16> {
+    let in_ephemeral = |port: u16| (ephemeral.0..=ephemeral.1).contains(&port);
+    match key.protocol {
+        IPPROTO_TCP if listening_ports.contains(&key.local_port) => Some(key.local_port),
+        IPPROTO_TCP => Some(key.remote_port),
+        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
+            let local_client = in_ephemeral(key.local_port);
+            let remote_client = in_ephemeral(key.remote_port);
+            if local_client != remote_client {
+                Some(if local_client {
+                    key.remote_port
+                } else {
+                    key.local_port
+                })
+            } else if egress_first {
+                Some(key.remote_port)
+            } else {
+                Some(key.local_port)
+            }
+        }
+        _ => None,
+    }
+}
+
+fn read_ephemeral_port_range() -> (u16, u16) {
+    let text =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    parse_port_range(&text).unwrap_or((32768, 60999))
+}
+
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    Some((parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
+/// CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns()`.
+fn boot_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(protocol: u8, local_port: u16, remote_port: u16) -> FlowKey {
+        FlowKey {
+            protocol,
+            local_port,
+            remote_port,
+            ..FlowKey::default()
+        }
+    }
+
+    const EPHEMERAL: (u16, u16) = (32768, 60999);
+
+    #[test]
+    fn tcp_service_port_is_local_for_accepted_connections() {
+        let listening = HashSet::from([9977]);
+        assert_eq!(
+            service_port(&key(6, 9977, 40000), false, &listening, EPHEMERAL),
+            Some(9977)
+        );
+        assert_eq!(
+            service_port(&key(6, 40000, 3333), true, &listening, EPHEMERAL),
+            Some(3333)
+        );
+    }
+
+    #[test]
+    fn udp_service_port_uses_ephemeral_range_then_first_direction() {
+        let none = HashSet::new();
+        // DNS client: local ephemeral, remote 53.
+        assert_eq!(
+            service_port(&key(17, 45000, 53), false, &none, EPHEMERAL),
+            Some(53)
+        );
+        // DNS server: remote ephemeral.
+        assert_eq!(
+            service_port(&key(17, 53, 45000), true, &none, EPHEMERAL),
+            Some(53)
+        );
+        // NTP 123 <-> 123: whoever sent first is the client.
+        assert_eq!(
+            service_port(&key(17, 123, 124), true, &none, EPHEMERAL),
+            Some(124)
+        );
+        assert_eq!(
+            service_port(&key(17, 123, 124), false, &none, EPHEMERAL),
+            Some(123)
+        );
+    }
+
+    #[test]
+    fn portless_protocols_have_no_port() {
+        let none = HashSet::new();
+        assert_eq!(service_port(&key(1, 0, 0), true, &none, EPHEMERAL), None);
+        assert_eq!(service_port(&key(253, 0, 0), true, &none, EPHEMERAL), None);
+    }
+
+    #[test]
+    fn per_cpu_values_are_summed() {
+        let cpu = |tx: u64, rx: u64, first: u8| FlowCounters {
+            tx_bytes: tx,
+            rx_bytes: rx,
+            tx_packets: 1,
+            rx_packets: 2,
+            first_direction: first,
+            _pad: [0; 7],
+        };
+        let (traffic, egress_first) = sum_per_cpu(&[
+            cpu(10, 0, bitsecure_common::DIRECTION_INGRESS),
+            cpu(5, 7, DIRECTION_EGRESS),
+            FlowCounters::default(),
+        ]);
+        assert_eq!(traffic.sent_bytes, 15);
+        assert_eq!(traffic.received_bytes, 7);
+        assert_eq!(traffic.sent_packets, 2);
+        assert_eq!(traffic.received_packets, 4);
+        assert!(egress_first);
+    }
+
+    #[test]
+    fn port_range_parses() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("x"), None);
+    }
+}
