@@ -24,7 +24,9 @@ pub const DIRECTION_EGRESS: u8 = 1;
 /// Direction of a packet relative to this host.
 pub const DIRECTION_INGRESS: u8 = 2;
 
-/// How the owner of a socket was learned.
+/// How the owner of a socket was learned: not yet (an accepted socket, known only as passive).
+pub const OWNER_UNKNOWN: u8 = 0;
+/// How the owner of a socket was learned: the process that called socket(2).
 pub const OWNER_FROM_CREATE: u8 = 1;
 /// The socket existed before the program, or was accepted; the owner is whoever closed it.
 pub const OWNER_FROM_RELEASE: u8 = 2;
@@ -65,7 +67,7 @@ pub struct FlowCounters {
     pub _pad: [u8; 7],
 }
 
-/// Who created (or, for sockets older than the agent, closed) a socket.
+/// Who created (or, for sockets older than the agent, closed) a socket, and its TCP role.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketOwner {
@@ -81,9 +83,11 @@ pub struct SocketOwner {
     pub released_boot_ns: u64,
     /// `comm` of the creating thread, NUL-padded.
     pub comm: [u8; 16],
-    /// [`OWNER_FROM_CREATE`] or [`OWNER_FROM_RELEASE`].
+    /// [`OWNER_UNKNOWN`], [`OWNER_FROM_CREATE`] or [`OWNER_FROM_RELEASE`].
     pub origin: u8,
-    pub _pad: [u8; 7],
+    /// 1 for a TCP listener or a connection it accepted: the local port is the service port.
+    pub passive: u8,
+    pub _pad: [u8; 6],
 }
 
 /// Indexes into the `STATS` per-CPU array.

@@ -7,6 +7,8 @@
 //! - `mark_released` (cgroup/sock_release): stamp the socket as closed so the agent can fold its
 //!   counters and free the entries; for sockets the agent never saw created (accepted sockets,
 //!   sockets older than the agent) the closing process is recorded as owner.
+//! - `mark_passive` (sock_ops): flag TCP listeners and the connections they accept, so the
+//!   agent labels them with the local (service) port even after the listener is gone.
 //!
 //! Every program always allows the packet or socket: BitSecure observes, it never filters.
 //! Everything that is not packet access (naming, aggregation, statistics) lives in userspace.
@@ -14,20 +16,22 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{
+        __sk_buff, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
         generated::bpf_ktime_get_boot_ns,
     },
-    macros::{cgroup_skb, cgroup_sock, map},
+    macros::{cgroup_skb, cgroup_sock, map, sock_ops},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SkBuffContext, SockContext},
+    programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 use bitsecure_common::{
     DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    FlowCounters, FlowKey, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, SocketOwner, Stat,
+    FlowCounters, FlowKey, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, SocketOwner, Stat,
 };
 
 /// Per-flow counters (bytes are L3 wire bytes, packets are wire packets), one slot per CPU.
@@ -47,6 +51,8 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 const SKB_PASS: i32 = 1;
 /// cgroup/sock: 1 lets the socket operation proceed.
 const SOCK_ALLOW: i32 = 1;
+/// sock_ops: the return value is only read by ops that ask a question; 1 = "ok".
+const SOCK_OPS_OK: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -54,6 +60,8 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
+/// The loopback device has this ifindex in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 /// IPv6 extension headers we step over to find the transport protocol.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -93,35 +101,70 @@ pub fn mark_released(ctx: SockContext) -> i32 {
     let now = unsafe { bpf_ktime_get_boot_ns() };
     match SOCKETS.get_ptr_mut(cookie) {
         // SAFETY: the pointer comes from a successful map lookup and is valid for this program run.
-        Some(owner) => unsafe { (*owner).released_boot_ns = now },
+        Some(owner) => unsafe {
+            if (*owner).origin == OWNER_UNKNOWN {
+                // Accepted socket: the process closing it is its best known owner.
+                fill_owner(&mut *owner, OWNER_FROM_RELEASE);
+            }
+            (*owner).released_boot_ns = now;
+        },
         None => {
-            // Accepted or pre-existing socket: the process closing it is its best known owner.
-            if try_record_owner(cookie, OWNER_FROM_RELEASE).is_err() {
+            // Socket older than the agent: the process closing it is its best known owner.
+            let mut owner = SocketOwner::default();
+            fill_owner(&mut owner, OWNER_FROM_RELEASE);
+            owner.released_boot_ns = now;
+            if SOCKETS.insert(cookie, owner, 0).is_err() {
                 bump(Stat::SocketInsertFailed);
-            } else if let Some(owner) = SOCKETS.get_ptr_mut(cookie) {
-                // SAFETY: as above.
-                unsafe { (*owner).released_boot_ns = now };
             }
         }
     }
     SOCK_ALLOW
 }
 
+#[sock_ops]
+pub fn mark_passive(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // SAFETY: ctx.ops is the sock_ops context; the helper reads the socket's cookie.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        match SOCKETS.get_ptr_mut(cookie) {
+            // SAFETY: pointer from a successful map lookup.
+            Some(owner) => unsafe { (*owner).passive = 1 },
+            None => {
+                // An accepted socket: no socket(2) call, and softirq context, so no owner yet.
+                let owner = SocketOwner {
+                    // SAFETY: helper without memory arguments.
+                    recorded_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+                    passive: 1,
+                    ..SocketOwner::default()
+                };
+                if SOCKETS.insert(cookie, owner, BPF_NOEXIST.into()).is_err() {
+                    bump(Stat::SocketInsertFailed);
+                }
+            }
+        }
+    }
+    SOCK_OPS_OK
+}
+
 /// Records the current process as the owner of `cookie`. Runs in process context only.
 fn try_record_owner(cookie: u64, origin: u8) -> Result<(), i32> {
-    let owner = SocketOwner {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        // SAFETY: helper without memory arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        // SAFETY: helper without memory arguments.
-        recorded_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        released_boot_ns: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        origin,
-        _pad: [0; 7],
-    };
+    let mut owner = SocketOwner::default();
+    fill_owner(&mut owner, origin);
     SOCKETS.insert(cookie, owner, 0)
+}
+
+/// Fills the owner fields of `owner` from the current task (process context only).
+#[inline(always)]
+fn fill_owner(owner: &mut SocketOwner, origin: u8) {
+    owner.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    owner.uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: helpers without memory arguments.
+    owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: as above.
+    owner.recorded_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    owner.comm = bpf_get_current_comm().unwrap_or_default();
+    owner.origin = origin;
 }
 
 /// What the counting needs from one packet's headers.
@@ -134,7 +177,8 @@ struct PacketInfo {
 fn count_packet(ctx: &SkBuffContext, direction: u8) {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: skb is the context pointer the kernel passed in; these are plain context reads.
-    let (len, gso_segs, l3_protocol) = unsafe { ((*skb).len, (*skb).gso_segs, (*skb).protocol) };
+    let (len, gso_segs, l3_protocol, ifindex) =
+        unsafe { ((*skb).len, (*skb).gso_segs, (*skb).protocol, (*skb).ifindex) };
     // SAFETY: as above; the helper reads the cookie of skb->sk.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
 
@@ -155,7 +199,12 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     };
 
     // A GSO/GRO packet stands for `gso_segs` wire packets, each carrying its own headers.
-    let segments = if gso_segs > 1 { gso_segs } else { 1 };
+    // Loopback is the exception: it never segments, it carries the super-packet as is.
+    let segments = if gso_segs > 1 && ifindex != LOOPBACK_IFINDEX {
+        gso_segs
+    } else {
+        1
+    };
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
     add_to_flow(&info.key, direction, wire_bytes, segments as u64);
 }
@@ -169,7 +218,7 @@ fn add_to_flow(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
                 ..FlowCounters::default()
             };
             // BPF_NOEXIST: if another CPU raced us to insert, its entry is as good as ours.
-            let _ = FLOWS.insert(key, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+            let _ = FLOWS.insert(key, fresh, BPF_NOEXIST.into());
             match FLOWS.get_ptr_mut(key) {
                 Some(counters) => counters,
                 None => {

@@ -30,7 +30,8 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The code defaults equal the embedded file; a unit test checks that.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
@@ -85,17 +86,6 @@ impl Default for MetricsConfig {
         Self {
             max_remotes: 500,
             max_series: 5000,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        // A unit test checks that the embedded file states exactly these values.
-        Self {
-            agent: AgentConfig::default(),
-            kernel: KernelConfig::default(),
-            metrics: MetricsConfig::default(),
         }
     }
 }

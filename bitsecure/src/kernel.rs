@@ -8,7 +8,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, SockOps},
     util::KernelVersion,
 };
 use bitsecure_common::map_names;
@@ -25,6 +25,7 @@ pub const EGRESS: &str = "count_egress";
 pub const INGRESS: &str = "count_ingress";
 pub const SOCK_CREATE: &str = "record_owner";
 pub const SOCK_RELEASE: &str = "mark_released";
+pub const SOCK_OPS: &str = "mark_passive";
 
 /// The maps the agent reads, taken out of the loaded object.
 pub struct KernelMaps {
@@ -101,6 +102,13 @@ pub fn load_and_attach(
             .attach(&cgroup_dir, CgroupAttachMode::Single)
             .with_context(|| format!("cannot attach {name} to {}", cgroup.display()))?;
     }
+    let program: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS)?;
+    program
+        .load()
+        .with_context(|| format!("kernel rejected program {SOCK_OPS}"))?;
+    program
+        .attach(&cgroup_dir, CgroupAttachMode::Single)
+        .with_context(|| format!("cannot attach {SOCK_OPS} to {}", cgroup.display()))?;
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,

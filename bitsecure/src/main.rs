@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
@@ -166,9 +166,15 @@ fn poll_loop(
     stopped: &mpsc::Receiver<()>,
 ) {
     loop {
-        if let Err(error) = poller.poll(metrics) {
-            metrics.poll_errors.inc();
-            warn!("poll failed: {error:#}");
+        match poller.poll(metrics) {
+            Ok(report) => debug!(
+                "poll: {} flows, {} sockets, {} closed sockets folded, {} flows awaiting an owner",
+                report.flows, report.sockets, report.folded_sockets, report.deferred_flows
+            ),
+            Err(error) => {
+                metrics.poll_errors.inc();
+                warn!("poll failed: {error:#}");
+            }
         }
         match stopped.recv_timeout(interval) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,

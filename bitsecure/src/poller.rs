@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, SocketOwner, Stat};
+use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, SocketOwner, Stat};
 use log::{debug, info, warn};
 
 use crate::{
@@ -61,9 +61,12 @@ pub struct Poller {
 /// One poll's outcome, for logs and tests.
 #[derive(Debug, Default)]
 pub struct PollReport {
+    /// Entries read from the kernel's flow and socket maps.
     pub flows: usize,
     pub sockets: usize,
+    /// Closed sockets folded and deleted from the kernel maps.
     pub folded_sockets: usize,
+    /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
 }
 
@@ -139,7 +142,17 @@ impl Poller {
             deltas.push(FlowDelta {
                 process: owner.name.clone(),
                 remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
-                port: service_port(key, *egress_first, &listening_ports, self.ephemeral_ports),
+                port: service_port(
+                    key,
+                    &Role {
+                        passive: sockets
+                            .get(&key.cookie)
+                            .is_some_and(|owner| owner.passive != 0),
+                        egress_first: *egress_first,
+                    },
+                    &listening_ports,
+                    self.ephemeral_ports,
+                ),
                 protocol: key.protocol,
                 traffic: new,
             });
@@ -169,7 +182,6 @@ impl Poller {
         metrics
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
-        debug!("{report:?}");
         Ok(report)
     }
 
@@ -196,7 +208,10 @@ impl Poller {
             if self.owner_of(cookie).is_some() || unresolved.contains(&cookie) {
                 continue;
             }
-            if let Some(owner) = sockets.get(&cookie) {
+            if let Some(owner) = sockets
+                .get(&cookie)
+                .filter(|owner| owner.origin != OWNER_UNKNOWN)
+            {
                 let recorded = Duration::from_nanos(owner.recorded_boot_ns);
                 let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
                     .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
@@ -397,21 +412,32 @@ fn sum_per_cpu(per_cpu: &[FlowCounters]) -> (Traffic, bool) {
     (traffic, egress_first)
 }
 
+/// What the kernel told about who opened a flow.
+pub struct Role {
+    /// The socket is a TCP listener or was accepted by one (sock_ops).
+    pub passive: bool,
+    /// Some CPU saw the flow's first packet leave this host.
+    pub egress_first: bool,
+}
+
 /// The `port` label: the remote port of connections this host opened, the local port of
 /// connections it accepted; `None` for protocols without ports.
 ///
-/// TCP: accepted ⇔ the local port is a listening port. Datagram protocols have no listen
-/// state: a port in the ephemeral range is the client side; if that does not decide, the side
-/// that sent first is the client.
+/// TCP: the kernel flags listeners and accepted sockets; for sockets older than the agent, a
+/// local listening port says "accepted". Datagram protocols have no listen state: a port in
+/// the ephemeral range is the client side; if that does not decide, the side that sent first
+/// is the client.
 pub fn service_port(
     key: &FlowKey,
-    egress_first: bool,
+    role: &Role,
     listening_ports: &HashSet<u16>,
     ephemeral: (u16, u16),
 ) -> Option<u16> {
     let in_ephemeral = |port: u16| (ephemeral.0..=ephemeral.1).contains(&port);
     match key.protocol {
-        IPPROTO_TCP if listening_ports.contains(&key.local_port) => Some(key.local_port),
+        IPPROTO_TCP if role.passive || listening_ports.contains(&key.local_port) => {
+            Some(key.local_port)
+        }
         IPPROTO_TCP => Some(key.remote_port),
         IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
             let local_client = in_ephemeral(key.local_port);
@@ -422,7 +448,7 @@ pub fn service_port(
                 } else {
                     key.local_port
                 })
-            } else if egress_first {
+            } else if role.egress_first {
                 Some(key.remote_port)
             } else {
                 Some(key.local_port)
@@ -468,49 +494,50 @@ mod tests {
     }
 
     const EPHEMERAL: (u16, u16) = (32768, 60999);
+    const ACTIVE: Role = Role {
+        passive: false,
+        egress_first: true,
+    };
+    const PASSIVE: Role = Role {
+        passive: true,
+        egress_first: false,
+    };
 
     #[test]
     fn tcp_service_port_is_local_for_accepted_connections() {
         let listening = HashSet::from([9977]);
-        assert_eq!(
-            service_port(&key(6, 9977, 40000), false, &listening, EPHEMERAL),
-            Some(9977)
-        );
-        assert_eq!(
-            service_port(&key(6, 40000, 3333), true, &listening, EPHEMERAL),
-            Some(3333)
-        );
+        let port =
+            |local, remote, role| service_port(&key(6, local, remote), role, &listening, EPHEMERAL);
+        // A socket older than the agent on a listening port: accepted.
+        assert_eq!(port(9977, 40000, &ACTIVE), Some(9977));
+        assert_eq!(port(40000, 3333, &ACTIVE), Some(3333));
+        // The kernel's passive flag decides even when the listener is gone.
+        assert_eq!(port(6000, 51000, &PASSIVE), Some(6000));
+        assert_eq!(port(51000, 6000, &ACTIVE), Some(6000));
     }
 
     #[test]
     fn udp_service_port_uses_ephemeral_range_then_first_direction() {
         let none = HashSet::new();
-        // DNS client: local ephemeral, remote 53.
-        assert_eq!(
-            service_port(&key(17, 45000, 53), false, &none, EPHEMERAL),
-            Some(53)
-        );
-        // DNS server: remote ephemeral.
-        assert_eq!(
-            service_port(&key(17, 53, 45000), true, &none, EPHEMERAL),
-            Some(53)
-        );
-        // NTP 123 <-> 123: whoever sent first is the client.
-        assert_eq!(
-            service_port(&key(17, 123, 124), true, &none, EPHEMERAL),
-            Some(124)
-        );
-        assert_eq!(
-            service_port(&key(17, 123, 124), false, &none, EPHEMERAL),
-            Some(123)
-        );
+        let port =
+            |local, remote, role| service_port(&key(17, local, remote), role, &none, EPHEMERAL);
+        // DNS client: local port ephemeral, remote 53, whatever was seen first.
+        assert_eq!(port(45000, 53, &PASSIVE), Some(53));
+        // DNS server: remote port ephemeral.
+        assert_eq!(port(53, 45000, &ACTIVE), Some(53));
+        // NTP 123 <-> 124: whoever sent first is the client.
+        assert_eq!(port(123, 124, &ACTIVE), Some(124));
+        assert_eq!(port(123, 124, &PASSIVE), Some(123));
     }
 
     #[test]
     fn portless_protocols_have_no_port() {
         let none = HashSet::new();
-        assert_eq!(service_port(&key(1, 0, 0), true, &none, EPHEMERAL), None);
-        assert_eq!(service_port(&key(253, 0, 0), true, &none, EPHEMERAL), None);
+        assert_eq!(service_port(&key(1, 0, 0), &ACTIVE, &none, EPHEMERAL), None);
+        assert_eq!(
+            service_port(&key(253, 0, 0), &ACTIVE, &none, EPHEMERAL),
+            None
+        );
     }
 
     #[test]

@@ -1,1 +1,92 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|run|test|bench>`.
+//!
+//! Everything a fresh machine needs is installed by `setup`, which `run`, `test` and `bench`
+//! call first; it is idempotent and fast when there is nothing to do.
+
+mod bench;
+mod setup;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "BitSecure project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need: nightly rust-src, bpf-linker (built against the
+    /// nightly toolchain's own LLVM into .tools/), and Debian packages for the tests.
+    Setup,
+    /// Set up, build in release mode and run the agent (as root) with the embedded default
+    /// config, or with the arguments given after `--` (e.g. `-- --config my.toml`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then check formatting and lints and run every test, including the privileged
+    /// integration tests that load the real programs (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then measure the agent's overhead: throughput and packet rate with and without
+    /// it, per-program run time, agent CPU and memory with 10,000 live flows.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    match Cli::parse().command {
+        Command::Setup => setup::run(&root),
+        Command::Run { args } => {
+            setup::run(&root)?;
+            util::cargo(&root, &["build", "--release", "--package", "bitsecure"])?;
+            let agent = root.join("target/release/bitsecure");
+            let mut command = std::process::Command::new(&agent);
+            command.arg("run").args(&args);
+            util::exec(command)
+        }
+        Command::Test { args } => {
+            setup::run(&root)?;
+            util::cargo(&root, &["fmt", "--all", "--check"])
+                .context("code is not formatted: run `cargo fmt --all`")?;
+            util::cargo(
+                &root,
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            let mut test = vec!["test", "--workspace"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            util::cargo(&root, &test)
+        }
+        Command::Bench(args) => {
+            setup::run(&root)?;
+            bench::run(&root, &args)
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_path_buf())
+}

@@ -24,12 +24,14 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket,
+};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,8 +42,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 const REQUEST_HOPS: u8 = 200;
 /// TTL / hop limit of raw IP echo replies sent by `serve --raw-protocol`.
 const REPLY_HOPS: u8 = 100;
-/// Size of the write chunks and of the receive buffers.
+/// Size of the write chunks and of the TCP receive buffers.
 const CHUNK: usize = 64 * 1024;
+/// Size of the datagram receive buffers (larger than any IP packet).
+const DATAGRAM_BUF: usize = 1 << 17;
 
 #[derive(Parser)]
 #[command(
@@ -150,7 +154,7 @@ struct UdpArgs {
     datagrams: u32,
     /// Payload bytes per datagram.
     #[arg(long)]
-    size: usize,
+    size: u16,
 }
 
 #[derive(Args)]
@@ -163,7 +167,7 @@ struct PingArgs {
     count: u32,
     /// Payload bytes per echo request (after the 8-byte ICMP header).
     #[arg(long)]
-    size: usize,
+    size: u16,
 }
 
 #[derive(Args)]
@@ -179,7 +183,7 @@ struct RawArgs {
     count: u32,
     /// Payload bytes per packet.
     #[arg(long)]
-    size: usize,
+    size: u16,
 }
 
 #[derive(Args)]
@@ -225,12 +229,13 @@ fn finish(result: Result<()>) -> ! {
             1
         }
     };
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
     println!(
         "{{\"sent_bytes\":{},\"received_bytes\":{},\"packets_sent\":{},\"packets_received\":{}}}",
-        SENT_BYTES.load(Ordering::Relaxed),
-        RECEIVED_BYTES.load(Ordering::Relaxed),
-        PACKETS_SENT.load(Ordering::Relaxed),
-        PACKETS_RECEIVED.load(Ordering::Relaxed),
+        load(&SENT_BYTES),
+        load(&RECEIVED_BYTES),
+        load(&PACKETS_SENT),
+        load(&PACKETS_RECEIVED),
     );
     let _ = io::stdout().flush();
     std::process::exit(code)
@@ -255,157 +260,146 @@ fn announce(word: &str) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let timeout = Duration::from_secs(cli.timeout_secs);
-    if let Command::Serve(args) = &cli.command {
-        if let Err(e) = serve(args) {
-            eprintln!("bitsecure-trafficgen: {e:#}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    if !matches!(cli.command, Command::Hold(_)) {
+    // `serve` runs until killed; `hold` starts the watchdog once its go-file appears.
+    if !matches!(cli.command, Command::Serve(_) | Command::Hold(_)) {
         start_watchdog(timeout);
     }
     finish(match &cli.command {
-        Command::Serve(_) => Ok(()),
+        Command::Serve(args) => {
+            let Err(e) = serve(args);
+            eprintln!("bitsecure-trafficgen: {e:#}");
+            std::process::exit(1);
+        }
         Command::Tcp(args) => tcp_client(args, timeout),
         Command::TcpServe(args) => tcp_serve(args, timeout),
         Command::Udp(args) => udp_client(args, timeout),
-        Command::Ping(args) => ping(args, timeout),
-        Command::Raw(args) => raw_client(args, timeout),
+        Command::Ping(args) => ping(args),
+        Command::Raw(args) => raw_client(args),
         Command::Hold(args) => hold(args, timeout),
     })
 }
 
 // ---------------------------------------------------------------------------------------------
-// TCP protocol helpers. Every byte written or read on a TCP socket is counted.
+// TCP. Every byte written to or read from a TCP socket is counted.
 
-fn write_counted(stream: &mut TcpStream, mut data: &[u8]) -> Result<()> {
-    while !data.is_empty() {
-        match stream.write(data) {
-            Ok(0) => bail!("connection closed while writing"),
-            Ok(n) => {
-                count_sent(n, 0);
-                data = &data[n..];
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("write to TCP socket failed"),
-        }
-    }
-    Ok(())
+/// Filler data: `len` bytes of a repeating pattern.
+fn filler(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
 }
 
-/// Writes `n` filler bytes, counting them as sent if `counted`.
-fn write_filler(out: &mut impl Write, n: u64, counted: bool) -> io::Result<()> {
-    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i % 251) as u8).collect();
-    let mut left = n;
-    while left > 0 {
-        let len = left.min(CHUNK as u64) as usize;
-        let written = match out.write(&chunk[..len]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(w) => w,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if counted {
-            count_sent(written, 0);
-        }
-        left -= written as u64;
-    }
-    Ok(())
+/// `n` filler bytes to copy from, in chunks of [`CHUNK`] bytes.
+fn filler_reader(n: u64) -> impl Read {
+    io::BufReader::with_capacity(CHUNK, io::repeat(b'x').take(n))
 }
 
-/// Reads up to `limit` bytes (everything until EOF if `None`) and returns how many were read.
-fn read_counted(stream: &mut TcpStream, limit: Option<u64>) -> Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let want = limit.map_or(CHUNK as u64, |l| (l - total).min(CHUNK as u64)) as usize;
-        if want == 0 {
-            return Ok(total);
-        }
-        match stream.read(&mut buf[..want]) {
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                count_received(n, 0);
-                total += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("read from TCP socket failed"),
-        }
+/// A TCP stream that counts the bytes read from and written to it.
+struct Counted<'a>(&'a TcpStream);
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (&mut &*self.0).read(buf)?;
+        count_received(n, 0);
+        Ok(n)
     }
 }
 
-/// Reads one `\n`-terminated line (at most 64 bytes) byte by byte, so nothing after it is
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&mut &*self.0).write(buf)?;
+        count_sent(n, 0);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads until EOF (at most `limit` bytes) and returns how many bytes were read.
+fn read_all(stream: &TcpStream, limit: u64) -> Result<u64> {
+    io::copy(&mut Counted(stream).take(limit), &mut io::sink()).context("TCP read failed")
+}
+
+/// Reads one `\n`-terminated line (at most 64 bytes) byte by byte, so that nothing after it is
 /// consumed, and returns it without the newline.
-fn read_line(stream: &mut TcpStream) -> Result<String> {
+#[expect(
+    clippy::unbuffered_bytes,
+    reason = "buffering would consume the data after the line"
+)]
+fn read_line(stream: &TcpStream) -> Result<String> {
     let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        match stream.read(&mut byte) {
-            Ok(0) => bail!(
-                "connection closed before end of line {:?}",
-                String::from_utf8_lossy(&line)
-            ),
-            Ok(_) => count_received(1, 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e).context("read from TCP socket failed"),
+    for byte in Counted(stream).bytes() {
+        match byte.context("TCP read failed")? {
+            b'\n' => return String::from_utf8(line).context("line is not UTF-8"),
+            byte => line.push(byte),
         }
-        if byte[0] == b'\n' {
-            return String::from_utf8(line).context("line is not UTF-8");
-        }
-        line.push(byte[0]);
         ensure!(line.len() <= 64, "line too long");
     }
+    bail!("connection closed before end of line {line:?}")
 }
 
 /// Serves one SEND/RECV request, then waits for the client to close.
-fn handle_connection(mut stream: TcpStream) -> Result<()> {
-    let line = read_line(&mut stream).context("cannot read the request line")?;
+fn handle_connection(stream: &TcpStream) -> Result<()> {
+    let line = read_line(stream).context("cannot read the request line")?;
     let (verb, n) = line.split_once(' ').context("malformed request line")?;
     let n: u64 = n
         .parse()
         .with_context(|| format!("bad byte count in {line:?}"))?;
     match verb {
         "SEND" => {
-            let got = read_counted(&mut stream, Some(n))?;
+            let got = read_all(stream, n)?;
             ensure!(got == n, "client sent {got} of {n} bytes then closed");
-            write_counted(&mut stream, b"OK\n")?;
+            Counted(stream)
+                .write_all(b"OK\n")
+                .context("cannot send OK")?;
         }
         "RECV" => {
-            write_filler(&mut stream, n, true).context("write to TCP socket failed")?;
+            io::copy(&mut filler_reader(n), &mut Counted(stream)).context("TCP write failed")?;
             stream
-                .shutdown(std::net::Shutdown::Write)
+                .shutdown(Shutdown::Write)
                 .context("shutdown failed")?;
         }
         _ => bail!("unknown request {line:?}"),
     }
-    read_counted(&mut stream, None)?;
+    read_all(stream, u64::MAX)?;
     Ok(())
+}
+
+fn set_timeouts(stream: &TcpStream, timeout: Duration) -> Result<()> {
+    stream
+        .set_read_timeout(Some(timeout))
+        .context("cannot set the read timeout")?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .context("cannot set the write timeout")
 }
 
 fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("cannot connect to {addr}"))?;
-    set_timeouts(&stream, Some(timeout))?;
+    set_timeouts(&stream, timeout)?;
     Ok(stream)
 }
 
-fn set_timeouts(stream: &TcpStream, timeout: Option<Duration>) -> Result<()> {
-    stream
-        .set_read_timeout(timeout)
-        .context("cannot set the read timeout")?;
-    stream
-        .set_write_timeout(timeout)
-        .context("cannot set the write timeout")
-}
-
 /// Does `SEND n` on an open connection: header, `n` bytes by `method`, then waits for `OK`.
-fn upload(stream: &mut TcpStream, n: u64, method: Method, file: Option<&File>) -> Result<()> {
-    write_counted(stream, format!("SEND {n}\n").as_bytes())?;
+/// `file` (for sendfile) holds at least `n` bytes.
+fn upload(stream: &TcpStream, n: u64, method: Method, file: Option<&File>) -> Result<()> {
+    Counted(stream)
+        .write_all(format!("SEND {n}\n").as_bytes())
+        .context("cannot send SEND")?;
+    let sock = stream.as_raw_fd();
     match (method, file) {
-        (Method::Sendfile, Some(file)) => send_file(stream, file, n)?,
-        (Method::Splice, _) => splice_upload(stream, n)?,
-        _ => write_filler(stream, n, true).context("write to TCP socket failed")?,
+        (Method::Sendfile, Some(file)) => {
+            let mut offset: libc::off_t = 0;
+            // SAFETY: both descriptors are open during the call; `offset` is a valid pointer.
+            pump(n, "sendfile", |len| unsafe {
+                libc::sendfile(sock, file.as_raw_fd(), &mut offset, len)
+            })?;
+        }
+        (Method::Splice, _) => splice_upload(sock, n)?,
+        _ => {
+            io::copy(&mut filler_reader(n), &mut Counted(stream)).context("TCP write failed")?;
+        }
     }
     let reply = read_line(stream).context("no reply to SEND")?;
     ensure!(reply == "OK", "unexpected reply {reply:?} to SEND");
@@ -414,100 +408,87 @@ fn upload(stream: &mut TcpStream, n: u64, method: Method, file: Option<&File>) -
 
 /// Does `RECV m` on a new connection and checks that exactly `m` bytes arrive before EOF.
 fn download(addr: SocketAddr, m: u64, timeout: Duration) -> Result<()> {
-    let mut stream = connect(addr, timeout)?;
-    write_counted(&mut stream, format!("RECV {m}\n").as_bytes())?;
-    let got = read_counted(&mut stream, None)?;
+    let stream = connect(addr, timeout)?;
+    Counted(&stream)
+        .write_all(format!("RECV {m}\n").as_bytes())
+        .context("cannot send RECV")?;
+    let got = read_all(&stream, u64::MAX)?;
     ensure!(got == m, "downloaded {got} bytes, expected {m}");
     Ok(())
 }
 
-/// Sends the first `n` bytes of `file` with sendfile(2).
-fn send_file(stream: &TcpStream, file: &File, n: u64) -> Result<()> {
-    let mut offset: libc::off_t = 0;
+/// Runs a system call returning a count or -1 with errno, retrying when interrupted.
+fn syscall(what: &str, mut call: impl FnMut() -> isize) -> Result<usize> {
+    loop {
+        if let Ok(n) = usize::try_from(call()) {
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("{what} failed"));
+        }
+    }
+}
+
+/// Sends `n` bytes with a zero-copy call (`call(max_len)` returns the bytes it moved).
+fn pump(n: u64, what: &str, mut call: impl FnMut(usize) -> isize) -> Result<()> {
     let mut left = n;
     while left > 0 {
-        let len = left.min(1 << 20) as usize;
-        // SAFETY: both descriptors are open for the duration of the call; `offset` is valid.
-        let r = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut offset, len) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("sendfile failed");
-        }
-        ensure!(r > 0, "sendfile: the data file ended early");
-        count_sent(r as usize, 0);
-        left -= r as u64;
+        let moved = syscall(what, || call(left.min(1 << 20) as usize))?;
+        ensure!(moved > 0, "{what}: the data source ended early");
+        count_sent(moved, 0);
+        left -= moved as u64;
     }
     Ok(())
 }
 
-/// Sends `n` bytes with splice(2) from a pipe that another thread fills.
-fn splice_upload(stream: &TcpStream, n: u64) -> Result<()> {
+/// Sends `n` bytes to socket `sock` with splice(2) from a pipe that another thread fills.
+fn splice_upload(sock: i32, n: u64) -> Result<()> {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(io::Error::last_os_error()).context("pipe2 failed");
-    }
+    syscall(
+        "pipe2",
+        || unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } as isize,
+    )?;
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    let (read_end, write_end) =
+    let (pipe_out, pipe_in) =
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let writer = thread::spawn(move || write_filler(&mut File::from(write_end), n, false));
-    let result = (|| {
-        let mut left = n;
-        while left > 0 {
-            let len = left.min(1 << 20) as usize;
-            // SAFETY: both descriptors are open; null offsets are allowed for pipes and sockets.
-            let r = unsafe {
-                libc::splice(
-                    read_end.as_raw_fd(),
-                    ptr::null_mut(),
-                    stream.as_raw_fd(),
-                    ptr::null_mut(),
-                    len,
-                    libc::SPLICE_F_MOVE,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("splice failed");
-            }
-            ensure!(r > 0, "splice: the pipe ended early");
-            count_sent(r as usize, 0);
-            left -= r as u64;
-        }
-        Ok(())
-    })();
-    drop(read_end); // unblocks the writer (EPIPE) if splicing stopped early
+    let writer = thread::spawn(move || io::copy(&mut filler_reader(n), &mut File::from(pipe_in)));
+    let null = ptr::null_mut();
+    // SAFETY: both descriptors are open; null offsets are what pipes and sockets require.
+    let result = pump(n, "splice", |len| unsafe {
+        libc::splice(
+            pipe_out.as_raw_fd(),
+            null,
+            sock,
+            null,
+            len,
+            libc::SPLICE_F_MOVE,
+        )
+    });
+    drop(pipe_out); // makes the writer fail (EPIPE) instead of blocking if splicing stopped early
     let written = writer
         .join()
         .map_err(|_| anyhow!("pipe writer thread panicked"))?;
     result?;
-    written.context("write to pipe failed")
+    written.context("write to pipe failed").map(drop)
 }
 
-/// Writes `n` filler bytes to an unlinked temporary file, for sendfile(2).
+/// Writes `n` filler bytes to an (already unlinked) temporary file, for sendfile(2).
 fn filler_file(n: u64) -> Result<File> {
     let path =
         std::env::temp_dir().join(format!("bitsecure-trafficgen-{}.data", std::process::id()));
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    let _ = fs::remove_file(&path);
-    write_filler(&mut file, n, false)
+        .open(&path);
+    let mut file = file.with_context(|| format!("cannot create {}", path.display()))?;
+    let _ = fs::remove_file(&path); // the open descriptor keeps the data
+    io::copy(&mut filler_reader(n), &mut file)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(file)
 }
-
-// ---------------------------------------------------------------------------------------------
-// Subcommands.
 
 fn tcp_client(args: &TcpArgs, timeout: Duration) -> Result<()> {
     ensure!(
@@ -518,36 +499,28 @@ fn tcp_client(args: &TcpArgs, timeout: Duration) -> Result<()> {
         Method::Sendfile if args.upload > 0 => Some(filler_file(args.upload)?),
         _ => None,
     };
-    // Operation i: an upload if `true`, a download if `false`.
+    // One entry per connection: `true` for an upload, `false` for a download.
+    let directions = [
+        (args.upload > 0).then_some(true),
+        (args.download > 0).then_some(false),
+    ];
     let ops: Vec<bool> = (0..args.connections)
-        .flat_map(|_| {
-            [
-                (args.upload > 0).then_some(true),
-                (args.download > 0).then_some(false),
-            ]
-        })
-        .flatten()
+        .flat_map(|_| directions.into_iter().flatten())
         .collect();
     let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
-    let workers = (args.parallel as usize).min(ops.len());
     thread::scope(|scope| {
-        for _ in 0..workers {
+        for _ in 0..(args.parallel as usize).min(ops.len()) {
             scope.spawn(|| {
-                while !failed.load(Ordering::Relaxed) {
-                    let Some(&is_upload) = ops.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                        break;
-                    };
+                while let Some(&is_upload) = ops.get(next.fetch_add(1, Ordering::Relaxed)) {
                     let result = if is_upload {
-                        connect(args.connect, timeout).and_then(|mut s| {
-                            upload(&mut s, args.upload, args.method, file.as_ref())
-                        })
+                        connect(args.connect, timeout)
+                            .and_then(|s| upload(&s, args.upload, args.method, file.as_ref()))
                     } else {
                         download(args.connect, args.download, timeout)
                     };
                     if let Err(e) = result {
-                        failed.store(true, Ordering::Relaxed);
+                        next.store(ops.len(), Ordering::Relaxed); // stop the other workers
                         first_error
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -557,10 +530,10 @@ fn tcp_client(args: &TcpArgs, timeout: Duration) -> Result<()> {
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_error
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Ok(()), Err)
 }
 
 fn tcp_serve(args: &TcpServeArgs, timeout: Duration) -> Result<()> {
@@ -572,9 +545,9 @@ fn tcp_serve(args: &TcpServeArgs, timeout: Duration) -> Result<()> {
         for i in 0..args.connections {
             let (stream, peer) = listener
                 .accept()
-                .with_context(|| format!("accept of connection {i} failed"))?;
-            set_timeouts(&stream, Some(timeout))?;
-            handlers.push((peer, scope.spawn(move || handle_connection(stream))));
+                .with_context(|| format!("accept #{i} failed"))?;
+            set_timeouts(&stream, timeout)?;
+            handlers.push((peer, scope.spawn(move || handle_connection(&stream))));
         }
         for (peer, handler) in handlers {
             let result = handler
@@ -587,26 +560,29 @@ fn tcp_serve(args: &TcpServeArgs, timeout: Duration) -> Result<()> {
 }
 
 fn hold(args: &HoldArgs, timeout: Duration) -> Result<()> {
-    let mut stream = connect(args.connect, timeout)?;
+    let stream = connect(args.connect, timeout)?;
     announce("connected")?;
     let give_up = Instant::now() + Duration::from_secs(args.go_timeout_secs);
     while !args.go_file.exists() {
+        let waited = args.go_timeout_secs;
         ensure!(
             Instant::now() < give_up,
-            "{} did not appear in {} s",
-            args.go_file.display(),
-            args.go_timeout_secs
+            "{} did not appear in {waited} s",
+            args.go_file.display()
         );
         thread::sleep(Duration::from_millis(50));
     }
     start_watchdog(timeout);
-    upload(&mut stream, args.upload, Method::Write, None)
+    upload(&stream, args.upload, Method::Write, None)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Datagrams: UDP, ICMP echo and raw IP. Only matching echoes count as received.
+
 /// Datagram payload: the sequence number (big endian, as much of it as fits), then filler.
-fn datagram(seq: u32, size: usize) -> Vec<u8> {
-    let mut payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    let k = size.min(4);
+fn datagram(seq: u32, size: u16) -> Vec<u8> {
+    let mut payload = filler(size.into());
+    let k = payload.len().min(4);
     payload[..k].copy_from_slice(&seq.to_be_bytes()[..k]);
     payload
 }
@@ -620,23 +596,18 @@ fn udp_client(args: &UdpArgs, timeout: Duration) -> Result<()> {
     socket
         .set_read_timeout(Some(timeout))
         .context("cannot set the read timeout")?;
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; DATAGRAM_BUF];
     for seq in 0..args.datagrams {
         let payload = datagram(seq, args.size);
-        let n = socket
+        let sent = socket
             .send_to(&payload, args.to)
-            .with_context(|| format!("send_to {} failed", args.to))?;
-        ensure!(
-            n == payload.len(),
-            "short UDP send ({n} of {} bytes)",
-            payload.len()
-        );
-        count_sent(n, 1);
+            .with_context(|| format!("send to {} failed", args.to))?;
+        count_sent(sent, 1); // UDP sends all or nothing
         loop {
             let (n, from) = socket
                 .recv_from(&mut buf)
                 .with_context(|| format!("no echo of datagram {seq}"))?;
-            if from.ip() == args.to.ip() && from.port() == args.to.port() && buf[..n] == payload[..]
+            if (from.ip(), from.port()) == (args.to.ip(), args.to.port()) && buf[..n] == payload[..]
             {
                 count_received(n, 1);
                 break;
@@ -646,91 +617,89 @@ fn udp_client(args: &UdpArgs, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Sends `count` packets built by `message(i)` to `to`, each waiting for a packet from `to`
+/// that `is_echo(hops, sent, received)` accepts.
+fn raw_echoes(
+    socket: &RawSocket,
+    to: IpAddr,
+    count: u32,
+    message: impl Fn(u32) -> Vec<u8>,
+    is_echo: impl Fn(Option<u8>, &[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let mut buf = vec![0u8; DATAGRAM_BUF];
+    for i in 0..count {
+        let sent = message(i);
+        socket.send_to(&sent, to)?;
+        count_sent(sent.len(), 1);
+        loop {
+            match socket.receive(&mut buf)? {
+                Some((src, hops, echo)) if src == to && is_echo(hops, &sent, echo) => {
+                    count_received(echo.len(), 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// RFC 1071 Internet checksum.
 fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
+    let words = data
         .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
+        .map(|c| (u32::from(c[0]) << 8) | u32::from(c.get(1).copied().unwrap_or(0)));
+    let mut sum: u32 = words.sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
 }
 
-fn ping(args: &PingArgs, timeout: Duration) -> Result<()> {
+fn ping(args: &PingArgs) -> Result<()> {
     let v6 = args.to.is_ipv6();
-    let protocol = if v6 {
-        libc::IPPROTO_ICMPV6
-    } else {
-        libc::IPPROTO_ICMP
+    let (protocol, request, reply) = match v6 {
+        false => (libc::IPPROTO_ICMP, 8, 0),
+        true => (libc::IPPROTO_ICMPV6, 128, 129),
     };
-    let (request_type, reply_type) = if v6 { (128u8, 129u8) } else { (8u8, 0u8) };
     let socket = RawSocket::open(v6, protocol)?;
-    socket.set_receive_timeout(timeout)?;
-    let id = (std::process::id() & 0xffff) as u16;
-    let mut buf = vec![0u8; 1 << 17];
-    for i in 0..args.count {
-        let seq = i as u16;
-        let mut message = vec![request_type, 0, 0, 0];
-        message.extend_from_slice(&id.to_be_bytes());
-        message.extend_from_slice(&seq.to_be_bytes());
-        message.extend_from_slice(&datagram(i, args.size));
+    let id = (std::process::id() as u16).to_be_bytes();
+    let message = |i: u32| {
+        let seq = (i as u16).to_be_bytes();
+        let mut message = [[request, 0, 0, 0], [id[0], id[1], seq[0], seq[1]]].concat();
+        message.extend(datagram(i, args.size));
         if !v6 {
             // The kernel computes the ICMPv6 checksum (it covers a pseudo-header), not ICMP's.
             let sum = internet_checksum(&message);
             message[2..4].copy_from_slice(&sum.to_be_bytes());
         }
-        socket.send_to(&message, args.to)?;
-        count_sent(message.len(), 1);
-        loop {
-            let packet = socket
-                .receive(&mut buf)
-                .with_context(|| format!("no reply to echo request {i}"))?;
-            let Some((src, _, reply)) = packet else {
-                continue;
-            };
-            if src == args.to
-                && reply.len() == message.len()
-                && reply[0] == reply_type
-                && reply[1] == 0
-                && reply[4..8] == message[4..8]
-                && reply[8..] == message[8..]
-            {
-                count_received(reply.len(), 1);
-                break;
-            }
-        }
-    }
-    Ok(())
+        message
+    };
+    // Raw ICMP sockets see all ICMP (even our own requests on loopback): match type, id, seq.
+    let is_reply = |_, sent: &[u8], got: &[u8]| {
+        got.len() == sent.len() && got[..2] == [reply, 0] && got[4..] == sent[4..]
+    };
+    raw_echoes(&socket, args.to, args.count, message, is_reply)
 }
 
-fn raw_client(args: &RawArgs, timeout: Duration) -> Result<()> {
-    let socket = RawSocket::open(args.to.is_ipv6(), i32::from(args.protocol))?;
-    socket.set_receive_timeout(timeout)?;
+fn raw_client(args: &RawArgs) -> Result<()> {
+    let socket = RawSocket::open(args.to.is_ipv6(), args.protocol.into())?;
     socket.set_hop_limit(REQUEST_HOPS)?;
-    let mut buf = vec![0u8; 1 << 17];
-    for seq in 0..args.count {
-        let payload = datagram(seq, args.size);
-        socket.send_to(&payload, args.to)?;
-        count_sent(payload.len(), 1);
-        loop {
-            let packet = socket
-                .receive(&mut buf)
-                .with_context(|| format!("no echo of packet {seq}"))?;
-            let Some((src, hops, echo)) = packet else {
-                continue;
-            };
-            if src == args.to && hops != Some(REQUEST_HOPS) && echo == &payload[..] {
-                count_received(echo.len(), 1);
-                break;
-            }
-        }
-    }
-    Ok(())
+    let is_echo = |hops, sent: &[u8], got: &[u8]| hops != Some(REQUEST_HOPS) && got == sent;
+    raw_echoes(
+        &socket,
+        args.to,
+        args.count,
+        |i| datagram(i, args.size),
+        is_echo,
+    )
 }
 
-fn serve(args: &ServeArgs) -> Result<()> {
+// ---------------------------------------------------------------------------------------------
+// The long-running server.
+
+/// Binds every requested socket, prints `ready` and serves until killed; returns only on error.
+fn serve(args: &ServeArgs) -> Result<std::convert::Infallible> {
     ensure!(
         args.tcp.is_some() || args.udp.is_some() || args.raw_protocol.is_some(),
         "give at least one of --tcp, --udp, --raw-protocol"
@@ -745,7 +714,7 @@ fn serve(args: &ServeArgs) -> Result<()> {
         thread::spawn(move || serve_udp(&socket));
     }
     if let (Some(protocol), Some(addr)) = (args.raw_protocol, args.raw_bind) {
-        let socket = RawSocket::open(addr.is_ipv6(), i32::from(protocol))?;
+        let socket = RawSocket::open(addr.is_ipv6(), protocol.into())?;
         socket.set_hop_limit(REPLY_HOPS)?;
         socket.bind(addr)?;
         thread::spawn(move || serve_raw(&socket));
@@ -756,64 +725,58 @@ fn serve(args: &ServeArgs) -> Result<()> {
     }
 }
 
-/// Log line for errors of the long-running server, which keeps going.
-fn log_error(what: &str, e: &dyn std::fmt::Display) {
-    eprintln!("bitsecure-trafficgen serve: {what}: {e:#}");
+/// Logs an error of the server, which keeps going (after a pause, against busy loops).
+fn log_error(what: impl std::fmt::Display, pause: bool) {
+    eprintln!("bitsecure-trafficgen serve: {what}");
+    if pause {
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn serve_tcp(listener: &TcpListener) {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
-                let spawned = thread::Builder::new().spawn(move || {
-                    if let Err(e) = handle_connection(stream) {
-                        log_error(&format!("TCP connection from {peer}"), &format!("{e:#}"));
+                let handler = move || {
+                    if let Err(e) = handle_connection(&stream) {
+                        log_error(format_args!("TCP connection from {peer}: {e:#}"), false);
                     }
-                });
-                if let Err(e) = spawned {
-                    log_error("cannot start a connection thread", &e);
+                };
+                if let Err(e) = thread::Builder::new().spawn(handler) {
+                    log_error(format_args!("cannot start a connection thread: {e}"), true);
                 }
             }
-            Err(e) => {
-                log_error("TCP accept failed", &e);
-                thread::sleep(Duration::from_millis(100));
-            }
+            Err(e) => log_error(format_args!("TCP accept failed: {e}"), true),
         }
     }
 }
 
 fn serve_udp(socket: &UdpSocket) {
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; DATAGRAM_BUF];
     loop {
         match socket.recv_from(&mut buf) {
             Ok((n, from)) => {
                 if let Err(e) = socket.send_to(&buf[..n], from) {
-                    log_error(&format!("UDP echo to {from}"), &e);
+                    log_error(format_args!("UDP echo to {from} failed: {e}"), false);
                 }
             }
-            Err(e) => {
-                log_error("UDP receive failed", &e);
-                thread::sleep(Duration::from_millis(100));
-            }
+            Err(e) => log_error(format_args!("UDP receive failed: {e}"), true),
         }
     }
 }
 
 fn serve_raw(socket: &RawSocket) {
-    let mut buf = vec![0u8; 1 << 17];
+    let mut buf = vec![0u8; DATAGRAM_BUF];
     loop {
         match socket.receive(&mut buf) {
+            // Our own replies come back to us when the client shares the host: skip them.
             Ok(Some((src, hops, payload))) if hops != Some(REPLY_HOPS) => {
-                let payload = payload.to_vec();
-                if let Err(e) = socket.send_to(&payload, src) {
-                    log_error(&format!("raw echo to {src}"), &format!("{e:#}"));
+                if let Err(e) = socket.send_to(payload, src) {
+                    log_error(format_args!("{e:#}"), false);
                 }
             }
             Ok(_) => {}
-            Err(e) => {
-                log_error("raw receive failed", &format!("{e:#}"));
-                thread::sleep(Duration::from_millis(100));
-            }
+            Err(e) => log_error(format_args!("{e:#}"), true),
         }
     }
 }
@@ -822,7 +785,7 @@ fn serve_raw(socket: &RawSocket) {
 // Raw IP sockets (libc).
 
 /// A SOCK_RAW socket of one IP protocol. IPv4 receives include the IP header (stripped by
-/// [`RawSocket::receive`]); IPv6 receives do not, the hop limit comes as a control message.
+/// [`RawSocket::receive`]); IPv6 receives do not, so the hop limit comes as a control message.
 struct RawSocket {
     fd: OwnedFd,
     v6: bool,
@@ -834,152 +797,112 @@ type RawPacket<'a> = (IpAddr, Option<u8>, &'a [u8]);
 impl RawSocket {
     fn open(v6: bool, protocol: i32) -> Result<Self> {
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let kind = libc::SOCK_RAW | libc::SOCK_CLOEXEC;
         // SAFETY: plain system call without pointers.
-        let fd = unsafe { libc::socket(family, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("cannot open a raw socket for IP protocol {protocol} (needs CAP_NET_RAW)")
-            });
-        }
+        let fd = syscall("socket", || unsafe { libc::socket(family, kind, protocol) }
+            as isize)
+        .with_context(|| format!("cannot open a raw socket for IP protocol {protocol}"))?;
         // SAFETY: the descriptor was just created and is owned by nobody else.
         let socket = Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
             v6,
         };
         if v6 {
-            let on: libc::c_int = 1;
-            socket.set_option(libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, &on)?;
+            socket.set_option(libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?;
         }
         Ok(socket)
     }
 
-    fn set_option<T>(&self, level: i32, name: i32, value: &T) -> Result<()> {
-        let len = mem::size_of::<T>() as libc::socklen_t;
+    fn set_option(&self, level: i32, name: i32, value: libc::c_int) -> Result<()> {
+        let (fd, len) = (
+            self.fd.as_raw_fd(),
+            mem::size_of_val(&value) as libc::socklen_t,
+        );
+        let value = ptr::from_ref(&value).cast();
         // SAFETY: `value` points to `len` readable bytes.
-        let r = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                ptr::from_ref(value).cast(),
-                len,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("setsockopt({level}, {name}) failed"));
-        }
+        syscall(
+            "setsockopt",
+            || unsafe { libc::setsockopt(fd, level, name, value, len) } as isize,
+        )?;
         Ok(())
     }
 
     fn set_hop_limit(&self, hops: u8) -> Result<()> {
-        let value = libc::c_int::from(hops);
         if self.v6 {
-            self.set_option(libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &value)
+            self.set_option(libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, hops.into())
         } else {
-            self.set_option(libc::IPPROTO_IP, libc::IP_TTL, &value)
+            self.set_option(libc::IPPROTO_IP, libc::IP_TTL, hops.into())
         }
-    }
-
-    fn set_receive_timeout(&self, timeout: Duration) -> Result<()> {
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs().try_into().unwrap_or(libc::time_t::MAX),
-            tv_usec: timeout.subsec_micros().into(),
-        };
-        self.set_option(libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv)
     }
 
     fn bind(&self, ip: IpAddr) -> Result<()> {
         let (addr, len) = sockaddr_from_ip(ip);
-        // SAFETY: `addr` holds a valid socket address of `len` bytes.
-        let r = unsafe { libc::bind(self.fd.as_raw_fd(), ptr::from_ref(&addr).cast(), len) };
-        if r < 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("cannot bind the raw socket to {ip}"));
-        }
+        let addr = ptr::from_ref(&addr).cast();
+        // SAFETY: `addr` points to a socket address of `len` bytes.
+        syscall(
+            "bind",
+            || unsafe { libc::bind(self.fd.as_raw_fd(), addr, len) } as isize,
+        )
+        .with_context(|| format!("cannot bind the raw socket to {ip}"))?;
         Ok(())
     }
 
     fn send_to(&self, payload: &[u8], ip: IpAddr) -> Result<()> {
-        let (addr, len) = sockaddr_from_ip(ip);
-        loop {
-            // SAFETY: `payload` and `addr` are valid for the given lengths.
-            let r = unsafe {
-                libc::sendto(
-                    self.fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    ptr::from_ref(&addr).cast(),
-                    len,
-                )
-            };
-            if r >= 0 {
-                ensure!(
-                    r as usize == payload.len(),
-                    "short raw send ({r} of {} bytes)",
-                    payload.len()
-                );
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e).with_context(|| format!("raw send to {ip} failed"));
-            }
-        }
+        let (addr, addr_len) = sockaddr_from_ip(ip);
+        let (fd, data, len, addr) = (
+            self.fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            ptr::from_ref(&addr).cast(),
+        );
+        // SAFETY: `data` and `addr` point to `len` and `addr_len` readable bytes.
+        let sent = syscall("sendto", || unsafe {
+            libc::sendto(fd, data, len, 0, addr, addr_len)
+        })
+        .with_context(|| format!("raw send to {ip} failed"))?;
+        ensure!(sent == len, "short raw send ({sent} of {len} bytes)");
+        Ok(())
     }
 
-    /// Receives one packet; `None` if it is malformed. Times out with an error.
+    /// Receives one packet; `None` if it is malformed.
     fn receive<'a>(&self, buf: &'a mut [u8]) -> Result<Option<RawPacket<'a>>> {
         // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-        let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let (mut addr, mut msg): (libc::sockaddr_storage, libc::msghdr) = unsafe { mem::zeroed() };
         let mut control = [0u64; 16];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_name = ptr::from_mut(&mut addr).cast();
-        msg.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_namelen = mem::size_of_val(&addr) as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = mem::size_of_val(&control) as _;
-        let n = loop {
-            // SAFETY: `msg` points to live buffers of the sizes it states.
-            let r = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
-            if r >= 0 {
-                break r as usize;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => bail!("timed out"),
-                _ => return Err(e).context("raw receive failed"),
-            }
-        };
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: `msg` points to live buffers of the sizes it states.
+        let n =
+            syscall("raw receive", || unsafe { libc::recvmsg(fd, &mut msg, 0) })?.min(buf.len());
         let Some(src) = ip_from_sockaddr(&addr) else {
             return Ok(None);
         };
         if self.v6 {
             let mut hops = None;
-            // SAFETY: `msg` was filled by recvmsg; the CMSG macros stay within msg_control.
+            // SAFETY: recvmsg filled `msg`; the CMSG functions stay within its control buffer.
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-                while !cmsg.is_null() {
-                    if (*cmsg).cmsg_level == libc::IPPROTO_IPV6
-                        && (*cmsg).cmsg_type == libc::IPV6_HOPLIMIT
-                    {
-                        let value: libc::c_int = ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                while let Some(c) = cmsg.as_ref() {
+                    if (c.cmsg_level, c.cmsg_type) == (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) {
+                        let value: libc::c_int = ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         hops = u8::try_from(value).ok();
                     }
-                    cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+                    cmsg = libc::CMSG_NXTHDR(&msg, c);
                 }
             }
-            return Ok(Some((src, hops, &buf[..n.min(buf.len())])));
+            return Ok(Some((src, hops, &buf[..n])));
         }
         let header_len = usize::from(buf[0] & 0x0f) * 4;
-        if n < 20 || header_len < 20 || header_len > n || n > buf.len() {
+        if n < 20 || header_len < 20 || header_len > n {
             return Ok(None);
         }
         Ok(Some((src, Some(buf[8]), &buf[header_len..n])))
@@ -987,7 +910,7 @@ impl RawSocket {
 }
 
 fn sockaddr_from_ip(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage / sockaddr_in / sockaddr_in6.
+    // SAFETY: all-zero is a valid sockaddr_storage, sockaddr_in and sockaddr_in6.
     let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
     let len = match ip {
         IpAddr::V4(v4) => {
@@ -996,7 +919,7 @@ fn sockaddr_from_ip(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
             unsafe { ptr::write(ptr::from_mut(&mut storage).cast(), sin) };
-            mem::size_of::<libc::sockaddr_in>()
+            mem::size_of_val(&sin)
         }
         IpAddr::V6(v6) => {
             let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
@@ -1004,7 +927,7 @@ fn sockaddr_from_ip(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             sin6.sin6_addr.s6_addr = v6.octets();
             // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
             unsafe { ptr::write(ptr::from_mut(&mut storage).cast(), sin6) };
-            mem::size_of::<libc::sockaddr_in6>()
+            mem::size_of_val(&sin6)
         }
     };
     (storage, len as libc::socklen_t)
@@ -1013,12 +936,12 @@ fn sockaddr_from_ip(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 fn ip_from_sockaddr(storage: &libc::sockaddr_storage) -> Option<IpAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
+            // SAFETY: the family says that the storage holds a sockaddr_in.
             let sin: libc::sockaddr_in = unsafe { ptr::read(ptr::from_ref(storage).cast()) };
             Some(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()).into())
         }
         libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
+            // SAFETY: the family says that the storage holds a sockaddr_in6.
             let sin6: libc::sockaddr_in6 = unsafe { ptr::read(ptr::from_ref(storage).cast()) };
             Some(Ipv6Addr::from(sin6.sin6_addr.s6_addr).into())
         }

@@ -1,0 +1,575 @@
+//! Shared machinery of the privileged integration tests: a test network namespace with a veth
+//! pair and nftables counters (the independent truth), the real agent binary, and the traffic
+//! generator installed under unique executable names.
+//!
+//! These tests need root. They fail (never skip) when they cannot run.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+static NEXT_INDEX: AtomicU32 = AtomicU32::new(1);
+static NEXT_NET: AtomicU32 = AtomicU32::new(1);
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load eBPF programs and create network namespaces: run them as \
+         root (`sudo cargo xtask test`)"
+    );
+}
+
+/// Where this test run keeps its files (generator copies, configs, logs).
+pub fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bitsecure-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Copies the traffic generator to `name` (≤ 15 bytes, so the kernel comm is exactly `name`).
+pub fn install_generator(name: &str) -> PathBuf {
+    assert!(name.len() <= 15, "{name} would be truncated in comm");
+    let path = scratch_dir().join(name);
+    // Copy then rename: another test may be running the previous copy ("text file busy").
+    let unique = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
+    let staging = scratch_dir().join(format!(".{name}.{unique}"));
+    std::fs::copy(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), &staging).expect("copy generator");
+    std::fs::rename(&staging, &path).expect("install generator");
+    path
+}
+
+/// What the generator reports about itself.
+#[derive(Debug, serde::Deserialize)]
+pub struct GeneratorReport {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+/// Runs a generator client to completion; panics unless it succeeded.
+pub fn run_generator(command: &mut Command) -> GeneratorReport {
+    let output = command.output().expect("run generator");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "generator {command:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().expect("generator printed nothing");
+    serde_json::from_str(line).unwrap_or_else(|error| panic!("bad report {line}: {error}"))
+}
+
+/// A long-running generator (server or `hold`) whose stdout is drained in the background.
+pub struct Spawned {
+    pub child: Child,
+    output: std::thread::JoinHandle<String>,
+}
+
+impl Spawned {
+    /// Waits for the process; panics unless it succeeded. Returns what it printed.
+    pub fn finish(mut self) -> String {
+        let status = self.child.wait().expect("wait for generator");
+        let output = self.output.join().expect("stdout reader");
+        assert!(status.success(), "generator failed ({status}): {output}");
+        output
+    }
+}
+
+/// Starts a long-running generator and waits for it to print `marker`.
+pub fn spawn_until(command: &mut Command, marker: &str) -> Spawned {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn generator");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    match lines.next() {
+        Some(Ok(line)) if line.trim() == marker => {}
+        other => {
+            let _ = child.kill();
+            panic!("{command:?} did not print {marker}: {other:?}")
+        }
+    }
+    // Keep reading, or the generator dies of EPIPE when it prints its report.
+    let output =
+        std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    Spawned { child, output }
+}
+
+/// A network namespace joined to the root namespace by a veth pair, with nftables counters
+/// in the namespace counting what crosses the peer's interface, per protocol.
+pub struct TestNet {
+    pub ns: String,
+    host_if: String,
+    pub host_v4: Ipv4Addr,
+    pub peer_v4: Ipv4Addr,
+    pub host_v6: Ipv6Addr,
+    pub peer_v6: Ipv6Addr,
+    children: Vec<Spawned>,
+}
+
+/// Protocols the namespace's nftables counters tell apart.
+/// `loopback` counts TCP over the namespace's own lo to/from port [`LOOPBACK_PORT`].
+pub const COUNTED_PROTOCOLS: [&str; 6] = ["tcp", "udp", "icmp", "icmpv6", "raw253", "loopback"];
+/// The TCP port whose loopback traffic the `loopback` counters count.
+pub const LOOPBACK_PORT: u16 = 7000;
+
+impl TestNet {
+    pub fn new() -> Self {
+        require_root();
+        let index = NEXT_NET.fetch_add(1, Ordering::SeqCst);
+        assert!(index < 250, "too many test namespaces");
+        let pid = std::process::id() % 100_000;
+        let ns = format!("bstest{pid}n{index}");
+        let host_if = format!("bsh{pid}n{index}");
+        let peer_if = format!("bsp{pid}n{index}");
+        // Subnets keyed by pid and index so parallel test binaries do not collide.
+        let subnet = ((pid % 200) as u8, index as u8);
+        let host_v4 = Ipv4Addr::new(10, 200 + (subnet.0 % 50), subnet.1, 1);
+        let peer_v4 = Ipv4Addr::new(10, 200 + (subnet.0 % 50), subnet.1, 2);
+        let host_v6: Ipv6Addr = format!("fd00:b5:{pid:x}:{index:x}::1").parse().unwrap();
+        let peer_v6: Ipv6Addr = format!("fd00:b5:{pid:x}:{index:x}::2").parse().unwrap();
+
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        sh("ip", &["netns", "add", &ns]);
+        let net = Self {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            host_v4,
+            peer_v4,
+            host_v6,
+            peer_v6,
+            children: Vec::new(),
+        };
+        sh(
+            "ip",
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &peer_if,
+            ],
+        );
+        sh("ip", &["link", "set", &peer_if, "netns", &ns]);
+        sh(
+            "ip",
+            &["addr", "add", &format!("{host_v4}/24"), "dev", &host_if],
+        );
+        sh(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{host_v6}/64"),
+                "dev",
+                &host_if,
+                "nodad",
+            ],
+        );
+        sh("ip", &["link", "set", &host_if, "up"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{peer_v4}/24"),
+                "dev",
+                &peer_if,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "-6",
+                "addr",
+                "add",
+                &format!("{peer_v6}/64"),
+                "dev",
+                &peer_if,
+                "nodad",
+            ],
+        );
+        sh("ip", &["-n", &ns, "link", "set", &peer_if, "up"]);
+        sh("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+        // The host segments its GSO super-packets in software at the veth (TSO off), so the
+        // agent's GSO correction is exercised and the peer receives real wire packets; GRO on
+        // the host side merges what it receives. The peer sends wire-sized packets only
+        // (gso_max_segs 1): nftables' output hook sees packets before segmentation, so only
+        // then do its counters equal what crosses the wire.
+        sh("ethtool", &["-K", &host_if, "tso", "off", "gro", "on"]);
+        sh(
+            "ip",
+            &["-n", &ns, "link", "set", &peer_if, "gso_max_segs", "1"],
+        );
+        net.install_counters();
+        net
+    }
+
+    fn install_counters(&self) {
+        let (h4, h6) = (self.host_v4, self.host_v6);
+        let mut rules = String::from("table inet bitsecure_test {\n");
+        for protocol in COUNTED_PROTOCOLS {
+            rules += &format!(
+                "  counter host_sent_{protocol} {{}}\n  counter host_received_{protocol} {{}}\n"
+            );
+        }
+        // Seen from the host: what the peer receives the host sent, and vice versa. ICMP
+        // counts echo messages only (not neighbour discovery or errors).
+        let matches = [
+            ("tcp", "meta l4proto tcp"),
+            ("udp", "meta l4proto udp"),
+            ("raw253", "meta l4proto 253"),
+        ];
+        rules += "  chain input {\n    type filter hook input priority 0; policy accept;\n";
+        for (name, matcher) in matches {
+            rules += &format!("    ip saddr {h4} {matcher} counter name host_sent_{name}\n");
+            rules += &format!("    ip6 saddr {h6} {matcher} counter name host_sent_{name}\n");
+        }
+        rules += &format!("    ip saddr {h4} icmp type echo-request counter name host_sent_icmp\n");
+        rules +=
+            &format!("    ip6 saddr {h6} icmpv6 type echo-request counter name host_sent_icmpv6\n");
+        rules += &format!(
+            "    iifname \"lo\" ip saddr 127.0.0.1 tcp sport {LOOPBACK_PORT} counter name host_received_loopback\n"
+        );
+        rules += "  }\n  chain output {\n    type filter hook output priority 0; policy accept;\n";
+        for (name, matcher) in matches {
+            rules += &format!("    ip daddr {h4} {matcher} counter name host_received_{name}\n");
+            rules += &format!("    ip6 daddr {h6} {matcher} counter name host_received_{name}\n");
+        }
+        rules +=
+            &format!("    ip daddr {h4} icmp type echo-reply counter name host_received_icmp\n");
+        rules += &format!(
+            "    ip6 daddr {h6} icmpv6 type echo-reply counter name host_received_icmpv6\n"
+        );
+        rules += &format!(
+            "    oifname \"lo\" ip daddr 127.0.0.1 tcp dport {LOOPBACK_PORT} counter name host_sent_loopback\n"
+        );
+        rules += "  }\n}\n";
+        let rules_file = scratch_dir().join(format!("{}.nft", self.ns));
+        std::fs::write(&rules_file, rules).expect("write nft rules");
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "-f",
+                rules_file.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// A command that runs `program` inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns]).arg(program);
+        command
+    }
+
+    /// Starts `program args` in the namespace, waits for its `ready`, and stops it on drop.
+    pub fn spawn_server(&mut self, program: &Path, args: &[&str]) {
+        let child = spawn_until(self.command(program).args(args), "ready");
+        self.children.push(child);
+    }
+
+    /// The nftables counter `host_{direction}_{protocol}`: (packets, bytes).
+    pub fn counter(&self, direction: &str, protocol: &str) -> (u64, u64) {
+        let name = format!("host_{direction}_{protocol}");
+        let text = sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "list",
+                "counter",
+                "inet",
+                "bitsecure_test",
+                &name,
+            ],
+        );
+        let number = |key: &str| -> u64 {
+            let mut words = text.split_whitespace();
+            words.find(|word| *word == key);
+            words
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{name}: {text}"))
+        };
+        (number("packets"), number("bytes"))
+    }
+
+    /// The `loopback` counter: what a client in the namespace sent to / received from
+    /// 127.0.0.1:[`LOOPBACK_PORT`].
+    pub fn loopback_counter(&self, direction: &str) -> (u64, u64) {
+        self.counter(direction, "loopback")
+    }
+
+    /// Zeroes every counter (after the agent starts, for traffic on pre-existing sockets).
+    pub fn reset_counters(&self) {
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "nft",
+                "reset",
+                "counters",
+                "table",
+                "inet",
+                "bitsecure_test",
+            ],
+        );
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        for spawned in &mut self.children {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+        }
+        // Deleting the namespace deletes the peer end and with it the whole veth pair.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// One sample of the exposition format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// The real agent binary, with a config of its own, stopped (SIGTERM) on drop.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// How often the test agents poll; short so the tests are quick.
+pub const TEST_POLL_SECONDS: f64 = 0.5;
+
+impl Agent {
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Starts the agent with `extra` TOML appended to a test config.
+    pub fn start_with(extra: &str) -> Self {
+        require_root();
+        let port = free_port();
+        let dir = scratch_dir();
+        let config = dir.join(format!("agent-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
+            ),
+        )
+        .expect("write config");
+        let log = dir.join(format!("agent-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create log"))
+            .spawn()
+            .expect("start agent");
+        let mut agent = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = agent.child.try_wait().expect("wait agent") {
+                panic!("agent exited with {status}: {}", agent.log_text());
+            }
+            if agent.try_get("/metrics").is_some()
+                && agent.log_text().contains("attached to cgroup")
+            {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("agent did not come up: {}", agent.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path`; `None` if the agent does not answer.
+    pub fn try_get(&self, path: &str) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    }
+
+    pub fn scrape(&self) -> Vec<Sample> {
+        let text = self.try_get("/metrics").expect("agent answers /metrics");
+        parse_exposition(&text)
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory arguments; the pid is our own child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait agent") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent ignored SIGTERM: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: as in terminate.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Parses the Prometheus text format (enough of it for our own output).
+pub fn parse_exposition(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = value.parse().expect("numeric value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').expect("}"))),
+                None => (series, BTreeMap::new()),
+            };
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            }
+        })
+        .collect()
+}
+
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((index, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, other)) => value.push(other),
+                    None => break,
+                },
+                '"' => {
+                    end = index + 1;
+                    break;
+                }
+                other => value.push(other),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = &after[end..];
+    }
+    labels
+}
+
+/// Traffic of one process as the agent exports it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Exported {
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    pub sent_packets: u64,
+    pub received_packets: u64,
+}
+
+/// Sums the traffic counters per process over the series that match `filter`.
+pub fn traffic_by_process(
+    samples: &[Sample],
+    filter: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> BTreeMap<String, Exported> {
+    let mut by_process: BTreeMap<String, Exported> = BTreeMap::new();
+    for sample in samples.iter().filter(|sample| filter(&sample.labels)) {
+        let Some(process) = sample.labels.get("process") else {
+            continue;
+        };
+        let entry = by_process.entry(process.clone()).or_default();
+        let value = sample.value as u64;
+        match sample.name.as_str() {
+            "bitsecure_sent_bytes_total" => entry.sent_bytes += value,
+            "bitsecure_received_bytes_total" => entry.received_bytes += value,
+            "bitsecure_sent_packets_total" => entry.sent_packets += value,
+            "bitsecure_received_packets_total" => entry.received_packets += value,
+            _ => {}
+        }
+    }
+    by_process
+}
+
+/// |a - b| ≤ tolerance × b (b is the independent truth).
+pub fn within(measured: u64, truth: u64, tolerance: f64) -> bool {
+    (measured as f64 - truth as f64).abs() <= tolerance * truth as f64
+}
