@@ -1,0 +1,413 @@
+//! Privileged tests of the agent as a program: clear failures on bad input, watching only a
+//! configured cgroup, full kernel maps and cardinality limits made visible, and a shutdown
+//! that detaches everything.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use support::{
+    Agent, TestNet, install_generator, run_generator, scratch_dir, sh, traffic_by_process,
+};
+
+fn agent_command(config_text: &str, name: &str) -> (Command, PathBuf) {
+    let config = scratch_dir().join(name);
+    std::fs::write(&config, config_text).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bitsecure"));
+    command.args(["run", "--config"]).arg(&config);
+    (command, config)
+}
+
+#[test]
+fn bad_config_is_refused_with_the_line_and_a_nonzero_exit() {
+    let (mut command, _) = agent_command(
+        "[agent]\nlisten = \"127.0.0.1:1\"\n\n[kernel]\nflow_capacity = \"lots\"\n",
+        "bad-type.toml",
+    );
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("line 5") && stderr.contains("flow_capacity"),
+        "{stderr}"
+    );
+
+    let (mut command, _) = agent_command("[agent]\nlisten_address = \"x\"\n", "unknown-key.toml");
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("listen_address") && stderr.contains("line 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn taken_port_fails_before_touching_the_kernel() {
+    support::require_root();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (mut command, _) = agent_command(
+        &format!("[agent]\nlisten = \"127.0.0.1:{port}\"\n"),
+        "taken.toml",
+    );
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("attached"), "{stderr}");
+}
+
+#[test]
+fn missing_cgroup_path_is_a_clear_error() {
+    let (mut command, _) = agent_command(
+        "[agent]\ncgroup = \"/sys/fs/cgroup/no-such-slice\"\n",
+        "nocg.toml",
+    );
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no-such-slice"), "{stderr}");
+}
+
+/// Programs of ours attached to `cgroup`, as bpftool (an independent view) lists them.
+fn our_attached_programs(cgroup: &Path) -> usize {
+    let listing = sh("bpftool", &["cgroup", "show", cgroup.to_str().unwrap()]);
+    listing
+        .lines()
+        .filter(|line| {
+            [
+                "count_egress",
+                "count_ingress",
+                "record_owner",
+                "mark_released",
+                "mark_passive",
+            ]
+            .iter()
+            .any(|name| line.contains(name))
+        })
+        .count()
+}
+
+/// A child cgroup of the cgroup v2 mount, removed on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new(tag: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mount = mounts
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+            })
+            .expect("cgroup v2 mounted");
+        let path = mount.join(format!("bitsecure-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).expect("create test cgroup");
+        Self(path)
+    }
+
+    /// A command that runs `program` inside this cgroup.
+    fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(&self.0)
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The cgroup can only be removed once its processes have exited.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn shutdown_detaches_every_program() {
+    support::require_root();
+    let root_cgroup = bitsecure_cgroup_root();
+    let before = our_attached_programs(&root_cgroup);
+    let agent = Agent::start();
+    assert_eq!(
+        our_attached_programs(&root_cgroup),
+        before + 5,
+        "five programs attached"
+    );
+    let status = agent.stop();
+    assert!(status.success(), "agent exit status {status}");
+    assert_eq!(
+        our_attached_programs(&root_cgroup),
+        before,
+        "programs left attached"
+    );
+}
+
+fn bitsecure_cgroup_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("cgroup v2 mounted")
+}
+
+#[test]
+fn watches_only_the_configured_cgroup() {
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-server");
+    net.spawn_server(
+        &server,
+        &["serve", "--tcp", &format!("{}:5000", net.peer_v4)],
+    );
+    let cgroup = TestCgroup::new("slice");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.0.display()));
+    let inside = install_generator("bsg-inside");
+    let outside = install_generator("bsg-outside");
+    let target = format!("{}:5000", net.peer_v4);
+    let upload = ["tcp", "--connect", &target, "--upload", "2000000"];
+    let inside_report = run_generator(cgroup.command(&inside).args(upload));
+    run_generator(Command::new(&outside).args(upload));
+
+    let remote = net.peer_v4.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let by_process = traffic_by_process(&agent.scrape(), |labels| {
+            labels.get("remote") == Some(&remote)
+        });
+        let seen_inside = by_process
+            .get("bsg-inside")
+            .map_or(0, |traffic| traffic.sent_bytes);
+        assert!(
+            !by_process.contains_key("bsg-outside"),
+            "traffic outside the cgroup was counted: {by_process:?}"
+        );
+        if seen_inside >= inside_report.sent_bytes {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inside traffic not counted: {by_process:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The other process has had time to show up by now if it were wrongly counted.
+    std::thread::sleep(Duration::from_secs_f64(support::TEST_POLL_SECONDS * 3.0));
+    let by_process = traffic_by_process(&agent.scrape(), |labels| {
+        labels.get("remote") == Some(&remote)
+    });
+    assert!(!by_process.contains_key("bsg-outside"), "{by_process:?}");
+}
+
+fn metric(samples: &[support::Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            label.is_none_or(|(key, value)| {
+                sample.labels.get(key).map(String::as_str) == Some(value)
+            })
+        })
+        .map(|sample| sample.value)
+        .sum()
+}
+
+#[test]
+fn full_flow_map_is_reported_not_hidden() {
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-server");
+    net.spawn_server(
+        &server,
+        &["serve", "--tcp", &format!("{}:5000", net.peer_v4)],
+    );
+    let cgroup = TestCgroup::new("full");
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[kernel]\nflow_capacity = 64\n",
+        cgroup.0.display()
+    ));
+    let generator = install_generator("bsg-flood");
+    // 150 connections = 150 flows within a second, far more than 64 entries.
+    let target = format!("{}:5000", net.peer_v4);
+    run_generator(cgroup.command(&generator).args([
+        "--timeout-secs",
+        "60",
+        "tcp",
+        "--connect",
+        &target,
+        "--upload",
+        "100",
+        "--connections",
+        "150",
+        "--parallel",
+        "8",
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let samples = agent.scrape();
+        let failures = metric(
+            &samples,
+            "bitsecure_map_insert_failures_total",
+            Some(("map", "flows")),
+        );
+        let entries = metric(&samples, "bitsecure_map_entries", Some(("map", "flows")));
+        let capacity = metric(&samples, "bitsecure_map_capacity", Some(("map", "flows")));
+        assert_eq!(capacity, 64.0);
+        assert!(entries <= 64.0, "map holds {entries} > capacity");
+        if failures > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no insert failures reported; entries {entries}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn cardinality_limit_folds_remotes_into_other_and_keeps_totals() {
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-server");
+    let (v4, v6) = (net.peer_v4, net.peer_v6);
+    net.spawn_server(&server, &["serve", "--udp", &format!("{v4}:5000")]);
+    net.spawn_server(&server, &["serve", "--udp", &format!("[{v6}]:5000")]);
+    // Watch only the generator's cgroup, so no other traffic takes the one remote slot.
+    let cgroup = TestCgroup::new("fold");
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[metrics]\nmax_remotes = 1\n",
+        cgroup.0.display()
+    ));
+    let generator = install_generator("bsg-fold");
+    for (target, datagrams) in [
+        (format!("{v4}:5000"), "300"),
+        (format!("[{v6}]:5000"), "100"),
+    ] {
+        run_generator(cgroup.command(&generator).args([
+            "udp",
+            "--to",
+            &target,
+            "--datagrams",
+            datagrams,
+            "--size",
+            "500",
+        ]));
+        // Separate polls, so the first remote is admitted before the second appears.
+        std::thread::sleep(Duration::from_secs_f64(support::TEST_POLL_SECONDS * 3.0));
+    }
+    let remotes = [v4.to_string(), v6.to_string(), "other".to_owned()];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let samples = agent.scrape();
+        let by_remote = |remote: &str| {
+            traffic_by_process(&samples, |labels| {
+                labels.get("remote").map(String::as_str) == Some(remote)
+                    && labels.get("protocol").map(String::as_str) == Some("udp")
+            })
+            .get("bsg-fold")
+            .copied()
+            .unwrap_or_default()
+        };
+        let total: u64 = remotes
+            .iter()
+            .map(|remote| by_remote(remote).sent_bytes)
+            .sum();
+        let (_, nft_sent) = net.counter("sent", "udp");
+        let folded = metric(&samples, "bitsecure_folded_flows_total", None);
+        // One address got its own series (the one with more bytes came first), the other
+        // was folded into "other"; nothing was lost on the way.
+        let own = by_remote(&v4.to_string()).sent_bytes;
+        let other = by_remote("other").sent_bytes;
+        let v6_own = by_remote(&v6.to_string()).sent_bytes;
+        if total == nft_sent && own > 0 && other > 0 && v6_own == 0 && folded > 0.0 {
+            let series = metric(&samples, "bitsecure_traffic_series", None);
+            assert!(series >= 2.0);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "own {own} other {other} v6 {v6_own} total {total} nft {nft_sent} folded {folded}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn help_explains_the_commands() {
+    let output = Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    for expected in ["run", "config", "Prometheus"] {
+        assert!(help.contains(expected), "--help lacks {expected}: {help}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+        .args(["config", "--default"])
+        .output()
+        .unwrap();
+    let default = String::from_utf8_lossy(&output.stdout);
+    assert!(default.contains("listen = \"127.0.0.1:9977\""), "{default}");
+}
+
+#[test]
+fn closed_sockets_are_folded_out_of_the_kernel_maps_without_losing_bytes() {
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-server");
+    net.spawn_server(
+        &server,
+        &["serve", "--tcp", &format!("{}:5000", net.peer_v4)],
+    );
+    let cgroup = TestCgroup::new("fold-closed");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.0.display()));
+    let generator = install_generator("bsg-closer");
+    let target = format!("{}:5000", net.peer_v4);
+    run_generator(cgroup.command(&generator).args([
+        "tcp",
+        "--connect",
+        &target,
+        "--upload",
+        "5000",
+        "--connections",
+        "200",
+        "--parallel",
+        "4",
+    ]));
+    let remote = net.peer_v4.to_string();
+    // Closed sockets are folded a grace period (2 s with this poll interval) after close.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let samples = agent.scrape();
+        let closed = metric(&samples, "bitsecure_closed_sockets_total", None);
+        let entries = metric(&samples, "bitsecure_map_entries", Some(("map", "flows")));
+        let sent = traffic_by_process(&samples, |labels| labels.get("remote") == Some(&remote))
+            .get("bsg-closer")
+            .map_or(0, |traffic| traffic.sent_bytes);
+        let (_, nft_sent) = net.counter("sent", "tcp");
+        if closed >= 200.0 && entries < 10.0 && sent == nft_sent {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "closed {closed}, flow entries {entries}, sent {sent} vs nftables {nft_sent}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
