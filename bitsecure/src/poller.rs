@@ -199,14 +199,22 @@ impl Poller {
         flows: &[(FlowKey, Traffic, bool)],
         sockets: &HashMap<u64, SocketOwner>,
     ) -> u64 {
-        let mut unresolved = Vec::new();
+        let mut unresolved = HashSet::new();
+        let unknown = ProcessIdentity::unknown();
         for cookie in flows
             .iter()
             .map(|(key, ..)| key.cookie)
             .chain(sockets.keys().copied())
         {
-            if self.owner_of(cookie).is_some() || unresolved.contains(&cookie) {
-                continue;
+            let kernel_knows = sockets
+                .get(&cookie)
+                .is_some_and(|owner| owner.origin != OWNER_UNKNOWN);
+            match self.owner_of(cookie) {
+                // An accepted socket given up on may name its owner when it closes.
+                Some(owner) if *owner == unknown && kernel_knows => {}
+                Some(_) => continue,
+                None if unresolved.contains(&cookie) => continue,
+                None => {}
             }
             if let Some(owner) = sockets
                 .get(&cookie)
@@ -217,7 +225,7 @@ impl Poller {
                     .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
                 self.owners.insert(cookie, identity);
             } else {
-                unresolved.push(cookie);
+                unresolved.insert(cookie);
             }
         }
         if unresolved.is_empty() {
@@ -244,7 +252,7 @@ impl Poller {
     }
 
     /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
-    fn lookup_in_proc(&self, cookies: &[u64]) -> HashMap<u64, ProcessIdentity> {
+    fn lookup_in_proc(&self, wanted: &HashSet<u64>) -> HashMap<u64, ProcessIdentity> {
         let sockets = match sock_diag::dump_sockets() {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -252,7 +260,6 @@ impl Poller {
                 return HashMap::new();
             }
         };
-        let wanted: HashSet<u64> = cookies.iter().copied().collect();
         let inodes: HashMap<u64, u64> = sockets
             .iter()
             // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
