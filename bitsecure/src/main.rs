@@ -1,16 +1,5 @@
 //! `bitsecure`: the agent and its command line.
 
-mod bpf_batch;
-mod cgroup;
-mod config;
-mod flow_table;
-mod http;
-mod identity;
-mod kernel;
-mod metrics;
-mod poller;
-mod sock_diag;
-
 use std::{
     path::PathBuf,
     process::ExitCode,
@@ -27,10 +16,12 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
-use crate::{
-    config::Config,
+use bitsecure::{
+    cgroup,
+    config::{self, Config},
     flow_table::FlowTable,
-    kernel::{KernelLogger, MapCapacities},
+    http,
+    kernel::{self, KernelLogger, MapCapacities},
     metrics::Metrics,
     poller::Poller,
 };

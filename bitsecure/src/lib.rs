@@ -1,0 +1,17 @@
+//! The BitSecure agent as a library: the `bitsecure` binary (main.rs) wires these together.
+//!
+//! - [`kernel`] loads and attaches the eBPF programs; [`bpf_batch`] reads their maps.
+//! - [`poller`] attributes kernel flows to processes ([`identity`], [`sock_diag`]) and feeds
+//!   the [`flow_table`], which bounds cardinality, and the [`metrics`] served by [`http`].
+//! - [`config`] and [`cgroup`] decide what to watch.
+
+pub mod bpf_batch;
+pub mod cgroup;
+pub mod config;
+pub mod flow_table;
+pub mod http;
+pub mod identity;
+pub mod kernel;
+pub mod metrics;
+pub mod poller;
+pub mod sock_diag;
