@@ -58,18 +58,37 @@ fn main() -> anyhow::Result<()> {
             setup::run(&root)?;
             util::cargo(&root, &["fmt", "--all", "--check"])
                 .context("code is not formatted: run `cargo fmt --all`")?;
+            // The eBPF crate only builds for the BPF target, so it is linted on its own.
             util::cargo(
                 &root,
                 &[
                     "clippy",
                     "--workspace",
+                    "--exclude",
+                    "bitsecure-ebpf",
                     "--all-targets",
                     "--",
                     "-D",
                     "warnings",
                 ],
             )?;
-            let mut test = vec!["test", "--workspace"];
+            util::cargo(
+                &root,
+                &[
+                    "+nightly",
+                    "clippy",
+                    "--package",
+                    "bitsecure-ebpf",
+                    "--target",
+                    "bpfel-unknown-none",
+                    "-Z",
+                    "build-std=core",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            )?;
+            let mut test = vec!["test", "--workspace", "--exclude", "bitsecure-ebpf"];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
