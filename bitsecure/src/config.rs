@@ -2,7 +2,11 @@
 //!
 //! The embedded default (`config/bitsecure.toml`) is the documentation of every key.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde::Deserialize;
 
@@ -37,6 +41,28 @@ pub struct Config {
     pub agent: AgentConfig,
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
+    pub baseline: BaselineConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BaselineConfig {
+    /// The baseline file (learned, then edited with `bitsecure baseline accept`).
+    pub path: PathBuf,
+    /// With no baseline file at start, learn this long, write the file, then monitor; 0 = off.
+    pub learn_seconds: f64,
+    /// Unexpected traffic classes listed one by one; the rest is counted as folded.
+    pub max_unexpected: usize,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("/var/lib/bitsecure/baseline.toml"),
+            learn_seconds: 1800.0,
+            max_unexpected: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -141,6 +167,18 @@ impl Config {
             if !(64..=16 * 1024 * 1024).contains(&value) {
                 return Err(format!("{key} = {value}: must be between 64 and 16777216"));
             }
+        }
+        let learn = self.baseline.learn_seconds;
+        if !(0.0..=30.0 * 24.0 * 3600.0).contains(&learn) {
+            return Err(format!(
+                "baseline.learn_seconds = {learn}: must be between 0 (off) and 2592000 (30 days)"
+            ));
+        }
+        if self.baseline.path.as_os_str().is_empty() {
+            return Err("baseline.path must not be empty".into());
+        }
+        if self.baseline.max_unexpected == 0 {
+            return Err("baseline.max_unexpected must be at least 1".into());
         }
         if self.metrics.max_remotes == 0 || self.metrics.max_series == 0 {
             return Err("metrics.max_remotes and metrics.max_series must be at least 1".into());

@@ -55,6 +55,10 @@ impl Traffic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowDelta {
     pub process: String,
+    /// Executable path of the process, when /proc told it.
+    pub exe: Option<String>,
+    /// The kernel flow (socket × remote) was seen for the first time in this poll.
+    pub new_flow: bool,
     pub remote: IpAddr,
     /// Service port (see [`crate::poller::service_port`]); `None` for protocols without ports.
     pub port: Option<u16>,
@@ -191,6 +195,8 @@ mod tests {
     ) -> FlowDelta {
         FlowDelta {
             process: process.to_owned(),
+            exe: None,
+            new_flow: false,
             remote: remote.parse().unwrap(),
             port,
             protocol,
@@ -303,7 +309,10 @@ mod tests {
         let applied = table.apply(&[
             delta("a", "::1", None, 58, 8),
             delta("a", "::1", None, 58, 2),
-            delta("b", "::1", None, 58, 0),
+            FlowDelta {
+                traffic: Traffic::default(),
+                ..delta("b", "::1", None, 58, 0)
+            },
         ]);
         assert_eq!(applied.increments.len(), 1);
         assert_eq!(applied.increments[0].0.port, "");

@@ -10,7 +10,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::metrics::Metrics;
+use crate::{baseline::service::SharedView, metrics::Metrics};
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,13 +25,14 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: SharedView) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let metrics = Arc::clone(&metrics);
+                let view = Arc::clone(&view);
                 tokio::spawn(async move {
-                    if let Err(error) = handle(stream, &metrics).await {
+                    if let Err(error) = handle(stream, &metrics, &view).await {
                         debug!("HTTP client {peer}: {error}");
                     }
                 });
@@ -44,7 +45,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    view: &SharedView,
+) -> std::io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => {
@@ -90,15 +95,26 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
                 respond(&mut stream, 500, "text/plain", "rendering metrics failed\n").await
             }
         },
-        ("GET" | "HEAD", "/") => {
-            respond(
-                &mut stream,
-                200,
-                "text/plain",
-                "BitSecure agent: see /metrics\n",
-            )
-            .await
+        ("GET" | "HEAD", "/api/unexpected" | "/api/baseline") => {
+            // Clone under the lock, serialise outside it: the poller updates the view.
+            let snapshot = view.lock().map(|view| view.clone()).unwrap_or_default();
+            let body = if path == "/api/unexpected" {
+                serde_json::to_string_pretty(&snapshot.unexpected)
+            } else {
+                serde_json::to_string_pretty(&snapshot)
+            };
+            match body {
+                Ok(body) => respond(&mut stream, 200, "application/json", &(body + "\n")).await,
+                Err(_) => respond(&mut stream, 500, "text/plain", "serialising failed\n").await,
+            }
         }
+        ("GET" | "HEAD", "/") => respond(
+            &mut stream,
+            200,
+            "text/plain",
+            "BitSecure agent: /metrics (Prometheus), /api/unexpected and /api/baseline (JSON)\n",
+        )
+        .await,
         ("GET" | "HEAD", _) => respond(&mut stream, 404, "text/plain", "not found\n").await,
         _ => respond(&mut stream, 405, "text/plain", "only GET is supported\n").await,
     }

@@ -3,10 +3,15 @@
 //! - [`kernel`] loads and attaches the eBPF programs; [`bpf_batch`] reads their maps.
 //! - [`poller`] attributes kernel flows to processes ([`identity`], [`sock_diag`]) and feeds
 //!   the [`flow_table`], which bounds cardinality, and the [`metrics`] served by [`http`].
+//! - [`baseline`] learns normal traffic and compares live traffic with it.
+//! - [`agent`] runs it all; [`commands`] are the review commands of the CLI.
 //! - [`config`] and [`cgroup`] decide what to watch.
 
+pub mod agent;
+pub mod baseline;
 pub mod bpf_batch;
 pub mod cgroup;
+pub mod commands;
 pub mod config;
 pub mod flow_table;
 pub mod http;

@@ -1,35 +1,20 @@
 //! `bitsecure`: the agent and its command line.
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    sync::{Arc, mpsc},
-    thread,
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-use log::{debug, error, info, warn};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use clap::{Args, Parser, Subcommand};
+use log::error;
 
 use bitsecure::{
-    cgroup,
+    agent,
+    commands::{self, AcceptFilter},
     config::{self, Config},
-    flow_table::FlowTable,
-    http,
-    kernel::{self, KernelLogger, MapCapacities},
-    metrics::Metrics,
-    poller::Poller,
 };
 
 /// Is this dedicated machine doing only what it should on the network?
 ///
-/// BitSecure counts every byte in the kernel (eBPF), per process and remote endpoint, and
-/// exports the counts to Prometheus.
+/// BitSecure counts every byte in the kernel (eBPF), per process and remote endpoint, exports
+/// the counts to Prometheus, learns a baseline of normal traffic and shows every departure.
 #[derive(Parser)]
 #[command(version, propagate_version = true)]
 struct Cli {
@@ -39,34 +24,133 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the agent: attach the eBPF programs and serve /metrics (needs root).
+    /// Run the agent: attach the eBPF programs, serve /metrics, compare with the baseline
+    /// (needs root).
     ///
-    /// Logs go to stderr; set RUST_LOG=debug for more. Stops cleanly (detaching everything)
-    /// on SIGINT or SIGTERM.
-    Run {
-        /// TOML config file; without it the embedded default is used
-        /// (see `bitsecure config --default`).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
+    /// Logs go to stderr; set RUST_LOG=debug for more. SIGHUP reloads the baseline; SIGINT
+    /// or SIGTERM stop cleanly, detaching everything.
+    Run(ConfigArg),
     /// Check a config file and print the effective configuration.
     Config {
-        /// The file to check; without it the embedded default is checked.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Print the embedded default config file (with comments) and exit.
         #[arg(long, conflicts_with = "config")]
         default: bool,
     },
+    /// List the traffic the running agent saw that no baseline rule expects.
+    Unexpected {
+        #[command(flatten)]
+        agent: AgentArg,
+        /// Print JSON (for scripts) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record, review and extend the baseline of normal traffic.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+}
+
+#[derive(Subcommand)]
+enum BaselineCommand {
+    /// Learn normal traffic for a while and write a baseline file (needs root).
+    Record {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How long to record, e.g. 30m, 2h, 90s. Cover several cycles of your miner's job
+        /// cadence so it can be detected.
+        #[arg(long, short, value_parser = agent::parse_duration)]
+        duration: std::time::Duration,
+        /// Where to write; default: baseline.path of the config. An existing file is kept as
+        /// FILE.bak.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Show the rules of a baseline file.
+    Show(FileArg),
+    /// Show what changed between two baseline files.
+    Diff { old: PathBuf, new: PathBuf },
+    /// Add unexpected traffic to the baseline (one entry, a filtered set, or all).
+    ///
+    /// Edits keep the file's comments and layout; the previous version is kept as FILE.bak.
+    /// The running agent picks the change up by itself.
+    Accept {
+        #[command(flatten)]
+        file: FileArg,
+        #[command(flatten)]
+        agent: AgentArg,
+        /// Accept everything currently unexpected.
+        #[arg(long, conflicts_with_all = ["process", "remote", "port", "protocol"])]
+        all: bool,
+        /// Only entries of this process.
+        #[arg(long)]
+        process: Option<String>,
+        /// Only entries to this remote address.
+        #[arg(long)]
+        remote: Option<String>,
+        /// Only entries with this port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Only entries with this protocol (tcp, udp, icmp, ...).
+        #[arg(long)]
+        protocol: Option<String>,
+        /// A note stored with the new rules (who accepted them and why).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// TOML config file; without it the embedded default is used (`bitsecure config --default`).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct FileArg {
+    /// The baseline file; default: baseline.path of the (default) config.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Config whose baseline.path to use.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AgentArg {
+    /// Address of the running agent; default: agent.listen of the (default) config.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Config whose agent.listen to use.
+    #[arg(long = "agent-config")]
+    agent_config: Option<PathBuf>,
+}
+
+impl FileArg {
+    fn path(&self) -> anyhow::Result<PathBuf> {
+        match &self.file {
+            Some(file) => Ok(file.clone()),
+            None => Ok(Config::load(self.config.as_deref())?.baseline.path),
+        }
+    }
+}
+
+impl AgentArg {
+    fn address(&self) -> anyhow::Result<String> {
+        match &self.agent {
+            Some(agent) => Ok(agent.clone()),
+            None => Ok(Config::load(self.agent_config.as_deref())?
+                .agent
+                .listen
+                .to_string()),
+        }
+    }
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let result = match Cli::parse().command {
-        Command::Run { config } => run(config),
-        Command::Config { config, default } => check_config(config, default),
-    };
-    match result {
+    match execute(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
@@ -75,130 +159,50 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(path: Option<PathBuf>, default: bool) -> anyhow::Result<()> {
-    if default {
-        print!("{}", config::DEFAULT_CONFIG);
-        return Ok(());
-    }
-    let config = Config::load(path.as_deref())?;
-    println!("{config:#?}");
-    Ok(())
-}
-
-fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config_path.as_deref())?;
-    let cgroup = cgroup::resolve_attach_path(&config.agent.cgroup)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run_agent(config, cgroup))
-}
-
-async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
-    // Bind before attaching: a taken port should fail fast and leave the kernel untouched.
-    let listener = http::bind(config.agent.listen).await?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-
-    let capacities = MapCapacities {
-        flows: config.kernel.flow_capacity,
-        sockets: config.kernel.socket_capacity,
-    };
-    let (programs, maps, kernel_logger) = kernel::load_and_attach(&cgroup, &capacities)?;
-    for (map, capacity) in [("flows", capacities.flows), ("sockets", capacities.sockets)] {
-        metrics
-            .map_capacity
-            .with_label_values(&[map])
-            .set(i64::from(capacity));
-    }
-    info!(
-        "attached to cgroup {}; serving metrics on http://{}/metrics",
-        cgroup.display(),
-        config.agent.listen
-    );
-
-    let table = FlowTable::new(config.metrics.max_remotes, config.metrics.max_series);
-    let poller = Poller::new(maps, table, config.poll_interval())?;
-    let (stop, stopped) = mpsc::channel::<()>();
-    let poll_thread = {
-        let metrics = Arc::clone(&metrics);
-        let interval = config.poll_interval();
-        thread::Builder::new()
-            .name("poller".into())
-            .spawn(move || poll_loop(poller, &metrics, interval, &stopped))
-            .context("cannot start the poller thread")?
-    };
-    let http_task = tokio::spawn(http::serve(listener, Arc::clone(&metrics)));
-    let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
-
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
-    }
-    http_task.abort();
-    log_task.abort();
-    // Dropping the sender wakes the poller, which does a last poll and returns.
-    drop(stop);
-    if poll_thread.join().is_err() {
-        warn!("the poller thread panicked");
-    }
-    drop(programs);
-    info!("programs detached; bye");
-    Ok(())
-}
-
-/// Polls every `interval` until `stopped` fires (or its sender is dropped), then once more.
-fn poll_loop(
-    mut poller: Poller,
-    metrics: &Metrics,
-    interval: Duration,
-    stopped: &mpsc::Receiver<()>,
-) {
-    loop {
-        match poller.poll(metrics) {
-            Ok(report) => debug!(
-                "poll: {} flows, {} sockets, {} closed sockets folded, {} flows awaiting an owner",
-                report.flows, report.sockets, report.folded_sockets, report.deferred_flows
-            ),
-            Err(error) => {
-                metrics.poll_errors.inc();
-                warn!("poll failed: {error:#}");
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run(config) => agent::run(Config::load(config.config.as_deref())?),
+        Command::Config { config, default } => {
+            if default {
+                print!("{}", config::DEFAULT_CONFIG);
+            } else {
+                println!("{:#?}", Config::load(config.config.as_deref())?);
             }
+            Ok(())
         }
-        match stopped.recv_timeout(interval) {
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        Command::Unexpected { agent, json } => commands::unexpected(&agent.address()?, json),
+        Command::Baseline(BaselineCommand::Record {
+            config,
+            duration,
+            output,
+        }) => {
+            let config = Config::load(config.config.as_deref())?;
+            let output = output.unwrap_or_else(|| config.baseline.path.clone());
+            agent::record(config, duration, &output)
         }
-    }
-    if let Err(error) = poller.poll(metrics) {
-        warn!("final poll failed: {error:#}");
-    }
-}
-
-/// Passes the kernel programs' aya-log records to the `log` crate as they arrive.
-async fn forward_kernel_logs(logger: KernelLogger) {
-    // SAFETY: the logger owns the ring buffer's fd and keeps it open while registered.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
-    let mut logger = match registered {
-        Ok(logger) => logger,
-        Err(error) => {
-            warn!("cannot watch the kernel log ring buffer: {error}");
-            return;
-        }
-    };
-    loop {
-        match logger.readable_mut().await {
-            Ok(mut guard) => {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            Err(error) => {
-                warn!("kernel log ring buffer failed: {error}");
-                return;
-            }
+        Command::Baseline(BaselineCommand::Show(file)) => commands::show(&file.path()?),
+        Command::Baseline(BaselineCommand::Diff { old, new }) => commands::diff(&old, &new),
+        Command::Baseline(BaselineCommand::Accept {
+            file,
+            agent,
+            all,
+            process,
+            remote,
+            port,
+            protocol,
+            note,
+        }) => {
+            let filter = AcceptFilter {
+                all,
+                process,
+                remote,
+                port,
+                protocol,
+            };
+            let added =
+                commands::accept(&agent.address()?, &file.path()?, &filter, note.as_deref())?;
+            eprintln!("{added} rules added");
+            Ok(())
         }
     }
 }

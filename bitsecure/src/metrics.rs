@@ -1,5 +1,12 @@
 //! The Prometheus side: the traffic counters of the metric contract and the agent's
 //! self-metrics. Names and labels here are a public API (dashboards and alerts use them).
+//!
+//! The traffic counters can number thousands of series, so they are kept as one plain map and
+//! written straight into the exposition text: going through the `prometheus` crate would keep
+//! four labelled children per series and build a protobuf tree of all of them at every scrape
+//! (measured: about 4 kB per series). The `prometheus` registry serves the self-metrics.
+
+use std::{collections::HashMap, fmt::Write as _, sync::Mutex};
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -11,12 +18,31 @@ use crate::flow_table::{SeriesKey, Traffic};
 /// Labels of every traffic counter.
 pub const TRAFFIC_LABELS: [&str; 4] = ["process", "remote", "port", "protocol"];
 
+/// Name and help text of the four traffic counters, in exposition order.
+const TRAFFIC_COUNTERS: [(&str, &str); 4] = [
+    (
+        "bitsecure_sent_bytes_total",
+        "L3 bytes sent (IP header included, GSO-corrected to wire packets), by process and remote endpoint.",
+    ),
+    (
+        "bitsecure_received_bytes_total",
+        "L3 bytes received (IP header included, GRO-corrected to wire packets), by process and remote endpoint.",
+    ),
+    (
+        "bitsecure_sent_packets_total",
+        "Wire packets sent, by process and remote endpoint.",
+    ),
+    (
+        "bitsecure_received_packets_total",
+        "Wire packets received, by process and remote endpoint.",
+    ),
+];
+
 pub struct Metrics {
     registry: Registry,
-    sent_bytes: IntCounterVec,
-    received_bytes: IntCounterVec,
-    sent_packets: IntCounterVec,
-    received_packets: IntCounterVec,
+    pub baseline: BaselineMetrics,
+    /// Cumulative traffic per series (the four traffic counters).
+    traffic: Mutex<HashMap<SeriesKey, Traffic>>,
     pub process_info: IntGaugeVec,
     pub map_entries: IntGaugeVec,
     pub map_capacity: IntGaugeVec,
@@ -33,28 +59,6 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let traffic = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
-            let counter = IntCounterVec::new(Opts::new(name, help), &TRAFFIC_LABELS)?;
-            registry.register(Box::new(counter.clone()))?;
-            Ok(counter)
-        };
-        let sent_bytes = traffic(
-            "bitsecure_sent_bytes_total",
-            "L3 bytes sent (IP header included, GSO-corrected to wire packets), by process and remote endpoint.",
-        )?;
-        let received_bytes = traffic(
-            "bitsecure_received_bytes_total",
-            "L3 bytes received (IP header included, GRO-corrected to wire packets), by process and remote endpoint.",
-        )?;
-        let sent_packets = traffic(
-            "bitsecure_sent_packets_total",
-            "Wire packets sent, by process and remote endpoint.",
-        )?;
-        let received_packets = traffic(
-            "bitsecure_received_packets_total",
-            "Wire packets received, by process and remote endpoint.",
-        )?;
-
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "bitsecure_build_info",
@@ -141,12 +145,11 @@ impl Metrics {
             registry.register(collector)?;
         }
 
+        let baseline = BaselineMetrics::new(&registry)?;
         Ok(Self {
             registry,
-            sent_bytes,
-            received_bytes,
-            sent_packets,
-            received_packets,
+            baseline,
+            traffic: Mutex::default(),
             process_info,
             map_entries,
             map_capacity,
@@ -163,15 +166,8 @@ impl Metrics {
 
     /// Adds traffic to one series.
     pub fn add_traffic(&self, key: &SeriesKey, traffic: &Traffic) {
-        let labels = key.labels();
-        for (counter, value) in [
-            (&self.sent_bytes, traffic.sent_bytes),
-            (&self.received_bytes, traffic.received_bytes),
-            (&self.sent_packets, traffic.sent_packets),
-            (&self.received_packets, traffic.received_packets),
-        ] {
-            // Touch the series even at 0 so all four metrics exist for every flow.
-            counter.with_label_values(&labels).inc_by(value);
+        if let Ok(mut series) = self.traffic.lock() {
+            series.entry(key.clone()).or_default().add(traffic);
         }
     }
 
@@ -180,6 +176,247 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         // TextEncoder only writes UTF-8.
-        Ok(String::from_utf8_lossy(&buffer).into_owned())
+        let mut text = String::from_utf8_lossy(&buffer).into_owned();
+        self.render_traffic(&mut text);
+        Ok(text)
+    }
+
+    fn render_traffic(&self, out: &mut String) {
+        // Copy under the lock, format outside it: the poller adds traffic meanwhile.
+        let mut series: Vec<(SeriesKey, Traffic)> = match self.traffic.lock() {
+            Ok(series) => series
+                .iter()
+                .map(|(key, traffic)| (key.clone(), *traffic))
+                .collect(),
+            Err(_) => return,
+        };
+        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (index, (name, help)) in TRAFFIC_COUNTERS.iter().enumerate() {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (key, traffic) in &series {
+                let value = [
+                    traffic.sent_bytes,
+                    traffic.received_bytes,
+                    traffic.sent_packets,
+                    traffic.received_packets,
+                ][index];
+                let _ = write!(out, "{name}{{");
+                for (label_index, (label, label_value)) in
+                    TRAFFIC_LABELS.iter().zip(key.labels()).enumerate()
+                {
+                    let separator = if label_index == 0 { "" } else { "," };
+                    let _ = write!(out, "{separator}{label}=\"");
+                    escape_label_value(label_value, out);
+                    out.push('"');
+                }
+                let _ = writeln!(out, "}} {value}");
+            }
+        }
+    }
+}
+
+/// Label values escape backslash, double quote and newline (exposition format rules).
+fn escape_label_value(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_counters_render_in_the_exposition_format() {
+        let metrics = Metrics::new().unwrap();
+        let key = SeriesKey {
+            process: "we\"ird\\name".into(),
+            remote: "10.0.0.1".into(),
+            port: "3333".into(),
+            protocol: "tcp".into(),
+        };
+        let traffic = Traffic {
+            sent_bytes: 100,
+            received_bytes: 200,
+            sent_packets: 3,
+            received_packets: 4,
+        };
+        metrics.add_traffic(&key, &traffic);
+        metrics.add_traffic(&key, &traffic);
+        let text = metrics.render().unwrap();
+        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp"}"#;
+        for (name, value) in [
+            ("bitsecure_sent_bytes_total", 200),
+            ("bitsecure_received_bytes_total", 400),
+            ("bitsecure_sent_packets_total", 6),
+            ("bitsecure_received_packets_total", 8),
+        ] {
+            assert!(
+                text.contains(&format!("{name}{labels} {value}\n")),
+                "{name} missing:\n{text}"
+            );
+            assert!(text.contains(&format!("# TYPE {name} counter\n")));
+        }
+    }
+}
+
+/// Labels of a baseline rule (as written in the baseline file).
+pub const RULE_LABELS: [&str; 4] = ["process", "remote", "port", "protocol"];
+
+/// The comparison with the baseline: unexpected traffic and the state of every rule.
+pub struct BaselineMetrics {
+    pub rules: IntGauge,
+    pub loaded_timestamp: prometheus::Gauge,
+    pub reload_failures: IntCounter,
+    pub learning: IntGauge,
+    pub learning_remaining: prometheus::Gauge,
+    pub unexpected_sent_bytes: IntCounterVec,
+    pub unexpected_received_bytes: IntCounterVec,
+    pub unexpected_flows: IntGauge,
+    pub rule_rate: prometheus::GaugeVec,
+    pub rule_reference: prometheus::GaugeVec,
+    pub rule_deviation: prometheus::GaugeVec,
+    pub rule_silence_seconds: prometheus::GaugeVec,
+    pub rule_silence_ratio: prometheus::GaugeVec,
+    pub rule_expected_cadence: prometheus::GaugeVec,
+    pub rule_observed_cadence: prometheus::GaugeVec,
+}
+
+impl BaselineMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        fn register<C: prometheus::core::Collector + Clone + 'static>(
+            registry: &Registry,
+            collector: C,
+        ) -> Result<C, prometheus::Error> {
+            registry.register(Box::new(collector.clone()))?;
+            Ok(collector)
+        }
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                prometheus::GaugeVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
+        let unexpected_labels = ["process", "remote", "port", "protocol"];
+        Ok(Self {
+            rules: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_rules",
+                    "Rules in the baseline in force.",
+                )?,
+            )?,
+            loaded_timestamp: register(
+                registry,
+                prometheus::Gauge::new(
+                    "bitsecure_baseline_loaded_timestamp_seconds",
+                    "When the baseline in force was loaded (Unix time); 0 if none.",
+                )?,
+            )?,
+            reload_failures: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_baseline_reload_failures_total",
+                    "Baseline loads that failed (bad file); the previous baseline stays in force.",
+                )?,
+            )?,
+            learning: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_learning",
+                    "1 while the agent learns a baseline (no baseline file yet), else 0.",
+                )?,
+            )?,
+            learning_remaining: register(
+                registry,
+                prometheus::Gauge::new(
+                    "bitsecure_baseline_learning_remaining_seconds",
+                    "Seconds of learning left before the agent writes the baseline and monitors.",
+                )?,
+            )?,
+            unexpected_sent_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_unexpected_sent_bytes_total",
+                        "L3 bytes sent by traffic no baseline rule matches; remote=\"other\" when the list is full.",
+                    ),
+                    &unexpected_labels,
+                )?,
+            )?,
+            unexpected_received_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_unexpected_received_bytes_total",
+                        "L3 bytes received by traffic no baseline rule matches; remote=\"other\" when the list is full.",
+                    ),
+                    &unexpected_labels,
+                )?,
+            )?,
+            unexpected_flows: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_unexpected_flows",
+                    "Traffic classes (process, remote, port, protocol) in the unexpected list.",
+                )?,
+            )?,
+            rule_rate: gauge_vec(
+                "bitsecure_rule_rate_bytes_per_second",
+                "Current rate of a rule's traffic, averaged over one cadence (or 30 s).",
+                &with_direction,
+            )?,
+            rule_reference: gauge_vec(
+                "bitsecure_rule_reference_bytes_per_second",
+                "Expected rate of a rule now, from the recorded cycle profile (or the recorded mean).",
+                &with_direction,
+            )?,
+            rule_deviation: gauge_vec(
+                "bitsecure_rule_deviation_ratio",
+                "Current rate of a rule divided by its recorded p95 rate (1 = top of normal).",
+                &with_direction,
+            )?,
+            rule_silence_seconds: gauge_vec(
+                "bitsecure_rule_silence_seconds",
+                "Seconds since a rule last saw traffic.",
+                &RULE_LABELS,
+            )?,
+            rule_silence_ratio: gauge_vec(
+                "bitsecure_rule_silence_ratio",
+                "Silence divided by the rule's normal gap (its cadence): above 1 means quieter than normal.",
+                &RULE_LABELS,
+            )?,
+            rule_expected_cadence: gauge_vec(
+                "bitsecure_rule_expected_cadence_seconds",
+                "Recorded period of a periodic rule.",
+                &RULE_LABELS,
+            )?,
+            rule_observed_cadence: gauge_vec(
+                "bitsecure_rule_observed_cadence_seconds",
+                "Median interval between the rule's recent bursts.",
+                &RULE_LABELS,
+            )?,
+        })
+    }
+
+    /// Forgets every per-rule series (after a reload, rules may be gone).
+    pub fn reset_rules(&self) {
+        for gauge in [
+            &self.rule_rate,
+            &self.rule_reference,
+            &self.rule_deviation,
+            &self.rule_silence_seconds,
+            &self.rule_silence_ratio,
+            &self.rule_expected_cadence,
+            &self.rule_observed_cadence,
+        ] {
+            gauge.reset();
+        }
     }
 }

@@ -68,6 +68,8 @@ pub struct PollReport {
     pub folded_sockets: usize,
     /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
+    /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
+    pub deltas: Vec<FlowDelta>,
 }
 
 impl Poller {
@@ -141,6 +143,8 @@ impl Poller {
             self.export_process(&owner, metrics);
             deltas.push(FlowDelta {
                 process: owner.name.clone(),
+                exe: owner.exe.clone(),
+                new_flow: previous == Traffic::default(),
                 remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
                 port: service_port(
                     key,
@@ -168,6 +172,7 @@ impl Poller {
         metrics.traffic_series.set(self.table.series().len() as i64);
 
         report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
+        report.deltas = deltas;
         metrics.closed_sockets.inc_by(report.folded_sockets as u64);
 
         self.export_kernel_stats(metrics)?;

@@ -11,7 +11,8 @@ use std::{
 };
 
 use support::{
-    Agent, TestNet, install_generator, run_generator, scratch_dir, sh, traffic_by_process,
+    Agent, TestCgroup, TestNet, install_generator, run_generator, scratch_dir, sh,
+    traffic_by_process,
 };
 
 fn agent_command(config_text: &str, name: &str) -> (Command, PathBuf) {
@@ -96,48 +97,6 @@ fn our_attached_programs(cgroup: &Path) -> usize {
         .count()
 }
 
-/// A child cgroup of the cgroup v2 mount, removed on drop.
-struct TestCgroup(PathBuf);
-
-impl TestCgroup {
-    fn new(tag: &str) -> Self {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        let mount = mounts
-            .lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-            })
-            .expect("cgroup v2 mounted");
-        let path = mount.join(format!("bitsecure-test-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).expect("create test cgroup");
-        Self(path)
-    }
-
-    /// A command that runs `program` inside this cgroup.
-    fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new("sh");
-        command
-            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
-            .arg(&self.0)
-            .arg(program);
-        command
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The cgroup can only be removed once its processes have exited.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 #[test]
 fn shutdown_detaches_every_program() {
     support::require_root();
@@ -178,7 +137,7 @@ fn watches_only_the_configured_cgroup() {
         &["serve", "--tcp", &format!("{}:5000", net.peer_v4)],
     );
     let cgroup = TestCgroup::new("slice");
-    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.0.display()));
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
     let inside = install_generator("bsg-inside");
     let outside = install_generator("bsg-outside");
     let target = format!("{}:5000", net.peer_v4);
@@ -240,7 +199,7 @@ fn full_flow_map_is_reported_not_hidden() {
     let cgroup = TestCgroup::new("full");
     let agent = Agent::start_with(&format!(
         "cgroup = \"{}\"\n[kernel]\nflow_capacity = 64\n",
-        cgroup.0.display()
+        cgroup.path.display()
     ));
     let generator = install_generator("bsg-flood");
     // 150 connections = 150 flows within a second, far more than 64 entries.
@@ -292,7 +251,7 @@ fn cardinality_limit_folds_remotes_into_other_and_keeps_totals() {
     let cgroup = TestCgroup::new("fold");
     let agent = Agent::start_with(&format!(
         "cgroup = \"{}\"\n[metrics]\nmax_remotes = 1\n",
-        cgroup.0.display()
+        cgroup.path.display()
     ));
     let generator = install_generator("bsg-fold");
     for (target, datagrams) in [
@@ -376,7 +335,7 @@ fn closed_sockets_are_folded_out_of_the_kernel_maps_without_losing_bytes() {
         &["serve", "--tcp", &format!("{}:5000", net.peer_v4)],
     );
     let cgroup = TestCgroup::new("fold-closed");
-    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.0.display()));
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
     let generator = install_generator("bsg-closer");
     let target = format!("{}:5000", net.peer_v4);
     run_generator(cgroup.command(&generator).args([

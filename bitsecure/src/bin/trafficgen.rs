@@ -13,7 +13,9 @@
 //! are counted as received. The exit status is 0 only if everything expected happened before
 //! `--timeout-secs` elapsed (a watchdog then prints the totals so far and exits with 1).
 //!
-//! TCP protocol (`serve`, `tcp-serve`): the client sends one line, `SEND <n>\n` or `RECV <n>\n`.
+//! TCP protocol (`serve`, `tcp-serve`): the client may first send any number of `JOB <n>\n`
+//! lines, each answered with n bytes on the same connection (the miner-like `periodic`), then
+//! one line `SEND <n>\n` or `RECV <n>\n`.
 //! For SEND the server reads exactly n bytes, replies `OK\n` and waits for the client to close;
 //! for RECV it writes n bytes, shuts down its write side and waits for the client to close.
 //!
@@ -84,6 +86,9 @@ enum Command {
     /// the go-file exists, then uploads N bytes (SEND) on that already open connection.
     /// The `--timeout-secs` watchdog starts when the go-file appears.
     Hold(HoldArgs),
+    /// A miner-like client: one long-lived TCP connection on which it fetches a job of N bytes
+    /// (`JOB n`) every interval (± jitter), K times (0 = until killed). Prints `connected`.
+    Periodic(PeriodicArgs),
 }
 
 #[derive(Args)]
@@ -202,6 +207,25 @@ struct HoldArgs {
     go_timeout_secs: u64,
 }
 
+#[derive(Args)]
+struct PeriodicArgs {
+    /// Server address (`serve --tcp`).
+    #[arg(long)]
+    connect: SocketAddr,
+    /// Milliseconds between jobs.
+    #[arg(long)]
+    every_ms: u64,
+    /// Random jitter of each interval, in percent of it (deterministic sequence).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=50))]
+    jitter_percent: u64,
+    /// Bytes of each job (sent by the server).
+    #[arg(long)]
+    job_bytes: u64,
+    /// Jobs to fetch; 0 = until killed.
+    #[arg(long, default_value_t = 0)]
+    jobs: u64,
+}
+
 static SENT_BYTES: AtomicU64 = AtomicU64::new(0);
 static RECEIVED_BYTES: AtomicU64 = AtomicU64::new(0);
 static PACKETS_SENT: AtomicU64 = AtomicU64::new(0);
@@ -261,7 +285,10 @@ fn main() {
     let cli = Cli::parse();
     let timeout = Duration::from_secs(cli.timeout_secs);
     // `serve` runs until killed; `hold` starts the watchdog once its go-file appears.
-    if !matches!(cli.command, Command::Serve(_) | Command::Hold(_)) {
+    if !matches!(
+        cli.command,
+        Command::Serve(_) | Command::Hold(_) | Command::Periodic(_)
+    ) {
         start_watchdog(timeout);
     }
     finish(match &cli.command {
@@ -276,6 +303,7 @@ fn main() {
         Command::Ping(args) => ping(args),
         Command::Raw(args) => raw_client(args),
         Command::Hold(args) => hold(args, timeout),
+        Command::Periodic(args) => periodic(args, timeout),
     })
 }
 
@@ -338,14 +366,21 @@ fn read_line(stream: &TcpStream) -> Result<String> {
     bail!("connection closed before end of line {line:?}")
 }
 
-/// Serves one SEND/RECV request, then waits for the client to close.
+/// Serves `JOB n` requests (n bytes back, connection kept) until one SEND/RECV request, then
+/// waits for the client to close.
 fn handle_connection(stream: &TcpStream) -> Result<()> {
-    let line = read_line(stream).context("cannot read the request line")?;
-    let (verb, n) = line.split_once(' ').context("malformed request line")?;
-    let n: u64 = n
-        .parse()
-        .with_context(|| format!("bad byte count in {line:?}"))?;
-    match verb {
+    let (verb, n) = loop {
+        let line = read_line(stream).context("cannot read the request line")?;
+        let (verb, n) = line.split_once(' ').context("malformed request line")?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("bad byte count in {line:?}"))?;
+        if verb != "JOB" {
+            break (verb.to_owned(), n);
+        }
+        io::copy(&mut filler_reader(n), &mut Counted(stream)).context("TCP write failed")?;
+    };
+    match verb.as_str() {
         "SEND" => {
             let got = read_all(stream, n)?;
             ensure!(got == n, "client sent {got} of {n} bytes then closed");
@@ -359,7 +394,7 @@ fn handle_connection(stream: &TcpStream) -> Result<()> {
                 .shutdown(Shutdown::Write)
                 .context("shutdown failed")?;
         }
-        _ => bail!("unknown request {line:?}"),
+        _ => bail!("unknown request {verb:?}"),
     }
     read_all(stream, u64::MAX)?;
     Ok(())
@@ -574,6 +609,39 @@ fn hold(args: &HoldArgs, timeout: Duration) -> Result<()> {
     }
     start_watchdog(timeout);
     upload(&stream, args.upload, Method::Write, None)
+}
+
+/// The miner-like loop: one connection, a job every interval. Ends by EOF (`jobs` done) with
+/// the server still expecting a request: closing the connection ends its side too.
+fn periodic(args: &PeriodicArgs, timeout: Duration) -> Result<()> {
+    let stream = connect(args.connect, timeout)?;
+    announce("connected")?;
+    // xorshift: the same jitter sequence every run.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut done = 0;
+    while args.jobs == 0 || done < args.jobs {
+        Counted(&stream)
+            .write_all(format!("JOB {}\n", args.job_bytes).as_bytes())
+            .context("cannot send JOB")?;
+        let got = io::copy(&mut Counted(&stream).take(args.job_bytes), &mut io::sink())
+            .context("TCP read failed")?;
+        ensure!(
+            got == args.job_bytes,
+            "job cut short: {got} of {} bytes",
+            args.job_bytes
+        );
+        done += 1;
+        if args.jobs != 0 && done == args.jobs {
+            break;
+        }
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let span = args.every_ms * args.jitter_percent / 100;
+        let jitter = if span == 0 { 0 } else { state % (2 * span + 1) };
+        thread::sleep(Duration::from_millis(args.every_ms - span + jitter));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

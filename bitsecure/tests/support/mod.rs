@@ -399,10 +399,20 @@ impl Agent {
         let port = free_port();
         let dir = scratch_dir();
         let config = dir.join(format!("agent-{port}.toml"));
+        // Tables before [agent], so `extra` may start with more [agent] keys. Unless the test
+        // brings its own, the baseline is a scratch file that is never learned.
+        let baseline = if extra.contains("[baseline]") {
+            String::new()
+        } else {
+            format!(
+                "[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+                dir.join(format!("baseline-{port}.toml")).display()
+            )
+        };
         std::fs::write(
             &config,
             format!(
-                "[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
+                "{baseline}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
             ),
         )
         .expect("write config");
@@ -572,4 +582,48 @@ pub fn traffic_by_process(
 /// |a - b| ≤ tolerance × b (b is the independent truth).
 pub fn within(measured: u64, truth: u64, tolerance: f64) -> bool {
     (measured as f64 - truth as f64).abs() <= tolerance * truth as f64
+}
+
+/// A child cgroup of the cgroup v2 mount, removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let mount = mounts
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+            })
+            .expect("cgroup v2 mounted");
+        let path = mount.join(format!("bitsecure-test-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir(&path);
+        std::fs::create_dir(&path).expect("create test cgroup");
+        Self { path }
+    }
+
+    /// A command that runs `program` inside this cgroup.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(&self.path)
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The cgroup can only be removed once its processes have exited.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -1,0 +1,40 @@
+//! Baselines: what normal traffic looks like on this machine, learned from a recording, kept in a
+//! human-readable TOML file, and compared with live traffic.
+//!
+//! - [`stats`]: rate statistics, cadence detection, profiles, deviation and silence (pure).
+//! - [`file`]: the baseline file: parsing with clear errors, comment-preserving edits, atomic
+//!   writes with a backup.
+//! - [`recorder`]: learning: per-step samples per traffic class, turned into rules.
+//! - [`monitor`]: comparing: expected or unexpected, deviation, cadence, silence, reference.
+
+pub mod file;
+pub mod monitor;
+pub mod recorder;
+pub mod service;
+pub mod stats;
+
+use std::net::IpAddr;
+
+use crate::flow_table::FlowDelta;
+
+/// A traffic class: what a baseline rule describes and the unexpected list is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub process: String,
+    /// Canonical address (IPv4-mapped IPv6 as IPv4).
+    pub remote: IpAddr,
+    pub port: Option<u16>,
+    /// IP protocol number.
+    pub protocol: u8,
+}
+
+impl ClassKey {
+    pub fn of(delta: &FlowDelta) -> Self {
+        Self {
+            process: delta.process.clone(),
+            remote: delta.remote.to_canonical(),
+            port: delta.port,
+            protocol: delta.protocol,
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Comparing live traffic with a baseline, one poll (step) at a time.
+//!
+//! Every observation is matched against the rules (first match wins). Unmatched traffic is
+//! *unexpected* and kept in a bounded list with who made it and when. Each rule keeps a short
+//! window of its recent traffic to tell its current rate (→ deviation), when it last saw
+//! traffic (→ silence), when its bursts started (→ observed cadence), and where in its recorded
+//! cycle "now" falls (→ the reference rate to draw beside live traffic).
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use super::{
+    ClassKey,
+    file::{Baseline, Rule},
+    stats,
+};
+use crate::flow_table::{FlowDelta, Traffic, protocol_label, remote_label};
+
+/// Burst onsets remembered per rule for the observed cadence.
+const MAX_ONSETS: usize = 16;
+
+/// One entry of the unexpected list (served as JSON by the agent).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Unexpected {
+    pub process: String,
+    pub exe: Option<String>,
+    pub remote: String,
+    pub port: Option<u16>,
+    pub protocol: String,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+    /// RFC 3339, UTC.
+    pub first_seen: String,
+    pub last_seen: String,
+    #[serde(skip)]
+    last_seen_unix: f64,
+}
+
+/// Live state of one rule.
+#[derive(Debug, Clone)]
+struct RuleState {
+    window_steps: usize,
+    sent: VecDeque<u64>,
+    received: VecDeque<u64>,
+    last_traffic_unix: f64,
+    was_active: bool,
+    onsets: VecDeque<f64>,
+}
+
+/// What the monitor says about one rule now. Rates are bytes per second.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleStatus {
+    pub process: String,
+    pub remote: String,
+    pub port: String,
+    pub protocol: String,
+    pub sent_rate: f64,
+    pub received_rate: f64,
+    /// Current rate over the rule's window ÷ its normal p95 (None without recorded stats).
+    pub sent_deviation: Option<f64>,
+    pub received_deviation: Option<f64>,
+    pub silence_seconds: f64,
+    /// Silence ÷ the normal gap between bursts (> 1: quieter than normal).
+    pub silence_ratio: f64,
+    pub expected_cadence: Option<f64>,
+    pub observed_cadence: Option<f64>,
+    /// Expected rate at this moment of the recorded cycle (or the mean rate).
+    pub reference_sent: Option<f64>,
+    pub reference_received: Option<f64>,
+}
+
+/// Unexpected traffic of one poll, for the counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnexpectedIncrement {
+    /// `None` when the list was full and the traffic is counted as folded.
+    pub key: Option<ClassKey>,
+    pub traffic: Traffic,
+}
+
+pub struct Monitor {
+    baseline: Baseline,
+    step_seconds: f64,
+    rules: Vec<RuleState>,
+    recording_start_unix: Option<f64>,
+    unexpected: HashMap<ClassKey, Unexpected>,
+    max_unexpected: usize,
+}
+
+impl Monitor {
+    pub fn new(
+        baseline: Baseline,
+        step_seconds: f64,
+        max_unexpected: usize,
+        now_unix: f64,
+    ) -> Self {
+        let mut monitor = Self {
+            baseline: Baseline {
+                format_version: baseline.format_version,
+                recording: None,
+                rules: Vec::new(),
+            },
+            step_seconds,
+            rules: Vec::new(),
+            recording_start_unix: None,
+            unexpected: HashMap::new(),
+            max_unexpected,
+        };
+        monitor.replace_baseline(baseline, now_unix);
+        monitor
+    }
+
+    pub fn baseline(&self) -> &Baseline {
+        &self.baseline
+    }
+
+    /// Switches to a new baseline (a reload). Rules that stay keep their live state; unexpected
+    /// entries that the new baseline covers leave the list.
+    pub fn replace_baseline(&mut self, baseline: Baseline, now_unix: f64) {
+        let mut old: HashMap<String, RuleState> = self
+            .baseline
+            .rules
+            .iter()
+            .zip(self.rules.drain(..))
+            .map(|(rule, state)| (identity(rule), state))
+            .collect();
+        self.rules = baseline
+            .rules
+            .iter()
+            .map(|rule| {
+                old.remove(&identity(rule)).unwrap_or_else(|| RuleState {
+                    window_steps: window_steps(rule, self.step_seconds),
+                    sent: VecDeque::new(),
+                    received: VecDeque::new(),
+                    // A rule starts its silence clock when monitoring starts.
+                    last_traffic_unix: now_unix,
+                    was_active: false,
+                    onsets: VecDeque::new(),
+                })
+            })
+            .collect();
+        self.recording_start_unix = baseline
+            .recording
+            .as_ref()
+            .and_then(|recording| recording.started_at.parse::<jiff::Timestamp>().ok())
+            .map(|start| start.as_millisecond() as f64 / 1000.0);
+        self.baseline = baseline;
+        let rules = &self.baseline.rules;
+        self.unexpected
+            .retain(|key, _| find_rule(rules, key).is_none());
+    }
+
+    /// Adds one poll's traffic. Returns the unexpected part, for the counters.
+    pub fn observe_step(
+        &mut self,
+        deltas: &[FlowDelta],
+        now_unix: f64,
+    ) -> Vec<UnexpectedIncrement> {
+        let mut step_sent = vec![0u64; self.rules.len()];
+        let mut step_received = vec![0u64; self.rules.len()];
+        let mut increments = Vec::new();
+        for delta in deltas {
+            let key = ClassKey::of(delta);
+            if let Some(index) = find_rule(&self.baseline.rules, &key) {
+                step_sent[index] += delta.traffic.sent_bytes;
+                step_received[index] += delta.traffic.received_bytes;
+                continue;
+            }
+            let known = self.unexpected.contains_key(&key);
+            if !known && self.unexpected.len() >= self.max_unexpected {
+                increments.push(UnexpectedIncrement {
+                    key: None,
+                    traffic: delta.traffic,
+                });
+                continue;
+            }
+            let now_text = timestamp_text(now_unix);
+            let entry = self
+                .unexpected
+                .entry(key.clone())
+                .or_insert_with(|| Unexpected {
+                    process: key.process.clone(),
+                    exe: delta.exe.clone(),
+                    remote: remote_label(key.remote),
+                    port: key.port,
+                    protocol: protocol_label(key.protocol),
+                    sent_bytes: 0,
+                    received_bytes: 0,
+                    first_seen: now_text.clone(),
+                    last_seen: now_text.clone(),
+                    last_seen_unix: now_unix,
+                });
+            entry.sent_bytes += delta.traffic.sent_bytes;
+            entry.received_bytes += delta.traffic.received_bytes;
+            entry.last_seen = now_text;
+            entry.last_seen_unix = now_unix;
+            increments.push(UnexpectedIncrement {
+                key: Some(key),
+                traffic: delta.traffic,
+            });
+        }
+        for (index, state) in self.rules.iter_mut().enumerate() {
+            let (sent, received) = (step_sent[index], step_received[index]);
+            state.sent.push_back(sent);
+            state.received.push_back(received);
+            while state.sent.len() > state.window_steps {
+                state.sent.pop_front();
+                state.received.pop_front();
+            }
+            let active = sent + received > 0;
+            if active {
+                state.last_traffic_unix = now_unix;
+                if !state.was_active {
+                    state.onsets.push_back(now_unix);
+                    if state.onsets.len() > MAX_ONSETS {
+                        state.onsets.pop_front();
+                    }
+                }
+            }
+            state.was_active = active;
+        }
+        increments
+    }
+
+    /// The state of every rule at `now_unix`.
+    pub fn statuses(&self, now_unix: f64) -> Vec<RuleStatus> {
+        self.baseline
+            .rules
+            .iter()
+            .zip(&self.rules)
+            .map(|(rule, state)| {
+                let window = state.sent.len().max(1) as f64 * self.step_seconds;
+                let sent_rate = state.sent.iter().sum::<u64>() as f64 / window;
+                let received_rate = state.received.iter().sum::<u64>() as f64 / window;
+                let normal = rule.normal.as_ref();
+                let cadence = normal.and_then(|normal| normal.cadence_seconds);
+                let silence_seconds = (now_unix - state.last_traffic_unix).max(0.0);
+                let onsets: Vec<f64> = state.onsets.iter().copied().collect();
+                let (reference_sent, reference_received) = self.reference(rule, now_unix);
+                RuleStatus {
+                    process: rule.process.clone(),
+                    remote: rule.remote.clone(),
+                    port: rule.port.map(|port| port.to_string()).unwrap_or_default(),
+                    protocol: rule.protocol.clone(),
+                    sent_rate,
+                    received_rate,
+                    sent_deviation: normal.map(|normal| {
+                        stats::deviation_ratio(sent_rate, &normal.sent_bytes_per_second)
+                    }),
+                    received_deviation: normal.map(|normal| {
+                        stats::deviation_ratio(received_rate, &normal.received_bytes_per_second)
+                    }),
+                    silence_seconds,
+                    silence_ratio: stats::silence_ratio(
+                        silence_seconds,
+                        cadence,
+                        self.step_seconds,
+                    ),
+                    expected_cadence: cadence,
+                    observed_cadence: stats::observed_cadence(&onsets),
+                    reference_sent,
+                    reference_received,
+                }
+            })
+            .collect()
+    }
+
+    /// Expected rates now: the recorded profile at this phase of the cycle (phase 0 = the
+    /// recording's start), else the recorded mean.
+    fn reference(&self, rule: &Rule, now_unix: f64) -> (Option<f64>, Option<f64>) {
+        if let (Some(profile), Some(start)) = (&rule.profile, self.recording_start_unix) {
+            let bins = profile.sent.len().min(profile.received.len());
+            if bins > 0 && profile.step_seconds > 0.0 {
+                let cycle = bins as f64 * profile.step_seconds;
+                let phase = (now_unix - start).rem_euclid(cycle);
+                let bin = ((phase / profile.step_seconds) as usize).min(bins - 1);
+                return (Some(profile.sent[bin]), Some(profile.received[bin]));
+            }
+        }
+        match &rule.normal {
+            Some(normal) => (
+                Some(normal.sent_bytes_per_second.mean),
+                Some(normal.received_bytes_per_second.mean),
+            ),
+            None => (None, None),
+        }
+    }
+
+    /// The unexpected list, most recent first, then biggest.
+    pub fn unexpected(&self) -> Vec<Unexpected> {
+        let mut list: Vec<Unexpected> = self.unexpected.values().cloned().collect();
+        list.sort_by(|a, b| {
+            b.last_seen_unix
+                .total_cmp(&a.last_seen_unix)
+                .then((b.sent_bytes + b.received_bytes).cmp(&(a.sent_bytes + a.received_bytes)))
+        });
+        list
+    }
+}
+
+fn find_rule(rules: &[Rule], key: &ClassKey) -> Option<usize> {
+    let protocol = protocol_label(key.protocol);
+    rules
+        .iter()
+        .position(|rule| rule.matches(&key.process, key.remote, key.port, &protocol))
+}
+
+/// Rules are the same rule across a reload when these match.
+fn identity(rule: &Rule) -> String {
+    format!(
+        "{}|{}|{:?}|{}",
+        rule.process, rule.remote, rule.port, rule.protocol
+    )
+}
+
+fn window_steps(rule: &Rule, step_seconds: f64) -> usize {
+    let cadence = rule
+        .normal
+        .as_ref()
+        .and_then(|normal| normal.cadence_seconds);
+    let seconds = stats::window_seconds(cadence, step_seconds);
+    ((seconds / step_seconds).ceil() as usize).max(1)
+}
+
+fn timestamp_text(unix: f64) -> String {
+    jiff::Timestamp::from_millisecond((unix * 1000.0) as i64)
+        .map(|timestamp| timestamp.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::baseline::{
+        file::{FORMAT_VERSION, Normal, Profile, Recording},
+        stats::RateStats,
+    };
+
+    const START: f64 = 1_800_000_000.0;
+    const STEP: f64 = 5.0;
+
+    fn pool_rule() -> Rule {
+        Rule {
+            process: "xmrig".into(),
+            exe: None,
+            remote: "10.0.0.0/24".into(),
+            port: Some(3333),
+            protocol: "tcp".into(),
+            note: None,
+            normal: Some(Normal {
+                sent_bytes_per_second: RateStats {
+                    mean: 10.0,
+                    p95: 100.0,
+                    max: 200.0,
+                },
+                received_bytes_per_second: RateStats {
+                    mean: 20.0,
+                    p95: 200.0,
+                    max: 400.0,
+                },
+                active_fraction: 0.1,
+                connections_per_hour: 0.0,
+                cadence_seconds: Some(60.0),
+            }),
+            profile: Some(Profile {
+                step_seconds: 30.0,
+                sent: vec![50.0, 0.0],
+                received: vec![100.0, 0.0],
+            }),
+        }
+    }
+
+    fn baseline(rules: Vec<Rule>) -> Baseline {
+        Baseline {
+            format_version: FORMAT_VERSION,
+            recording: Some(Recording {
+                started_at: "2027-01-15T08:00:00Z".into(),
+                duration_seconds: 1800.0,
+                step_seconds: STEP,
+                host: "rig".into(),
+            }),
+            rules,
+        }
+    }
+
+    fn delta(process: &str, remote: &str, port: u16, sent: u64, received: u64) -> FlowDelta {
+        FlowDelta {
+            process: process.into(),
+            exe: Some(format!("/usr/bin/{process}")),
+            new_flow: false,
+            remote: remote.parse().unwrap(),
+            port: Some(port),
+            protocol: 6,
+            traffic: Traffic {
+                sent_bytes: sent,
+                received_bytes: received,
+                sent_packets: 1,
+                received_packets: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn matched_traffic_is_expected_and_the_rest_is_listed() {
+        let mut monitor = Monitor::new(baseline(vec![pool_rule()]), STEP, 10, START);
+        let increments = monitor.observe_step(
+            &[
+                delta("xmrig", "10.0.0.7", 3333, 100, 200),
+                delta("xmrig", "10.0.1.7", 3333, 5, 6),
+                delta("curl", "10.0.0.7", 3333, 7, 8),
+            ],
+            START + STEP,
+        );
+        assert_eq!(increments.len(), 2);
+        let list = monitor.unexpected();
+        let keys: Vec<(&str, &str)> = list
+            .iter()
+            .map(|entry| (entry.process.as_str(), entry.remote.as_str()))
+            .collect();
+        assert!(keys.contains(&("xmrig", "10.0.1.7")), "{keys:?}");
+        assert!(keys.contains(&("curl", "10.0.0.7")), "{keys:?}");
+        let curl = list.iter().find(|entry| entry.process == "curl").unwrap();
+        assert_eq!((curl.sent_bytes, curl.received_bytes), (7, 8));
+        assert_eq!(curl.exe.as_deref(), Some("/usr/bin/curl"));
+        assert_eq!(curl.port, Some(3333));
+        assert_eq!(curl.protocol, "tcp");
+    }
+
+    #[test]
+    fn the_unexpected_list_is_bounded_and_overflow_is_reported() {
+        let mut monitor = Monitor::new(baseline(vec![]), STEP, 2, START);
+        let increments = monitor.observe_step(
+            &[
+                delta("a", "10.0.0.1", 1, 1, 1),
+                delta("b", "10.0.0.2", 1, 1, 1),
+                delta("c", "10.0.0.3", 1, 1, 1),
+            ],
+            START + STEP,
+        );
+        assert_eq!(monitor.unexpected().len(), 2);
+        assert_eq!(
+            increments
+                .iter()
+                .filter(|increment| increment.key.is_none())
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn deviation_silence_and_cadence_follow_the_traffic() {
+        let mut monitor = Monitor::new(baseline(vec![pool_rule()]), STEP, 10, START);
+        // A job every 60 s (12 steps): normal traffic.
+        let mut now = START;
+        for step in 0..48 {
+            now += STEP;
+            let deltas = if step % 12 == 0 {
+                vec![delta("xmrig", "10.0.0.7", 3333, 600, 1200)]
+            } else {
+                vec![]
+            };
+            monitor.observe_step(&deltas, now);
+        }
+        let status = &monitor.statuses(now)[0];
+        // Window = one cadence (60 s = 12 steps) holding one 600-byte job: 10 B/s = the mean.
+        assert!((status.sent_rate - 10.0).abs() < 1e-9, "{status:?}");
+        assert!(status.sent_deviation.unwrap() < 1.0);
+        assert_eq!(status.observed_cadence, Some(60.0));
+        assert_eq!(status.expected_cadence, Some(60.0));
+        assert!(status.silence_ratio < 1.0);
+
+        // A burst: 60 kB in one step → 1000 B/s over the window, 10× p95.
+        now += STEP;
+        monitor.observe_step(&[delta("xmrig", "10.0.0.7", 3333, 60_000, 0)], now);
+        let status = &monitor.statuses(now)[0];
+        assert!(status.sent_deviation.unwrap() > 9.0, "{status:?}");
+
+        // Then the miner dies: silence grows past the cadence.
+        for _ in 0..30 {
+            now += STEP;
+            monitor.observe_step(&[], now);
+        }
+        let status = &monitor.statuses(now)[0];
+        assert_eq!(status.silence_seconds, 150.0);
+        assert!(status.silence_ratio > 2.0, "{status:?}");
+    }
+
+    #[test]
+    fn reference_follows_the_recorded_cycle() {
+        let monitor = Monitor::new(baseline(vec![pool_rule()]), STEP, 10, START);
+        let start: jiff::Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let t0 = start.as_second() as f64;
+        // Cycle of 60 s: first 30 s bin holds the traffic.
+        let at = |offset: f64| monitor.statuses(t0 + offset)[0].reference_sent;
+        assert_eq!(at(10.0), Some(50.0));
+        assert_eq!(at(40.0), Some(0.0));
+        assert_eq!(at(3600.0 + 10.0), Some(50.0));
+    }
+
+    #[test]
+    fn reload_keeps_state_of_kept_rules_and_drops_newly_expected_entries() {
+        let mut monitor = Monitor::new(baseline(vec![pool_rule()]), STEP, 10, START);
+        monitor.observe_step(
+            &[
+                delta("xmrig", "10.0.0.7", 3333, 100, 0),
+                delta("curl", "10.9.9.9", 443, 1, 1),
+            ],
+            START + STEP,
+        );
+        assert_eq!(monitor.unexpected().len(), 1);
+        let mut accepted = Rule {
+            process: "curl".into(),
+            remote: "10.9.9.9".into(),
+            port: Some(443),
+            normal: None,
+            profile: None,
+            ..pool_rule()
+        };
+        accepted.note = Some("update check".into());
+        monitor.replace_baseline(baseline(vec![pool_rule(), accepted]), START + 2.0 * STEP);
+        assert!(monitor.unexpected().is_empty());
+        let statuses = monitor.statuses(START + 2.0 * STEP);
+        // The pool rule kept its last traffic time (one step ago), not the reload time.
+        assert_eq!(statuses[0].silence_seconds, STEP);
+        // A rule without recorded stats has no deviation.
+        assert_eq!(statuses[1].sent_deviation, None);
+    }
+}

@@ -1,0 +1,251 @@
+//! Learning a baseline: every poll adds one step to a time series per traffic class
+//! (process × remote × port × protocol); at the end each class becomes a rule with its rate
+//! distribution, active fraction, connection rate, cadence and one-cycle profile.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use super::{
+    ClassKey,
+    file::{Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule},
+    stats,
+};
+use crate::flow_table::{FlowDelta, protocol_label};
+
+/// Most profile bins kept per rule (a 1-hour cycle at 5 s steps).
+const MAX_PROFILE_BINS: usize = 720;
+
+/// Per-step samples of one traffic class.
+#[derive(Debug, Default)]
+struct ClassSeries {
+    exe: Option<String>,
+    /// Index of the step this class first appeared in; earlier steps were zero.
+    first_step: usize,
+    sent: Vec<u64>,
+    received: Vec<u64>,
+    connections: Vec<u32>,
+}
+
+pub struct Recorder {
+    step_seconds: f64,
+    started_at: jiff::Timestamp,
+    steps: usize,
+    classes: HashMap<ClassKey, ClassSeries>,
+    max_classes: usize,
+    /// Observations of classes beyond `max_classes`, left out of the baseline.
+    pub dropped_observations: u64,
+}
+
+impl Recorder {
+    pub fn new(step_seconds: f64, started_at: jiff::Timestamp, max_classes: usize) -> Self {
+        Self {
+            step_seconds,
+            started_at,
+            steps: 0,
+            classes: HashMap::new(),
+            max_classes,
+            dropped_observations: 0,
+        }
+    }
+
+    /// Adds one poll's traffic as the next step.
+    pub fn record_step(&mut self, deltas: &[FlowDelta]) {
+        let step = self.steps;
+        self.steps += 1;
+        for delta in deltas {
+            let key = ClassKey::of(delta);
+            if !self.classes.contains_key(&key) && self.classes.len() >= self.max_classes {
+                self.dropped_observations += 1;
+                continue;
+            }
+            let series = self.classes.entry(key).or_insert_with(|| ClassSeries {
+                first_step: step,
+                ..ClassSeries::default()
+            });
+            if series.exe.is_none() {
+                series.exe.clone_from(&delta.exe);
+            }
+            // Steps without traffic for this class stay implicit until it shows up again.
+            let index = step - series.first_step;
+            for samples in [&mut series.sent, &mut series.received] {
+                samples.resize(index + 1, 0);
+            }
+            series.connections.resize(index + 1, 0);
+            series.sent[index] += delta.traffic.sent_bytes;
+            series.received[index] += delta.traffic.received_bytes;
+            series.connections[index] += u32::from(delta.new_flow);
+        }
+    }
+
+    pub fn elapsed_seconds(&self) -> f64 {
+        self.steps as f64 * self.step_seconds
+    }
+
+    /// Distinct remote addresses seen so far (progress display).
+    pub fn destinations(&self) -> usize {
+        let mut remotes: Vec<IpAddr> = self.classes.keys().map(|key| key.remote).collect();
+        remotes.sort_unstable();
+        remotes.dedup();
+        remotes.len()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Turns the recording into a baseline.
+    pub fn finish(self, host: &str) -> Baseline {
+        let total_steps = self.steps;
+        let step_seconds = self.step_seconds;
+        let mut rules: Vec<(u64, Rule)> = self
+            .classes
+            .into_iter()
+            .map(|(key, series)| {
+                let padded = |samples: &[u64]| -> Vec<u64> {
+                    let mut full = vec![0; series.first_step];
+                    full.extend_from_slice(samples);
+                    full.resize(total_steps, 0);
+                    full
+                };
+                let sent = padded(&series.sent);
+                let received = padded(&series.received);
+                let both: Vec<u64> = sent.iter().zip(&received).map(|(s, r)| s + r).collect();
+                let connections: u64 = series.connections.iter().map(|&c| u64::from(c)).sum();
+                let hours = (total_steps as f64 * step_seconds / 3600.0).max(f64::EPSILON);
+                let cadence = stats::detect_cadence(&both, step_seconds);
+                let profile = cadence.as_ref().map(|cadence| {
+                    let bins = ((cadence.period_seconds / step_seconds).round() as usize)
+                        .clamp(1, MAX_PROFILE_BINS);
+                    Profile {
+                        step_seconds: cadence.period_seconds / bins as f64,
+                        sent: stats::profile(&sent, step_seconds, cadence.period_seconds, bins),
+                        received: stats::profile(
+                            &received,
+                            step_seconds,
+                            cadence.period_seconds,
+                            bins,
+                        ),
+                    }
+                });
+                let rule = Rule {
+                    process: key.process.clone(),
+                    exe: series.exe,
+                    remote: crate::flow_table::remote_label(key.remote),
+                    port: key.port,
+                    protocol: protocol_label(key.protocol),
+                    note: None,
+                    normal: Some(Normal {
+                        sent_bytes_per_second: stats::rate_stats(&sent, step_seconds),
+                        received_bytes_per_second: stats::rate_stats(&received, step_seconds),
+                        active_fraction: stats::active_fraction(&both),
+                        connections_per_hour: connections as f64 / hours,
+                        cadence_seconds: cadence.map(|cadence| cadence.period_seconds),
+                    }),
+                    profile,
+                };
+                (both.iter().sum::<u64>(), rule)
+            })
+            .collect();
+        // Grouped by process, biggest traffic first: the order a person reads it in.
+        rules.sort_by(|a, b| a.1.process.cmp(&b.1.process).then(b.0.cmp(&a.0)));
+        Baseline {
+            format_version: FORMAT_VERSION,
+            recording: Some(Recording {
+                started_at: self.started_at.to_string(),
+                duration_seconds: total_steps as f64 * step_seconds,
+                step_seconds,
+                host: host.to_owned(),
+            }),
+            rules: rules.into_iter().map(|(_, rule)| rule).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow_table::Traffic;
+
+    fn delta(process: &str, remote: &str, port: u16, sent: u64, new_flow: bool) -> FlowDelta {
+        FlowDelta {
+            process: process.to_owned(),
+            exe: Some(format!("/usr/bin/{process}")),
+            new_flow,
+            remote: remote.parse().unwrap(),
+            port: Some(port),
+            protocol: 6,
+            traffic: Traffic {
+                sent_bytes: sent,
+                received_bytes: sent * 2,
+                sent_packets: 1,
+                received_packets: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn periodic_class_becomes_a_rule_with_cadence_and_profile() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut recorder = Recorder::new(5.0, start, 100);
+        // 30 minutes at 5 s: a job every 300 s (one 10 kB step), a reporter that appears
+        // later and talks every step.
+        for step in 0..360 {
+            let mut deltas = Vec::new();
+            if step % 60 == 0 {
+                deltas.push(delta("xmrig", "10.0.0.2", 3333, 10_000, step == 0));
+            }
+            if step >= 100 {
+                deltas.push(delta("monitor", "10.0.0.9", 443, 100, step == 100));
+            }
+            recorder.record_step(&deltas);
+        }
+        assert_eq!(recorder.destinations(), 2);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 2);
+        let recording = baseline.recording.as_ref().unwrap();
+        assert_eq!(recording.duration_seconds, 1800.0);
+        assert_eq!(recording.started_at, "2026-11-24T12:00:00Z");
+
+        let miner = baseline
+            .rules
+            .iter()
+            .find(|rule| rule.process == "xmrig")
+            .unwrap();
+        assert_eq!(miner.remote, "10.0.0.2");
+        assert_eq!(miner.port, Some(3333));
+        assert_eq!(miner.protocol, "tcp");
+        assert_eq!(miner.exe.as_deref(), Some("/usr/bin/xmrig"));
+        let normal = miner.normal.as_ref().unwrap();
+        // 6 jobs × 10 kB over 1800 s.
+        assert!((normal.sent_bytes_per_second.mean - 60_000.0 / 1800.0).abs() < 1e-9);
+        assert_eq!(normal.sent_bytes_per_second.max, 2000.0);
+        assert!((normal.active_fraction - 6.0 / 360.0).abs() < 1e-9);
+        assert!((normal.connections_per_hour - 2.0).abs() < 1e-9);
+        let cadence = normal.cadence_seconds.expect("periodic");
+        assert!((cadence - 300.0).abs() <= 15.0, "cadence {cadence}");
+        let profile = miner.profile.as_ref().expect("profile of a periodic rule");
+        assert_eq!(profile.sent.len(), profile.received.len());
+        let peak = profile.sent.iter().cloned().fold(0.0, f64::max);
+        assert!(peak > 0.0);
+
+        // The reporter only existed for the last 260 steps: its mean counts the full recording.
+        let reporter = baseline
+            .rules
+            .iter()
+            .find(|rule| rule.process == "monitor")
+            .unwrap();
+        let normal = reporter.normal.as_ref().unwrap();
+        assert!((normal.sent_bytes_per_second.mean - 260.0 * 100.0 / 1800.0).abs() < 1e-9);
+        assert!((normal.active_fraction - 260.0 / 360.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn classes_beyond_the_limit_are_dropped_and_counted() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 1);
+        recorder.record_step(&[
+            delta("a", "10.0.0.1", 1, 10, true),
+            delta("b", "10.0.0.2", 1, 10, true),
+        ]);
+        assert_eq!(recorder.classes(), 1);
+        assert_eq!(recorder.dropped_observations, 1);
+    }
+}

@@ -1,0 +1,240 @@
+//! The review commands: `bitsecure unexpected` and `bitsecure baseline show|diff|accept`.
+//! They talk to the running agent over its local HTTP endpoint and edit the baseline file.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpStream, ToSocketAddrs as _},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::baseline::{
+    file::{self, Baseline, FORMAT_VERSION, Rule},
+    monitor::Unexpected,
+};
+
+/// GETs `path` from the agent at `agent` ("127.0.0.1:9977" or "http://127.0.0.1:9977").
+fn get(agent: &str, path: &str) -> anyhow::Result<String> {
+    let address = agent.trim_start_matches("http://").trim_end_matches('/');
+    let socket = address
+        .to_socket_addrs()
+        .with_context(|| format!("bad agent address {agent:?}"))?
+        .next()
+        .with_context(|| format!("agent address {agent:?} resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(3)).with_context(|| {
+        format!("cannot reach the agent at {address}: is `bitsecure run` running (and agent.listen this address)?")
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .context("reading the agent's answer")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed answer from the agent")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "the agent answered {}",
+            head.lines().next().unwrap_or_default()
+        );
+    }
+    Ok(body.to_owned())
+}
+
+/// The agent's unexpected list.
+pub fn fetch_unexpected(agent: &str) -> anyhow::Result<Vec<Unexpected>> {
+    let body = get(agent, "/api/unexpected")?;
+    serde_json::from_str(&body).context("the agent's unexpected list is not valid JSON")
+}
+
+/// `bitsecure unexpected`.
+pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
+    if json {
+        print!("{}", get(agent, "/api/unexpected")?);
+        return Ok(());
+    }
+    let list = fetch_unexpected(agent)?;
+    if list.is_empty() {
+        println!("no unexpected traffic");
+        return Ok(());
+    }
+    print!("{}", format_table(&list));
+    Ok(())
+}
+
+/// A terminal table of the unexpected list.
+pub fn format_table(list: &[Unexpected]) -> String {
+    let rows: Vec<[String; 8]> = list
+        .iter()
+        .map(|entry| {
+            [
+                entry.process.clone(),
+                entry.exe.clone().unwrap_or_else(|| "?".into()),
+                entry.remote.clone(),
+                entry
+                    .port
+                    .map(|port| port.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                entry.protocol.clone(),
+                human_bytes(entry.sent_bytes),
+                human_bytes(entry.received_bytes),
+                format!("{} .. {}", entry.first_seen, entry.last_seen),
+            ]
+        })
+        .collect();
+    let header = [
+        "PROCESS",
+        "EXECUTABLE",
+        "REMOTE",
+        "PORT",
+        "PROTO",
+        "SENT",
+        "RECEIVED",
+        "FIRST .. LAST SEEN",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[&str]| {
+        let mut text = String::new();
+        for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if index + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for row in &rows {
+        line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// Which unexpected entries `baseline accept` takes.
+#[derive(Debug, Default)]
+pub struct AcceptFilter {
+    pub all: bool,
+    pub process: Option<String>,
+    pub remote: Option<String>,
+    pub port: Option<u16>,
+    pub protocol: Option<String>,
+}
+
+impl AcceptFilter {
+    fn is_empty(&self) -> bool {
+        self.process.is_none()
+            && self.remote.is_none()
+            && self.port.is_none()
+            && self.protocol.is_none()
+    }
+
+    fn matches(&self, entry: &Unexpected) -> bool {
+        self.process
+            .as_ref()
+            .is_none_or(|process| *process == entry.process)
+            && self
+                .remote
+                .as_ref()
+                .is_none_or(|remote| *remote == entry.remote)
+            && self.port.is_none_or(|port| Some(port) == entry.port)
+            && self
+                .protocol
+                .as_ref()
+                .is_none_or(|protocol| *protocol == entry.protocol)
+    }
+}
+
+/// `bitsecure baseline accept`: turns unexpected entries into rules in the baseline file.
+/// Returns how many rules were added.
+pub fn accept(
+    agent: &str,
+    baseline_path: &Path,
+    filter: &AcceptFilter,
+    note: Option<&str>,
+) -> anyhow::Result<usize> {
+    if filter.all != filter.is_empty() {
+        bail!(
+            "say which entries to accept: --all, or one or more of --process, --remote, --port, --protocol"
+        );
+    }
+    let chosen: Vec<Unexpected> = fetch_unexpected(agent)?
+        .into_iter()
+        .filter(|entry| filter.all || filter.matches(entry))
+        .collect();
+    if chosen.is_empty() {
+        bail!("no unexpected traffic matches; `bitsecure unexpected` lists what there is");
+    }
+    let rules: Vec<Rule> = chosen
+        .iter()
+        .map(|entry| Rule {
+            process: entry.process.clone(),
+            exe: entry.exe.clone(),
+            remote: entry.remote.clone(),
+            port: entry.port,
+            protocol: entry.protocol.clone(),
+            note: note.map(str::to_owned),
+            normal: None,
+            profile: None,
+        })
+        .collect();
+    let origin = baseline_path.display().to_string();
+    let text = if baseline_path.exists() {
+        let existing = std::fs::read_to_string(baseline_path)
+            .with_context(|| format!("cannot read {origin}"))?;
+        file::append_rules(&existing, &origin, &rules)?
+    } else {
+        file::render(&Baseline {
+            format_version: FORMAT_VERSION,
+            recording: None,
+            rules: rules.clone(),
+        })
+    };
+    file::write_atomically(baseline_path, &text)?;
+    for rule in &rules {
+        eprintln!("accepted {}", rule.describe());
+    }
+    Ok(rules.len())
+}
+
+/// `bitsecure baseline show`.
+pub fn show(path: &Path) -> anyhow::Result<()> {
+    let baseline = file::load(path)?;
+    print!("{}", file::show(&baseline));
+    Ok(())
+}
+
+/// `bitsecure baseline diff OLD NEW`.
+pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
+    let (old, new) = (file::load(old)?, file::load(new)?);
+    print!("{}", file::diff(&old, &new));
+    Ok(())
+}
