@@ -227,44 +227,6 @@ fn escape_label_value(value: &str, out: &mut String) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traffic_counters_render_in_the_exposition_format() {
-        let metrics = Metrics::new().unwrap();
-        let key = SeriesKey {
-            process: "we\"ird\\name".into(),
-            remote: "10.0.0.1".into(),
-            port: "3333".into(),
-            protocol: "tcp".into(),
-        };
-        let traffic = Traffic {
-            sent_bytes: 100,
-            received_bytes: 200,
-            sent_packets: 3,
-            received_packets: 4,
-        };
-        metrics.add_traffic(&key, &traffic);
-        metrics.add_traffic(&key, &traffic);
-        let text = metrics.render().unwrap();
-        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp"}"#;
-        for (name, value) in [
-            ("bitsecure_sent_bytes_total", 200),
-            ("bitsecure_received_bytes_total", 400),
-            ("bitsecure_sent_packets_total", 6),
-            ("bitsecure_received_packets_total", 8),
-        ] {
-            assert!(
-                text.contains(&format!("{name}{labels} {value}\n")),
-                "{name} missing:\n{text}"
-            );
-            assert!(text.contains(&format!("# TYPE {name} counter\n")));
-        }
-    }
-}
-
 /// Labels of a baseline rule (as written in the baseline file).
 pub const RULE_LABELS: [&str; 4] = ["process", "remote", "port", "protocol"];
 
@@ -417,6 +379,44 @@ impl BaselineMetrics {
             &self.rule_observed_cadence,
         ] {
             gauge.reset();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traffic_counters_render_in_the_exposition_format() {
+        let metrics = Metrics::new().unwrap();
+        let key = SeriesKey {
+            process: "we\"ird\\name".into(),
+            remote: "10.0.0.1".into(),
+            port: "3333".into(),
+            protocol: "tcp".into(),
+        };
+        let traffic = Traffic {
+            sent_bytes: 100,
+            received_bytes: 200,
+            sent_packets: 3,
+            received_packets: 4,
+        };
+        metrics.add_traffic(&key, &traffic);
+        metrics.add_traffic(&key, &traffic);
+        let text = metrics.render().unwrap();
+        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp"}"#;
+        for (name, value) in [
+            ("bitsecure_sent_bytes_total", 200),
+            ("bitsecure_received_bytes_total", 400),
+            ("bitsecure_sent_packets_total", 6),
+            ("bitsecure_received_packets_total", 8),
+        ] {
+            assert!(
+                text.contains(&format!("{name}{labels} {value}\n")),
+                "{name} missing:\n{text}"
+            );
+            assert!(text.contains(&format!("# TYPE {name} counter\n")));
         }
     }
 }

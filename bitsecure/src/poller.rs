@@ -36,6 +36,13 @@ const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
 /// How long the owner of a folded socket is remembered, for packets that trail its close.
 const RETIRED_OWNER_TTL: Duration = Duration::from_secs(600);
 
+/// What is remembered of a folded socket.
+struct Retired {
+    owner: ProcessIdentity,
+    passive: bool,
+    since: Instant,
+}
+
 pub struct Poller {
     maps: KernelMaps,
     cpus: usize,
@@ -43,12 +50,13 @@ pub struct Poller {
     /// A closed socket is folded this long after its release, so in-flight data (TCP sends
     /// continue after close()) is counted before the entries are deleted.
     close_grace: Duration,
-    /// Cumulative kernel counters as of the last poll.
-    last_seen: HashMap<FlowKey, Traffic>,
+    /// Cumulative kernel counters as of the last poll, and the flow's service port (decided
+    /// once, so a flow's series never changes).
+    last_seen: HashMap<FlowKey, (Traffic, Option<u16>)>,
     /// Resolved owners of live sockets.
     owners: HashMap<u64, ProcessIdentity>,
-    /// Owners of sockets already folded, for late packets.
-    retired: HashMap<u64, (ProcessIdentity, Instant)>,
+    /// Sockets already folded, for packets that trail their close.
+    retired: HashMap<u64, Retired>,
     /// Failed owner lookups per socket cookie.
     lookup_attempts: HashMap<u64, u8>,
     /// `(kernel stat, last value)` so the exported counters advance by deltas.
@@ -101,11 +109,6 @@ impl Poller {
         let started = Instant::now();
         let now_boot = boot_time();
 
-        let sockets: HashMap<u64, SocketOwner> =
-            bpf_batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
-                .into_iter()
-                .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
-                .collect();
         let flows: Vec<(FlowKey, Traffic, bool)> = bpf_batch::lookup_all::<FlowKey, FlowCounters>(
             self.maps.flows.fd().as_fd(),
             self.cpus,
@@ -116,6 +119,13 @@ impl Poller {
             (key, traffic, egress_first)
         })
         .collect();
+        // Sockets after flows: every flow read has its socket's record (created at socket(2),
+        // accept or release, before the flow's packets) in this snapshot.
+        let sockets: HashMap<u64, SocketOwner> =
+            bpf_batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
+                .into_iter()
+                .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
+                .collect();
         let listening_ports = self.listening_ports();
 
         let unattributed = self.resolve_owners(&flows, &sockets);
@@ -134,9 +144,25 @@ impl Poller {
                 report.deferred_flows += 1;
                 continue;
             };
-            let previous = self.last_seen.get(key).copied().unwrap_or_default();
+            let (previous, port) = match self.last_seen.get(key) {
+                Some(seen) => *seen,
+                None => {
+                    let role = Role {
+                        passive: sockets
+                            .get(&key.cookie)
+                            .is_some_and(|owner| owner.passive != 0)
+                            || self
+                                .retired
+                                .get(&key.cookie)
+                                .is_some_and(|retired| retired.passive),
+                        egress_first: *egress_first,
+                    };
+                    let port = service_port(key, &role, &listening_ports, self.ephemeral_ports);
+                    (Traffic::default(), port)
+                }
+            };
             let new = traffic.since(&previous);
-            self.last_seen.insert(*key, *traffic);
+            self.last_seen.insert(*key, (*traffic, port));
             if new.is_zero() {
                 continue;
             }
@@ -146,17 +172,7 @@ impl Poller {
                 exe: owner.exe.clone(),
                 new_flow: previous == Traffic::default(),
                 remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
-                port: service_port(
-                    key,
-                    &Role {
-                        passive: sockets
-                            .get(&key.cookie)
-                            .is_some_and(|owner| owner.passive != 0),
-                        egress_first: *egress_first,
-                    },
-                    &listening_ports,
-                    self.ephemeral_ports,
-                ),
+                port,
                 protocol: key.protocol,
                 traffic: new,
             });
@@ -193,7 +209,7 @@ impl Poller {
     fn owner_of(&self, cookie: u64) -> Option<&ProcessIdentity> {
         self.owners
             .get(&cookie)
-            .or_else(|| self.retired.get(&cookie).map(|(owner, _)| owner))
+            .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
     }
 
     /// Finds owners for sockets seen for the first time: from the kernel's record (created while
@@ -312,7 +328,7 @@ impl Poller {
         // Late packets of an already folded socket re-create entries: fold them right away.
         let now = Instant::now();
         self.retired
-            .retain(|_, (_, since)| now.duration_since(*since) < RETIRED_OWNER_TTL);
+            .retain(|_, retired| now.duration_since(retired.since) < RETIRED_OWNER_TTL);
         let flow_keys: Vec<FlowKey> = flows
             .iter()
             .map(|(key, ..)| *key)
@@ -329,7 +345,17 @@ impl Poller {
         }
         for cookie in &cookies {
             if let Some(owner) = self.owners.remove(cookie) {
-                self.retired.insert(*cookie, (owner, now));
+                let passive = sockets
+                    .get(cookie)
+                    .is_some_and(|socket| socket.passive != 0);
+                self.retired.insert(
+                    *cookie,
+                    Retired {
+                        owner,
+                        passive,
+                        since: now,
+                    },
+                );
             }
         }
         // Forget owners of sockets that have neither flows nor a kernel record any more.

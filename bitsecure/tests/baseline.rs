@@ -122,7 +122,7 @@ fn eventually(agent: &Agent, seconds: f64, what: &str, check: impl Fn(&[Sample])
             "{what} did not happen within {seconds} s\n{}",
             agent.log_text()
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -249,7 +249,13 @@ fn simulated_rig_learn_then_monitor() {
         .unwrap_or(0.0)
             > 0.0
     });
-    assert!(seen_at.elapsed() < Duration::from_secs_f64(TEST_POLL_SECONDS * 4.0 + 1.0));
+    // Within one poll interval, plus the time a poll and a scrape take.
+    let latency = seen_at.elapsed();
+    eprintln!("intruder listed {latency:?} after its traffic ended");
+    assert!(
+        latency < Duration::from_secs_f64(TEST_POLL_SECONDS + 0.5),
+        "{latency:?}"
+    );
     let listed = unexpected_json(&agent);
     let entry = listed
         .iter()
@@ -347,4 +353,16 @@ fn simulated_rig_learn_then_monitor() {
         "the error names the line:\n{}",
         agent.log_text()
     );
+
+    // Fixed again (from the backup), and reloaded on SIGHUP as well.
+    let reloads = |log: &str| log.matches("loaded (file changed): ").count();
+    let before = reloads(&agent.log_text());
+    std::fs::copy(&backup, &baseline_path).unwrap();
+    eventually(&agent, 5.0, "reload of the fixed file", |_| {
+        reloads(&agent.log_text()) > before
+    });
+    agent.signal(libc::SIGHUP);
+    eventually(&agent, 5.0, "reload on SIGHUP", |_| {
+        agent.log_text().contains("loaded (SIGHUP)")
+    });
 }

@@ -73,9 +73,23 @@ pub struct GeneratorReport {
     pub received_bytes: u64,
 }
 
+/// Retries `run` while it fails with "text file busy": a test thread copying a generator while
+/// another forks leaves the copy's write descriptor open in the child for a moment.
+fn retry_busy<T>(mut run: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    for _ in 0..50 {
+        match run() {
+            Err(error) if error.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+    run()
+}
+
 /// Runs a generator client to completion; panics unless it succeeded.
 pub fn run_generator(command: &mut Command) -> GeneratorReport {
-    let output = command.output().expect("run generator");
+    let output = retry_busy(|| command.output()).expect("run generator");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -104,11 +118,8 @@ impl Spawned {
 
 /// Starts a long-running generator and waits for it to print `marker`.
 pub fn spawn_until(command: &mut Command, marker: &str) -> Spawned {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn generator");
+    command.stdout(Stdio::piped()).stderr(Stdio::inherit());
+    let mut child = retry_busy(|| command.spawn()).expect("spawn generator");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     match lines.next() {
@@ -459,6 +470,13 @@ impl Agent {
     pub fn scrape(&self) -> Vec<Sample> {
         let text = self.try_get("/metrics").expect("agent answers /metrics");
         parse_exposition(&text)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the agent.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory arguments; the pid is our own child's.
+        let result = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(result, 0, "cannot signal the agent");
     }
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit status.
