@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            util::cargo(&root, &test)
+            util::cargo_test(&root, &test)
         }
         Command::Bench(args) => {
             setup::run(&root)?;

@@ -1,6 +1,7 @@
 //! Running commands with clear errors.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Command, Stdio},
 };
@@ -55,4 +56,56 @@ pub fn exec(mut command: Command) -> anyhow::Result<()> {
         .status()
         .with_context(|| format!("cannot start {shown}"))?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+/// Runs `cargo test ARGS`, passing its output through, and ends with one summary line over all
+/// test binaries ("N passed, N failed"), so the last line tells the whole run.
+pub fn cargo_test(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut command = Command::new("cargo");
+    command.args(args).current_dir(root).stdout(Stdio::piped());
+    let shown = format!("{command:?}");
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {shown}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            passed += count_before(result, " passed");
+            failed += count_before(result, " failed");
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {shown}"))?;
+    println!("summary: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number in front of `label` in a "test result:" line ("ok. 5 passed; 0 failed; ...").
+fn count_before(result: &str, label: &str) -> u64 {
+    result
+        .split([';', '.'])
+        .find_map(|part| part.trim().strip_suffix(label.trim_start()))
+        .and_then(|number| number.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_come_from_test_result_lines() {
+        let line =
+            "ok. 15 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 7.81s";
+        assert_eq!(count_before(line, " passed"), 15);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+    }
 }
