@@ -170,7 +170,8 @@ fn fill_owner(owner: &mut SocketOwner, origin: u8) {
 /// What the counting needs from one packet's headers.
 struct PacketInfo {
     key: FlowKey,
-    /// IP header + transport header length: the bytes every GSO segment repeats.
+    /// IP header + transport header length: the bytes every GSO segment repeats (only exact
+    /// for segmented packets, the only ones it is used for).
     header_len: u32,
 }
 
@@ -182,8 +183,16 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     // SAFETY: as above; the helper reads the cookie of skb->sk.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
 
+    // A GSO/GRO packet stands for `gso_segs` wire packets, each carrying its own headers.
+    // Loopback is the exception: it never segments, it carries the super-packet as is.
+    let segments = if gso_segs > 1 && ifindex != LOOPBACK_IFINDEX {
+        gso_segs
+    } else {
+        1
+    };
     // __sk_buff.protocol holds the big-endian 16-bit EtherType.
-    let info = match read_headers(ctx, u16::from_be(l3_protocol as u16), direction, cookie) {
+    let l3_protocol = u16::from_be(l3_protocol as u16);
+    let info = match read_headers(ctx, l3_protocol, direction, cookie, segments > 1) {
         Some(info) => info,
         None => {
             bump(Stat::MalformedPackets);
@@ -198,13 +207,6 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
         }
     };
 
-    // A GSO/GRO packet stands for `gso_segs` wire packets, each carrying its own headers.
-    // Loopback is the exception: it never segments, it carries the super-packet as is.
-    let segments = if gso_segs > 1 && ifindex != LOOPBACK_IFINDEX {
-        gso_segs
-    } else {
-        1
-    };
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
     add_to_flow(&info.key, direction, wire_bytes, segments as u64);
 }
@@ -247,7 +249,8 @@ fn bump(stat: Stat) {
     }
 }
 
-/// Reads the remote address, ports and transport protocol from the packet.
+/// Reads the remote address, ports and transport protocol from the packet, and for a
+/// `segmented` (GSO/GRO) packet the length of the headers each segment repeats.
 ///
 /// In cgroup_skb programs the packet data starts at the IP header in both directions.
 #[inline(always)]
@@ -256,6 +259,7 @@ fn read_headers(
     l3_protocol: u16,
     direction: u8,
     cookie: u64,
+    segmented: bool,
 ) -> Option<PacketInfo> {
     let mut key = FlowKey {
         cookie,
@@ -297,7 +301,8 @@ fn read_headers(
         } else {
             (destination, source)
         };
-        header_len += if protocol == IPPROTO_TCP {
+        // Only segmented packets need the TCP header's length: spare the read otherwise.
+        header_len += if protocol == IPPROTO_TCP && segmented {
             // Two bytes, not one: for a 1-byte read LLVM turns the bounds check into a form
             // (`data_end > ptr`) the verifier does not accept as covering the byte.
             let data_offset: [u8; 2] = load(ctx, l4_offset + 12)?;
