@@ -366,3 +366,52 @@ fn simulated_rig_learn_then_monitor() {
         agent.log_text().contains("loaded (SIGHUP)")
     });
 }
+
+#[test]
+fn first_start_without_a_baseline_learns_then_monitors() {
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-pool");
+    let pool = format!("{}:3333", net.peer_v4);
+    net.spawn_server(&server, &["serve", "--tcp", &pool]);
+    let cgroup = TestCgroup::new("learn");
+    let miner = install_generator("bsg-learner");
+    let _miner = spawn_until(
+        cgroup.command(&miner).args([
+            "periodic",
+            "--connect",
+            &pool,
+            "--every-ms",
+            "500",
+            "--job-bytes",
+            "1000",
+        ]),
+        "connected",
+    );
+    let baseline_path = scratch_dir().join(format!("learned-{}.toml", net.ns));
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 4\n",
+        cgroup.path.display(),
+        baseline_path.display()
+    ));
+    let samples = agent.scrape();
+    assert_eq!(
+        value(&samples, "bitsecure_baseline_learning", &[]),
+        Some(1.0)
+    );
+    assert!(!baseline_path.exists(), "written before learning ended");
+    eventually(&agent, 10.0, "switch to monitoring", |samples| {
+        value(samples, "bitsecure_baseline_learning", &[]) == Some(0.0)
+            && value(samples, "bitsecure_baseline_rules", &[]).unwrap_or(0.0) >= 1.0
+    });
+    assert!(
+        agent.log_text().contains("now monitoring"),
+        "{}",
+        agent.log_text()
+    );
+    let text = std::fs::read_to_string(&baseline_path).expect("learned baseline written");
+    assert!(text.contains("process = \"bsg-learner\""), "{text}");
+    assert!(text.contains("port = 3333"), "{text}");
+    // The learned traffic is expected: nothing unexpected while it goes on.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(unexpected_json(&agent).is_empty());
+}

@@ -43,7 +43,7 @@ const BPF_STATS: &str = "kernel.bpf_stats_enabled";
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Interleaved runs of each workload without and with the agent; medians are reported.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     repetitions: u32,
     /// Duration of each iperf3 run, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -77,16 +77,28 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let mut samples = vec![(Vec::new(), Vec::new()); WORKLOADS.len()];
     let mut runs: HashMap<&str, (u64, u64)> = HashMap::new();
     for rep in 1..=repetitions {
-        progress(&format!("repetition {rep}/{repetitions} without the agent"));
-        for (workload, (without, _)) in WORKLOADS.iter().zip(&mut samples) {
-            without.push(workload.measure(seconds)?);
+        // Alternate which half goes first (ABBA), so a drift of the shared machine during the
+        // run does not always favour the same side.
+        for with_agent in if rep % 2 == 1 {
+            [false, true]
+        } else {
+            [true, false]
+        } {
+            let side = if with_agent { "with" } else { "without" };
+            progress(&format!("repetition {rep}/{repetitions} {side} the agent"));
+            let agent = with_agent.then(&start_agent).transpose()?;
+            for (workload, (without, with)) in WORKLOADS.iter().zip(&mut samples) {
+                let rate = workload.measure(seconds)?;
+                if with_agent {
+                    with.push(rate)
+                } else {
+                    without.push(rate)
+                }
+            }
+            if let Some(agent) = agent {
+                agent.stop()?;
+            }
         }
-        progress(&format!("repetition {rep}/{repetitions} with the agent"));
-        let agent = start_agent()?;
-        for (workload, (_, with)) in WORKLOADS.iter().zip(&mut samples) {
-            with.push(workload.measure(seconds)?);
-        }
-        agent.stop()?;
     }
 
     // BPF stats cost two clock reads per program run, so they are on only for this separate
@@ -610,7 +622,7 @@ impl Row {
 fn write_report(rows: &[Row], out: &Path, reps: u32, secs: u32, window: u64) -> anyhow::Result<()> {
     let report = format!(
         "# BitSecure overhead benchmark\n\n{}\nThroughput and packet rate: medians (min-max) of \
-         {reps} interleaved runs without / with the agent, {secs} s each. Program run times: \
+         {reps} interleaved runs (alternating which side goes first) without / with the agent, {secs} s each. Program run times: \
          averages over one extra with-agent run of each workload, the only time kernel.bpf_stats_enabled=1 (it adds two clock reads per run, included in these figures). CPU and memory: agent \
          with 10,000 live flows, CPU over {window} s, MB = 10^6 bytes.\n",
         table(rows)
