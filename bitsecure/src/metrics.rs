@@ -53,7 +53,7 @@ pub struct Metrics {
     pub folded_flows: IntCounter,
     pub closed_sockets: IntCounter,
     pub traffic_series: IntGauge,
-    pub unattributed_flows: IntCounter,
+    pub unattributed_sockets: IntCounter,
 }
 
 impl Metrics {
@@ -125,9 +125,9 @@ impl Metrics {
             "bitsecure_traffic_series",
             "Number of (process, remote, port, protocol) series exported.",
         )?;
-        let unattributed_flows = IntCounter::new(
-            "bitsecure_unattributed_flows_total",
-            "Flows whose owning process could not be determined (exported as process=\"unknown\").",
+        let unattributed_sockets = IntCounter::new(
+            "bitsecure_unattributed_sockets_total",
+            "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
         )?;
         for collector in [
             Box::new(process_info.clone()) as Box<dyn prometheus::core::Collector>,
@@ -140,7 +140,7 @@ impl Metrics {
             Box::new(folded_flows.clone()),
             Box::new(closed_sockets.clone()),
             Box::new(traffic_series.clone()),
-            Box::new(unattributed_flows.clone()),
+            Box::new(unattributed_sockets.clone()),
         ] {
             registry.register(collector)?;
         }
@@ -160,7 +160,7 @@ impl Metrics {
             folded_flows,
             closed_sockets,
             traffic_series,
-            unattributed_flows,
+            unattributed_sockets,
         })
     }
 

@@ -129,7 +129,7 @@ impl Poller {
         let listening_ports = self.listening_ports();
 
         let unattributed = self.resolve_owners(&flows, &sockets);
-        metrics.unattributed_flows.inc_by(unattributed);
+        metrics.unattributed_sockets.inc_by(unattributed);
 
         let mut deltas = Vec::new();
         let mut report = PollReport {

@@ -73,8 +73,9 @@ pub struct RuleStatus {
 /// Unexpected traffic of one poll, for the counters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnexpectedIncrement {
-    /// `None` when the list was full and the traffic is counted as folded.
-    pub key: Option<ClassKey>,
+    pub key: ClassKey,
+    /// False when the list was full: the traffic is counted, folded under remote="other".
+    pub listed: bool,
     pub traffic: Traffic,
 }
 
@@ -169,7 +170,8 @@ impl Monitor {
             let known = self.unexpected.contains_key(&key);
             if !known && self.unexpected.len() >= self.max_unexpected {
                 increments.push(UnexpectedIncrement {
-                    key: None,
+                    key,
+                    listed: false,
                     traffic: delta.traffic,
                 });
                 continue;
@@ -195,7 +197,8 @@ impl Monitor {
             entry.last_seen = now_text;
             entry.last_seen_unix = now_unix;
             increments.push(UnexpectedIncrement {
-                key: Some(key),
+                key,
+                listed: true,
                 traffic: delta.traffic,
             });
         }
@@ -441,7 +444,7 @@ mod tests {
         assert_eq!(
             increments
                 .iter()
-                .filter(|increment| increment.key.is_none())
+                .filter(|increment| !increment.listed)
                 .count(),
             1
         );

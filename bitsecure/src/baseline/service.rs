@@ -103,14 +103,18 @@ impl BaselineService {
             }
             Mode::Monitoring(monitor) => {
                 for increment in monitor.observe_step(deltas, now_unix) {
-                    let labels = match &increment.key {
-                        Some(key) => [
+                    let key = &increment.key;
+                    let protocol = crate::flow_table::protocol_label(key.protocol);
+                    let labels = if increment.listed {
+                        [
                             key.process.clone(),
                             crate::flow_table::remote_label(key.remote),
                             key.port.map(|port| port.to_string()).unwrap_or_default(),
-                            crate::flow_table::protocol_label(key.protocol),
-                        ],
-                        None => ["other".into(), "other".into(), String::new(), String::new()],
+                            protocol,
+                        ]
+                    } else {
+                        // The list is full: keep the process, fold remote and port.
+                        [key.process.clone(), "other".into(), String::new(), protocol]
                     };
                     let labels = [&*labels[0], &*labels[1], &*labels[2], &*labels[3]];
                     metrics
