@@ -23,11 +23,12 @@ use support::{
 const MINER_EVERY_MS: u64 = 5000;
 const DEVIATION_THRESHOLD: f64 = 3.0;
 
+/// Fields drop in order: the rig's processes before their cgroup, the cgroup before the net.
 struct Rig {
-    net: TestNet,
-    cgroup: TestCgroup,
     miner: Option<Spawned>,
     _reporter: Spawned,
+    cgroup: TestCgroup,
+    net: TestNet,
     pool: String,
 }
 

@@ -101,18 +101,32 @@ pub fn run_generator(command: &mut Command) -> GeneratorReport {
 }
 
 /// A long-running generator (server or `hold`) whose stdout is drained in the background.
+/// Killed on drop if still running, so no test leaves a generator (or its cgroup) behind.
 pub struct Spawned {
     pub child: Child,
-    output: std::thread::JoinHandle<String>,
+    output: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Spawned {
     /// Waits for the process; panics unless it succeeded. Returns what it printed.
     pub fn finish(mut self) -> String {
         let status = self.child.wait().expect("wait for generator");
-        let output = self.output.join().expect("stdout reader");
+        let output = self
+            .output
+            .take()
+            .map(|reader| reader.join().expect("stdout reader"))
+            .unwrap_or_default();
         assert!(status.success(), "generator failed ({status}): {output}");
         output
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -132,7 +146,10 @@ pub fn spawn_until(command: &mut Command, marker: &str) -> Spawned {
     // Keep reading, or the generator dies of EPIPE when it prints its report.
     let output =
         std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>().join("\n"));
-    Spawned { child, output }
+    Spawned {
+        child,
+        output: Some(output),
+    }
 }
 
 /// A network namespace joined to the root namespace by a veth pair, with nftables counters
