@@ -126,7 +126,9 @@ impl Poller {
                 .into_iter()
                 .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
                 .collect();
-        let listening_ports = self.listening_ports();
+        // The listening ports only decide the port of new TCP flows: dumped at most once per
+        // poll, and only when such a flow appears.
+        let mut listening_ports: Option<HashSet<u16>> = None;
 
         let unattributed = self.resolve_owners(&flows, &sockets);
         metrics.unattributed_sockets.inc_by(unattributed);
@@ -144,8 +146,8 @@ impl Poller {
                 report.deferred_flows += 1;
                 continue;
             };
-            let (previous, port) = match self.last_seen.get(key) {
-                Some(seen) => *seen,
+            let (previous, port) = match self.last_seen.get(key).copied() {
+                Some(seen) => seen,
                 None => {
                     let role = Role {
                         passive: sockets
@@ -157,7 +159,11 @@ impl Poller {
                                 .is_some_and(|retired| retired.passive),
                         egress_first: *egress_first,
                     };
-                    let port = service_port(key, &role, &listening_ports, self.ephemeral_ports);
+                    let listening = match listening_ports {
+                        Some(ref ports) => ports,
+                        None => listening_ports.insert(self.listening_ports()),
+                    };
+                    let port = service_port(key, &role, listening, self.ephemeral_ports);
                     (Traffic::default(), port)
                 }
             };

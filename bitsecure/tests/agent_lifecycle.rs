@@ -100,7 +100,7 @@ fn our_attached_programs(cgroup: &Path) -> usize {
 #[test]
 fn shutdown_detaches_every_program() {
     support::require_root();
-    let root_cgroup = bitsecure_cgroup_root();
+    let root_cgroup = support::cgroup2_mount();
     let before = our_attached_programs(&root_cgroup);
     let agent = Agent::start();
     assert_eq!(
@@ -115,17 +115,6 @@ fn shutdown_detaches_every_program() {
         before,
         "programs left attached"
     );
-}
-
-fn bitsecure_cgroup_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-        })
-        .expect("cgroup v2 mounted")
 }
 
 #[test]

@@ -203,9 +203,11 @@ impl BaselineService {
     }
 
     fn file_changed(&self) -> bool {
-        matches!(self.mode, Mode::Monitoring(_) | Mode::Off)
-            && modified(&self.settings.path).is_some()
-            && modified(&self.settings.path) != self.loaded_mtime
+        if !matches!(self.mode, Mode::Monitoring(_) | Mode::Off) {
+            return false;
+        }
+        let current = modified(&self.settings.path);
+        current.is_some() && current != self.loaded_mtime
     }
 
     /// Updates the gauges and the HTTP view.

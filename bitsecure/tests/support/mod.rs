@@ -619,6 +619,12 @@ pub fn within(measured: u64, truth: u64, tolerance: f64) -> bool {
     (measured as f64 - truth as f64).abs() <= tolerance * truth as f64
 }
 
+/// Where cgroup v2 is mounted (found the agent's way).
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    bitsecure::cgroup::cgroup2_mount_from(&mounts).expect("cgroup v2 mounted")
+}
+
 /// A child cgroup of the cgroup v2 mount, removed on drop.
 pub struct TestCgroup {
     pub path: PathBuf,
@@ -626,15 +632,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new(tag: &str) -> Self {
-        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-        let mount = mounts
-            .lines()
-            .find_map(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
-            })
-            .expect("cgroup v2 mounted");
-        let path = mount.join(format!("bitsecure-test-{}-{tag}", std::process::id()));
+        let path = cgroup2_mount().join(format!("bitsecure-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir(&path);
         std::fs::create_dir(&path).expect("create test cgroup");
         Self { path }
