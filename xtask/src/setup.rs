@@ -17,13 +17,15 @@ use anyhow::{Context as _, bail};
 use crate::util;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages used by the tests (nft counters, netns + veth, offload switches) and bench.
+/// Debian packages used by the tests (nft counters, netns + veth, offload switches), the bench
+/// and the demo (a real Prometheus; `promtool` checks the alert rules and the exposition).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("iperf3", "iperf3"),
     ("bpftool", "bpftool"),
+    ("prometheus", "promtool"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
