@@ -1,12 +1,7 @@
 //! The review commands: `bitsecure unexpected` and `bitsecure baseline show|diff|accept`.
 //! They talk to the running agent over its local HTTP endpoint and edit the baseline file.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{TcpStream, ToSocketAddrs as _},
-    path::Path,
-    time::Duration,
-};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
 
@@ -14,37 +9,13 @@ use crate::baseline::{
     file::{self, Baseline, FORMAT_VERSION, Rule},
     monitor::Unexpected,
 };
+use crate::http_client;
 
 /// GETs `path` from the agent at `agent` ("127.0.0.1:9977" or "http://127.0.0.1:9977").
 fn get(agent: &str, path: &str) -> anyhow::Result<String> {
-    let address = agent.trim_start_matches("http://").trim_end_matches('/');
-    let socket = address
-        .to_socket_addrs()
-        .with_context(|| format!("bad agent address {agent:?}"))?
-        .next()
-        .with_context(|| format!("agent address {agent:?} resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&socket, Duration::from_secs(3)).with_context(|| {
-        format!("cannot reach the agent at {address}: is `bitsecure run` running (and agent.listen this address)?")
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .context("reading the agent's answer")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed answer from the agent")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "the agent answered {}",
-            head.lines().next().unwrap_or_default()
-        );
-    }
-    Ok(body.to_owned())
+    http_client::get(agent, path).with_context(|| {
+        format!("asking the agent at {agent} (is `bitsecure run` running, with agent.listen at this address?)")
+    })
 }
 
 /// The agent's unexpected list.

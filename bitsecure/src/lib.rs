@@ -4,7 +4,8 @@
 //! - [`poller`] attributes kernel flows to processes ([`identity`], [`sock_diag`]) and feeds
 //!   the [`flow_table`], which bounds cardinality, and the [`metrics`] served by [`http`].
 //! - [`baseline`] learns normal traffic and compares live traffic with it.
-//! - [`agent`] runs it all; [`commands`] are the review commands of the CLI.
+//! - [`agent`] runs it all; [`commands`] are the review commands of the CLI ([`http_client`]
+//!   talks to the agent).
 //! - [`config`] and [`cgroup`] decide what to watch.
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod commands;
 pub mod config;
 pub mod flow_table;
 pub mod http;
+pub mod http_client;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;

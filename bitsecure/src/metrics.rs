@@ -240,6 +240,8 @@ pub struct BaselineMetrics {
     pub unexpected_sent_bytes: IntCounterVec,
     pub unexpected_received_bytes: IntCounterVec,
     pub unexpected_flows: IntGauge,
+    pub unexpected_first_seen: prometheus::GaugeVec,
+    pub unexpected_last_seen: prometheus::GaugeVec,
     pub rule_rate: prometheus::GaugeVec,
     pub rule_reference: prometheus::GaugeVec,
     pub rule_deviation: prometheus::GaugeVec,
@@ -328,6 +330,16 @@ impl BaselineMetrics {
                     "bitsecure_unexpected_flows",
                     "Traffic classes (process, remote, port, protocol) in the unexpected list.",
                 )?,
+            )?,
+            unexpected_first_seen: gauge_vec(
+                "bitsecure_unexpected_first_seen_timestamp_seconds",
+                "When a class in the unexpected list was first seen (Unix time).",
+                &unexpected_labels,
+            )?,
+            unexpected_last_seen: gauge_vec(
+                "bitsecure_unexpected_last_seen_timestamp_seconds",
+                "When a class in the unexpected list last had traffic (Unix time).",
+                &unexpected_labels,
             )?,
             rule_rate: gauge_vec(
                 "bitsecure_rule_rate_bytes_per_second",

@@ -33,8 +33,11 @@ pub struct Unexpected {
     /// RFC 3339, UTC.
     pub first_seen: String,
     pub last_seen: String,
+    /// The same two instants as Unix time (exported as gauges, used for sorting).
     #[serde(skip)]
-    last_seen_unix: f64,
+    pub first_seen_unix: f64,
+    #[serde(skip)]
+    pub last_seen_unix: f64,
 }
 
 /// Live state of one rule.
@@ -190,6 +193,7 @@ impl Monitor {
                     received_bytes: 0,
                     first_seen: now_text.clone(),
                     last_seen: now_text.clone(),
+                    first_seen_unix: now_unix,
                     last_seen_unix: now_unix,
                 });
             entry.sent_bytes += delta.traffic.sent_bytes;

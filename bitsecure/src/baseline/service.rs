@@ -233,6 +233,26 @@ impl BaselineService {
                 metrics.rules.set(monitor.baseline().rules.len() as i64);
                 view.unexpected = monitor.unexpected();
                 metrics.unexpected_flows.set(view.unexpected.len() as i64);
+                // Rebuilt from the list, so accepted entries disappear from the gauges.
+                metrics.unexpected_first_seen.reset();
+                metrics.unexpected_last_seen.reset();
+                for entry in &view.unexpected {
+                    let port = entry.port.map(|port| port.to_string()).unwrap_or_default();
+                    let labels = [
+                        entry.process.as_str(),
+                        entry.remote.as_str(),
+                        port.as_str(),
+                        entry.protocol.as_str(),
+                    ];
+                    metrics
+                        .unexpected_first_seen
+                        .with_label_values(&labels)
+                        .set(entry.first_seen_unix);
+                    metrics
+                        .unexpected_last_seen
+                        .with_label_values(&labels)
+                        .set(entry.last_seen_unix);
+                }
                 for status in monitor.statuses(now_unix) {
                     let rule = [
                         status.process.as_str(),
