@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|run|test|bench>`.
+//! Project tasks: `cargo xtask <setup|run|test|demo|bench>`.
 //!
 //! Everything a fresh machine needs is installed by `setup`, which `run`, `test` and `bench`
 //! call first; it is idempotent and fast when there is nothing to do.
@@ -34,6 +34,13 @@ enum Command {
     /// integration tests that load the real programs (needs root).
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and play the demo (as root): a simulated mining rig with the agent and a
+    /// real Prometheus; it learns a baseline, injects anomalies and shows the alerts. Options
+    /// after `--`, e.g. `-- --time-scale 60` or `-- --keep-running` (see `-- --help`).
+    Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -94,6 +101,18 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             util::cargo_test(&root, &test)
+        }
+        Command::Demo { args } => {
+            setup::run(&root)?;
+            util::cargo(&root, &["build", "--release", "--package", "bitsecure"])?;
+            let release = root.join("target/release");
+            let mut command = std::process::Command::new(release.join("bitsecure-rig"));
+            command
+                .arg("demo")
+                .arg("--agent")
+                .arg(release.join("bitsecure"))
+                .args(&args);
+            util::exec(command)
         }
         Command::Bench(args) => {
             setup::run(&root)?;

@@ -49,13 +49,12 @@ pub fn try_output(mut command: Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Runs a command in the foreground and exits with its status (for `run`).
+/// Runs a command in place of this process (for `run` and `demo`).
 pub fn exec(mut command: Command) -> anyhow::Result<()> {
-    let shown = format!("{command:?}");
-    let status = command
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
-    std::process::exit(status.code().unwrap_or(1));
+    use std::os::unix::process::CommandExt as _;
+    // Replaces this process, so Ctrl-C and the exit status go straight to the program.
+    let error = command.exec();
+    Err(error).with_context(|| format!("cannot start {command:?}"))
 }
 
 /// Runs `cargo test ARGS`, passing its output through, and ends with one summary line over all

@@ -1,0 +1,323 @@
+//! The programs of the simulated rig. Each runs under its own executable name (the demo copies
+//! this binary), so the agent attributes its traffic by that name, as on a real rig:
+//!
+//! - `pool`: a Stratum-like pool (newline-delimited JSON-RPC over TCP): answers
+//!   `mining.subscribe`, `mining.authorize` and `mining.submit`, and pushes a `mining.notify`
+//!   job to every subscribed miner each job interval.
+//! - `miner`: subscribes, authorizes, and submits a share for every job it receives.
+//! - `monitor`: an HTTP endpoint that accepts the reporter's POSTs (204 No Content).
+//! - `reporter`: POSTs a stats document of a given size every interval, or once (a burst).
+//! - `udp-responder` / `udp-ticker`: DNS- and NTP-like request/response background traffic.
+//!
+//! Servers print `ready` once listening; everything runs until killed, except a reporter with
+//! `--count`.
+
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use clap::Args;
+use serde_json::{Value, json};
+
+#[derive(Args)]
+pub struct PoolArgs {
+    /// Address to listen on, e.g. 10.77.1.2:3333.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Milliseconds between two jobs pushed to every miner (the job cycle).
+    #[arg(long)]
+    job_interval_ms: u64,
+    /// Approximate size of one `mining.notify` message in bytes.
+    #[arg(long, default_value_t = 2048)]
+    job_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct MinerArgs {
+    /// The pool's address.
+    #[arg(long)]
+    pool: SocketAddr,
+    /// Worker name sent in `mining.authorize`.
+    #[arg(long, default_value = "rig01.worker")]
+    worker: String,
+}
+
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Address to accept the reporter's HTTP POSTs on.
+    #[arg(long)]
+    listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct ReporterArgs {
+    /// The monitoring endpoint's address.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Size of each report body in bytes.
+    #[arg(long)]
+    bytes: u64,
+    /// Milliseconds between reports.
+    #[arg(long, default_value_t = 60_000)]
+    every_ms: u64,
+    /// Reports to send; 0 = until killed. A finite reporter fails if a report fails.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+}
+
+#[derive(Args)]
+pub struct UdpResponderArgs {
+    /// Address to answer datagrams on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Size of each answer in bytes.
+    #[arg(long)]
+    reply_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct UdpTickerArgs {
+    /// The responder's address.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Size of each request in bytes.
+    #[arg(long)]
+    bytes: usize,
+    /// Milliseconds between requests.
+    #[arg(long)]
+    every_ms: u64,
+}
+
+fn announce_ready() -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "ready")
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// Writes one JSON-RPC message as a line.
+fn send_line(mut stream: &TcpStream, message: &Value) -> io::Result<()> {
+    let mut line = message.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())
+}
+
+pub fn pool(args: &PoolArgs) -> Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    announce_ready()?;
+    let miners: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let (interval, job_bytes) = (Duration::from_millis(args.job_interval_ms), args.job_bytes);
+    let subscribed = Arc::clone(&miners);
+    thread::spawn(move || {
+        for job in 1u64.. {
+            thread::sleep(interval);
+            let notify = job_notification(job, job_bytes);
+            // A miner whose connection broke is dropped from the list.
+            subscribed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .retain(|miner| send_line(miner, &notify).is_ok());
+        }
+    });
+    for stream in listener.incoming() {
+        let stream = stream.context("accept failed")?;
+        let miners = Arc::clone(&miners);
+        thread::spawn(move || {
+            if let Err(error) = serve_miner(stream, &miners, job_bytes) {
+                eprintln!("pool: {error:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// A `mining.notify` of about `size` bytes (the coinbase part is padded).
+fn job_notification(job: u64, size: usize) -> Value {
+    let coinbase = "0".repeat(size.saturating_sub(200));
+    json!({
+        "id": null,
+        "method": "mining.notify",
+        "params": [
+            format!("{job:08x}"),
+            "4d16b6f85af6e2198f44ae2a6de67f78487ae5611b77c6c0440b921e00000000",
+            coinbase,
+            "072f736c7573682f00000000",
+            [],
+            "20000000",
+            "1d00ffff",
+            format!("{:08x}", 0x6744_0000u64 + job),
+            true
+        ]
+    })
+}
+
+fn serve_miner(stream: TcpStream, miners: &Mutex<Vec<TcpStream>>, job_bytes: usize) -> Result<()> {
+    let reader = BufReader::new(stream.try_clone()?);
+    for line in reader.lines() {
+        let request: Value = serde_json::from_str(&line?).context("not JSON-RPC")?;
+        let id = request.get("id").cloned().unwrap_or(Value::Null);
+        let result = match request.get("method").and_then(Value::as_str) {
+            Some("mining.subscribe") => json!([
+                [["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"]],
+                "08000002",
+                4
+            ]),
+            Some("mining.authorize") | Some("mining.submit") => json!(true),
+            other => bail!("unknown method {other:?}"),
+        };
+        send_line(&stream, &json!({"id": id, "result": result, "error": null}))?;
+        if request["method"] == "mining.authorize" {
+            // Like a real pool: the first job right away, then one per cycle.
+            send_line(&stream, &job_notification(0, job_bytes))?;
+            miners
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(stream.try_clone()?);
+        }
+    }
+    Ok(())
+}
+
+pub fn miner(args: &MinerArgs) -> Result<()> {
+    let stream = TcpStream::connect(args.pool)
+        .with_context(|| format!("cannot reach the pool at {}", args.pool))?;
+    send_line(
+        &stream,
+        &json!({"id": 1, "method": "mining.subscribe", "params": ["bitsecure-rig/1.0"]}),
+    )?;
+    send_line(
+        &stream,
+        &json!({"id": 2, "method": "mining.authorize", "params": [args.worker, "x"]}),
+    )?;
+    let mut next_id = 3u64;
+    for line in BufReader::new(stream.try_clone()?).lines() {
+        let message: Value = serde_json::from_str(&line.context("pool connection failed")?)
+            .context("the pool sent something that is not JSON")?;
+        if message["method"] == "mining.notify" {
+            let job = message["params"][0].clone();
+            // "Found" a share for this job.
+            send_line(
+                &stream,
+                &json!({
+                    "id": next_id,
+                    "method": "mining.submit",
+                    "params": [args.worker, job, "00000001", "67440000", "b2957c02"]
+                }),
+            )?;
+            next_id += 1;
+        }
+    }
+    bail!("the pool closed the connection")
+}
+
+pub fn monitor(args: &MonitorArgs) -> Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    announce_ready()?;
+    for stream in listener.incoming() {
+        let stream = stream.context("accept failed")?;
+        thread::spawn(move || {
+            if let Err(error) = accept_report(stream) {
+                eprintln!("monitor: {error:#}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Reads one HTTP request (head + Content-Length body) and answers 204.
+fn accept_report(stream: TcpStream) -> Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut content_length = 0u64;
+    loop {
+        let mut line = String::new();
+        ensure!(
+            reader.read_line(&mut line)? > 0,
+            "connection closed mid-request"
+        );
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            content_length = value.trim().parse().context("bad Content-Length")?;
+        }
+    }
+    let body = io::copy(&mut reader.take(content_length), &mut io::sink())?;
+    ensure!(body == content_length, "body cut short");
+    (&stream).write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")?;
+    Ok(())
+}
+
+pub fn reporter(args: &ReporterArgs) -> Result<()> {
+    let mut sent = 0;
+    loop {
+        match post_report(args.to, args.bytes) {
+            Ok(()) => {}
+            Err(error) if args.count == 0 => eprintln!("reporter: {error:#}"),
+            Err(error) => return Err(error),
+        }
+        sent += 1;
+        if args.count != 0 && sent >= args.count {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(args.every_ms));
+    }
+}
+
+fn post_report(to: SocketAddr, bytes: u64) -> Result<()> {
+    let mut stream =
+        TcpStream::connect(to).with_context(|| format!("cannot reach the monitor at {to}"))?;
+    write!(
+        stream,
+        "POST /api/v1/report HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
+         Content-Length: {bytes}\r\nConnection: close\r\n\r\n"
+    )?;
+    // A stats document padded to the requested size.
+    let head = br#"{"rig":"rig01","hashrate_khs":123.4,"temperatures":[61,63,60],"pad":""#;
+    let head = &head[..head.len().min(bytes as usize)];
+    stream.write_all(head)?;
+    io::copy(
+        &mut io::repeat(b'x').take(bytes - head.len() as u64),
+        &mut stream,
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 2"),
+        "the monitor answered {:?}",
+        answer.lines().next().unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub fn udp_responder(args: &UdpResponderArgs) -> Result<()> {
+    let socket =
+        UdpSocket::bind(args.listen).with_context(|| format!("cannot bind {}", args.listen))?;
+    announce_ready()?;
+    let answer = vec![0x5a; args.reply_bytes];
+    let mut request = [0u8; 2048];
+    loop {
+        let (_, from) = socket.recv_from(&mut request)?;
+        socket.send_to(&answer, from)?;
+    }
+}
+
+pub fn udp_ticker(args: &UdpTickerArgs) -> Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind")?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let request = vec![0xa5; args.bytes];
+    let mut answer = [0u8; 2048];
+    loop {
+        socket.send_to(&request, args.to)?;
+        // A lost answer is not an error for a background ticker.
+        let _ = socket.recv_from(&mut answer);
+        thread::sleep(Duration::from_millis(args.every_ms));
+    }
+}

@@ -1,0 +1,617 @@
+//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in three
+//! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
+//!
+//! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
+//! 30 minutes of learning 30 s; the agent's poll interval, Prometheus' scrape interval and every
+//! duration in the alert rules shrink with it.
+
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail};
+use bitsecure::http_client;
+use clap::Args;
+use serde_json::json;
+
+use crate::lab::{Lab, site_address};
+use crate::prometheus::{self, Setup};
+
+/// The rig's own programs, as the agent will name them.
+pub const MINER: &str = "xmrig";
+pub const REPORTER: &str = "rig-monitor";
+pub const RESOLVER: &str = "resolved";
+pub const TIME_SYNC: &str = "chronyd";
+/// The intruder of the first anomaly.
+pub const INTRUDER: &str = "backdoor";
+
+const POOL_PORT: u16 = 3333;
+const MONITOR_PORT: u16 = 8080;
+const INTRUDER_PORT: u16 = 4444;
+/// Real-life timings, divided by the time scale.
+const JOB_CYCLE: Duration = Duration::from_secs(300);
+const LEARNING: Duration = Duration::from_secs(1800);
+const DNS_EVERY: Duration = Duration::from_secs(60);
+const NTP_EVERY: Duration = Duration::from_secs(64);
+const SCRAPE_EVERY: Duration = Duration::from_secs(15);
+
+/// One injected anomaly and the alerts (name, process) it must raise.
+struct Anomaly {
+    phase: &'static str,
+    what: &'static str,
+    expected: &'static [(&'static str, &'static str)],
+}
+
+const ANOMALIES: [Anomaly; 3] = [
+    Anomaly {
+        phase: "new-process",
+        what: "a new process (`backdoor`) uploads 2 MB to a host the rig never talked to",
+        expected: &[
+            ("BitSecureUnexpectedDestination", INTRUDER),
+            ("BitSecureNewProcessOnNetwork", INTRUDER),
+        ],
+    },
+    Anomaly {
+        phase: "burst",
+        what: "an exfiltration-like burst: the monitoring reporter uploads 30 MB at once",
+        expected: &[("BitSecureRateDeviation", REPORTER)],
+    },
+    Anomaly {
+        phase: "miner-stopped",
+        what: "the miner stops",
+        expected: &[("BitSecureExpectedTrafficSilent", MINER)],
+    },
+];
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// How many times faster than real life the rig runs. 1 = a 5-minute job cycle and 30
+    /// minutes of learning (about an hour in all); 30 = 10 s and 60 s (about 4 minutes).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_scale)]
+    time_scale: f64,
+    /// The agent binary (default: `bitsecure` next to this program).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// The Prometheus binary.
+    #[arg(long, default_value = "prometheus")]
+    prometheus: PathBuf,
+    /// Where Prometheus listens (point Grafana's datasource here). Port 0 = any free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    prometheus_listen: String,
+    /// After the scenario keep the rig, the agent and Prometheus running until Ctrl-C, e.g. to
+    /// look at the dashboard in Grafana.
+    #[arg(long)]
+    keep_running: bool,
+    /// Also write the timeline (addresses, phases with start and end as Unix time) to this
+    /// file, one JSON object per line.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Working directory (logs, baseline, Prometheus data); removed at the end unless given.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn parse_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if (1.0..=120.0).contains(&scale) => Ok(scale),
+        _ => Err("a number from 1 (real time) to 120".into()),
+    }
+}
+
+/// Set by SIGINT / SIGTERM: the scenario stops at its next pause and the lab is cleaned up.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Sleeps, but returns an error as soon as the user interrupts.
+fn pause(duration: Duration) -> Result<()> {
+    let until = Instant::now() + duration;
+    while Instant::now() < until {
+        if INTERRUPTED.load(Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+    Ok(())
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// Timings of one run.
+struct Pace {
+    scale: f64,
+    cycle: Duration,
+    scrape: Duration,
+    poll: Duration,
+}
+
+impl Pace {
+    fn new(scale: f64) -> Self {
+        let cycle = JOB_CYCLE.div_f64(scale);
+        Self {
+            scale,
+            cycle,
+            scrape: SCRAPE_EVERY
+                .div_f64(scale)
+                .clamp(Duration::from_secs(1), SCRAPE_EVERY),
+            poll: (cycle / 10).clamp(Duration::from_millis(500), Duration::from_secs(5)),
+        }
+    }
+
+    fn real(&self, duration: Duration) -> Duration {
+        duration.div_f64(self.scale)
+    }
+
+    /// How long an anomaly may take to raise its alerts: a few cycles plus scrapes.
+    fn alert_timeout(&self) -> Duration {
+        self.cycle * 4 + self.scrape * 20
+    }
+}
+
+/// The timeline, printed and optionally written as JSON lines.
+struct Timeline(Option<File>);
+
+impl Timeline {
+    fn record(&mut self, event: serde_json::Value) -> Result<()> {
+        if let Some(file) = &mut self.0 {
+            writeln!(file, "{event}").context("cannot write the events file")?;
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: &DemoArgs) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the demo needs root: it creates network namespaces and a cgroup and loads eBPF \
+             programs (run `sudo cargo xtask demo`)"
+        );
+    }
+    let agent_binary = match &args.agent {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("bitsecure"),
+    };
+    if !agent_binary.is_file() {
+        bail!(
+            "no agent binary at {} (build it with `cargo build --release`, or use --agent)",
+            agent_binary.display()
+        );
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+    let temporary = args.dir.is_none();
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("bitsecure-demo-{}", std::process::id()))
+    });
+    let result = (|| {
+        let mut lab = Lab::create(&dir)?;
+        let outcome = scenario(args, &agent_binary, &mut lab);
+        if let Err(error) = &outcome {
+            println!("\n✗ {error:#}\n  logs: {}", lab.dir.join("logs").display());
+        }
+        drop(lab);
+        outcome
+    })();
+    println!("cleaned up: processes stopped, namespaces and cgroup removed");
+    if temporary {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> Result<()> {
+    let pace = Pace::new(args.time_scale);
+    let mut timeline = Timeline(
+        args.events
+            .as_ref()
+            .map(|path| {
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))
+            })
+            .transpose()?,
+    );
+    println!(
+        "BitSecure demo at {}x: job cycle {:.1?}, learning {:.1?}, agent polls every {:.1?}, \
+         Prometheus scrapes every {:.1?}",
+        pace.scale,
+        pace.cycle,
+        pace.real(LEARNING),
+        pace.poll,
+        pace.scrape
+    );
+
+    step("starting the remote sites: pool, monitoring endpoint, DNS and NTP, an outside host");
+    let at = |site: &str, port: u16| format!("{}:{port}", site_address(site));
+    let cycle_ms = pace.cycle.as_millis().to_string();
+    lab.start_at_site(
+        "pool",
+        "pool",
+        &[
+            "pool",
+            "--listen",
+            &at("pool", POOL_PORT),
+            "--job-interval-ms",
+            &cycle_ms,
+        ],
+    )?;
+    lab.start_at_site(
+        "monitor",
+        "monitor",
+        &["monitor", "--listen", &at("monitor", MONITOR_PORT)],
+    )?;
+    lab.start_at_site(
+        "outside",
+        "outside",
+        &["monitor", "--listen", &at("outside", INTRUDER_PORT)],
+    )?;
+    for (name, port, reply) in [("dns", "53", "120"), ("ntp", "123", "48")] {
+        lab.start_at_site(
+            "infra",
+            name,
+            &[
+                "udp-responder",
+                "--listen",
+                &at("infra", port.parse()?),
+                "--reply-bytes",
+                reply,
+            ],
+        )?;
+    }
+
+    step("starting the agent (learns a baseline first) and Prometheus");
+    let agent_listen = free_address()?;
+    let config = lab.dir.join("bitsecure.toml");
+    fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
+             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
+            pace.poll.as_secs_f64(),
+            lab.cgroup.display(),
+            lab.dir.join("baseline.toml").display(),
+            pace.real(LEARNING).as_secs_f64(),
+        ),
+    )?;
+    let mut agent = Command::new(agent_binary);
+    agent.args(["run", "--config"]).arg(&config);
+    lab.start("agent", agent)?;
+    wait_until("the agent serves /metrics", Duration::from_secs(30), || {
+        Ok(http_client::get(&agent_listen, "/metrics").is_ok())
+    })?;
+    let prometheus_listen = match args.prometheus_listen.strip_suffix(":0") {
+        Some(_) => free_address()?,
+        None => args.prometheus_listen.clone(),
+    };
+    prometheus::start(
+        lab,
+        &Setup {
+            binary: &args.prometheus,
+            listen: &prometheus_listen,
+            agent: &agent_listen,
+            scrape_interval: pace.scrape,
+            time_scale: pace.scale,
+        },
+    )?;
+    println!("  agent:      http://{agent_listen}/metrics");
+    println!("  Prometheus: http://{prometheus_listen} (Grafana datasource URL)");
+    timeline.record(json!({
+        "event": "ready",
+        "agent": agent_listen,
+        "prometheus": prometheus_listen,
+        "scrape_interval_seconds": pace.scrape.as_secs_f64(),
+        "time_scale": pace.scale,
+        "dir": lab.dir,
+    }))?;
+
+    step("starting the rig: miner, monitoring reporter, DNS and NTP clients");
+    let learning_start = now_unix();
+    lab.start_on_rig(MINER, &["miner", "--pool", &at("pool", POOL_PORT)])?;
+    lab.start_on_rig(
+        REPORTER,
+        &[
+            "reporter",
+            "--to",
+            &at("monitor", MONITOR_PORT),
+            "--bytes",
+            "1500",
+            "--every-ms",
+            &cycle_ms,
+        ],
+    )?;
+    for (name, every, port, bytes) in [
+        (RESOLVER, DNS_EVERY, 53, "40"),
+        (TIME_SYNC, NTP_EVERY, 123, "48"),
+    ] {
+        let every_ms = pace.real(every).as_millis().to_string();
+        lab.start_on_rig(
+            name,
+            &[
+                "udp-ticker",
+                "--to",
+                &at("infra", port),
+                "--bytes",
+                bytes,
+                "--every-ms",
+                &every_ms,
+            ],
+        )?;
+    }
+
+    step("learning the baseline");
+    let learning_timeout = pace.real(LEARNING) + pace.cycle * 2 + Duration::from_secs(30);
+    let deadline = Instant::now() + learning_timeout;
+    loop {
+        let metrics = http_client::get(&agent_listen, "/metrics")?;
+        if gauge(&metrics, "bitsecure_baseline_learning") == Some(0.0)
+            && gauge(&metrics, "bitsecure_baseline_rules").unwrap_or(0.0) > 0.0
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not finish learning in {learning_timeout:.0?}");
+        }
+        let remaining = gauge(&metrics, "bitsecure_baseline_learning_remaining_seconds");
+        print!(
+            "\r  {:.0} s of learning left   ",
+            remaining.unwrap_or(f64::NAN)
+        );
+        std::io::stdout().flush()?;
+        pause(pace.cycle.min(Duration::from_secs(5)))?;
+    }
+    println!();
+    timeline.record(
+        json!({"event": "phase", "phase": "learning", "start": learning_start, "end": now_unix()}),
+    )?;
+    print_baseline(agent_binary, lab)?;
+
+    step("normal operation: everything matches the baseline");
+    let normal_start = now_unix();
+    pause((pace.cycle * 3).max(pace.scrape * 10))?;
+    show(&prometheus_listen, &pace)?;
+    timeline.record(
+        json!({"event": "phase", "phase": "normal", "start": normal_start, "end": now_unix()}),
+    )?;
+
+    let intruder_target = at("outside", INTRUDER_PORT);
+    let monitor_target = at("monitor", MONITOR_PORT);
+    let mut missing = Vec::new();
+    for Anomaly {
+        phase,
+        what,
+        expected,
+    } in ANOMALIES
+    {
+        step(&format!("anomaly: {what}"));
+        let start = now_unix();
+        match phase {
+            "new-process" => lab.run_on_rig(
+                INTRUDER,
+                &[
+                    "reporter",
+                    "--to",
+                    &intruder_target,
+                    "--bytes",
+                    "2000000",
+                    "--count",
+                    "1",
+                ],
+            )?,
+            "burst" => lab.run_on_rig(
+                REPORTER,
+                &[
+                    "reporter",
+                    "--to",
+                    &monitor_target,
+                    "--bytes",
+                    "30000000",
+                    "--count",
+                    "1",
+                ],
+            )?,
+            _ => lab.stop(MINER)?,
+        }
+        let fired = wait_for_alerts(&prometheus_listen, expected, pace.alert_timeout())?;
+        show(&prometheus_listen, &pace)?;
+        for (alert, process) in expected {
+            if !fired
+                .iter()
+                .any(|(name, by)| name == alert && by == process)
+            {
+                println!(
+                    "  ✗ {alert} for {process} did not fire within {:.0?}",
+                    pace.alert_timeout()
+                );
+                missing.push(format!("{alert}{{process=\"{process}\"}}"));
+            }
+        }
+        timeline
+            .record(json!({"event": "phase", "phase": phase, "start": start, "end": now_unix()}))?;
+    }
+    let ok = missing.is_empty();
+    timeline.record(json!({"event": "done", "ok": ok}))?;
+    if ok {
+        println!("\n✓ every anomaly raised its alerts");
+    }
+    if args.keep_running {
+        println!(
+            "\nStill running (Ctrl-C to stop and clean up). Grafana: add a Prometheus datasource \
+             at http://{prometheus_listen} and import grafana/dashboards/bitsecure.json."
+        );
+        while pause(Duration::from_secs(3600)).is_ok() {}
+    }
+    if !ok {
+        bail!("alerts that did not fire: {}", missing.join(", "));
+    }
+    Ok(())
+}
+
+fn step(what: &str) {
+    println!("\n▶ {what}");
+}
+
+fn free_address() -> Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("no free port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// The value of an unlabelled gauge in a /metrics text.
+fn gauge(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let (metric, value) = line.split_once(' ')?;
+        (metric == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:.0?} waiting until {what}");
+        }
+        pause(Duration::from_millis(200))?;
+    }
+    Ok(())
+}
+
+/// The rules the agent learned, as `bitsecure baseline show` prints them.
+fn print_baseline(agent_binary: &std::path::Path, lab: &Lab) -> Result<()> {
+    let output = Command::new(agent_binary)
+        .args(["baseline", "show", "--file"])
+        .arg(lab.dir.join("baseline.toml"))
+        .output()
+        .context("cannot run `bitsecure baseline show`")?;
+    println!("  learned baseline:");
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+/// Polls Prometheus until every expected (alert, process) fires or `timeout` passes; returns
+/// what fired.
+fn wait_for_alerts(
+    prometheus: &str,
+    expected: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<Vec<(String, String)>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let fired: Vec<(String, String)> = prometheus::firing_alerts(prometheus)?
+            .into_iter()
+            .map(|alert| {
+                let label = |key: &str| alert.labels.get(key).cloned().unwrap_or_default();
+                (label("alertname"), label("process"))
+            })
+            .collect();
+        let all = expected
+            .iter()
+            .all(|(alert, process)| fired.iter().any(|(a, p)| a == alert && p == process));
+        if all || Instant::now() > deadline {
+            return Ok(fired);
+        }
+        pause(Duration::from_millis(500))?;
+    }
+}
+
+/// Prints what the dashboard and the alerts show now, from Prometheus.
+fn show(prometheus: &str, pace: &Pace) -> Result<()> {
+    let window = format!("{}ms", (pace.scrape * 4).as_millis());
+    let alerts = prometheus::firing_alerts(prometheus)?;
+    println!(
+        "  alerts firing: {}",
+        if alerts.is_empty() { "none" } else { "" }
+    );
+    for alert in &alerts {
+        println!(
+            "    [{}] {}: {}",
+            alert.labels.get("severity").map_or("?", String::as_str),
+            alert.labels.get("alertname").map_or("?", String::as_str),
+            alert.annotations.get("summary").map_or("", String::as_str),
+        );
+    }
+    println!("  dashboard — live traffic vs baseline reference, bytes/s (sent + received):");
+    let live = prometheus::query(
+        prometheus,
+        &format!(
+            "sum by (process) (rate(bitsecure_sent_bytes_total[{window}]) + rate(bitsecure_received_bytes_total[{window}]))"
+        ),
+    )?;
+    let reference = prometheus::query(
+        prometheus,
+        "sum by (process) (bitsecure_rule_reference_bytes_per_second)",
+    )?;
+    let mut processes: Vec<&String> = live
+        .iter()
+        .chain(&reference)
+        .filter_map(|sample| sample.labels.get("process"))
+        .collect();
+    processes.sort();
+    processes.dedup();
+    for process in processes {
+        let value = |samples: &[prometheus::Sample]| {
+            samples
+                .iter()
+                .find(|sample| sample.labels.get("process") == Some(process))
+                .map_or("—".to_owned(), |sample| format!("{:.0}", sample.value))
+        };
+        println!(
+            "    {process:<14} live {:>10}   baseline {:>10}",
+            value(&live),
+            value(&reference)
+        );
+    }
+    let unexpected = prometheus::query(
+        prometheus,
+        "sort_desc(bitsecure_unexpected_sent_bytes_total + bitsecure_unexpected_received_bytes_total)",
+    )?;
+    println!(
+        "  dashboard — unexpected traffic: {}",
+        if unexpected.is_empty() { "none" } else { "" }
+    );
+    for sample in unexpected.iter().take(5) {
+        let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+        println!(
+            "    {} → {}:{} {}  {:.0} bytes",
+            label("process"),
+            label("remote"),
+            label("port"),
+            label("protocol"),
+            sample.value
+        );
+    }
+    let silent = prometheus::query(prometheus, "bitsecure_rule_silence_ratio > 1")?;
+    let deviating = prometheus::query(prometheus, "bitsecure_rule_deviation_ratio > 3")?;
+    for (title, samples) in [
+        ("silent beyond cadence (ratio)", &silent),
+        ("deviating (ratio to p95)", &deviating),
+    ] {
+        println!(
+            "  dashboard — {title}: {}",
+            if samples.is_empty() { "none" } else { "" }
+        );
+        for sample in samples.iter() {
+            let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+            println!(
+                "    {} → {}:{} {} {:.1}",
+                label("process"),
+                label("remote"),
+                label("port"),
+                label("direction"),
+                sample.value
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! The rig's world on this machine: one network namespace per remote service (pool, monitor,
+//! infrastructure, an outside host) joined to the host by a veth pair, a cgroup for the rig's
+//! own programs (the only thing the demo agent watches), and every process the demo started.
+//! Dropping the lab stops the processes and removes the cgroup and namespaces; a lab left over
+//! by a killed demo is cleaned up when the next one starts.
+
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+
+/// Prefix of every namespace, veth and cgroup the demo creates.
+pub const PREFIX: &str = "bsdemo";
+
+/// The remote sites, each a namespace `bsdemo-<name>` on 10.77.<subnet>.0/24: the host side is
+/// .1, the site is .2.
+pub const SITES: [(&str, u8); 4] = [("pool", 1), ("monitor", 2), ("infra", 3), ("outside", 9)];
+
+/// The address of a site.
+pub fn site_address(site: &str) -> Ipv4Addr {
+    let subnet = SITES
+        .iter()
+        .find(|(name, _)| *name == site)
+        .map(|(_, subnet)| *subnet)
+        .unwrap_or_else(|| panic!("no site {site}"));
+    Ipv4Addr::new(10, 77, subnet, 2)
+}
+
+pub struct Lab {
+    pub dir: PathBuf,
+    pub cgroup: PathBuf,
+    processes: Vec<(String, Child)>,
+}
+
+impl Lab {
+    pub fn create(dir: &Path) -> Result<Self> {
+        remove_leftovers();
+        fs::create_dir_all(dir.join("bin"))?;
+        fs::create_dir_all(dir.join("logs"))?;
+        let cgroup = bitsecure::cgroup::resolve_attach_path("")?.join(PREFIX);
+        let lab = Self {
+            dir: dir.to_owned(),
+            cgroup: cgroup.clone(),
+            processes: Vec::new(),
+        };
+        fs::create_dir(&cgroup).with_context(|| format!("cannot create {}", cgroup.display()))?;
+        for (site, subnet) in SITES {
+            let (netns, veth) = (format!("{PREFIX}-{site}"), format!("{PREFIX}-{site}"));
+            let host = format!("10.77.{subnet}.1/24");
+            let remote = format!("10.77.{subnet}.2/24");
+            run("ip", &["netns", "add", &netns])?;
+            run(
+                "ip",
+                &[
+                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+                ],
+            )?;
+            run("ip", &["addr", "add", &host, "dev", &veth])?;
+            run("ip", &["link", "set", &veth, "up"])?;
+            for args in [
+                &["addr", "add", &remote, "dev", "eth0"][..],
+                &["link", "set", "eth0", "up"],
+                &["link", "set", "lo", "up"],
+            ] {
+                run("ip", &[&["netns", "exec", &netns, "ip"][..], args].concat())?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Copies the rig binary to `name`, so the kernel knows the process by that name.
+    pub fn program(&self, name: &str) -> Result<PathBuf> {
+        let path = self.dir.join("bin").join(name);
+        if !path.exists() {
+            let rig = std::env::current_exe().context("cannot find the rig binary")?;
+            fs::copy(&rig, &path).with_context(|| format!("cannot copy {}", rig.display()))?;
+        }
+        Ok(path)
+    }
+
+    /// Starts the rig binary with `args` at a remote site (`name` names its log), waiting for
+    /// its `ready` line. Remote programs are not watched, so their name does not matter.
+    pub fn start_at_site(&mut self, site: &str, name: &str, args: &[&str]) -> Result<()> {
+        let program = std::env::current_exe().context("cannot find the rig binary")?;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &format!("{PREFIX}-{site}")])
+            .arg(program)
+            .args(args);
+        self.spawn(name, command, true)
+    }
+
+    /// Starts `name` with `args` on the rig itself (in the watched cgroup).
+    pub fn start_on_rig(&mut self, name: &str, args: &[&str]) -> Result<()> {
+        let program = self.program(name)?;
+        self.spawn(name, self.in_cgroup(&program, args), false)
+    }
+
+    /// Runs `name` with `args` on the rig until it exits; fails if it fails.
+    pub fn run_on_rig(&self, name: &str, args: &[&str]) -> Result<()> {
+        let program = self.program(name)?;
+        let log = self.log(name)?;
+        let status = self
+            .in_cgroup(&program, args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .status()
+            .with_context(|| format!("cannot run {name}"))?;
+        if !status.success() {
+            bail!(
+                "{name} failed ({status}); see {}",
+                self.log_path(name).display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts a long-running process (e.g. the agent, Prometheus) outside the rig's cgroup.
+    pub fn start(&mut self, name: &str, command: Command) -> Result<()> {
+        self.spawn(name, command, false)
+    }
+
+    /// Stops a process the lab started: SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self, name: &str) -> Result<()> {
+        let index = self
+            .processes
+            .iter()
+            .position(|(process, _)| process == name)
+            .with_context(|| format!("{name} is not running"))?;
+        let (_, child) = self.processes.remove(index);
+        terminate(child);
+        Ok(())
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    fn log(&self, name: &str) -> Result<fs::File> {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+            .context("cannot open a log file")
+    }
+
+    fn in_cgroup(&self, program: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+            .arg(&self.cgroup)
+            .arg(program)
+            .args(args);
+        command
+    }
+
+    fn spawn(&mut self, name: &str, mut command: Command, wait_ready: bool) -> Result<()> {
+        let log = self.log(name)?;
+        command.stderr(log.try_clone()?);
+        command.stdout(if wait_ready {
+            Stdio::piped()
+        } else {
+            log.into()
+        });
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        let stdout = child.stdout.take();
+        self.processes.push((name.to_owned(), child));
+        if let Some(stdout) = stdout {
+            let (ready, waiting) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                let _ = ready.send(lines.next().and_then(Result::ok));
+                lines.for_each(drop);
+            });
+            match waiting.recv_timeout(Duration::from_secs(10)) {
+                Ok(Some(line)) if line == "ready" => {}
+                _ => bail!(
+                    "{name} did not start; see {}",
+                    self.log_path(name).display()
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, child) in self.processes.drain(..).rev() {
+            terminate(child);
+        }
+        remove_leftovers();
+    }
+}
+
+/// SIGTERM (a clean exit for the agent and Prometheus), SIGKILL after 10 s.
+fn terminate(mut child: Child) {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill(2) on a child we have not yet waited for (so the pid is still ours).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..100 {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Removes the namespaces (their veths go with them) and the cgroup, killing what is left in it.
+fn remove_leftovers() {
+    for (site, _) in SITES {
+        let netns = format!("{PREFIX}-{site}");
+        if Path::new("/run/netns").join(&netns).exists() {
+            // Servers in the namespace keep it alive: kill them first.
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", &netns]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: kill(2) with a pid read from the namespace; no memory involved.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = run("ip", &["netns", "del", &netns]);
+        }
+    }
+    let Ok(cgroup) = bitsecure::cgroup::resolve_attach_path("").map(|mount| mount.join(PREFIX))
+    else {
+        return;
+    };
+    if cgroup.exists() {
+        if let Ok(pids) = fs::read_to_string(cgroup.join("cgroup.procs")) {
+            for pid in pids
+                .lines()
+                .filter_map(|pid| pid.parse::<libc::pid_t>().ok())
+            {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // The cgroup can be removed once its processes are gone.
+        for _ in 0..50 {
+            if fs::remove_dir(&cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}

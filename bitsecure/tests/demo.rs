@@ -1,0 +1,392 @@
+//! End to end: the demo rig (`bitsecure-rig demo`, time-compressed 60x) with the real agent and
+//! a real Prometheus loaded with the bundled alert rules. While the demo keeps running, this
+//! test asks Prometheus itself — not the demo's printout — whether:
+//!
+//! - every query of the bundled Grafana dashboard (panels and variables) returns data;
+//! - every alert rule loaded, evaluates without error, and none fired during normal operation;
+//! - each anomaly raised its alerts, naming the right process (and remote), and nothing else
+//!   fired meanwhile;
+//! - the agent's /metrics passes `promtool check metrics`;
+//!
+//! then interrupts the demo like Ctrl-C and checks that it cleaned up everything it started.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bitsecure::http_client::{self, encode_query_value};
+use serde_json::Value;
+use support::{require_root, scratch_dir};
+
+const TIME_SCALE: &str = "60";
+/// Anomalies of the demo and the (alert, process) each must raise.
+const EXPECTED: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "new-process",
+        &[
+            ("BitSecureUnexpectedDestination", "backdoor"),
+            ("BitSecureNewProcessOnNetwork", "backdoor"),
+        ],
+    ),
+    ("burst", &[("BitSecureRateDeviation", "rig-monitor")]),
+    (
+        "miner-stopped",
+        &[("BitSecureExpectedTrafficSilent", "xmrig")],
+    ),
+];
+/// Names of the demo's rig processes, none of which may survive it.
+const RIG_PROCESSES: [&str; 5] = ["xmrig", "rig-monitor", "resolved", "chronyd", "backdoor"];
+
+fn workspace_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// The running demo; interrupted and reaped on drop if the test fails half-way.
+struct Demo {
+    child: Child,
+    output: PathBuf,
+}
+
+impl Demo {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the demo") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the demo did not stop within 60 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
+
+/// Prometheus' HTTP API at `address`.
+struct Prometheus<'a>(&'a str);
+
+impl Prometheus<'_> {
+    fn api(&self, path: &str) -> Value {
+        let body = http_client::get(self.0, path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let answer: Value = serde_json::from_str(&body).expect("Prometheus answers JSON");
+        assert_eq!(answer["status"], "success", "{path}: {body}");
+        answer["data"].clone()
+    }
+
+    /// The series `expr` returns at any time in [start, end].
+    fn range(&self, expr: &str, start: f64, end: f64, step: f64) -> Vec<Value> {
+        let data = self.api(&format!(
+            "/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step={step}",
+            encode_query_value(expr)
+        ));
+        data["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+#[test]
+fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
+    require_root();
+    let dir = scratch_dir().join("demo");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let output = dir.join("demo.out");
+    let log = std::fs::File::create(&output).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bitsecure-rig"))
+        .args([
+            "demo",
+            "--time-scale",
+            TIME_SCALE,
+            "--keep-running",
+            "--agent",
+        ])
+        .arg(env!("CARGO_BIN_EXE_bitsecure"))
+        .arg("--events")
+        .arg(&events)
+        .arg("--dir")
+        .arg(dir.join("work"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the demo");
+    let mut demo = Demo { child, output };
+
+    let timeline = wait_for_scenario(&mut demo, &events);
+    let ready = &timeline["ready"];
+    let prometheus = Prometheus(ready["prometheus"].as_str().unwrap());
+    let agent = ready["agent"].as_str().unwrap();
+    let scrape = ready["scrape_interval_seconds"].as_f64().unwrap();
+    let phase = |name: &str| {
+        let phase = &timeline[name];
+        (
+            phase["start"].as_f64().unwrap(),
+            phase["end"].as_f64().unwrap(),
+        )
+    };
+    let (_, learned) = phase("learning");
+    let end = phase("miner-stopped").1;
+
+    check_metrics_with_promtool(agent);
+    check_dashboard_queries(&prometheus, learned, end, scrape);
+    check_alert_rules(&prometheus);
+
+    // Normal operation: nothing fires.
+    let (normal_start, normal_end) = phase("normal");
+    let firing = prometheus.range(
+        r#"ALERTS{alertstate="firing"}"#,
+        normal_start,
+        normal_end,
+        scrape,
+    );
+    assert!(
+        firing.is_empty(),
+        "alerts fired during normal operation: {firing:#?}"
+    );
+
+    // Each anomaly raises its alerts, for the right process; nothing else fires.
+    let mut allowed: Vec<(&str, &str)> = Vec::new();
+    for (name, expected) in EXPECTED {
+        let (start, phase_end) = phase(name);
+        // The demo ends a phase as soon as it sees the alerts; a step-aligned range query needs
+        // a little slack to include that last evaluation.
+        let phase_end = phase_end + 2.0 * scrape;
+        allowed.extend(expected.iter().copied());
+        for (alert, process) in expected {
+            let fired = prometheus.range(
+                &format!(
+                    r#"ALERTS{{alertstate="firing", alertname="{alert}", process="{process}"}}"#
+                ),
+                start,
+                phase_end,
+                scrape,
+            );
+            assert!(
+                !fired.is_empty(),
+                "{alert} for {process} did not fire during {name}\n{}",
+                demo.output()
+            );
+            if *alert == "BitSecureUnexpectedDestination" {
+                let labels = &fired[0]["metric"];
+                assert_eq!(
+                    (
+                        labels["remote"].as_str(),
+                        labels["port"].as_str(),
+                        labels["protocol"].as_str()
+                    ),
+                    (Some("10.77.9.2"), Some("4444"), Some("tcp")),
+                    "the alert names the destination"
+                );
+            }
+        }
+        for series in prometheus.range(r#"ALERTS{alertstate="firing"}"#, start, phase_end, scrape) {
+            let label = |key: &str| {
+                series["metric"][key]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let (alert, process) = (label("alertname"), label("process"));
+            assert!(
+                allowed.iter().any(|(a, p)| *a == alert && *p == process),
+                "unexpected alert during {name}: {}",
+                series["metric"]
+            );
+        }
+    }
+
+    // Ctrl-C: the demo stops and removes everything it created.
+    let status = demo.interrupt();
+    let output = demo.output();
+    assert!(status.success(), "the demo failed ({status}):\n{output}");
+    assert!(output.contains("cleaned up"), "{output}");
+    let namespaces = support::sh("ip", &["netns", "list"]);
+    assert!(
+        !namespaces.contains("bsdemo-"),
+        "namespaces left: {namespaces}"
+    );
+    assert!(
+        !support::cgroup2_mount().join("bsdemo").exists(),
+        "the demo's cgroup is left"
+    );
+    let survivors: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .filter(|comm| RIG_PROCESSES.contains(&comm.as_str()))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "processes left running: {survivors:?}"
+    );
+}
+
+/// Waits for the demo's `done` event; returns the `ready` event and the phases by name.
+fn wait_for_scenario(demo: &mut Demo, events: &Path) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let text = std::fs::read_to_string(events).unwrap_or_default();
+        let parsed: Vec<Value> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect();
+        if parsed.iter().any(|event| event["event"] == "done") {
+            return parsed
+                .into_iter()
+                .filter_map(|event| {
+                    let key = match event["event"].as_str()? {
+                        "phase" => event["phase"].as_str()?.to_owned(),
+                        other => other.to_owned(),
+                    };
+                    Some((key, event))
+                })
+                .collect();
+        }
+        if let Ok(Some(status)) = demo.child.try_wait() {
+            panic!("the demo ended early ({status}):\n{}", demo.output());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not finish in 10 minutes:\n{}",
+            demo.output()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn check_metrics_with_promtool(agent: &str) {
+    let metrics = http_client::get(agent, "/metrics").expect("scrape the agent");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: run `cargo xtask setup`");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let result = promtool.wait_with_output().unwrap();
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(
+        result.status.success() && complaints.trim().is_empty(),
+        "promtool check metrics: {complaints}"
+    );
+    assert!(
+        metrics.contains("bitsecure_sent_bytes_total{"),
+        "no traffic in /metrics"
+    );
+}
+
+/// Every panel query and every query variable of the dashboard returns data over the demo's
+/// monitoring time, with Grafana's variables replaced as Grafana would for this Prometheus.
+fn check_dashboard_queries(prometheus: &Prometheus, start: f64, end: f64, scrape: f64) {
+    let text = std::fs::read_to_string(workspace_file("grafana/dashboards/bitsecure.json"))
+        .expect("read the dashboard");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let substitute = |expr: &str| {
+        expr.replace("$job", "bitsecure")
+            .replace("$instance", ".+")
+            .replace(
+                "$__rate_interval",
+                &format!("{}ms", (scrape * 4000.0) as u64),
+            )
+            .replace("$__range", &format!("{}s", (end - start).ceil() as u64))
+    };
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            queries.push((panel["title"].to_string(), substitute(expr)));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        let query = match &variable["query"] {
+            Value::String(query) => query.clone(),
+            object => object["query"].as_str().unwrap_or_default().to_owned(),
+        };
+        // label_values(metric, label) is Grafana's; the PromQL behind it is the metric.
+        if let Some(arguments) = query.strip_prefix("label_values(") {
+            let (metric, label) = arguments
+                .trim_end_matches(')')
+                .rsplit_once(',')
+                .expect("label_values(metric, label)");
+            queries.push((
+                format!("variable {}", variable["name"]),
+                format!("count by ({}) ({})", label.trim(), substitute(metric)),
+            ));
+        }
+    }
+    assert!(
+        queries.len() >= 15,
+        "only {} queries in the dashboard",
+        queries.len()
+    );
+    let empty: Vec<&(String, String)> = queries
+        .iter()
+        .filter(|(_, expr)| prometheus.range(expr, start, end, scrape).is_empty())
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "dashboard queries without data: {empty:#?}"
+    );
+}
+
+/// Every shipped alert is loaded and evaluates cleanly.
+fn check_alert_rules(prometheus: &Prometheus) {
+    let shipped = std::fs::read_to_string(workspace_file("prometheus/bitsecure.rules.yml"))
+        .expect("read the rules");
+    let shipped_alerts = shipped
+        .lines()
+        .filter(|line| line.trim_start().starts_with("- alert:"))
+        .count();
+    let data = prometheus.api("/api/v1/rules?type=alert");
+    let rules: Vec<&Value> = data["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| group["rules"].as_array().unwrap())
+        .collect();
+    assert_eq!(rules.len(), shipped_alerts, "every shipped alert is loaded");
+    for rule in rules {
+        assert_eq!(
+            rule["health"], "ok",
+            "alert rule failed to evaluate: {rule}"
+        );
+        let query = rule["query"].as_str().unwrap();
+        // Evaluated once more by hand: an error here panics in api().
+        prometheus.api(&format!(
+            "/api/v1/query?query={}",
+            encode_query_value(query)
+        ));
+    }
+}
