@@ -124,7 +124,12 @@ fn attach(
             .map_capacity
             .with_label_values(&[map])
             .set(i64::from(capacity));
+        // Exported from the start at 0, so a first failure is an increase Prometheus can see.
+        metrics.map_insert_failures.with_label_values(&[map]);
     }
+    metrics
+        .traffic_series_limit
+        .set(config.metrics.max_series as i64);
     let table = FlowTable::new(config.metrics.max_remotes, config.metrics.max_series);
     let poller = Poller::new(maps, table, config.poll_interval())?;
     Ok((programs, poller, kernel_logger))

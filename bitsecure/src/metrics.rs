@@ -53,6 +53,7 @@ pub struct Metrics {
     pub folded_flows: IntCounter,
     pub closed_sockets: IntCounter,
     pub traffic_series: IntGauge,
+    pub traffic_series_limit: IntGauge,
     pub unattributed_sockets: IntCounter,
 }
 
@@ -125,6 +126,10 @@ impl Metrics {
             "bitsecure_traffic_series",
             "Number of (process, remote, port, protocol) series exported.",
         )?;
+        let traffic_series_limit = IntGauge::new(
+            "bitsecure_traffic_series_limit",
+            "Cap on traffic series (metrics.max_series); beyond it flows fold into remote=\"other\".",
+        )?;
         let unattributed_sockets = IntCounter::new(
             "bitsecure_unattributed_sockets_total",
             "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
@@ -140,6 +145,7 @@ impl Metrics {
             Box::new(folded_flows.clone()),
             Box::new(closed_sockets.clone()),
             Box::new(traffic_series.clone()),
+            Box::new(traffic_series_limit.clone()),
             Box::new(unattributed_sockets.clone()),
         ] {
             registry.register(collector)?;
@@ -160,6 +166,7 @@ impl Metrics {
             folded_flows,
             closed_sockets,
             traffic_series,
+            traffic_series_limit,
             unattributed_sockets,
         })
     }
