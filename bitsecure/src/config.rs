@@ -79,6 +79,9 @@ pub struct AgentConfig {
 pub struct KernelConfig {
     pub flow_capacity: u32,
     pub socket_capacity: u32,
+    /// bpffs directory where the maps and program links are pinned, so that counting goes on
+    /// while the agent restarts; empty = no pinning (everything goes when the agent exits).
+    pub pin_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -103,6 +106,7 @@ impl Default for KernelConfig {
         Self {
             flow_capacity: bitsecure_common::DEFAULT_FLOW_CAPACITY,
             socket_capacity: bitsecure_common::DEFAULT_SOCKET_CAPACITY,
+            pin_path: DEFAULT_PIN_PATH.to_owned(),
         }
     }
 }
@@ -115,6 +119,9 @@ impl Default for MetricsConfig {
         }
     }
 }
+
+/// Where the agent pins its maps and links unless configured otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/bitsecure";
 
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -167,6 +174,12 @@ impl Config {
             if !(64..=16 * 1024 * 1024).contains(&value) {
                 return Err(format!("{key} = {value}: must be between 64 and 16777216"));
             }
+        }
+        let pin_path = &self.kernel.pin_path;
+        if !pin_path.is_empty() && !Path::new(pin_path).is_absolute() {
+            return Err(format!(
+                "kernel.pin_path = {pin_path:?}: must be an absolute path in a bpffs (e.g. \"{DEFAULT_PIN_PATH}\") or empty"
+            ));
         }
         let learn = self.baseline.learn_seconds;
         if !(0.0..=30.0 * 24.0 * 3600.0).contains(&learn) {

@@ -78,7 +78,7 @@ impl Rig {
     fn config(&self, baseline: &Path, listen_port: u16) -> String {
         format!(
             "[agent]\nlisten = \"127.0.0.1:{listen_port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n\
-             cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+             cgroup = \"{}\"\n[kernel]\npin_path = \"\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
             self.cgroup.path.display(),
             baseline.display()
         )

@@ -67,8 +67,11 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let out = root.join("target/bench");
     fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let config = out.join("agent.toml");
-    fs::write(&config, format!("[agent]\nlisten = \"{AGENT_LISTEN}\"\n"))
-        .context("cannot write the agent config")?;
+    fs::write(
+        &config,
+        format!("[agent]\nlisten = \"{AGENT_LISTEN}\"\n[kernel]\npin_path = \"\"\n"),
+    )
+    .context("cannot write the agent config")?;
     let agent_bin = root.join("target/release/bitsecure");
     let start_agent = || Agent::start(&agent_bin, &config, &out.join("agent.log"));
 

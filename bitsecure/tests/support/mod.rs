@@ -437,10 +437,19 @@ impl Agent {
                 dir.join(format!("baseline-{port}.toml")).display()
             )
         };
+        // Nothing is pinned unless the test asks for it: every agent starts from empty maps.
+        let (kernel, extra) = if extra.contains("[kernel]") {
+            (
+                String::new(),
+                extra.replacen("[kernel]\n", "[kernel]\npin_path = \"\"\n", 1),
+            )
+        } else {
+            ("[kernel]\npin_path = \"\"\n".to_owned(), extra.to_owned())
+        };
         std::fs::write(
             &config,
             format!(
-                "{baseline}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
+                "{baseline}{kernel}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
             ),
         )
         .expect("write config");

@@ -277,7 +277,7 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         &config,
         format!(
             "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
-             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
+             [kernel]\npin_path = \"\"\n\n[baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
             pace.poll.as_secs_f64(),
             lab.cgroup.display(),
             lab.dir.join("baseline.toml").display(),
