@@ -21,7 +21,7 @@ use crate::{
         recorder::Recorder,
         service::{self, BaselineService, Settings},
     },
-    cgroup,
+    caps, cgroup,
     config::Config,
     flow_table::FlowTable,
     http,
@@ -74,6 +74,10 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     );
     let view = baseline.view();
 
+    // Attached: from here on the poller needs only to read other processes' /proc entries,
+    // and the HTTP side (this thread) needs nothing. The poller thread inherits the narrowed
+    // set; this thread then drops the rest.
+    caps::restrict_thread_to(&caps::POLLER_CAPABILITIES).context("cannot drop capabilities")?;
     let (control, controls) = mpsc::channel::<Control>();
     let poll_thread = {
         let metrics = Arc::clone(&metrics);
@@ -83,6 +87,10 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             .spawn(move || poll_loop(poller, baseline, &metrics, interval, &controls))
             .context("cannot start the poller thread")?
     };
+    caps::restrict_thread_to(&[]).context("cannot drop capabilities")?;
+    info!(
+        "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the rest none"
+    );
     let http_task = tokio::spawn(http::serve(listener, Arc::clone(&metrics), view));
     let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
 

@@ -6,11 +6,12 @@
 //! - [`baseline`] learns normal traffic and compares live traffic with it.
 //! - [`agent`] runs it all; [`commands`] are the review commands of the CLI ([`http_client`]
 //!   talks to the agent).
-//! - [`config`] and [`cgroup`] decide what to watch.
+//! - [`config`] and [`cgroup`] decide what to watch; [`caps`] drops privileges after attaching.
 
 pub mod agent;
 pub mod baseline;
 pub mod bpf_batch;
+pub mod caps;
 pub mod cgroup;
 pub mod commands;
 pub mod config;

@@ -359,3 +359,73 @@ fn closed_sockets_are_folded_out_of_the_kernel_maps_without_losing_bytes() {
         std::thread::sleep(Duration::from_millis(250));
     }
 }
+
+/// After attaching, the thread serving HTTP holds no capability at all and the poller only the
+/// two it needs to read other processes' /proc entries — read from the kernel's own view of
+/// the running agent.
+#[test]
+fn capabilities_are_dropped_after_attaching() {
+    let agent = Agent::start();
+    let pid = agent.pid();
+    let status =
+        |path: String| std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let field = |text: &str, key: &str| -> u64 {
+        let hex = text
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {text}"));
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    };
+    let main = status(format!("/proc/{pid}/status"));
+    for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+        assert_eq!(field(&main, key), 0, "main (HTTP) thread {key}\n{main}");
+    }
+    let poller_caps = (1u64 << 2) | (1u64 << 19); // CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE
+    let mut poller_seen = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let text = status(path.join("status").display().to_string());
+        let name = text
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("Name:")
+            .trim();
+        let effective = field(&text, "CapEff:");
+        assert_eq!(
+            field(&text, "CapBnd:") & !poller_caps,
+            0,
+            "{name}: bounding set\n{text}"
+        );
+        if name == "poller" {
+            poller_seen = true;
+            assert_eq!(effective, poller_caps, "poller\n{text}");
+        } else {
+            assert_eq!(effective, 0, "thread {name} holds capabilities\n{text}");
+        }
+    }
+    assert!(poller_seen, "no poller thread in /proc/{pid}/task");
+
+    // The narrowed agent still attributes traffic (the /proc path for sockets older than the
+    // agent runs under these capabilities in accounting.rs).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let _client = std::net::TcpStream::connect(address).unwrap();
+    let (_server, _) = listener.accept().unwrap();
+    let name = std::fs::read_to_string("/proc/self/comm")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = agent.log_text();
+        if log.contains(&format!("new process on the network: {name}")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test process was never attributed:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

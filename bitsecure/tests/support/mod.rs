@@ -417,6 +417,10 @@ pub struct Agent {
 pub const TEST_POLL_SECONDS: f64 = 0.5;
 
 impl Agent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Self {
         Self::start_with("")
     }

@@ -527,7 +527,8 @@ fn wait_for_alerts(
 
 /// Prints what the dashboard and the alerts show now, from Prometheus.
 fn show(prometheus: &str, pace: &Pace) -> Result<()> {
-    let window = format!("{}ms", (pace.scrape * 4).as_millis());
+    // One job cycle, so bursty traffic shows as its average rate.
+    let window = format!("{}ms", pace.cycle.max(pace.scrape * 4).as_millis());
     let alerts = prometheus::firing_alerts(prometheus)?;
     println!(
         "  alerts firing: {}",
