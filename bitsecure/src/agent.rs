@@ -27,8 +27,11 @@ use crate::{
     http,
     kernel::{self, AttachedPrograms, KernelLogger, MapCapacities},
     metrics::Metrics,
+    pinning::{Found, MapShape, PinDir},
     poller::{PollReport, Poller},
+    state::{self, AgentState, SavedSeries, StateFile},
 };
+use bitsecure_common::{FlowCounters, FlowKey, SocketOwner, Stat, map_names};
 
 /// Messages from the signal handlers to the poller thread.
 enum Control {
@@ -56,7 +59,14 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let (programs, poller, kernel_logger) = attach(&config, &cgroup, &metrics)?;
+    let persistence = open_persistence(&config)?;
+    let (programs, poller, kernel_logger) =
+        attach(&config, &cgroup, &metrics, persistence.as_ref())?;
+    let saver = persistence.map(|persistence| StateSaver {
+        file: persistence.state,
+        boot_id: state::boot_id(),
+        flows_map_id: poller.flows_map_id(),
+    });
     info!(
         "attached to cgroup {}; serving metrics on http://{}/metrics",
         cgroup.display(),
@@ -84,7 +94,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         let interval = config.poll_interval();
         thread::Builder::new()
             .name("poller".into())
-            .spawn(move || poll_loop(poller, baseline, &metrics, interval, &controls))
+            .spawn(move || poll_loop(poller, baseline, &metrics, interval, &controls, saver))
             .context("cannot start the poller thread")?
     };
     caps::restrict_thread_to(&[]).context("cannot drop capabilities")?;
@@ -112,8 +122,150 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         warn!("the poller thread panicked");
     }
     drop(programs);
-    info!("programs detached; bye");
+    if config.kernel.pin_path.is_empty() {
+        info!("programs detached; bye");
+    } else {
+        info!(
+            "the programs stay attached and counting (pinned in {}): the next start continues \
+             the counters; `bitsecure uninstall` removes them; bye",
+            config.kernel.pin_path
+        );
+    }
     Ok(())
+}
+
+/// `bitsecure uninstall`: removes the pins (the programs detach, the maps go) and the state.
+pub fn uninstall(config: &Config) -> anyhow::Result<()> {
+    let state_path = state::path_beside(&config.baseline.path);
+    // Holding the lock proves no agent is using the pins.
+    let lock = StateFile::lock(&state_path)?;
+    let pin_path = Path::new(&config.kernel.pin_path);
+    if config.kernel.pin_path.is_empty() {
+        println!("kernel.pin_path is empty: nothing is pinned");
+    } else if crate::pinning::remove(pin_path)
+        .with_context(|| format!("cannot remove {}", pin_path.display()))?
+    {
+        println!("removed {}: the programs are detached", pin_path.display());
+    } else {
+        println!("nothing pinned at {}", pin_path.display());
+    }
+    if StateFile::remove(&state_path)
+        .with_context(|| format!("cannot remove {}", state_path.display()))?
+    {
+        println!("removed {}", state_path.display());
+    }
+    drop(lock);
+    let _ = std::fs::remove_file(state_path.with_extension("lock"));
+    Ok(())
+}
+
+/// Pinned kernel state and the agent's own state file (with `kernel.pin_path`).
+struct Persistence {
+    pins: PinDir,
+    found: Found,
+    state: StateFile,
+}
+
+fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> {
+    if config.kernel.pin_path.is_empty() {
+        return Ok(None);
+    }
+    let state = StateFile::lock(&state::path_beside(&config.baseline.path))?;
+    let shapes = [
+        MapShape {
+            name: map_names::FLOWS,
+            key_size: size_of::<FlowKey>() as u32,
+            value_size: size_of::<FlowCounters>() as u32,
+            max_entries: config.kernel.flow_capacity,
+        },
+        MapShape {
+            name: map_names::SOCKETS,
+            key_size: size_of::<u64>() as u32,
+            value_size: size_of::<SocketOwner>() as u32,
+            max_entries: config.kernel.socket_capacity,
+        },
+        MapShape {
+            name: map_names::STATS,
+            key_size: size_of::<u32>() as u32,
+            value_size: size_of::<u64>() as u32,
+            max_entries: Stat::COUNT,
+        },
+    ];
+    let (pins, found) = PinDir::open(Path::new(&config.kernel.pin_path), &shapes)?;
+    match &found {
+        Found::Nothing => info!("pinning the kernel state in {}", config.kernel.pin_path),
+        Found::Reusable => info!(
+            "picking up the kernel state pinned in {} by the previous agent",
+            config.kernel.pin_path
+        ),
+        Found::Discarded(why) => warn!(
+            "discarded the kernel state pinned in {} by another agent version or config \
+             ({why}); starting with fresh maps",
+            config.kernel.pin_path
+        ),
+    }
+    Ok(Some(Persistence { pins, found, state }))
+}
+
+/// Continues where the previous agent stopped: its exported totals always, and its per-flow
+/// accounting when the maps are the very ones it read.
+fn resume(persistence: &Persistence, poller: &mut Poller, metrics: &Metrics) {
+    let saved = match persistence.state.load() {
+        Ok(Some(saved)) => saved,
+        Ok(None) => return,
+        Err(error) => {
+            warn!("{error}; the counters start from zero");
+            return;
+        }
+    };
+    for series in &saved.series {
+        metrics.add_traffic(&series.key(), &series.traffic);
+    }
+    let same_maps = persistence.found == Found::Reusable
+        && saved.boot_id == state::boot_id()
+        && Some(saved.flows_map_id) == poller.flows_map_id();
+    if same_maps {
+        poller.resume(&saved.flows, &saved.kernel_stats);
+        info!(
+            "continuing the previous agent's counters: {} series, {} live flows",
+            saved.series.len(),
+            saved.flows.len()
+        );
+    } else {
+        info!(
+            "continuing the previous agent's totals ({} series); the kernel maps are new",
+            saved.series.len()
+        );
+    }
+}
+
+/// Saves what the agent has accounted for after every poll.
+struct StateSaver {
+    file: StateFile,
+    boot_id: String,
+    flows_map_id: Option<u32>,
+}
+
+impl StateSaver {
+    fn save(&self, poller: &Poller, metrics: &Metrics) {
+        let (flows, kernel_stats) = poller.accounted();
+        let state = AgentState {
+            format_version: state::FORMAT_VERSION,
+            boot_id: self.boot_id.clone(),
+            flows_map_id: self.flows_map_id.unwrap_or(0),
+            flows,
+            kernel_stats,
+            series: metrics
+                .traffic_snapshot()
+                .iter()
+                .map(|(key, traffic)| SavedSeries::of(key, traffic))
+                .collect(),
+        };
+        if let Err(error) = self.file.save(&state) {
+            metrics.poll_errors.inc();
+            warn!("cannot save the agent state: {error}");
+        }
+    }
 }
 
 /// Loads and attaches the programs and builds the poller around their maps.
@@ -121,12 +273,17 @@ fn attach(
     config: &Config,
     cgroup: &Path,
     metrics: &Metrics,
+    persistence: Option<&Persistence>,
 ) -> anyhow::Result<(AttachedPrograms, Poller, KernelLogger)> {
     let capacities = MapCapacities {
         flows: config.kernel.flow_capacity,
         sockets: config.kernel.socket_capacity,
     };
-    let (programs, maps, kernel_logger) = kernel::load_and_attach(cgroup, &capacities)?;
+    let (programs, maps, kernel_logger) = kernel::load_and_attach(
+        cgroup,
+        &capacities,
+        persistence.map(|persistence| &persistence.pins),
+    )?;
     for (map, capacity) in [("flows", capacities.flows), ("sockets", capacities.sockets)] {
         metrics
             .map_capacity
@@ -139,7 +296,10 @@ fn attach(
         .traffic_series_limit
         .set(config.metrics.max_series as i64);
     let table = FlowTable::new(config.metrics.max_remotes, config.metrics.max_series);
-    let poller = Poller::new(maps, table, config.poll_interval())?;
+    let mut poller = Poller::new(maps, table, config.poll_interval())?;
+    if let Some(persistence) = persistence {
+        resume(persistence, &mut poller, metrics);
+    }
     Ok((programs, poller, kernel_logger))
 }
 
@@ -150,6 +310,7 @@ fn poll_loop(
     metrics: &Metrics,
     interval: Duration,
     controls: &mpsc::Receiver<Control>,
+    saver: Option<StateSaver>,
 ) {
     let mut next_poll = Instant::now();
     loop {
@@ -167,9 +328,15 @@ fn poll_loop(
         if let Some(report) = poll_once(&mut poller, metrics) {
             baseline.on_step(&report.deltas, &metrics.baseline, unix_now());
         }
+        if let Some(saver) = &saver {
+            saver.save(&poller, metrics);
+        }
     }
-    // The last traffic still goes into the counters.
+    // The last traffic still goes into the counters (and the state the next agent resumes).
     poll_once(&mut poller, metrics);
+    if let Some(saver) = &saver {
+        saver.save(&poller, metrics);
+    }
 }
 
 fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<PollReport> {
@@ -205,7 +372,8 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
         let metrics = Metrics::new().context("cannot register metrics")?;
         let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
         let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let (programs, mut poller, _logger) = attach(&config, &cgroup, &metrics)?;
+        // Never pinned: a recording runs beside the agent and must not share its maps.
+        let (programs, mut poller, _logger) = attach(&config, &cgroup, &metrics, None)?;
         let step = config.agent.poll_interval_seconds;
         let mut recorder = Recorder::new(step, timestamp_now(), 2000);
         let steps = (duration.as_secs_f64() / step).ceil().max(1.0) as usize;

@@ -14,7 +14,7 @@ use std::{
 pub const OTHER_REMOTE: &str = "other";
 
 /// Bytes and packets in both directions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
     pub sent_bytes: u64,
     pub received_bytes: u64,

@@ -1,12 +1,16 @@
 //! `bitsecure`: the agent and its command line.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Args, Parser, Subcommand};
-use log::error;
+use log::{error, info};
 
 use bitsecure::{
-    agent,
+    agent, check,
     commands::{self, AcceptFilter},
     config::{self, Config},
 };
@@ -28,9 +32,20 @@ enum Command {
     /// (needs root).
     ///
     /// Logs go to stderr; set RUST_LOG=debug for more. SIGHUP reloads the baseline; SIGINT
-    /// or SIGTERM stop cleanly, detaching everything.
+    /// or SIGTERM stop cleanly. With kernel.pin_path (the default) the programs stay attached
+    /// and counting until the next start continues the counters; `bitsecure uninstall`
+    /// removes them. Without pinning, stopping detaches everything.
     Run(ConfigArg),
-    /// Check a config file and print the effective configuration.
+    /// Remove the pinned kernel state (detaching the programs and freeing the maps) and the
+    /// agent's state file. Stop the agent first; the config and baseline are kept.
+    Uninstall(ConfigArg),
+    /// Diagnose whether this host can run the agent: kernel, kernel config, cgroup v2, bpffs,
+    /// privileges, listen port, baseline, memlock.
+    ///
+    /// Prints one line per check (OK, WARN or FAIL), each problem followed by its fix. Exits 0
+    /// when nothing FAILs, 1 otherwise. Run it as the user the agent runs as.
+    Check(ConfigArg),
+    /// Check a config file and print where it comes from and the effective configuration.
     Config {
         #[command(flatten)]
         config: ConfigArg,
@@ -102,7 +117,8 @@ enum BaselineCommand {
 
 #[derive(Args)]
 struct ConfigArg {
-    /// TOML config file; without it the embedded default is used (`bitsecure config --default`).
+    /// TOML config file. Default: $BITSECURE_CONFIG if set, else /etc/bitsecure/bitsecure.toml
+    /// if it exists, else the embedded default (`bitsecure config --default`).
     #[arg(long, short)]
     config: Option<PathBuf>,
 }
@@ -112,7 +128,8 @@ struct FileArg {
     /// The baseline file; default: baseline.path of the (default) config.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Config whose baseline.path to use.
+    /// Config whose baseline.path to use. Default: as for `run` ($BITSECURE_CONFIG, else
+    /// /etc/bitsecure/bitsecure.toml if it exists, else the embedded default).
     #[arg(long, short)]
     config: Option<PathBuf>,
 }
@@ -122,7 +139,8 @@ struct AgentArg {
     /// Address of the running agent; default: agent.listen of the (default) config.
     #[arg(long)]
     agent: Option<String>,
-    /// Config whose agent.listen to use.
+    /// Config whose agent.listen to use. Default: as for `run` ($BITSECURE_CONFIG, else
+    /// /etc/bitsecure/bitsecure.toml if it exists, else the embedded default).
     #[arg(long = "agent-config")]
     agent_config: Option<PathBuf>,
 }
@@ -131,7 +149,7 @@ impl FileArg {
     fn path(&self) -> anyhow::Result<PathBuf> {
         match &self.file {
             Some(file) => Ok(file.clone()),
-            None => Ok(Config::load(self.config.as_deref())?.baseline.path),
+            None => Ok(load_config(self.config.as_deref())?.baseline.path),
         }
     }
 }
@@ -140,7 +158,7 @@ impl AgentArg {
     fn address(&self) -> anyhow::Result<String> {
         match &self.agent {
             Some(agent) => Ok(agent.clone()),
-            None => Ok(Config::load(self.agent_config.as_deref())?
+            None => Ok(load_config(self.agent_config.as_deref())?
                 .agent
                 .listen
                 .to_string()),
@@ -161,14 +179,25 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run(config) => agent::run(Config::load(config.config.as_deref())?),
+        Command::Run(config) => agent::run(load_config(config.config.as_deref())?),
+        Command::Uninstall(config) => agent::uninstall(&load_config(config.config.as_deref())?),
         Command::Config { config, default } => {
             if default {
                 print!("{}", config::DEFAULT_CONFIG);
             } else {
-                println!("{:#?}", Config::load(config.config.as_deref())?);
+                let location = ConfigLocation::find(config.config.as_deref());
+                let effective = Config::load(location.path.as_deref())?;
+                println!("# config: {location}");
+                println!("{effective:#?}");
             }
             Ok(())
+        }
+        Command::Check(config) => {
+            let location = ConfigLocation::find(config.config.as_deref());
+            match check::run(location.path.as_deref(), &location.to_string()) {
+                0 => Ok(()),
+                fails => anyhow::bail!("{fails} check(s) failed"),
+            }
         }
         Command::Unexpected { agent, json } => commands::unexpected(&agent.address()?, json),
         Command::Baseline(BaselineCommand::Record {
@@ -176,7 +205,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             duration,
             output,
         }) => {
-            let config = Config::load(config.config.as_deref())?;
+            let config = load_config(config.config.as_deref())?;
             let output = output.unwrap_or_else(|| config.baseline.path.clone());
             agent::record(config, duration, &output)
         }
@@ -204,5 +233,92 @@ fn execute(command: Command) -> anyhow::Result<()> {
             eprintln!("{added} rules added");
             Ok(())
         }
+    }
+}
+
+/// The environment variable naming the config file when there is no `--config`.
+const CONFIG_ENV: &str = "BITSECURE_CONFIG";
+/// The config file used when there is neither `--config` nor `$BITSECURE_CONFIG`, if it exists.
+const SYSTEM_CONFIG: &str = "/etc/bitsecure/bitsecure.toml";
+
+/// Which config a command uses: `--config`, else `$BITSECURE_CONFIG` (if set and not empty),
+/// else [`SYSTEM_CONFIG`] if it exists, else the embedded default (`path` = `None`).
+struct ConfigLocation {
+    path: Option<PathBuf>,
+    /// Why this one: "--config", "BITSECURE_CONFIG", "default location", or for the embedded
+    /// default, what was looked for.
+    source: &'static str,
+}
+
+impl ConfigLocation {
+    fn find(flag: Option<&Path>) -> Self {
+        Self::choose(
+            flag,
+            std::env::var_os(CONFIG_ENV),
+            Path::new(SYSTEM_CONFIG).exists(),
+        )
+    }
+
+    fn choose(flag: Option<&Path>, env: Option<OsString>, system_exists: bool) -> Self {
+        let (path, source) = if let Some(flag) = flag {
+            (Some(flag.to_path_buf()), "--config")
+        } else if let Some(env) = env.filter(|value| !value.is_empty()) {
+            (Some(PathBuf::from(env)), CONFIG_ENV)
+        } else if system_exists {
+            (Some(PathBuf::from(SYSTEM_CONFIG)), "default location")
+        } else {
+            (
+                None,
+                "no --config, no BITSECURE_CONFIG, no /etc/bitsecure/bitsecure.toml",
+            )
+        };
+        Self { path, source }
+    }
+}
+
+impl std::fmt::Display for ConfigLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{} (from {})", path.display(), self.source),
+            None => write!(f, "the embedded default ({})", self.source),
+        }
+    }
+}
+
+/// Loads the config `flag` or the defaults of [`ConfigLocation`] name, saying which in the log.
+fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
+    let location = ConfigLocation::find(flag);
+    info!("config: {location}");
+    Ok(Config::load(location.path.as_deref())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_location_precedence() {
+        let flag = Path::new("/flag.toml");
+        let env = || Some(OsString::from("/env.toml"));
+        let chosen = |flag, env, system| ConfigLocation::choose(flag, env, system).to_string();
+        assert_eq!(
+            chosen(Some(flag), env(), true),
+            "/flag.toml (from --config)"
+        );
+        assert_eq!(
+            chosen(None, env(), true),
+            "/env.toml (from BITSECURE_CONFIG)"
+        );
+        assert_eq!(
+            chosen(None, Some(OsString::new()), true),
+            "/etc/bitsecure/bitsecure.toml (from default location)"
+        );
+        assert_eq!(
+            chosen(None, None, true),
+            "/etc/bitsecure/bitsecure.toml (from default location)"
+        );
+        let embedded = ConfigLocation::choose(None, None, false);
+        assert_eq!(embedded.path, None);
+        assert!(embedded.to_string().starts_with("the embedded default"));
     }
 }

@@ -171,6 +171,14 @@ impl Metrics {
         })
     }
 
+    /// Every traffic series and its totals (for [`crate::state`]).
+    pub fn traffic_snapshot(&self) -> Vec<(SeriesKey, Traffic)> {
+        self.traffic
+            .lock()
+            .map(|series| series.iter().map(|(k, t)| (k.clone(), *t)).collect())
+            .unwrap_or_default()
+    }
+
     /// Adds traffic to one series.
     pub fn add_traffic(&self, key: &SeriesKey, traffic: &Traffic) {
         if let Ok(mut series) = self.traffic.lock() {

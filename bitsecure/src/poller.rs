@@ -24,6 +24,7 @@ use crate::{
     kernel::KernelMaps,
     metrics::Metrics,
     sock_diag,
+    state::SeenFlow,
 };
 
 const IPPROTO_TCP: u8 = 6;
@@ -102,6 +103,48 @@ impl Poller {
             ephemeral_ports: read_ephemeral_port_range(),
             table,
         })
+    }
+
+    /// Id of the kernel's FLOWS map (tells whether pinned maps are the ones last read).
+    pub fn flows_map_id(&self) -> Option<u32> {
+        self.maps.flows.info().ok().map(|info| info.id())
+    }
+
+    /// What this poller has accounted for, to be continued by the next agent
+    /// ([`crate::state`]): the kernel counters per flow and the kernel statistics.
+    pub fn accounted(&self) -> (Vec<SeenFlow>, Vec<u64>) {
+        let flows = self
+            .last_seen
+            .iter()
+            .map(|(key, (counters, port))| SeenFlow {
+                cookie: key.cookie,
+                remote_addr: key.remote_addr,
+                local_port: key.local_port,
+                remote_port: key.remote_port,
+                protocol: key.protocol,
+                counters: *counters,
+                port: *port,
+            })
+            .collect();
+        (flows, self.last_stats.to_vec())
+    }
+
+    /// Continues from what a previous agent accounted for on the same (pinned) maps.
+    pub fn resume(&mut self, flows: &[SeenFlow], kernel_stats: &[u64]) {
+        for flow in flows {
+            let key = FlowKey {
+                cookie: flow.cookie,
+                remote_addr: flow.remote_addr,
+                local_port: flow.local_port,
+                remote_port: flow.remote_port,
+                protocol: flow.protocol,
+                ..FlowKey::default()
+            };
+            self.last_seen.insert(key, (flow.counters, flow.port));
+        }
+        for (last, saved) in self.last_stats.iter_mut().zip(kernel_stats) {
+            *last = *saved;
+        }
     }
 
     /// Reads everything once and updates `metrics`.

@@ -411,6 +411,7 @@ pub struct Agent {
     child: Child,
     pub port: u16,
     pub log: PathBuf,
+    extra: String,
 }
 
 /// How often the test agents poll; short so the tests are quick.
@@ -421,6 +422,11 @@ impl Agent {
         self.child.id()
     }
 
+    /// The `extra` config this agent was started with.
+    pub fn extra_config(&self) -> &str {
+        &self.extra
+    }
+
     pub fn start() -> Self {
         Self::start_with("")
     }
@@ -428,6 +434,7 @@ impl Agent {
     /// Starts the agent with `extra` TOML appended to a test config.
     pub fn start_with(extra: &str) -> Self {
         require_root();
+        let original_extra = extra.to_owned();
         let port = free_port();
         let dir = scratch_dir();
         let config = dir.join(format!("agent-{port}.toml"));
@@ -442,7 +449,9 @@ impl Agent {
             )
         };
         // Nothing is pinned unless the test asks for it: every agent starts from empty maps.
-        let (kernel, extra) = if extra.contains("[kernel]") {
+        let (kernel, extra) = if extra.contains("pin_path") {
+            (String::new(), extra.to_owned())
+        } else if extra.contains("[kernel]") {
             (
                 String::new(),
                 extra.replacen("[kernel]\n", "[kernel]\npin_path = \"\"\n", 1),
@@ -466,7 +475,12 @@ impl Agent {
             .stderr(std::fs::File::create(&log).expect("create log"))
             .spawn()
             .expect("start agent");
-        let mut agent = Self { child, port, log };
+        let mut agent = Self {
+            child,
+            port,
+            log,
+            extra: original_extra,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = agent.child.try_wait().expect("wait agent") {
@@ -495,6 +509,24 @@ impl Agent {
         stream.read_to_string(&mut response).ok()?;
         let (head, body) = response.split_once("\r\n\r\n")?;
         head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    }
+
+    /// Whether the agent process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait agent").is_none()
+    }
+
+    /// The agent's peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read the agent's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .unwrap_or_else(|| panic!("no VmHWM in the agent's status: {status}"))
     }
 
     pub fn scrape(&self) -> Vec<Sample> {
@@ -625,6 +657,20 @@ pub fn traffic_by_process(
         }
     }
     by_process
+}
+
+/// The sum of the samples named `name` that carry all of `labels`.
+pub fn sum_metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|sample| sample.name == name)
+        .filter(|sample| {
+            labels
+                .iter()
+                .all(|(key, value)| sample.labels.get(*key).map(String::as_str) == Some(*value))
+        })
+        .map(|sample| sample.value)
+        .sum()
 }
 
 /// |a - b| ≤ tolerance × b (b is the independent truth).

@@ -1,0 +1,278 @@
+//! Restarts without losing counts (kernel state pinned in bpffs): a miner-like client streams
+//! jobs through the veth while the agent is stopped — cleanly or with `kill -9` — and started
+//! again. The second agent must continue the first one's counters (no reset) and end with
+//! exactly what nftables counted in the peer namespace for the whole run. Also: pins left by
+//! an incompatible agent are discarded, and `bitsecure uninstall` detaches everything.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use support::{
+    Agent, Exported, TestCgroup, TestNet, install_generator, scratch_dir, spawn_until,
+    traffic_by_process,
+};
+
+/// The tests share bpffs and cgroup attachments: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Setup {
+    pins: PathBuf,
+    state_dir: PathBuf,
+    cgroup: TestCgroup,
+}
+
+impl Setup {
+    fn new(tag: &str) -> Self {
+        let pins = PathBuf::from(format!(
+            "/sys/fs/bpf/bitsecure-test-{}-{tag}",
+            std::process::id()
+        ));
+        let state_dir = scratch_dir().join(format!("restart-{tag}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        std::fs::create_dir_all(&state_dir).unwrap();
+        Self {
+            pins,
+            state_dir,
+            cgroup: TestCgroup::new(tag),
+        }
+    }
+
+    fn config(&self, flow_capacity: u32) -> String {
+        format!(
+            "cgroup = \"{}\"\n[kernel]\npin_path = \"{}\"\nflow_capacity = {flow_capacity}\n\
+             [baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+            self.cgroup.path.display(),
+            self.pins.display(),
+            self.state_dir.join("baseline.toml").display()
+        )
+    }
+
+    fn config_file(&self) -> PathBuf {
+        let path = self.state_dir.join("uninstall.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[kernel]\npin_path = \"{}\"\n[baseline]\npath = \"{}\"\n",
+                self.pins.display(),
+                self.state_dir.join("baseline.toml").display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Programs attached to the test cgroup, as the kernel lists them.
+    fn attached(&self) -> usize {
+        let output = support::sh(
+            "bpftool",
+            &["cgroup", "show", &self.cgroup.path.display().to_string()],
+        );
+        output
+            .lines()
+            .filter(|line| {
+                [
+                    "count_egress",
+                    "count_ingress",
+                    "record_owner",
+                    "mark_released",
+                    "mark_passive",
+                ]
+                .iter()
+                .any(|name| line.contains(name))
+            })
+            .count()
+    }
+
+    fn uninstall(&self) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+            .arg("uninstall")
+            .arg("--config")
+            .arg(self.config_file())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.uninstall();
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
+
+/// The miner's traffic as the agent exports it.
+fn exported(agent: &Agent, process: &str, remote: &str) -> Exported {
+    traffic_by_process(&agent.scrape(), |labels| {
+        labels.get("remote").map(String::as_str) == Some(remote)
+    })
+    .get(process)
+    .copied()
+    .unwrap_or_default()
+}
+
+fn truth(net: &TestNet) -> Exported {
+    let (sent_packets, sent_bytes) = net.counter("sent", "tcp");
+    let (received_packets, received_bytes) = net.counter("received", "tcp");
+    Exported {
+        sent_bytes,
+        received_bytes,
+        sent_packets,
+        received_packets,
+    }
+}
+
+/// Streams jobs across a restart of the agent done by `restart`, then compares.
+fn counts_survive(tag: &str, restart: impl FnOnce(Agent) -> Agent) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::new(tag);
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-rs-server");
+    let target = format!("{}:5000", net.peer_v4);
+    net.spawn_server(&server, &["serve", "--tcp", &target]);
+    let process = format!("bsg-rs-{tag}");
+    let miner = install_generator(&process);
+
+    let first = Agent::start_with(&setup.config(4096));
+    // 200 jobs of 20 kB, one every 25 ms: about 5 s of steady traffic on one connection.
+    let mut stream = spawn_until(
+        setup.cgroup.command(&miner).args([
+            "--timeout-secs",
+            "60",
+            "periodic",
+            "--connect",
+            &target,
+            "--every-ms",
+            "25",
+            "--job-bytes",
+            "20000",
+            "--jobs",
+            "200",
+        ]),
+        "connected",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = exported(&first, &process, &net.peer_v4.to_string());
+    assert!(before.received_bytes > 0, "the first agent counted nothing");
+
+    let second = restart(first);
+    let remote = net.peer_v4.to_string();
+    let just_after = exported(&second, &process, &remote);
+    assert!(
+        just_after.received_bytes >= before.received_bytes,
+        "the counter went back after the restart: {before:?} then {just_after:?}"
+    );
+    let status = stream.child.wait().unwrap();
+    assert!(status.success(), "the miner failed: {}", stream.finish());
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (mine, nft) = (exported(&second, &process, &remote), truth(&net));
+        if mine == nft {
+            eprintln!("{tag}: agent {mine:?} = nftables {nft:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the restart the agent has {mine:?}, nftables counted {nft:?}\n{}",
+            second.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        setup.attached(),
+        5,
+        "exactly one set of programs stays attached"
+    );
+    second.stop();
+}
+
+#[test]
+fn a_clean_restart_loses_nothing_and_counters_continue() {
+    counts_survive("term", |first| {
+        let config_extra = first_config(&first);
+        let status = first.stop();
+        assert!(status.success());
+        // Traffic goes on with no agent running; the pinned programs count it.
+        std::thread::sleep(Duration::from_secs(1));
+        let second = Agent::start_with(&config_extra);
+        assert!(
+            second
+                .log_text()
+                .contains("continuing the previous agent's counters"),
+            "{}",
+            second.log_text()
+        );
+        second
+    });
+}
+
+#[test]
+fn kill_9_loses_nothing_on_a_live_connection() {
+    counts_survive("kill", |first| {
+        let config_extra = first_config(&first);
+        first.signal(libc::SIGKILL);
+        drop(first);
+        std::thread::sleep(Duration::from_secs(1));
+        Agent::start_with(&config_extra)
+    });
+}
+
+/// The extra config the first agent ran with (to start the second identically).
+fn first_config(agent: &Agent) -> String {
+    agent.extra_config().to_owned()
+}
+
+#[test]
+fn incompatible_pins_are_replaced_and_uninstall_detaches_everything() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::new("stale");
+    // An "older agent" with other map capacities leaves its pins behind.
+    let old = Agent::start_with(&setup.config(4096));
+    old.signal(libc::SIGKILL);
+    drop(old);
+    assert_eq!(
+        setup.attached(),
+        5,
+        "the killed agent's programs stay attached"
+    );
+    let new = Agent::start_with(&setup.config(8192));
+    assert!(
+        new.log_text().contains("discarded the kernel state"),
+        "{}",
+        new.log_text()
+    );
+    assert_eq!(setup.attached(), 5, "the stale programs were detached");
+
+    // While it runs, uninstall refuses (the pins are in use).
+    let busy = setup.uninstall();
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("another bitsecure agent"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    assert!(new.stop().success());
+    assert_eq!(
+        setup.attached(),
+        5,
+        "a stopped agent's programs keep counting"
+    );
+
+    let done = setup.uninstall();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(setup.attached(), 0, "uninstall detached the programs");
+    assert!(!setup.pins.exists(), "the pin directory is gone");
+    assert!(!Path::new(&setup.state_dir.join("agent-state.json")).exists());
+}
