@@ -83,8 +83,11 @@ pub fn restrict_thread_to(keep: &[u32]) -> Result<(), CapsError> {
     {
         return Err(last_os_error("prctl(PR_CAP_AMBIENT_CLEAR_ALL)"));
     }
+    // Only what the thread holds can be kept (a service may have been started without, e.g.,
+    // CAP_SYS_PTRACE): asking capset for more fails.
+    let held = permitted()?;
     let mut data = [Data::default(); 2];
-    for cap in keep {
+    for cap in keep.iter().filter(|cap| held & (1u64 << **cap) != 0) {
         let (word, bit) = ((*cap / 32) as usize, 1u32 << (cap % 32));
         data[word].effective |= bit;
         data[word].permitted |= bit;
@@ -100,6 +103,27 @@ pub fn restrict_thread_to(keep: &[u32]) -> Result<(), CapsError> {
         return Err(last_os_error("capset"));
     }
     Ok(())
+}
+
+/// The calling thread's permitted set.
+fn permitted() -> Result<u64, CapsError> {
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and a two-word data buffer, the layout capget(2) fills for version 3.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    if result != 0 {
+        return Err(last_os_error("capget"));
+    }
+    Ok(u64::from(data[0].permitted) | (u64::from(data[1].permitted) << 32))
 }
 
 /// Highest capability number this kernel knows.
@@ -143,6 +167,14 @@ mod tests {
             assert_eq!(
                 effective & !((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH)),
                 0
+            );
+            // Without CAP_SYS_PTRACE, keeping it is not an error: it is simply not kept.
+            restrict_thread_to(&[CAP_DAC_READ_SEARCH]).unwrap();
+            restrict_thread_to(&POLLER_CAPABILITIES).expect("keeping what is not held");
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            assert_eq!(
+                effective_from_status(&status),
+                Some(1 << CAP_DAC_READ_SEARCH)
             );
             restrict_thread_to(&[]).unwrap();
             let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();

@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask <setup|run|test|demo|bench>`.
+//! Project tasks: `cargo xtask <setup|run|test|demo|bench|dist>`.
 //!
 //! Everything a fresh machine needs is installed by `setup`, which `run`, `test` and `bench`
 //! call first; it is idempotent and fast when there is nothing to do.
 
 mod bench;
+mod dist;
 mod setup;
 mod util;
 
@@ -47,6 +48,10 @@ enum Command {
     /// Set up, then measure the agent's overhead: throughput and packet rate with and without
     /// it, per-program run time, agent CPU and memory with 10,000 live flows.
     Bench(bench::BenchArgs),
+    /// Set up, build in release mode and pack the release tarball
+    /// target/dist/bitsecure-<version>-<arch>-linux-gnu.tar.gz (agent, default config, systemd
+    /// unit, install.sh, Grafana and Prometheus files, docs) with a .sha256 beside it.
+    Dist,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +122,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             setup::run(&root)?;
             bench::run(&root, &args)
+        }
+        Command::Dist => {
+            setup::run(&root)?;
+            dist::run(&root)
         }
     }
 }

@@ -18,7 +18,8 @@ use crate::util;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages used by the tests (nft counters, netns + veth, offload switches), the bench
-/// and the demo (a real Prometheus; `promtool` checks the alert rules and the exposition).
+/// the demo (a real Prometheus; `promtool` checks the alert rules and the exposition) and the
+/// systemd unit's checks (`systemd-analyze`).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iproute2", "ip"),
@@ -26,6 +27,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("bpftool", "bpftool"),
     ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {
