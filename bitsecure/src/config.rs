@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use std::io::Read as _;
+
 use serde::Deserialize;
 
 /// The default configuration, embedded so `bitsecure run` works with no file at all.
@@ -22,7 +24,7 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid UTF-8")]
     NotUtf8 { path: String },
-    #[error("config file {path} is {size} bytes; a config larger than 1 MiB is surely a mistake")]
+    #[error("config file {path} is larger than 1 MiB (at least {size} bytes): surely not a config")]
     TooLarge { path: String, size: u64 },
     // toml's message names the line, column and the offending key.
     #[error("invalid config {origin}: {source}")]
@@ -136,11 +138,16 @@ impl Config {
             path: shown.clone(),
             source,
         };
-        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        // Read at most one byte more than allowed: a device or FIFO (e.g. /dev/zero) has no
+        // size to check beforehand.
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(read_error)?;
+        let size = bytes.len() as u64;
         if size > MAX_CONFIG_BYTES {
             return Err(ConfigError::TooLarge { path: shown, size });
         }
-        let bytes = std::fs::read(path).map_err(read_error)?;
         let text = String::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
             path: shown.clone(),
         })?;

@@ -285,7 +285,7 @@ impl std::fmt::Display for ConfigLocation {
     }
 }
 
-/// Loads the config `flag` or the defaults of [`ConfigLocation`] name, saying which in the log.
+/// Loads the config [`ConfigLocation::find`] picks, naming it in the log.
 fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
     let location = ConfigLocation::find(flag);
     info!("config: {location}");

@@ -11,6 +11,7 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::AsFd as _,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -34,12 +35,15 @@ const IPPROTO_SCTP: u8 = 132;
 
 /// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
 const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
-/// How long the owner of a folded socket is remembered, for packets that trail its close.
-const RETIRED_OWNER_TTL: Duration = Duration::from_secs(600);
+/// How long the owner of a folded socket is remembered, for packets that trail its close
+/// (retransmitted FINs and their ACKs come within a few round trips). At 100,000 connections
+/// a minute that is ~50,000 small entries, the owner itself being shared (see
+/// [`Poller::intern`]); a packet later than this is counted as `unknown`.
+const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
 
 /// What is remembered of a folded socket.
 struct Retired {
-    owner: ProcessIdentity,
+    owner: Arc<ProcessIdentity>,
     passive: bool,
     since: Instant,
 }
@@ -54,8 +58,10 @@ pub struct Poller {
     /// Cumulative kernel counters as of the last poll, and the flow's service port (decided
     /// once, so a flow's series never changes).
     last_seen: HashMap<FlowKey, (Traffic, Option<u16>)>,
-    /// Resolved owners of live sockets.
-    owners: HashMap<u64, ProcessIdentity>,
+    /// Resolved owners of live sockets; one shared identity per process.
+    owners: HashMap<u64, Arc<ProcessIdentity>>,
+    /// The identities in use, so thousands of sockets of one process share one.
+    identities: HashSet<Arc<ProcessIdentity>>,
     /// Sockets already folded, for packets that trail their close.
     retired: HashMap<u64, Retired>,
     /// Failed owner lookups per socket cookie.
@@ -96,6 +102,7 @@ impl Poller {
             close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
             last_seen: HashMap::new(),
             owners: HashMap::new(),
+            identities: HashSet::new(),
             retired: HashMap::new(),
             lookup_attempts: HashMap::new(),
             last_stats: [0; Stat::COUNT as usize],
@@ -255,7 +262,7 @@ impl Poller {
         Ok(report)
     }
 
-    fn owner_of(&self, cookie: u64) -> Option<&ProcessIdentity> {
+    fn owner_of(&self, cookie: u64) -> Option<&Arc<ProcessIdentity>> {
         self.owners
             .get(&cookie)
             .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
@@ -281,7 +288,7 @@ impl Poller {
                 .is_some_and(|owner| owner.origin != OWNER_UNKNOWN);
             match self.owner_of(cookie) {
                 // An accepted socket given up on may name its owner when it closes.
-                Some(owner) if *owner == unknown && kernel_knows => {}
+                Some(owner) if **owner == unknown && kernel_knows => {}
                 Some(_) => continue,
                 None if unresolved.contains(&cookie) => continue,
                 None => {}
@@ -293,6 +300,7 @@ impl Poller {
                 let recorded = Duration::from_nanos(owner.recorded_boot_ns);
                 let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
                     .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
+                let identity = self.intern(identity);
                 self.owners.insert(cookie, identity);
             } else {
                 unresolved.insert(cookie);
@@ -305,7 +313,8 @@ impl Poller {
         let found = self.lookup_in_proc(&unresolved);
         for cookie in unresolved {
             if let Some(identity) = found.get(&cookie) {
-                self.owners.insert(cookie, identity.clone());
+                let identity = self.intern(identity.clone());
+                self.owners.insert(cookie, identity);
                 self.lookup_attempts.remove(&cookie);
                 continue;
             }
@@ -313,7 +322,8 @@ impl Poller {
             *attempts += 1;
             if *attempts >= OWNER_LOOKUP_ATTEMPTS {
                 debug!("socket {cookie:#x}: owner not found, counting it as unknown");
-                self.owners.insert(cookie, ProcessIdentity::unknown());
+                let unknown = self.intern(ProcessIdentity::unknown());
+                self.owners.insert(cookie, unknown);
                 self.lookup_attempts.remove(&cookie);
                 given_up += 1;
             }
@@ -413,7 +423,20 @@ impl Poller {
             .retain(|cookie, _| live.contains(cookie) || sockets.contains_key(cookie));
         self.lookup_attempts
             .retain(|cookie, _| live.contains(cookie));
+        // Identities no socket refers to any more.
+        self.identities
+            .retain(|identity| Arc::strong_count(identity) > 1);
         Ok(cookies.len())
+    }
+
+    /// The shared copy of `identity`.
+    fn intern(&mut self, identity: ProcessIdentity) -> Arc<ProcessIdentity> {
+        if let Some(shared) = self.identities.get(&identity) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(identity);
+        self.identities.insert(Arc::clone(&shared));
+        shared
     }
 
     fn export_process(&mut self, identity: &ProcessIdentity, metrics: &Metrics) {

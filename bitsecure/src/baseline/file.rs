@@ -1690,6 +1690,7 @@ fn replace_file(
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
+    remove_abandoned_temp_files(directory, name);
     let (temp_path, mut file) = create_temp_file(directory, name).map_err(|e| {
         (
             format!("create a temporary file in {}", directory.display()),
@@ -1719,6 +1720,35 @@ fn replace_file(
 }
 
 /// A new, hidden file `.<name>.<pid>.<n>.tmp` in `directory`.
+/// Removes temporary files of `name` left by writers that were killed mid-write (their pid,
+/// part of the file name, is gone), so crashes do not pile them up.
+fn remove_abandoned_temp_files(directory: &Path, name: &std::ffi::OsStr) {
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|file_name| file_name.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('.')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn create_temp_file(directory: &Path, name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)> {
     let mut attempts = 0;
     loop {
@@ -3044,6 +3074,22 @@ protocol = \"tcp\"
 
     // -----------------------------------------------------------------------------------------
     // Files
+
+    #[test]
+    fn temporary_files_of_killed_writers_are_cleaned_up() {
+        let dir = TempDir::new("abandoned");
+        let path = dir.join("baseline.toml");
+        // pid 0 never names a live writer; our own pid is live (and skipped).
+        let abandoned = dir.join(".baseline.toml.0.7.tmp");
+        let ours = dir.join(&format!(".baseline.toml.{}.999.tmp", std::process::id()));
+        let unrelated = dir.join(".other.toml.0.1.tmp");
+        for file in [&abandoned, &ours, &unrelated] {
+            fs::write(file, "half").expect("write");
+        }
+        write_atomically(&path, "whole\n").expect("write");
+        assert!(!abandoned.exists(), "the dead writer's file is removed");
+        assert!(ours.exists() && unrelated.exists(), "others are left alone");
+    }
 
     #[test]
     fn write_atomically_keeps_a_backup_and_leaves_no_temporary_file() {

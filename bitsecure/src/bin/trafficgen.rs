@@ -89,6 +89,14 @@ enum Command {
     /// A miner-like client: one long-lived TCP connection on which it fetches a job of N bytes
     /// (`JOB n`) every interval (± jitter), K times (0 = until killed). Prints `connected`.
     Periodic(PeriodicArgs),
+    /// Short-connection churn: N TCP connections, P at a time, each to the next server of the
+    /// list in turn: connect, upload B bytes (SEND), read the `OK`, close. Several servers
+    /// (ports) keep the client's TIME_WAIT sockets from using up the ephemeral ports.
+    Churn(ChurnArgs),
+    /// Port-scan / P2P-burst traffic: one unconnected UDP socket sends one datagram of S bytes
+    /// to each of N consecutive IPv4 addresses from FIRST, cycling over K ports from PORT,
+    /// without waiting for answers (nothing is counted as received).
+    Spray(SprayArgs),
 }
 
 #[derive(Args)]
@@ -226,6 +234,45 @@ struct PeriodicArgs {
     jobs: u64,
 }
 
+#[derive(Args)]
+struct ChurnArgs {
+    /// Server addresses (`serve --tcp`), comma-separated or repeated; used in turn.
+    #[arg(long, required = true, num_args = 1.., value_delimiter = ',')]
+    connect: Vec<SocketAddr>,
+    /// Number of connections.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Connections open at the same time (one thread each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    parallel: u64,
+    /// Bytes to upload (SEND) on each connection.
+    #[arg(long, default_value_t = 16)]
+    upload: u64,
+    /// Start connection i no earlier than i / R seconds after the start (0 = as fast as
+    /// possible).
+    #[arg(long, default_value_t = 0.0)]
+    per_second: f64,
+}
+
+#[derive(Args)]
+struct SprayArgs {
+    /// First IPv4 address.
+    #[arg(long)]
+    first: Ipv4Addr,
+    /// Number of consecutive addresses, one datagram each.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    addresses: u32,
+    /// First destination port.
+    #[arg(long)]
+    port: u16,
+    /// Ports cycled over (datagram i goes to port PORT + i mod K).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    ports: u16,
+    /// Payload bytes per datagram.
+    #[arg(long, default_value_t = 32)]
+    size: u16,
+}
+
 static SENT_BYTES: AtomicU64 = AtomicU64::new(0);
 static RECEIVED_BYTES: AtomicU64 = AtomicU64::new(0);
 static PACKETS_SENT: AtomicU64 = AtomicU64::new(0);
@@ -304,6 +351,8 @@ fn main() {
         Command::Raw(args) => raw_client(args),
         Command::Hold(args) => hold(args, timeout),
         Command::Periodic(args) => periodic(args, timeout),
+        Command::Churn(args) => churn(args, timeout),
+        Command::Spray(args) => spray(args),
     })
 }
 
@@ -644,6 +693,48 @@ fn periodic(args: &PeriodicArgs, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+fn churn(args: &ChurnArgs, timeout: Duration) -> Result<()> {
+    ensure!(
+        args.per_second >= 0.0 && args.per_second.is_finite(),
+        "--per-second must be a finite rate (0 = unpaced)"
+    );
+    let next = AtomicU64::new(0);
+    let first_error = Mutex::new(None);
+    let servers = &args.connect;
+    let start = Instant::now();
+    thread::scope(|scope| {
+        for _ in 0..args.parallel.min(args.connections) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= args.connections {
+                        break;
+                    }
+                    if args.per_second > 0.0 {
+                        let due = start + Duration::from_secs_f64(i as f64 / args.per_second);
+                        thread::sleep(due.saturating_duration_since(Instant::now()));
+                    }
+                    let server = servers[(i % servers.len() as u64) as usize];
+                    let result = connect(server, timeout)
+                        .and_then(|s| upload(&s, args.upload, Method::Write, None))
+                        .with_context(|| format!("connection #{i} to {server}"));
+                    if let Err(e) = result {
+                        next.store(args.connections, Ordering::Relaxed); // stop the others
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    first_error
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .map_or(Ok(()), Err)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Datagrams: UDP, ICMP echo and raw IP. Only matching echoes count as received.
 
@@ -681,6 +772,44 @@ fn udp_client(args: &UdpArgs, timeout: Duration) -> Result<()> {
                 break;
             }
         }
+    }
+    Ok(())
+}
+
+fn spray(args: &SprayArgs) -> Result<()> {
+    let socket =
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind the UDP socket")?;
+    let first = u32::from(args.first);
+    ensure!(
+        first.checked_add(args.addresses - 1).is_some(),
+        "{} + {} addresses goes past 255.255.255.255",
+        args.first,
+        args.addresses
+    );
+    ensure!(
+        args.port.checked_add(args.ports - 1).is_some(),
+        "port {} + {} ports goes past 65535",
+        args.port,
+        args.ports
+    );
+    for i in 0..args.addresses {
+        let to = SocketAddr::from((
+            Ipv4Addr::from(first + i),
+            args.port + (i % u32::from(args.ports)) as u16,
+        ));
+        let payload = datagram(i, args.size);
+        // A full transmit queue (ENOBUFS) sends nothing: wait a moment and send again.
+        let mut attempts = 0;
+        let sent = loop {
+            match socket.send_to(&payload, to) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && attempts < 1000 => {
+                    attempts += 1;
+                    thread::sleep(Duration::from_millis(1));
+                }
+                other => break other.with_context(|| format!("send to {to} failed"))?,
+            }
+        };
+        count_sent(sent, 1); // UDP sends all or nothing
     }
     Ok(())
 }

@@ -433,6 +433,11 @@ impl Agent {
 
     /// Starts the agent with `extra` TOML appended to a test config.
     pub fn start_with(extra: &str) -> Self {
+        Self::start_polling(extra, TEST_POLL_SECONDS)
+    }
+
+    /// [`Agent::start_with`], polling every `poll_seconds` (e.g. the default 5 s).
+    pub fn start_polling(extra: &str, poll_seconds: f64) -> Self {
         require_root();
         let original_extra = extra.to_owned();
         let port = free_port();
@@ -462,7 +467,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "{baseline}{kernel}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n{extra}"
+                "{baseline}{kernel}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {poll_seconds:?}\n{extra}"
             ),
         )
         .expect("write config");
