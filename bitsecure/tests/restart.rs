@@ -276,3 +276,36 @@ fn incompatible_pins_are_replaced_and_uninstall_detaches_everything() {
     assert!(!setup.pins.exists(), "the pin directory is gone");
     assert!(!Path::new(&setup.state_dir.join("agent-state.json")).exists());
 }
+
+/// The state file is rewritten after every poll (here every 0.1 s); `kill -9` at random
+/// moments must always leave a complete one that the next agent resumes from.
+#[test]
+fn kill_9_at_any_moment_leaves_a_valid_state_file() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::new("state");
+    let state = setup.state_dir.join("agent-state.json");
+    // A deterministic spread of kill delays over several polls.
+    let mut delay_ms: u64 = 7;
+    for round in 0..12 {
+        let agent = Agent::start_polling(&setup.config(4096), 0.1);
+        if round > 0 {
+            assert!(
+                agent
+                    .log_text()
+                    .contains("continuing the previous agent's counters"),
+                "round {round}: the state left by kill -9 was not resumed:\n{}",
+                agent.log_text()
+            );
+        }
+        delay_ms = (delay_ms * 37 + 11) % 450 + 50;
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        agent.signal(libc::SIGKILL);
+        drop(agent);
+        let text = std::fs::read_to_string(&state).expect("a state file after the first polls");
+        let parsed: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|error| panic!("round {round}: half a state file ({error})"));
+        assert_eq!(parsed["format_version"], 1, "round {round}");
+    }
+}
