@@ -17,20 +17,21 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/bitsecure.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The causes are part of the message (and so not `source`s, which would print them twice).
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config file {path} is not valid UTF-8")]
     NotUtf8 { path: String },
     #[error("config file {path} is larger than 1 MiB (at least {size} bytes): surely not a config")]
     TooLarge { path: String, size: u64 },
     // toml's message names the line, column and the offending key.
-    #[error("invalid config {origin}: {source}")]
+    #[error("invalid config {origin}: {cause}")]
     Parse {
         origin: String,
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     #[error("invalid config {origin}: {message}")]
     Invalid { origin: String, message: String },
@@ -134,9 +135,9 @@ impl Config {
             return Self::parse(DEFAULT_CONFIG, "(embedded default)");
         };
         let shown = path.display().to_string();
-        let read_error = |source| ConfigError::Read {
+        let read_error = |cause| ConfigError::Read {
             path: shown.clone(),
-            source,
+            cause,
         };
         // Read at most one byte more than allowed: a device or FIFO (e.g. /dev/zero) has no
         // size to check beforehand.
@@ -156,9 +157,9 @@ impl Config {
 
     /// Parses and validates TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        let config: Config = toml::from_str(text).map_err(|cause| ConfigError::Parse {
             origin: origin.to_owned(),
-            source,
+            cause,
         })?;
         config.validate().map_err(|message| ConfigError::Invalid {
             origin: origin.to_owned(),
