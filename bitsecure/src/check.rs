@@ -472,6 +472,37 @@ pub fn check_privileges(status: &str) -> Check {
     }
 }
 
+/// What the poller keeps after attaching (see [`crate::caps`]): without these, sockets of
+/// other users' processes that are older than the agent cannot be attributed.
+pub fn check_attribution_privileges(status: &str) -> Check {
+    let effective = effective_capabilities(status).unwrap_or(0);
+    let missing: Vec<&str> = [
+        (crate::caps::CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        (crate::caps::CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+    ]
+    .iter()
+    .filter(|&&(cap, _)| effective & (1 << cap) == 0)
+    .map(|&(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        Check::ok(
+            "attribution",
+            "CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE are effective: sockets of every process can \
+             be attributed",
+        )
+    } else {
+        Check::warn(
+            "attribution",
+            format!(
+                "missing {}: sockets that other users' processes opened before the agent \
+                 started count as process=\"unknown\"",
+                missing.join(", ")
+            ),
+            "grant CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE too (the shipped systemd unit does)",
+        )
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The listen address
 
@@ -781,6 +812,7 @@ pub fn gather(config_path: Option<&Path>, origin: &str, mut report: impl FnMut(C
 
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     report(check_privileges(&status));
+    report(check_attribution_privileges(&status));
 
     report(check_listen(
         config.agent.listen,
@@ -1305,6 +1337,14 @@ cgroup2 /sys/fs/cgroup cgroup2 rw,relatime 0 0
             "{unprivileged}"
         );
         assert_status(&check_privileges("Name:\tx\n"), Status::Fail);
+        let check = check_attribution_privileges(&status_with_caps(1 << CAP_BPF));
+        assert_status(&check, Status::Warn);
+        assert!(check.message.contains("CAP_SYS_PTRACE"), "{check}");
+        let both = (1 << crate::caps::CAP_DAC_READ_SEARCH) | (1 << crate::caps::CAP_SYS_PTRACE);
+        assert_status(
+            &check_attribution_privileges(&status_with_caps(both)),
+            Status::Ok,
+        );
     }
 
     #[test]
