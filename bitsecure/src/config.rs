@@ -19,10 +19,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/bitsecure.toml");
 pub enum ConfigError {
     // The causes are part of the message (and so not `source`s, which would print them twice).
     #[error("cannot read config file {path}: {cause}")]
-    Read {
-        path: String,
-        cause: std::io::Error,
-    },
+    Read { path: String, cause: std::io::Error },
     #[error("config file {path} is not valid UTF-8")]
     NotUtf8 { path: String },
     #[error("config file {path} is larger than 1 MiB (at least {size} bytes): surely not a config")]
