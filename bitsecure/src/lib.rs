@@ -7,6 +7,7 @@
 //! - [`agent`] runs it all; [`commands`] are the review commands of the CLI ([`http_client`]
 //!   talks to the agent).
 //! - [`config`] and [`cgroup`] decide what to watch; [`caps`] drops privileges after attaching.
+//! - [`names`] parses DNS answers, TLS SNI, HTTP Host and app protocols into remote names.
 
 pub mod agent;
 pub mod baseline;
@@ -22,6 +23,7 @@ pub mod http_client;
 pub mod identity;
 pub mod kernel;
 pub mod metrics;
+pub mod names;
 pub mod pinning;
 pub mod poller;
 pub mod sock_diag;
