@@ -10,6 +10,12 @@
 
 use thiserror::Error;
 
+/// Capability numbers (linux/capability.h). Loading and attaching need CAP_BPF, CAP_NET_ADMIN
+/// and CAP_PERFMON, or CAP_SYS_ADMIN (see `bitsecure check`).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
 /// CAP_DAC_READ_SEARCH: list `/proc/<pid>/fd` of processes of other users.
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 /// CAP_SYS_PTRACE: readlink `/proc/<pid>/fd/*` and `/proc/<pid>/exe` of other users' processes.

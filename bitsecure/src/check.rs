@@ -15,6 +15,9 @@ use std::{
 
 use crate::{
     baseline::file::{self, BaselineError},
+    caps::{
+        CAP_BPF, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
+    },
     cgroup::{self, CgroupError},
     config::Config,
     kernel::MINIMUM_KERNEL,
@@ -23,12 +26,6 @@ use crate::{
 /// Below this release the kernel charges BPF memory to `RLIMIT_MEMLOCK` (memcg accounting
 /// replaced it in 5.11).
 pub const MEMCG_ACCOUNTING_KERNEL: (u32, u32) = (5, 11);
-
-/// Capability numbers (linux/capability.h).
-pub const CAP_NET_ADMIN: u32 = 12;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_PERFMON: u32 = 38;
-pub const CAP_BPF: u32 = 39;
 
 /// What loading and attaching the programs needs, short of CAP_SYS_ADMIN.
 const NEEDED_CAPABILITIES: [(u32, &str); 3] = [
@@ -418,20 +415,12 @@ pub fn check_bpffs(mounts: &str, pin_path: &str, pin_dir_exists: bool) -> Check 
 // ---------------------------------------------------------------------------------------------
 // Privileges
 
-/// The effective capability set (`CapEff:`) of a `/proc/<pid>/status` text.
-pub fn effective_capabilities(status: &str) -> Option<u64> {
-    status.lines().find_map(|line| {
-        let hex = line.strip_prefix("CapEff:")?.trim();
-        u64::from_str_radix(hex, 16).ok()
-    })
-}
-
 /// CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, or CAP_SYS_ADMIN, in a `/proc/self/status` text.
 pub fn check_privileges(status: &str) -> Check {
     let grant = "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: \
                  AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON; or `setcap \
                  cap_bpf,cap_net_admin,cap_perfmon+ep` on the bitsecure binary)";
-    let Some(effective) = effective_capabilities(status) else {
+    let Some(effective) = crate::caps::effective_from_status(status) else {
         return Check::fail(
             "privileges",
             "cannot read the effective capabilities (no CapEff in /proc/self/status)",
@@ -475,10 +464,10 @@ pub fn check_privileges(status: &str) -> Check {
 /// What the poller keeps after attaching (see [`crate::caps`]): without these, sockets of
 /// other users' processes that are older than the agent cannot be attributed.
 pub fn check_attribution_privileges(status: &str) -> Check {
-    let effective = effective_capabilities(status).unwrap_or(0);
+    let effective = crate::caps::effective_from_status(status).unwrap_or(0);
     let missing: Vec<&str> = [
-        (crate::caps::CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-        (crate::caps::CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
     ]
     .iter()
     .filter(|&&(cap, _)| effective & (1 << cap) == 0)
@@ -1340,7 +1329,7 @@ cgroup2 /sys/fs/cgroup cgroup2 rw,relatime 0 0
         let check = check_attribution_privileges(&status_with_caps(1 << CAP_BPF));
         assert_status(&check, Status::Warn);
         assert!(check.message.contains("CAP_SYS_PTRACE"), "{check}");
-        let both = (1 << crate::caps::CAP_DAC_READ_SEARCH) | (1 << crate::caps::CAP_SYS_PTRACE);
+        let both = (1 << CAP_DAC_READ_SEARCH) | (1 << CAP_SYS_PTRACE);
         assert_status(
             &check_attribution_privileges(&status_with_caps(both)),
             Status::Ok,

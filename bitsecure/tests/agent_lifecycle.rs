@@ -5,14 +5,13 @@
 mod support;
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use support::{
-    Agent, TestCgroup, TestNet, install_generator, run_generator, scratch_dir, sh,
-    traffic_by_process,
+    Agent, TestCgroup, TestNet, install_generator, run_generator, scratch_dir, traffic_by_process,
 };
 
 fn agent_command(config_text: &str, name: &str) -> (Command, PathBuf) {
@@ -78,40 +77,21 @@ fn missing_cgroup_path_is_a_clear_error() {
     assert!(stderr.contains("no-such-slice"), "{stderr}");
 }
 
-/// Programs of ours attached to `cgroup`, as bpftool (an independent view) lists them.
-fn our_attached_programs(cgroup: &Path) -> usize {
-    let listing = sh("bpftool", &["cgroup", "show", cgroup.to_str().unwrap()]);
-    listing
-        .lines()
-        .filter(|line| {
-            [
-                "count_egress",
-                "count_ingress",
-                "record_owner",
-                "mark_released",
-                "mark_passive",
-            ]
-            .iter()
-            .any(|name| line.contains(name))
-        })
-        .count()
-}
-
 #[test]
 fn shutdown_detaches_every_program() {
     support::require_root();
     let root_cgroup = support::cgroup2_mount();
-    let before = our_attached_programs(&root_cgroup);
+    let before = support::attached_programs(&root_cgroup);
     let agent = Agent::start();
     assert_eq!(
-        our_attached_programs(&root_cgroup),
+        support::attached_programs(&root_cgroup),
         before + 5,
         "five programs attached"
     );
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
     assert_eq!(
-        our_attached_programs(&root_cgroup),
+        support::attached_programs(&root_cgroup),
         before,
         "programs left attached"
     );

@@ -21,7 +21,7 @@ use std::{
     collections::VecDeque,
     ffi::{CString, OsStr, OsString},
     io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::{ffi::OsStrExt as _, fs::PermissionsExt as _, process::CommandExt as _},
@@ -33,20 +33,12 @@ use std::{
 };
 
 use support::{
-    Agent, Sample, Spawned, TestCgroup, TestNet, install_generator, require_root, run_generator,
-    scratch_dir, spawn_until, sum_metric, traffic_by_process,
+    Agent, Sample, Spawned, TestCgroup, TestNet, free_port, install_generator, require_root,
+    run_generator, scratch_dir, spawn_until, sum_metric, traffic_by_process,
 };
 
 fn bitsecure() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bitsecure"))
-}
-
-/// A port nothing listens on (free when this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// An empty directory of its own for one test.

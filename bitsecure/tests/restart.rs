@@ -67,24 +67,7 @@ impl Setup {
 
     /// Programs attached to the test cgroup, as the kernel lists them.
     fn attached(&self) -> usize {
-        let output = support::sh(
-            "bpftool",
-            &["cgroup", "show", &self.cgroup.path.display().to_string()],
-        );
-        output
-            .lines()
-            .filter(|line| {
-                [
-                    "count_egress",
-                    "count_ingress",
-                    "record_owner",
-                    "mark_released",
-                    "mark_passive",
-                ]
-                .iter()
-                .any(|name| line.contains(name))
-            })
-            .count()
+        support::attached_programs(&self.cgroup.path)
     }
 
     fn uninstall(&self) -> std::process::Output {

@@ -33,7 +33,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::ptr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -591,20 +591,31 @@ fn tcp_client(args: &TcpArgs, timeout: Duration) -> Result<()> {
     let ops: Vec<bool> = (0..args.connections)
         .flat_map(|_| directions.into_iter().flatten())
         .collect();
-    let next = AtomicUsize::new(0);
+    in_parallel(args.parallel, ops.len() as u64, |i| {
+        if ops[i as usize] {
+            connect(args.connect, timeout)
+                .and_then(|s| upload(&s, args.upload, args.method, file.as_ref()))
+        } else {
+            download(args.connect, args.download, timeout)
+        }
+    })
+}
+
+/// Runs `job(0)` .. `job(jobs - 1)` on `workers` threads, each taking the next index; the
+/// first error stops the remaining jobs and is returned.
+fn in_parallel(workers: u64, jobs: u64, job: impl Fn(u64) -> Result<()> + Sync) -> Result<()> {
+    let next = AtomicU64::new(0);
     let first_error = Mutex::new(None);
     thread::scope(|scope| {
-        for _ in 0..(args.parallel as usize).min(ops.len()) {
+        for _ in 0..workers.min(jobs) {
             scope.spawn(|| {
-                while let Some(&is_upload) = ops.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let result = if is_upload {
-                        connect(args.connect, timeout)
-                            .and_then(|s| upload(&s, args.upload, args.method, file.as_ref()))
-                    } else {
-                        download(args.connect, args.download, timeout)
-                    };
-                    if let Err(e) = result {
-                        next.store(ops.len(), Ordering::Relaxed); // stop the other workers
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= jobs {
+                        break;
+                    }
+                    if let Err(e) = job(i) {
+                        next.store(jobs, Ordering::Relaxed); // stop the other workers
                         first_error
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -698,41 +709,18 @@ fn churn(args: &ChurnArgs, timeout: Duration) -> Result<()> {
         args.per_second >= 0.0 && args.per_second.is_finite(),
         "--per-second must be a finite rate (0 = unpaced)"
     );
-    let next = AtomicU64::new(0);
-    let first_error = Mutex::new(None);
     let servers = &args.connect;
     let start = Instant::now();
-    thread::scope(|scope| {
-        for _ in 0..args.parallel.min(args.connections) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= args.connections {
-                        break;
-                    }
-                    if args.per_second > 0.0 {
-                        let due = start + Duration::from_secs_f64(i as f64 / args.per_second);
-                        thread::sleep(due.saturating_duration_since(Instant::now()));
-                    }
-                    let server = servers[(i % servers.len() as u64) as usize];
-                    let result = connect(server, timeout)
-                        .and_then(|s| upload(&s, args.upload, Method::Write, None))
-                        .with_context(|| format!("connection #{i} to {server}"));
-                    if let Err(e) = result {
-                        next.store(args.connections, Ordering::Relaxed); // stop the others
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get_or_insert(e);
-                    }
-                }
-            });
+    in_parallel(args.parallel, args.connections, |i| {
+        if args.per_second > 0.0 {
+            let due = start + Duration::from_secs_f64(i as f64 / args.per_second);
+            thread::sleep(due.saturating_duration_since(Instant::now()));
         }
-    });
-    first_error
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
-        .map_or(Ok(()), Err)
+        let server = servers[(i % servers.len() as u64) as usize];
+        connect(server, timeout)
+            .and_then(|s| upload(&s, args.upload, Method::Write, None))
+            .with_context(|| format!("connection #{i} to {server}"))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -578,7 +578,8 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on (free when this returns).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("free port")
@@ -723,4 +724,26 @@ impl Drop for TestCgroup {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Programs of ours attached to `cgroup`, as bpftool (an independent view) lists them.
+pub fn attached_programs(cgroup: &Path) -> usize {
+    let listing = sh(
+        "bpftool",
+        &["cgroup", "show", &cgroup.display().to_string()],
+    );
+    listing
+        .lines()
+        .filter(|line| {
+            [
+                "count_egress",
+                "count_ingress",
+                "record_owner",
+                "mark_released",
+                "mark_passive",
+            ]
+            .iter()
+            .any(|name| line.contains(name))
+        })
+        .count()
 }
