@@ -10,6 +10,8 @@ use std::{
     net::IpAddr,
 };
 
+use crate::names::{App, Source};
+
 /// Label value for remotes folded away by the cardinality limits.
 pub const OTHER_REMOTE: &str = "other";
 
@@ -63,7 +65,19 @@ pub struct FlowDelta {
     /// Service port (see [`crate::poller::service_port`]); `None` for protocols without ports.
     pub port: Option<u16>,
     pub protocol: u8,
+    /// Application protocol of the flow, from its first payload bytes.
+    pub app: App,
+    /// What the remote is called, as this host learnt it (DNS answer, TLS SNI, HTTP Host).
+    pub name: Option<RemoteName>,
     pub traffic: Traffic,
+}
+
+/// A name of a remote endpoint and where it was learnt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteName {
+    /// Lowercase host name, no trailing dot.
+    pub name: String,
+    pub source: Source,
 }
 
 /// Label values of one exported series.
@@ -73,11 +87,19 @@ pub struct SeriesKey {
     pub remote: String,
     pub port: String,
     pub protocol: String,
+    /// [`App::as_str`] of the flows in the series.
+    pub app: String,
 }
 
 impl SeriesKey {
-    pub fn labels(&self) -> [&str; 4] {
-        [&self.process, &self.remote, &self.port, &self.protocol]
+    pub fn labels(&self) -> [&str; 5] {
+        [
+            &self.process,
+            &self.remote,
+            &self.port,
+            &self.protocol,
+            &self.app,
+        ]
     }
 }
 
@@ -118,6 +140,7 @@ impl FlowTable {
                 remote: remote_label(delta.remote),
                 port: delta.port.map(|port| port.to_string()).unwrap_or_default(),
                 protocol: protocol_label(delta.protocol),
+                app: delta.app.as_str().to_owned(),
             };
             let known = self.series.contains_key(&key);
             let room = self.series.len() < self.max_series;
@@ -200,6 +223,8 @@ mod tests {
             remote: remote.parse().unwrap(),
             port,
             protocol,
+            app: crate::names::App::Unknown,
+            name: None,
             traffic: Traffic {
                 sent_bytes: bytes,
                 received_bytes: bytes / 2,
@@ -296,7 +321,8 @@ mod tests {
                 process: "scan".into(),
                 remote: "10.0.0.1".into(),
                 port: "1".into(),
-                protocol: "tcp".into()
+                protocol: "tcp".into(),
+                app: "unknown".into(),
             }]
                 .sent_bytes,
             17
@@ -310,6 +336,8 @@ mod tests {
             delta("a", "::1", None, 58, 8),
             delta("a", "::1", None, 58, 2),
             FlowDelta {
+                app: crate::names::App::Unknown,
+                name: None,
                 traffic: Traffic::default(),
                 ..delta("b", "::1", None, 58, 0)
             },

@@ -16,7 +16,7 @@ use prometheus::{
 use crate::flow_table::{SeriesKey, Traffic};
 
 /// Labels of every traffic counter.
-pub const TRAFFIC_LABELS: [&str; 4] = ["process", "remote", "port", "protocol"];
+pub const TRAFFIC_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
 
 /// Name and help text of the four traffic counters, in exposition order.
 const TRAFFIC_COUNTERS: [(&str, &str); 4] = [
@@ -422,6 +422,7 @@ mod tests {
             remote: "10.0.0.1".into(),
             port: "3333".into(),
             protocol: "tcp".into(),
+            app: "stratum".into(),
         };
         let traffic = Traffic {
             sent_bytes: 100,

@@ -131,6 +131,7 @@ impl Poller {
                 protocol: key.protocol,
                 counters: *counters,
                 port: *port,
+                app: crate::names::App::Unknown.as_str().to_owned(),
             })
             .collect();
         (flows, self.last_stats.to_vec())
@@ -230,6 +231,8 @@ impl Poller {
                 remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
                 port,
                 protocol: key.protocol,
+                app: crate::names::App::Unknown,
+                name: None,
                 traffic: new,
             });
         }

@@ -47,6 +47,13 @@ pub struct SeenFlow {
     pub counters: Traffic,
     /// The service port chosen for it.
     pub port: Option<u16>,
+    /// The application class chosen for it (absent in states of agents before names).
+    #[serde(default = "unknown_app")]
+    pub app: String,
+}
+
+fn unknown_app() -> String {
+    crate::names::App::Unknown.as_str().to_owned()
 }
 
 /// An exported traffic series and its totals.
@@ -56,6 +63,8 @@ pub struct SavedSeries {
     pub remote: String,
     pub port: String,
     pub protocol: String,
+    #[serde(default = "unknown_app")]
+    pub app: String,
     pub traffic: Traffic,
 }
 
@@ -79,6 +88,7 @@ impl SavedSeries {
             remote: key.remote.clone(),
             port: key.port.clone(),
             protocol: key.protocol.clone(),
+            app: key.app.clone(),
             traffic: *traffic,
         }
     }
@@ -89,6 +99,7 @@ impl SavedSeries {
             remote: self.remote.clone(),
             port: self.port.clone(),
             protocol: self.protocol.clone(),
+            app: self.app.clone(),
         }
     }
 }
@@ -212,6 +223,7 @@ mod tests {
                     sent_packets: 1,
                     received_packets: 2,
                 },
+                app: "tls".into(),
                 port: Some(443),
             }],
             kernel_stats: vec![0, 1, 2],

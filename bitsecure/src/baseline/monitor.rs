@@ -398,6 +398,8 @@ mod tests {
             remote: remote.parse().unwrap(),
             port: Some(port),
             protocol: 6,
+            app: crate::names::App::Unknown,
+            name: None,
             traffic: Traffic {
                 sent_bytes: sent,
                 received_bytes: received,

@@ -14,7 +14,10 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// What a flow speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum App {
     /// Stratum V1 (`mining.subscribe` ...) or the JSON-RPC stratum of xmrig and Monero pools
     /// (`login` / `job` / `submit`), newline-delimited JSON over TCP.
@@ -52,6 +55,11 @@ impl App {
             App::Dns => "dns",
             App::Unknown => "unknown",
         }
+    }
+
+    /// The class named `text` ([`App::as_str`] form).
+    pub fn parse(text: &str) -> Option<App> {
+        App::ALL.into_iter().find(|app| app.as_str() == text)
     }
 }
 

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Where a name was learnt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// A DNS response the host received.
     Dns,
