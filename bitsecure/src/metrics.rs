@@ -433,7 +433,7 @@ mod tests {
         metrics.add_traffic(&key, &traffic);
         metrics.add_traffic(&key, &traffic);
         let text = metrics.render().unwrap();
-        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp"}"#;
+        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp",app="stratum"}"#;
         for (name, value) in [
             ("bitsecure_sent_bytes_total", 200),
             ("bitsecure_received_bytes_total", 400),
