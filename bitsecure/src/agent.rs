@@ -408,11 +408,16 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
         ticker.tick().await;
         poll_once(&mut poller, &metrics);
         let mut interrupted = false;
+        // Payload events are read between polls too, so the kernel's ring buffer keeps up.
+        let mut event_ticker = tokio::time::interval(CONTROL_LATENCY);
         for _ in 0..steps {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                _ = sigint.recv() => { interrupted = true; }
-                _ = sigterm.recv() => { interrupted = true; }
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => break,
+                    _ = event_ticker.tick() => poller.read_events(&metrics),
+                    _ = sigint.recv() => { interrupted = true; break; }
+                    _ = sigterm.recv() => { interrupted = true; break; }
+                }
             }
             if interrupted {
                 break;

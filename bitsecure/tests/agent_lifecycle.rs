@@ -356,6 +356,20 @@ fn capabilities_are_dropped_after_attaching() {
             .unwrap_or_else(|| panic!("no {key} in {text}"));
         u64::from_str_radix(hex.trim(), 16).unwrap()
     };
+    // A new thread names itself once running: until then the poller shows as "bitsecure".
+    let poller_named = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "poller")
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !poller_named() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let main = status(format!("/proc/{pid}/status"));
     for key in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
         assert_eq!(field(&main, key), 0, "main (HTTP) thread {key}\n{main}");
