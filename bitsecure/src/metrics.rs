@@ -131,7 +131,7 @@ impl Metrics {
         )?;
         let traffic_series = IntGauge::new(
             "bitsecure_traffic_series",
-            "Number of (process, remote, port, protocol) series exported.",
+            "Number of (process, remote, port, protocol, app) series exported.",
         )?;
         let traffic_series_limit = IntGauge::new(
             "bitsecure_traffic_series_limit",

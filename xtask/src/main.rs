@@ -13,6 +13,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// Random cases per parser property in the fuzzing run of `cargo xtask test` (proptest's
+/// default is 256).
+const PARSER_FUZZ_CASES: &str = "10000";
+
 #[derive(Parser)]
 #[command(about = "BitSecure project tasks")]
 struct Cli {
@@ -100,6 +104,14 @@ fn main() -> anyhow::Result<()> {
                     "warnings",
                 ],
             )?;
+            // The parsers of hostile packet bytes (DNS, TLS, HTTP, app classes) get a bounded
+            // fuzzing run: their property tests with 40x the usual random cases (~30 s).
+            util::cargo_test_with_env(
+                &root,
+                &["test", "--package", "bitsecure", "--lib", "names::"],
+                &[("PROPTEST_CASES", PARSER_FUZZ_CASES)],
+            )
+            .context("parser property tests (fuzzing run) failed")?;
             let mut test = vec!["test", "--workspace", "--exclude", "bitsecure-ebpf"];
             if !args.is_empty() {
                 test.push("--");

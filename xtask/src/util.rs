@@ -60,8 +60,17 @@ pub fn exec(mut command: Command) -> anyhow::Result<()> {
 /// Runs `cargo test ARGS`, passing its output through, and ends with one summary line over all
 /// test binaries ("N passed, N failed"), so the last line tells the whole run.
 pub fn cargo_test(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    cargo_test_with_env(root, args, &[])
+}
+
+/// [`cargo_test`] with extra environment variables.
+pub fn cargo_test_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut command = Command::new("cargo");
-    command.args(args).current_dir(root).stdout(Stdio::piped());
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .stdout(Stdio::piped());
     let shown = format!("{command:?}");
     let mut child = command
         .spawn()
