@@ -66,6 +66,10 @@ pub struct ReporterArgs {
     /// Reports to send; 0 = until killed. A finite reporter fails if a report fails.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// Host header of the requests (the agent names the remote after it); default: the
+    /// address.
+    #[arg(long)]
+    host: Option<String>,
 }
 
 #[derive(Args)]
@@ -258,7 +262,8 @@ fn accept_report(stream: TcpStream) -> Result<()> {
 pub fn reporter(args: &ReporterArgs) -> Result<()> {
     let mut sent = 0;
     loop {
-        match post_report(args.to, args.bytes) {
+        let host = args.host.clone().unwrap_or_else(|| args.to.to_string());
+        match post_report(args.to, &host, args.bytes) {
             Ok(()) => {}
             Err(error) if args.count == 0 => eprintln!("reporter: {error:#}"),
             Err(error) => return Err(error),
@@ -271,12 +276,12 @@ pub fn reporter(args: &ReporterArgs) -> Result<()> {
     }
 }
 
-fn post_report(to: SocketAddr, bytes: u64) -> Result<()> {
+fn post_report(to: SocketAddr, host: &str, bytes: u64) -> Result<()> {
     let mut stream =
         TcpStream::connect(to).with_context(|| format!("cannot reach the monitor at {to}"))?;
     write!(
         stream,
-        "POST /api/v1/report HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/json\r\n\
+        "POST /api/v1/report HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {bytes}\r\nConnection: close\r\n\r\n"
     )?;
     // A stats document padded to the requested size.

@@ -31,6 +31,8 @@ pub const INTRUDER: &str = "backdoor";
 
 const POOL_PORT: u16 = 3333;
 const MONITOR_PORT: u16 = 8080;
+/// Host name the reporter sends: the agent names the monitor after it.
+const MONITOR_NAME: &str = "monitor.rig.example";
 const INTRUDER_PORT: u16 = 4444;
 /// Real-life timings, divided by the time scale.
 const JOB_CYCLE: Duration = Duration::from_secs(300);
@@ -328,6 +330,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
             "1500",
             "--every-ms",
             &cycle_ms,
+            "--host",
+            MONITOR_NAME,
         ],
     )?;
     for (name, every, port, bytes) in [
@@ -406,6 +410,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                     "2000000",
                     "--count",
                     "1",
+                    "--host",
+                    "drop.exfil.example",
                 ],
             )?,
             "burst" => lab.run_on_rig(
@@ -418,6 +424,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                     "30000000",
                     "--count",
                     "1",
+                    "--host",
+                    MONITOR_NAME,
                 ],
             )?,
             _ => lab.stop(MINER)?,
