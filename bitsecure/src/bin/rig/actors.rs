@@ -279,11 +279,12 @@ pub fn reporter(args: &ReporterArgs) -> Result<()> {
 fn post_report(to: SocketAddr, host: &str, bytes: u64) -> Result<()> {
     let mut stream =
         TcpStream::connect(to).with_context(|| format!("cannot reach the monitor at {to}"))?;
-    write!(
-        stream,
+    // One write, as real HTTP clients do: the agent reads the Host from the first packet.
+    let head = format!(
         "POST /api/v1/report HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
          Content-Length: {bytes}\r\nConnection: close\r\n\r\n"
-    )?;
+    );
+    stream.write_all(head.as_bytes())?;
     // A stats document padded to the requested size.
     let head = br#"{"rig":"rig01","hashrate_khs":123.4,"temperatures":[61,63,60],"pad":""#;
     let head = &head[..head.len().min(bytes as usize)];
