@@ -12,12 +12,27 @@ pub mod map_names {
     pub const SOCKETS: &str = "SOCKETS";
     /// Per-CPU array of `u64` event counters, indexed by [`Stat`](crate::Stat).
     pub const STATS: &str = "STATS";
+    /// Ring buffer of [`PayloadEvent`](crate::PayloadEvent)s.
+    pub const EVENTS: &str = "EVENTS";
 }
 
 /// Default capacity of the `FLOWS` map (entries; the agent may override it at load time).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
 pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
+
+/// Default size of the `EVENTS` ring buffer in bytes (a power of two, at least a page; the agent
+/// may override it at load time).
+pub const DEFAULT_EVENT_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Most payload bytes one [`PayloadEvent`] carries: enough for a DNS response without EDNS
+/// padding, a TLS ClientHello up to its server name, an HTTP request line and headers.
+pub const EVENT_PAYLOAD_MAX: usize = 1024;
+
+/// [`PayloadEvent::kind`]: a DNS message received from port 53 (every one is handed over).
+pub const EVENT_DNS: u8 = 1;
+/// [`PayloadEvent::kind`]: the first payload of a flow in one direction (once per CPU).
+pub const EVENT_FIRST_PAYLOAD: u8 = 2;
 
 /// Direction of a packet relative to this host.
 pub const DIRECTION_EGRESS: u8 = 1;
@@ -64,7 +79,29 @@ pub struct FlowCounters {
     pub rx_packets: u64,
     /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`]: the first packet this CPU saw for the flow.
     pub first_direction: u8,
-    pub _pad: [u8; 7],
+    /// The directions (bit mask of [`DIRECTION_EGRESS`] and [`DIRECTION_INGRESS`]) whose first
+    /// payload this CPU has handed over as an [`EVENT_FIRST_PAYLOAD`] event (or tried to).
+    pub sampled: u8,
+    pub _pad: [u8; 6],
+}
+
+/// The first bytes of a packet's payload, handed to the agent through the `EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PayloadEvent {
+    /// The flow the packet belongs to.
+    pub key: FlowKey,
+    /// Payload bytes in the packet (transport header excluded).
+    pub payload_len: u32,
+    /// Bytes of `data` filled in: `min(payload_len, EVENT_PAYLOAD_MAX)`.
+    pub captured_len: u32,
+    /// [`EVENT_DNS`] or [`EVENT_FIRST_PAYLOAD`].
+    pub kind: u8,
+    /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`].
+    pub direction: u8,
+    pub _pad: [u8; 6],
+    /// The first `captured_len` payload bytes.
+    pub data: [u8; EVENT_PAYLOAD_MAX],
 }
 
 /// Who created (or, for sockets older than the agent, closed) a socket, and its TCP role.
@@ -100,22 +137,29 @@ pub enum Stat {
     SocketInsertFailed = 1,
     /// Packets whose IP header could not be read (counted with len only, no endpoint).
     MalformedPackets = 2,
+    /// Events not handed over because the `EVENTS` ring buffer was full.
+    EventsDropped = 3,
 }
 
 impl Stat {
     /// Number of entries of the `STATS` array.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
     /// All stats, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::FlowInsertFailed,
         Stat::SocketInsertFailed,
         Stat::MalformedPackets,
+        Stat::EventsDropped,
     ];
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketOwner>() == 56);
+const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + EVENT_PAYLOAD_MAX);
+// The kernel's ring buffer reserves 8-byte aligned records.
+const _: () = assert!(core::mem::align_of::<PayloadEvent>() <= 8);
+const _: () = assert!(EVENT_PAYLOAD_MAX.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {
@@ -125,4 +169,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PayloadEvent {}
 }

@@ -10,6 +10,12 @@
 //! - `mark_passive` (sock_ops): flag TCP listeners and the connections they accept, so the
 //!   agent labels them with the local (service) port even after the listener is gone.
 //!
+//!
+//! The counting programs also hand two kinds of payload bytes to the agent through a ring
+//! buffer, for naming remotes and classifying applications: every DNS message received from
+//! port 53, and the first payload of each flow in each direction. Per packet that costs one
+//! byte test once a flow's first payloads are handed over.
+//!
 //! Every program always allows the packet or socket: BitSecure observes, it never filters.
 //! Everything that is not packet access (naming, aggregation, statistics) lives in userspace.
 #![no_std]
@@ -22,16 +28,17 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
-        generated::bpf_ktime_get_boot_ns,
+        generated::bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes,
     },
     macros::{cgroup_skb, cgroup_sock, map, sock_ops},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SkBuffContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
 use bitsecure_common::{
-    DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS,
-    FlowCounters, FlowKey, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, SocketOwner, Stat,
+    DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS,
+    DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX, FlowCounters, FlowKey,
+    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
 };
 
 /// Per-flow counters (bytes are L3 wire bytes, packets are wire packets), one slot per CPU.
@@ -47,6 +54,10 @@ static SOCKETS: HashMap<u64, SocketOwner> = HashMap::with_max_entries(DEFAULT_SO
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 
+/// Payload bytes for the agent ([`PayloadEvent`]s): DNS responses and first payloads of flows.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
+
 /// cgroup_skb: 1 lets the packet through. These programs never return anything else.
 const SKB_PASS: i32 = 1;
 /// cgroup/sock: 1 lets the socket operation proceed.
@@ -60,6 +71,8 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
+/// Responses from this remote port are DNS messages, handed over whole (up to the event size).
+const DNS_PORT: u16 = 53;
 /// The loopback device has this ifindex in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 /// IPv6 extension headers we step over to find the transport protocol.
@@ -69,6 +82,8 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTS: u8 = 60;
 /// Enough for any real packet; bounded so the verifier sees a finite loop.
 const MAX_IPV6_EXT_HEADERS: usize = 4;
+/// Largest transport header offset: an IPv6 header and 4 extension headers of 2048 bytes.
+const MAX_L4_OFFSET: u32 = 40 + 4 * 2048;
 
 #[cgroup_skb(egress)]
 pub fn count_egress(ctx: SkBuffContext) -> i32 {
@@ -173,6 +188,8 @@ struct PacketInfo {
     /// IP header + transport header length: the bytes every GSO segment repeats (only exact
     /// for segmented packets, the only ones it is used for).
     header_len: u32,
+    /// Offset of the transport header; 0 when it is not readable (fragments, no ports).
+    l4_offset: u32,
 }
 
 fn count_packet(ctx: &SkBuffContext, direction: u8) {
@@ -203,15 +220,122 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
                     ..FlowKey::default()
                 },
                 header_len: 0,
+                l4_offset: 0,
             }
         }
     };
 
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
-    add_to_flow(&info.key, direction, wire_bytes, segments as u64);
+    if let Some(counters) = add_to_flow(&info.key, direction, wire_bytes, segments as u64)
+        && info.l4_offset != 0
+    {
+        inspect_payload(ctx, &info, counters, direction, len);
+    }
 }
 
-fn add_to_flow(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
+/// Hands the payload to the agent if it is a DNS response or the flow's first payload in this
+/// direction (on this CPU). Packets without payload (handshakes, bare ACKs) do not count.
+#[inline(always)]
+fn inspect_payload(
+    ctx: &SkBuffContext,
+    info: &PacketInfo,
+    counters: *mut FlowCounters,
+    direction: u8,
+    len: u32,
+) {
+    let protocol = info.key.protocol;
+    let dns = direction == DIRECTION_INGRESS
+        && info.key.remote_port == DNS_PORT
+        && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP);
+    // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
+    let sampled = unsafe { (*counters).sampled };
+    if !dns && sampled & direction != 0 {
+        return;
+    }
+    // Bounded again here: the verifier only allows packet offsets it can bound.
+    let l4_offset = info.l4_offset;
+    if l4_offset > MAX_L4_OFFSET {
+        return;
+    }
+    let payload_offset = match protocol {
+        IPPROTO_UDP => l4_offset + 8,
+        IPPROTO_TCP => match load::<[u8; 2]>(ctx, l4_offset as usize + 12) {
+            Some(data_offset) => l4_offset + ((data_offset[0] >> 4) as u32) * 4,
+            None => return,
+        },
+        _ => return,
+    };
+    if len <= payload_offset {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*counters).sampled = sampled | direction };
+    let kind = if dns { EVENT_DNS } else { EVENT_FIRST_PAYLOAD };
+    hand_over(
+        ctx,
+        &info.key,
+        kind,
+        direction,
+        payload_offset,
+        len - payload_offset,
+    );
+}
+
+/// Copies up to [`EVENT_PAYLOAD_MAX`] payload bytes into a ring buffer event; a full ring buffer
+/// is counted, never waited for.
+#[inline(always)]
+fn hand_over(
+    ctx: &SkBuffContext,
+    key: &FlowKey,
+    kind: u8,
+    direction: u8,
+    payload_offset: u32,
+    payload_len: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<PayloadEvent>(0) else {
+        bump(Stat::EventsDropped);
+        return;
+    };
+    let captured = payload_len.min(EVENT_PAYLOAD_MAX as u32);
+    // The verifier must see 1..=EVENT_PAYLOAD_MAX on the very register handed to the helper.
+    // LLVM drops checks it can prove redundant, so hide the range from it first.
+    // SAFETY: a read of a local.
+    let captured = unsafe { core::ptr::read_volatile(&captured) };
+    if captured == 0 || captured > EVENT_PAYLOAD_MAX as u32 {
+        entry.discard(0);
+        return;
+    }
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points to a reserved record of size_of::<PayloadEvent>() bytes; the copy
+    // writes 1..=EVENT_PAYLOAD_MAX bytes into its `data` array.
+    let copied = unsafe {
+        (*event).key = *key;
+        (*event).payload_len = payload_len;
+        (*event).captured_len = captured;
+        (*event).kind = kind;
+        (*event).direction = direction;
+        (*event)._pad = [0; 6];
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            payload_offset,
+            (*event).data.as_mut_ptr().cast(),
+            captured,
+        )
+    };
+    if copied == 0 {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+    }
+}
+
+/// Adds a packet to its flow; returns this CPU's counters of the flow (None if the map is full).
+fn add_to_flow(
+    key: &FlowKey,
+    direction: u8,
+    bytes: u64,
+    packets: u64,
+) -> Option<*mut FlowCounters> {
     let counters = match FLOWS.get_ptr_mut(key) {
         Some(counters) => counters,
         None => {
@@ -225,7 +349,7 @@ fn add_to_flow(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
                 Some(counters) => counters,
                 None => {
                     bump(Stat::FlowInsertFailed);
-                    return;
+                    return None;
                 }
             }
         }
@@ -240,6 +364,7 @@ fn add_to_flow(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
             (*counters).rx_packets += packets;
         }
     }
+    Some(counters)
 }
 
 fn bump(stat: Stat) {
@@ -292,7 +417,9 @@ fn read_headers(
     key.protocol = protocol;
 
     let mut header_len = l4_offset as u32;
+    let mut transport_offset = 0;
     if !fragment_tail && has_ports(protocol) {
+        transport_offset = l4_offset as u32;
         let ports: [u8; 4] = load(ctx, l4_offset)?;
         let source = u16::from_be_bytes([ports[0], ports[1]]);
         let destination = u16::from_be_bytes([ports[2], ports[3]]);
@@ -311,7 +438,11 @@ fn read_headers(
             8
         };
     }
-    Some(PacketInfo { key, header_len })
+    Some(PacketInfo {
+        key,
+        header_len,
+        l4_offset: transport_offset,
+    })
 }
 
 /// Walks IPv6 extension headers; returns (transport protocol, its offset, non-first fragment).

@@ -27,6 +27,7 @@ use crate::{
     http,
     kernel::{self, AttachedPrograms, KernelLogger, MapCapacities},
     metrics::Metrics,
+    naming::Naming,
     pinning::{Found, MapShape, PinDir},
     poller::{PollReport, Poller},
     state::{self, AgentState, SavedSeries, StateFile},
@@ -190,6 +191,13 @@ fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> {
             value_size: size_of::<u64>() as u32,
             max_entries: Stat::COUNT,
         },
+        // A ring buffer has no keys or values; its size is its capacity.
+        MapShape {
+            name: map_names::EVENTS,
+            key_size: 0,
+            value_size: 0,
+            max_entries: config.names.ring_buffer_bytes,
+        },
     ];
     let (pins, found) = PinDir::open(Path::new(&config.kernel.pin_path), &shapes)?;
     match &found {
@@ -278,6 +286,7 @@ fn attach(
     let capacities = MapCapacities {
         flows: config.kernel.flow_capacity,
         sockets: config.kernel.socket_capacity,
+        event_bytes: config.names.ring_buffer_bytes,
     };
     let (programs, maps, kernel_logger) = kernel::load_and_attach(
         cgroup,
@@ -295,13 +304,18 @@ fn attach(
     metrics
         .traffic_series_limit
         .set(config.metrics.max_series as i64);
+    metrics.names_limit.set(config.names.max_entries as i64);
     let table = FlowTable::new(config.metrics.max_remotes, config.metrics.max_series);
-    let mut poller = Poller::new(maps, table, config.poll_interval())?;
+    let naming = Naming::new(config.names.max_entries);
+    let mut poller = Poller::new(maps, table, naming, config.poll_interval())?;
     if let Some(persistence) = persistence {
         resume(persistence, &mut poller, metrics);
     }
     Ok((programs, poller, kernel_logger))
 }
+
+/// Longest a control (reload, stop) waits for the poller thread.
+const CONTROL_LATENCY: Duration = Duration::from_millis(100);
 
 /// Polls every `interval` until the control channel closes, then once more.
 fn poll_loop(
@@ -314,14 +328,21 @@ fn poll_loop(
 ) {
     let mut next_poll = Instant::now();
     loop {
-        let wait = next_poll.saturating_duration_since(Instant::now());
-        match controls.recv_timeout(wait) {
+        match controls.try_recv() {
             Ok(Control::Reload) => {
                 baseline.reload("SIGHUP", &metrics.baseline, unix_now());
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        }
+        let wait = next_poll.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            // Between polls, read the kernel's payload events as they come, so its ring
+            // buffer does not fill up; wake up now and then for the controls.
+            poller.wait_for_events(wait.min(CONTROL_LATENCY));
+            poller.read_events(metrics);
+            continue;
         }
         // A slow poll must not make the next ones pile up.
         next_poll = (next_poll + interval).max(Instant::now());

@@ -42,6 +42,26 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub metrics: MetricsConfig,
     pub baseline: BaselineConfig,
+    pub names: NamesConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamesConfig {
+    /// Most addresses the address → name map holds (the soonest to expire go first).
+    pub max_entries: usize,
+    /// Size of the kernel ring buffer that hands DNS responses and first payloads over, in
+    /// bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for NamesConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 65_536,
+            ring_buffer_bytes: bitsecure_common::DEFAULT_EVENT_BUFFER_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -197,6 +217,18 @@ impl Config {
         }
         if self.baseline.max_unexpected == 0 {
             return Err("baseline.max_unexpected must be at least 1".into());
+        }
+        let ring = self.names.ring_buffer_bytes;
+        if !ring.is_power_of_two() || !(4096..=1 << 30).contains(&ring) {
+            return Err(format!(
+                "names.ring_buffer_bytes = {ring}: must be a power of two between 4096 and 1073741824"
+            ));
+        }
+        if self.names.max_entries > 16 * 1024 * 1024 {
+            return Err(format!(
+                "names.max_entries = {}: must be at most 16777216",
+                self.names.max_entries
+            ));
         }
         if self.metrics.max_remotes == 0 || self.metrics.max_series == 0 {
             return Err("metrics.max_remotes and metrics.max_series must be at least 1".into());

@@ -73,7 +73,7 @@ pub struct FlowDelta {
 }
 
 /// A name of a remote endpoint and where it was learnt.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct RemoteName {
     /// Lowercase host name, no trailing dot.
     pub name: String,
@@ -183,6 +183,17 @@ impl FlowTable {
     /// Cumulative traffic per series.
     pub fn series(&self) -> &HashMap<SeriesKey, Traffic> {
         &self.series
+    }
+
+    /// Whether `remote` (as in [`FlowDelta::remote`]) has series of its own, i.e. is not
+    /// folded into `other`.
+    pub fn has_own_series(&self, remote: IpAddr) -> bool {
+        self.admitted_remotes.contains(&remote)
+    }
+
+    /// The remotes with series of their own.
+    pub fn remotes_with_own_series(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.admitted_remotes.iter().copied()
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData},
+    maps::{Map, MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, SockOps,
         links::{FdLink, PinnedLink},
@@ -41,6 +41,10 @@ pub struct KernelMaps {
     pub flows: MapData,
     pub sockets: MapData,
     pub stats: MapData,
+    /// DNS responses and first payloads of flows ([`bitsecure_common::PayloadEvent`]).
+    pub events: RingBuf<MapData>,
+    /// Size of `events` in bytes.
+    pub event_bytes: u32,
 }
 
 /// The kernel's log records (aya-log), read by the agent and passed to the `log` crate.
@@ -58,6 +62,8 @@ pub struct AttachedPrograms {
 pub struct MapCapacities {
     pub flows: u32,
     pub sockets: u32,
+    /// Size of the `EVENTS` ring buffer in bytes.
+    pub event_bytes: u32,
 }
 
 /// Fails with a clear message on kernels older than [`MINIMUM_KERNEL`].
@@ -87,9 +93,11 @@ pub fn load_and_attach(
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_names::FLOWS, capacities.flows)
-        .map_max_entries(map_names::SOCKETS, capacities.sockets);
+        .map_max_entries(map_names::SOCKETS, capacities.sockets)
+        .map_max_entries(map_names::EVENTS, capacities.event_bytes);
     if let Some(pins) = pins {
-        for name in [map_names::FLOWS, map_names::SOCKETS, map_names::STATS] {
+        // EVENTS too: programs kept attached across a restart go on writing to it.
+        for name in PINNED_MAPS {
             loader.map_pin_path(name, pins.map(name));
         }
     }
@@ -153,6 +161,12 @@ pub fn load_and_attach(
         flows: take_map(&mut ebpf, map_names::FLOWS)?,
         sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
         stats: take_map(&mut ebpf, map_names::STATS)?,
+        events: match ebpf.take_map(map_names::EVENTS) {
+            Some(map @ Map::RingBuf(_)) => RingBuf::try_from(map)?,
+            Some(_) => bail!("map {} has an unexpected type", map_names::EVENTS),
+            None => bail!("map {} missing from the eBPF object", map_names::EVENTS),
+        },
+        event_bytes: capacities.event_bytes,
     };
     let Attacher { links, pinned, .. } = attached;
     Ok((
@@ -165,6 +179,14 @@ pub fn load_and_attach(
         logger,
     ))
 }
+
+/// The maps pinned (with `kernel.pin_path`).
+pub const PINNED_MAPS: [&str; 4] = [
+    map_names::FLOWS,
+    map_names::SOCKETS,
+    map_names::STATS,
+    map_names::EVENTS,
+];
 
 /// Every program, in attach order.
 const ALL_PROGRAMS: [&str; 5] = [EGRESS, INGRESS, SOCK_CREATE, SOCK_RELEASE, SOCK_OPS];

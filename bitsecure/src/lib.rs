@@ -7,7 +7,9 @@
 //! - [`agent`] runs it all; [`commands`] are the review commands of the CLI ([`http_client`]
 //!   talks to the agent).
 //! - [`config`] and [`cgroup`] decide what to watch; [`caps`] drops privileges after attaching.
-//! - [`names`] parses DNS answers, TLS SNI, HTTP Host and app protocols into remote names.
+//! - [`names`] parses DNS answers, TLS SNI, HTTP Host and app protocols (pure);
+//!   [`naming`] applies them to the payload events the kernel hands over: remote names and
+//!   each flow's application.
 
 pub mod agent;
 pub mod baseline;
@@ -24,6 +26,7 @@ pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod names;
+pub mod naming;
 pub mod pinning;
 pub mod poller;
 pub mod sock_diag;

@@ -55,6 +55,13 @@ pub struct Metrics {
     pub traffic_series: IntGauge,
     pub traffic_series_limit: IntGauge,
     pub unattributed_sockets: IntCounter,
+    /// `(remote, name, source)` rows of `bitsecure_remote_info`, replaced at every poll.
+    remote_names: Mutex<Vec<(String, String, &'static str)>>,
+    pub kernel_events: IntCounterVec,
+    pub kernel_events_dropped: IntCounter,
+    pub dns_responses: IntCounterVec,
+    pub names: IntGauge,
+    pub names_limit: IntGauge,
 }
 
 impl Metrics {
@@ -134,8 +141,45 @@ impl Metrics {
             "bitsecure_unattributed_sockets_total",
             "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
         )?;
+        let kernel_events = IntCounterVec::new(
+            Opts::new(
+                "bitsecure_kernel_events_total",
+                "Payload events read from the kernel: kind=\"dns\" (a DNS message from port 53) or \"payload\" (the first payload of a flow).",
+            ),
+            &["kind"],
+        )?;
+        let kernel_events_dropped = IntCounter::new(
+            "bitsecure_kernel_events_dropped_total",
+            "Payload events the kernel dropped because its ring buffer was full (names.ring_buffer_bytes): some names or applications were not learnt.",
+        )?;
+        let dns_responses = IntCounterVec::new(
+            Opts::new(
+                "bitsecure_dns_responses_total",
+                "DNS messages received from port 53, by result: ok (parsed; its addresses named) or unparsable.",
+            ),
+            &["result"],
+        )?;
+        let names = IntGauge::new(
+            "bitsecure_names",
+            "Addresses in the address -> name map (learnt from DNS answers, TLS SNI and HTTP Host).",
+        )?;
+        let names_limit = IntGauge::new(
+            "bitsecure_names_limit",
+            "Cap on the address -> name map (names.max_entries); beyond it the soonest-expiring entries go.",
+        )?;
+        for kind in ["dns", "payload"] {
+            kernel_events.with_label_values(&[kind]);
+        }
+        for result in ["ok", "unparsable"] {
+            dns_responses.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(process_info.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(kernel_events.clone()),
+            Box::new(kernel_events_dropped.clone()),
+            Box::new(dns_responses.clone()),
+            Box::new(names.clone()),
+            Box::new(names_limit.clone()),
             Box::new(map_entries.clone()),
             Box::new(map_capacity.clone()),
             Box::new(map_insert_failures.clone()),
@@ -168,6 +212,12 @@ impl Metrics {
             traffic_series,
             traffic_series_limit,
             unattributed_sockets,
+            remote_names: Mutex::default(),
+            kernel_events,
+            kernel_events_dropped,
+            dns_responses,
+            names,
+            names_limit,
         })
     }
 
@@ -193,7 +243,33 @@ impl Metrics {
         // TextEncoder only writes UTF-8.
         let mut text = String::from_utf8_lossy(&buffer).into_owned();
         self.render_traffic(&mut text);
+        self.render_remote_names(&mut text);
         Ok(text)
+    }
+
+    /// Replaces the `(remote, name, source)` rows of `bitsecure_remote_info`.
+    pub fn set_remote_names(&self, rows: Vec<(String, String, &'static str)>) {
+        if let Ok(mut names) = self.remote_names.lock() {
+            *names = rows;
+        }
+    }
+
+    fn render_remote_names(&self, out: &mut String) {
+        let rows = match self.remote_names.lock() {
+            Ok(rows) => rows.clone(),
+            Err(_) => return,
+        };
+        let _ = writeln!(
+            out,
+            "# HELP bitsecure_remote_info Always 1: a name of a remote address, learnt from a DNS answer this host received (source=\"dns\"), the TLS server name (\"sni\") or HTTP Host (\"http\") of a connection it opened.\n# TYPE bitsecure_remote_info gauge"
+        );
+        for (remote, name, source) in &rows {
+            out.push_str("bitsecure_remote_info{remote=\"");
+            escape_label_value(remote, out);
+            out.push_str("\",name=\"");
+            escape_label_value(name, out);
+            let _ = writeln!(out, "\",source=\"{source}\"}} 1");
+        }
     }
 
     fn render_traffic(&self, out: &mut String) {

@@ -9,21 +9,25 @@
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
-    os::fd::AsFd as _,
+    os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, SocketOwner, Stat};
+use bitsecure_common::{
+    DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
+};
 use log::{debug, info, warn};
 
 use crate::{
     bpf_batch,
-    flow_table::{FlowDelta, FlowTable, Traffic},
+    flow_table::{FlowDelta, FlowTable, RemoteName, Traffic, remote_label},
     identity::{self, ProcessIdentity},
     kernel::KernelMaps,
     metrics::Metrics,
+    names::App,
+    naming::{AppDecision, Naming, remote_address},
     sock_diag,
     state::SeenFlow,
 };
@@ -41,6 +45,24 @@ const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
 /// [`Poller::intern`]); a packet later than this is counted as `unknown`.
 const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
 
+/// Most names exported per remote address in `bitsecure_remote_info` (a CDN address serves
+/// many names; each new connection could add one).
+const MAX_NAMES_PER_REMOTE: usize = 8;
+
+/// What the poller has accounted for of one kernel flow; decided once, so a flow's series
+/// never changes.
+#[derive(Debug, Clone, PartialEq)]
+struct Accounted {
+    /// Cumulative kernel counters as of the last poll.
+    counters: Traffic,
+    /// The service port.
+    port: Option<u16>,
+    app: App,
+    /// Known from the flow's own first bytes or the name map when it started; looked up again
+    /// while unknown. Kept for the flow's life, so an expiring DNS entry does not rename it.
+    name: Option<RemoteName>,
+}
+
 /// What is remembered of a folded socket.
 struct Retired {
     owner: Arc<ProcessIdentity>,
@@ -55,9 +77,10 @@ pub struct Poller {
     /// A closed socket is folded this long after its release, so in-flight data (TCP sends
     /// continue after close()) is counted before the entries are deleted.
     close_grace: Duration,
-    /// Cumulative kernel counters as of the last poll, and the flow's service port (decided
-    /// once, so a flow's series never changes).
-    last_seen: HashMap<FlowKey, (Traffic, Option<u16>)>,
+    /// What was accounted for of each kernel flow.
+    last_seen: HashMap<FlowKey, Accounted>,
+    /// Names and applications, from the kernel's payload events.
+    naming: Naming,
     /// Resolved owners of live sockets; one shared identity per process.
     owners: HashMap<u64, Arc<ProcessIdentity>>,
     /// The identities in use, so thousands of sockets of one process share one.
@@ -69,6 +92,8 @@ pub struct Poller {
     /// `(kernel stat, last value)` so the exported counters advance by deltas.
     last_stats: [u64; Stat::COUNT as usize],
     exported_processes: HashSet<ProcessIdentity>,
+    /// Most payload events one [`Poller::read_events`] takes: about a ring buffer's worth.
+    events_per_ring: usize,
     ephemeral_ports: (u16, u16),
     pub table: FlowTable,
 }
@@ -91,8 +116,10 @@ impl Poller {
     pub fn new(
         maps: KernelMaps,
         table: FlowTable,
+        naming: Naming,
         poll_interval: Duration,
     ) -> anyhow::Result<Self> {
+        let events_per_ring = (maps.event_bytes as usize / size_of::<PayloadEvent>()).max(1);
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
         Ok(Self {
@@ -101,12 +128,14 @@ impl Poller {
             proc_root: PathBuf::from("/proc"),
             close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
             last_seen: HashMap::new(),
+            naming,
             owners: HashMap::new(),
             identities: HashSet::new(),
             retired: HashMap::new(),
             lookup_attempts: HashMap::new(),
             last_stats: [0; Stat::COUNT as usize],
             exported_processes: HashSet::new(),
+            events_per_ring,
             ephemeral_ports: read_ephemeral_port_range(),
             table,
         })
@@ -123,15 +152,16 @@ impl Poller {
         let flows = self
             .last_seen
             .iter()
-            .map(|(key, (counters, port))| SeenFlow {
+            .map(|(key, accounted)| SeenFlow {
                 cookie: key.cookie,
                 remote_addr: key.remote_addr,
                 local_port: key.local_port,
                 remote_port: key.remote_port,
                 protocol: key.protocol,
-                counters: *counters,
-                port: *port,
-                app: crate::names::App::Unknown.as_str().to_owned(),
+                counters: accounted.counters,
+                port: accounted.port,
+                app: accounted.app.as_str().to_owned(),
+                name: accounted.name.clone(),
             })
             .collect();
         (flows, self.last_stats.to_vec())
@@ -148,7 +178,15 @@ impl Poller {
                 protocol: flow.protocol,
                 ..FlowKey::default()
             };
-            self.last_seen.insert(key, (flow.counters, flow.port));
+            self.last_seen.insert(
+                key,
+                Accounted {
+                    counters: flow.counters,
+                    port: flow.port,
+                    app: App::parse(&flow.app).unwrap_or(App::Unknown),
+                    name: flow.name.clone(),
+                },
+            );
         }
         for (last, saved) in self.last_stats.iter_mut().zip(kernel_stats) {
             *last = *saved;
@@ -159,6 +197,9 @@ impl Poller {
     pub fn poll(&mut self, metrics: &Metrics) -> anyhow::Result<PollReport> {
         let started = Instant::now();
         let now_boot = boot_time();
+        // Events first: the payload of every flow counted below is handed over before its
+        // counters are read (except for a packet racing this read: that flow waits a poll).
+        self.read_events(metrics);
 
         let flows: Vec<(FlowKey, Traffic, bool)> = bpf_batch::lookup_all::<FlowKey, FlowCounters>(
             self.maps.flows.fd().as_fd(),
@@ -197,9 +238,20 @@ impl Poller {
                 report.deferred_flows += 1;
                 continue;
             };
-            let (previous, port) = match self.last_seen.get(key).copied() {
-                Some(seen) => seen,
+            let accounted = match self.last_seen.get_mut(key) {
+                Some(accounted) => accounted,
                 None => {
+                    let released = sockets
+                        .get(&key.cookie)
+                        .is_some_and(|owner| owner.released_boot_ns != 0)
+                        || self.retired.contains_key(&key.cookie);
+                    let app = match self.naming.decide_app(key, released) {
+                        AppDecision::Decided(app) => app,
+                        AppDecision::Wait => {
+                            report.deferred_flows += 1;
+                            continue;
+                        }
+                    };
                     let role = Role {
                         passive: sockets
                             .get(&key.cookie)
@@ -215,14 +267,24 @@ impl Poller {
                         None => listening_ports.insert(self.listening_ports()),
                     };
                     let port = service_port(key, &role, listening, self.ephemeral_ports);
-                    (Traffic::default(), port)
+                    self.last_seen.entry(*key).or_insert(Accounted {
+                        counters: Traffic::default(),
+                        port,
+                        app,
+                        name: self.naming.name_of(key, started),
+                    })
                 }
             };
+            let previous = accounted.counters;
             let new = traffic.since(&previous);
-            self.last_seen.insert(*key, (*traffic, port));
+            accounted.counters = *traffic;
             if new.is_zero() {
                 continue;
             }
+            if accounted.name.is_none() {
+                accounted.name = self.naming.name_of_address(remote_address(key), started);
+            }
+            let (port, app, name) = (accounted.port, accounted.app, accounted.name.clone());
             self.export_process(&owner, metrics);
             deltas.push(FlowDelta {
                 process: owner.name.clone(),
@@ -231,13 +293,19 @@ impl Poller {
                 remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
                 port,
                 protocol: key.protocol,
-                app: crate::names::App::Unknown,
-                name: None,
+                app,
+                name,
                 traffic: new,
             });
         }
         // Entries deleted since the last poll (folded) must not be remembered.
         self.last_seen.retain(|key, _| present.contains(key));
+        // Insights are only needed until a flow is decided; a flow gone undecided needs none.
+        let last_seen = &self.last_seen;
+        self.naming.forget(
+            |key| present.contains(key) && !last_seen.contains_key(key),
+            started,
+        );
 
         let applied = self.table.apply(&deltas);
         for (series, traffic) in &applied.increments {
@@ -245,6 +313,8 @@ impl Poller {
         }
         metrics.folded_flows.inc_by(applied.folded);
         metrics.traffic_series.set(self.table.series().len() as i64);
+        metrics.set_remote_names(self.remote_names(started));
+        metrics.names.set(self.naming.len() as i64);
 
         report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
         report.deltas = deltas;
@@ -263,6 +333,70 @@ impl Poller {
             .poll_duration
             .observe(started.elapsed().as_secs_f64());
         Ok(report)
+    }
+
+    /// Waits until the kernel has payload events to read, or `timeout`.
+    pub fn wait_for_events(&self, timeout: Duration) {
+        let mut poll_fd = libc::pollfd {
+            fd: self.maps.events.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just ends
+        // the wait early.
+        unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) };
+    }
+
+    /// Reads the payload events waiting in the kernel's ring buffer: at most about one ring
+    /// buffer's worth, so a flood of DNS responses cannot keep the poller from polling.
+    pub fn read_events(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        let budget = self.events_per_ring;
+        for _ in 0..budget {
+            let Some(item) = self.maps.events.next() else {
+                break;
+            };
+            self.naming.on_event(&item, metrics, now);
+        }
+    }
+
+    /// The `(remote, name, source)` rows of `bitsecure_remote_info`: for each remote with a
+    /// series of its own, the names its live flows carry and what the name map says.
+    fn remote_names(&self, now: Instant) -> Vec<(String, String, &'static str)> {
+        let mut names: HashMap<IpAddr, HashSet<&RemoteName>> = HashMap::new();
+        for (key, accounted) in &self.last_seen {
+            let Some(name) = &accounted.name else {
+                continue;
+            };
+            let remote = IpAddr::V6(Ipv6Addr::from(key.remote_addr));
+            if self.table.has_own_series(remote) {
+                let of_remote = names.entry(remote).or_default();
+                if of_remote.len() < MAX_NAMES_PER_REMOTE {
+                    of_remote.insert(name);
+                }
+            }
+        }
+        let mut rows = Vec::new();
+        for (remote, of_remote) in names {
+            for name in of_remote {
+                rows.push((
+                    remote_label(remote),
+                    name.name.clone(),
+                    name.source.as_str(),
+                ));
+            }
+        }
+        for remote in self.table.remotes_with_own_series() {
+            if let Some(name) = self.naming.name_of_address(remote, now) {
+                let row = (remote_label(remote), name.name, name.source.as_str());
+                if !rows.contains(&row) {
+                    rows.push(row);
+                }
+            }
+        }
+        rows.sort_unstable();
+        rows
     }
 
     fn owner_of(&self, cookie: u64) -> Option<&Arc<ProcessIdentity>> {
@@ -493,6 +627,13 @@ impl Poller {
                         .inc_by(new);
                 }
                 Stat::MalformedPackets => metrics.malformed_packets.inc_by(new),
+                Stat::EventsDropped => {
+                    warn!(
+                        "{new} payload events dropped: the kernel ring buffer was full \
+                         (names.ring_buffer_bytes); some names or applications were not learnt"
+                    );
+                    metrics.kernel_events_dropped.inc_by(new);
+                }
             }
         }
         Ok(())
@@ -661,7 +802,8 @@ mod tests {
             tx_packets: 1,
             rx_packets: 2,
             first_direction: first,
-            _pad: [0; 7],
+            sampled: 0,
+            _pad: [0; 6],
         };
         let (traffic, egress_first) = sum_per_cpu(&[
             cpu(10, 0, bitsecure_common::DIRECTION_INGRESS),

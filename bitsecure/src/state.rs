@@ -50,6 +50,9 @@ pub struct SeenFlow {
     /// The application class chosen for it (absent in states of agents before names).
     #[serde(default = "unknown_app")]
     pub app: String,
+    /// The name the flow's remote was known by.
+    #[serde(default)]
+    pub name: Option<crate::flow_table::RemoteName>,
 }
 
 fn unknown_app() -> String {
@@ -224,6 +227,10 @@ mod tests {
                     received_packets: 2,
                 },
                 app: "tls".into(),
+                name: Some(crate::flow_table::RemoteName {
+                    name: "pool.example.org".into(),
+                    source: crate::names::Source::Sni,
+                }),
                 port: Some(443),
             }],
             kernel_stats: vec![0, 1, 2],

@@ -247,7 +247,7 @@ fn name_text(name: &Name) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hickory_proto::op::{MessageType, OpCode, Query};
     use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, TXT};
@@ -290,6 +290,11 @@ mod tests {
             name: name.to_string(),
             ttl,
         }
+    }
+
+    /// Wire bytes of a response mapping `qname` to one IPv4 address (for other modules' tests).
+    pub(crate) fn a_response(qname: &str, ip: [u8; 4], ttl: u32) -> Vec<u8> {
+        bytes(&response(qname, RecordType::A, vec![a(qname, ttl, ip)]))
     }
 
     fn v4(ip: [u8; 4]) -> IpAddr {

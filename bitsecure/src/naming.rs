@@ -1,0 +1,447 @@
+//! What the agent learns from the payload bytes the kernel hands over: names of remotes and the
+//! application of each flow.
+//!
+//! The kernel sends every DNS message received from port 53 and the first payload of each flow
+//! in each direction ([`PayloadEvent`]). Here DNS answers fill the address → name map, the
+//! TLS server name and HTTP Host of connections this host opened name their remote, and the
+//! first bytes classify the flow. Payload bytes are looked at once and never kept.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr},
+    time::{Duration, Instant},
+};
+
+use bitsecure_common::{DIRECTION_EGRESS, EVENT_DNS, FlowKey, PayloadEvent};
+
+use crate::{
+    flow_table::RemoteName,
+    metrics::Metrics,
+    names::{App, NameMap, NameMapConfig, Source, app::PROTO_TCP, classify, dns, http, tls},
+};
+
+/// How long a name from a TLS server name or an HTTP Host header is remembered for its
+/// address (it has no TTL of its own); it is renewed by every new connection.
+const OBSERVED_NAME_TTL: Duration = Duration::from_secs(3600);
+
+/// Polls a new TCP or UDP flow waits for its first payload before it is counted as `unknown`.
+const APP_DECISION_POLLS: u8 = 2;
+
+/// What the first payloads of a flow told so far.
+#[derive(Debug, Default)]
+struct FlowInsight {
+    /// Directions whose first payload was looked at (bit mask of `DIRECTION_*`).
+    directions: u8,
+    /// The first class other than `unknown`, if any.
+    app: Option<App>,
+    /// Server name or Host the flow asked for.
+    name: Option<RemoteName>,
+    /// Polls this flow has waited for its application to be known.
+    waited: u8,
+}
+
+/// The application of a new flow, as far as it can be decided now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppDecision {
+    Decided(App),
+    /// Its first payloads are not in yet: keep its bytes in the kernel counter one more poll.
+    Wait,
+}
+
+pub struct Naming {
+    names: NameMap,
+    /// Insights of flows the poller has not decided yet. The poller drops the others.
+    flows: HashMap<FlowKey, FlowInsight>,
+}
+
+impl Naming {
+    pub fn new(max_entries: usize) -> Self {
+        Self {
+            names: NameMap::new(NameMapConfig {
+                max_entries,
+                ..NameMapConfig::default()
+            }),
+            flows: HashMap::new(),
+        }
+    }
+
+    /// Takes in one event (raw bytes from the ring buffer).
+    pub fn on_event(&mut self, bytes: &[u8], metrics: &Metrics, now: Instant) {
+        // The kernel only writes whole events; anything shorter is not ours to read.
+        if bytes.len() < size_of::<PayloadEvent>() {
+            return;
+        }
+        // SAFETY: PayloadEvent is plain old data (integers and byte arrays only) and `bytes`
+        // holds at least size_of::<PayloadEvent>() bytes; read_unaligned copes with alignment.
+        let event: PayloadEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let captured = (event.captured_len as usize).min(event.data.len());
+        let payload = &event.data[..captured];
+        if event.kind == EVENT_DNS {
+            metrics.kernel_events.with_label_values(&["dns"]).inc();
+            self.on_dns(&event.key, payload, metrics, now);
+        } else {
+            metrics.kernel_events.with_label_values(&["payload"]).inc();
+        }
+        self.on_first_payload(&event.key, event.direction, payload, now);
+    }
+
+    fn on_dns(&mut self, key: &FlowKey, message: &[u8], metrics: &Metrics, now: Instant) {
+        let answers = if key.protocol == PROTO_TCP {
+            dns::parse_tcp_response(message)
+        } else {
+            dns::parse_response(message)
+        };
+        match answers {
+            Ok(answers) => {
+                metrics.dns_responses.with_label_values(&["ok"]).inc();
+                for answer in answers {
+                    self.names.insert(
+                        answer.address.to_canonical(),
+                        &answer.name,
+                        Source::Dns,
+                        Duration::from_secs(answer.ttl.into()),
+                        now,
+                    );
+                }
+            }
+            Err(error) => {
+                metrics
+                    .dns_responses
+                    .with_label_values(&["unparsable"])
+                    .inc();
+                log::debug!("DNS message from port 53 not used: {error}");
+            }
+        }
+    }
+
+    fn on_first_payload(&mut self, key: &FlowKey, direction: u8, payload: &[u8], now: Instant) {
+        let insight = self.flows.entry(*key).or_default();
+        // Per-CPU sampling can hand a direction over more than once: the first one counts.
+        if insight.directions & direction != 0 {
+            return;
+        }
+        insight.directions |= direction;
+        let port = Some(if direction == DIRECTION_EGRESS {
+            key.remote_port
+        } else {
+            key.local_port
+        });
+        let app = classify(payload, port, key.protocol);
+        if app != App::Unknown && insight.app.is_none() {
+            insight.app = Some(app);
+        }
+        // Only a connection this host opened names its remote: in an accepted one, the server
+        // name is this host's own.
+        if direction != DIRECTION_EGRESS {
+            return;
+        }
+        let observed = match app {
+            App::Tls => tls::client_hello_sni(payload)
+                .ok()
+                .map(|name| (name, Source::Sni)),
+            App::Http => http::request_host(payload)
+                .ok()
+                .map(|name| (name, Source::Http)),
+            _ => None,
+        };
+        // `Host: 10.0.0.2` names nothing: the address is already the remote label.
+        let observed = observed.filter(|(name, _)| !is_address(name));
+        if let Some((name, source)) = observed {
+            let address = remote_address(key);
+            self.names
+                .insert(address, &name, source, OBSERVED_NAME_TTL, now);
+            insight.name = Some(RemoteName { name, source });
+        }
+    }
+
+    /// The application of a flow seen for the first time, or `Wait`. `closing`: the socket is
+    /// closed, so no more payload will come.
+    pub fn decide_app(&mut self, key: &FlowKey, closing: bool) -> AppDecision {
+        let two_way = bitsecure_common::DIRECTION_EGRESS | bitsecure_common::DIRECTION_INGRESS;
+        let waits_for_payload = matches!(key.protocol, 6 | 17);
+        let insight = self.flows.entry(*key).or_default();
+        if let Some(app) = insight.app {
+            return AppDecision::Decided(app);
+        }
+        if !waits_for_payload
+            || closing
+            || insight.directions == two_way
+            || insight.waited >= APP_DECISION_POLLS
+        {
+            return AppDecision::Decided(App::Unknown);
+        }
+        insight.waited += 1;
+        AppDecision::Wait
+    }
+
+    /// The name the flow itself asked for (TLS server name, HTTP Host), else what the address
+    /// is called in the name map.
+    pub fn name_of(&self, key: &FlowKey, now: Instant) -> Option<RemoteName> {
+        if let Some(name) = self.flows.get(key).and_then(|insight| insight.name.clone()) {
+            return Some(name);
+        }
+        self.name_of_address(remote_address(key), now)
+    }
+
+    /// What the address is called in the name map.
+    pub fn name_of_address(&self, address: IpAddr, now: Instant) -> Option<RemoteName> {
+        self.names
+            .lookup(&address.to_canonical(), now)
+            .map(|entry| RemoteName {
+                name: entry.name.clone(),
+                source: entry.source,
+            })
+    }
+
+    /// Drops what is known of flows that are decided or gone, and expired names.
+    pub fn forget(&mut self, mut undecided: impl FnMut(&FlowKey) -> bool, now: Instant) {
+        self.flows.retain(|key, _| undecided(key));
+        self.names.expire(now);
+    }
+
+    /// Addresses named.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Flows with insights kept (bounded by the kernel's flow map: the poller drops the rest).
+    pub fn pending_flows(&self) -> usize {
+        self.flows.len()
+    }
+}
+
+/// An IP address literal (`10.0.0.2`, `::1`, `[::1]`) rather than a host name.
+fn is_address(host: &str) -> bool {
+    let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
+    unbracketed.parse::<IpAddr>().is_ok()
+}
+
+/// The flow's remote address, IPv4-mapped addresses as IPv4.
+pub fn remote_address(key: &FlowKey) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from(key.remote_addr)).to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use bitsecure_common::{DIRECTION_INGRESS, EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX};
+
+    use super::*;
+
+    fn key(remote: [u8; 4], remote_port: u16, protocol: u8) -> FlowKey {
+        let mut remote_addr = [0; 16];
+        remote_addr[10] = 0xff;
+        remote_addr[11] = 0xff;
+        remote_addr[12..].copy_from_slice(&remote);
+        FlowKey {
+            cookie: 7,
+            remote_addr,
+            local_port: 40000,
+            remote_port,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+
+    fn event(key: FlowKey, kind: u8, direction: u8, payload: &[u8]) -> Vec<u8> {
+        let mut event = PayloadEvent {
+            key,
+            payload_len: payload.len() as u32,
+            captured_len: payload.len().min(EVENT_PAYLOAD_MAX) as u32,
+            kind,
+            direction,
+            _pad: [0; 6],
+            data: [0; EVENT_PAYLOAD_MAX],
+        };
+        let captured = payload.len().min(EVENT_PAYLOAD_MAX);
+        event.data[..captured].copy_from_slice(&payload[..captured]);
+        // SAFETY: PayloadEvent is plain old data.
+        unsafe {
+            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<PayloadEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn a_stratum_login_decides_the_flow_and_later_samples_do_not_change_it() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        let flow = key([10, 0, 0, 2], 3333, 6);
+        let now = Instant::now();
+        assert_eq!(naming.decide_app(&flow, false), AppDecision::Wait);
+        let login = br#"{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"x"}}"#;
+        naming.on_event(
+            &event(flow, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, login),
+            &metrics,
+            now,
+        );
+        // Another CPU's first egress payload, mid-stream: ignored.
+        naming.on_event(
+            &event(
+                flow,
+                EVENT_FIRST_PAYLOAD,
+                DIRECTION_EGRESS,
+                b"GET / HTTP/1.1\r\n",
+            ),
+            &metrics,
+            now,
+        );
+        assert_eq!(
+            naming.decide_app(&flow, false),
+            AppDecision::Decided(App::Stratum)
+        );
+        assert_eq!(
+            metrics.kernel_events.with_label_values(&["payload"]).get(),
+            2
+        );
+    }
+
+    #[test]
+    fn an_unknown_first_payload_waits_for_the_other_direction_then_gives_up() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        let now = Instant::now();
+        let flow = key([10, 0, 0, 2], 8000, 6);
+        naming.on_event(
+            &event(
+                flow,
+                EVENT_FIRST_PAYLOAD,
+                DIRECTION_EGRESS,
+                b"\x00\x01hello",
+            ),
+            &metrics,
+            now,
+        );
+        assert_eq!(naming.decide_app(&flow, false), AppDecision::Wait);
+        // The server answers with an SSH banner: the flow is SSH.
+        naming.on_event(
+            &event(
+                flow,
+                EVENT_FIRST_PAYLOAD,
+                DIRECTION_INGRESS,
+                b"SSH-2.0-OpenSSH_9.2\r\n",
+            ),
+            &metrics,
+            now,
+        );
+        assert_eq!(
+            naming.decide_app(&flow, false),
+            AppDecision::Decided(App::Ssh)
+        );
+
+        let silent = key([10, 0, 0, 3], 8000, 6);
+        assert_eq!(naming.decide_app(&silent, false), AppDecision::Wait);
+        assert_eq!(naming.decide_app(&silent, false), AppDecision::Wait);
+        assert_eq!(
+            naming.decide_app(&silent, false),
+            AppDecision::Decided(App::Unknown)
+        );
+        // A closed socket sends nothing more: no waiting.
+        let closed = key([10, 0, 0, 4], 8000, 6);
+        assert_eq!(
+            naming.decide_app(&closed, true),
+            AppDecision::Decided(App::Unknown)
+        );
+        // ICMP carries no payload sample at all.
+        let ping = key([10, 0, 0, 5], 0, 1);
+        assert_eq!(
+            naming.decide_app(&ping, false),
+            AppDecision::Decided(App::Unknown)
+        );
+    }
+
+    #[test]
+    fn dns_answers_name_addresses_and_garbage_is_counted() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        let now = Instant::now();
+        let response = dns::tests::a_response("pool.example.org", [10, 0, 0, 9], 300);
+        let resolver = key([10, 0, 0, 53], 53, 17);
+        naming.on_event(
+            &event(resolver, EVENT_DNS, DIRECTION_INGRESS, &response),
+            &metrics,
+            now,
+        );
+        naming.on_event(
+            &event(resolver, EVENT_DNS, DIRECTION_INGRESS, b"\xff\xffgarbage"),
+            &metrics,
+            now,
+        );
+        let pool = key([10, 0, 0, 9], 3333, 6);
+        assert_eq!(
+            naming.name_of(&pool, now),
+            Some(RemoteName {
+                name: "pool.example.org".into(),
+                source: Source::Dns
+            })
+        );
+        assert_eq!(metrics.dns_responses.with_label_values(&["ok"]).get(), 1);
+        assert_eq!(
+            metrics
+                .dns_responses
+                .with_label_values(&["unparsable"])
+                .get(),
+            1
+        );
+        // The name outlives neither its TTL nor the grace period.
+        let later = now + Duration::from_secs(300 + 3600 + 1);
+        naming.forget(|_| true, later);
+        assert_eq!(naming.name_of(&pool, later), None);
+    }
+
+    #[test]
+    fn only_connections_this_host_opened_name_their_remote() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        let now = Instant::now();
+        let request = b"GET /stats HTTP/1.1\r\nHost: monitor.example.org:8080\r\n\r\n";
+        let outgoing = key([10, 0, 0, 7], 8080, 6);
+        naming.on_event(
+            &event(outgoing, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, request),
+            &metrics,
+            now,
+        );
+        assert_eq!(
+            naming.name_of(&outgoing, now),
+            Some(RemoteName {
+                name: "monitor.example.org".into(),
+                source: Source::Http
+            })
+        );
+        // An address in Host names nothing.
+        let by_address = key([10, 0, 0, 6], 80, 6);
+        naming.on_event(
+            &event(
+                by_address,
+                EVENT_FIRST_PAYLOAD,
+                DIRECTION_EGRESS,
+                b"GET / HTTP/1.1\r\nHost: 10.0.0.6\r\n\r\n",
+            ),
+            &metrics,
+            now,
+        );
+        assert_eq!(naming.name_of(&by_address, now), None);
+        let incoming = key([10, 0, 0, 8], 50000, 6);
+        naming.on_event(
+            &event(incoming, EVENT_FIRST_PAYLOAD, DIRECTION_INGRESS, request),
+            &metrics,
+            now,
+        );
+        assert_eq!(naming.name_of(&incoming, now), None);
+        assert_eq!(
+            naming.decide_app(&incoming, false),
+            AppDecision::Decided(App::Http)
+        );
+    }
+
+    #[test]
+    fn short_events_are_ignored() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        naming.on_event(&[0; 10], &metrics, Instant::now());
+        assert_eq!(naming.pending_flows(), 0);
+    }
+}
