@@ -17,7 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{Agent, Exported, TestNet, install_generator, run_generator, spawn_until, within};
+use support::{
+    Agent, Exported, TestNet, install_generator, run_generator, spawn_until, tail, within,
+};
 
 const TOLERANCE: f64 = 0.01;
 const SERVER: &str = "bsg-server";
@@ -86,11 +88,6 @@ fn assert_matches_nftables(agent: &Agent, net: &TestNet, expected: &Expectation<
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A namespace with the generator's echo server running in it on TCP and UDP port 5000.

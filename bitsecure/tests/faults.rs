@@ -34,7 +34,7 @@ use std::{
 
 use support::{
     Agent, Sample, Spawned, TestCgroup, TestNet, free_port, install_generator, require_root,
-    run_generator, scratch_dir, spawn_until, sum_metric, traffic_by_process,
+    run_generator, scratch_dir, spawn_until, sum_metric, tail, traffic_by_process,
 };
 
 fn bitsecure() -> Command {
@@ -47,11 +47,6 @@ fn test_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// xorshift64*: reproducible random delays (the seed is printed).

@@ -28,8 +28,8 @@ use std::{
 };
 
 use support::{
-    Agent, Sample, TestCgroup, TestNet, install_generator, run_generator, sh, sum_metric,
-    traffic_by_process, within,
+    Agent, Sample, TestCgroup, TestNet, eventually, install_generator, run_generator, sh,
+    sum_metric, tail, traffic_by_process, within,
 };
 
 const TOLERANCE: f64 = 0.01;
@@ -43,29 +43,6 @@ const STEADY_GROWTH_BOUND: u64 = 8 * 1024 * 1024;
 /// When the churn's steady state begins (see the test).
 const STEADY_AFTER: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// Polls `check` on fresh scrapes until it returns `Ok`, or panics with its last `Err`.
-fn eventually<T>(
-    agent: &Agent,
-    seconds: u64,
-    mut check: impl FnMut(&[Sample]) -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    loop {
-        match check(&agent.scrape()) {
-            Ok(value) => return value,
-            Err(why) if Instant::now() > deadline => {
-                panic!("{why}\nagent log (tail):\n{}", tail(&agent.log_text(), 30))
-            }
-            Err(_) => thread::sleep(Duration::from_millis(250)),
-        }
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
 
 /// Occupancy of the kernel maps seen while the load ran, and the agent's peak RSS over time.
 #[derive(Debug, Default)]

@@ -17,7 +17,8 @@ use anyhow::{Context as _, bail};
 use crate::util;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages used by the tests (nft counters, netns + veth, offload switches), the bench
+/// Debian packages used by the tests (nft counters, netns + veth, offload switches; `dig`,
+/// `openssl` and `curl` as independent DNS, TLS and HTTP clients in the name tests), the bench,
 /// the demo (a real Prometheus; `promtool` checks the alert rules and the exposition) and the
 /// systemd unit's checks (`systemd-analyze`).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
@@ -28,6 +29,9 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "promtool"),
     ("systemd", "systemd-analyze"),
+    ("bind9-dnsutils", "dig"),
+    ("openssl", "openssl"),
+    ("curl", "curl"),
 ];
 
 pub fn run(root: &Path) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -56,13 +56,22 @@ pub fn scratch_dir() -> PathBuf {
 
 /// Copies the traffic generator to `name` (≤ 15 bytes, so the kernel comm is exactly `name`).
 pub fn install_generator(name: &str) -> PathBuf {
+    install_as(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), name)
+}
+
+/// Copies the simulated rig's programs (`bitsecure-rig`) to `name`, as [`install_generator`].
+pub fn install_rig(name: &str) -> PathBuf {
+    install_as(env!("CARGO_BIN_EXE_bitsecure-rig"), name)
+}
+
+fn install_as(binary: &str, name: &str) -> PathBuf {
     assert!(name.len() <= 15, "{name} would be truncated in comm");
     let path = scratch_dir().join(name);
     // Copy then rename: another test may be running the previous copy ("text file busy").
     let unique = NEXT_INDEX.fetch_add(1, Ordering::SeqCst);
     let staging = scratch_dir().join(format!(".{name}.{unique}"));
-    std::fs::copy(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), &staging).expect("copy generator");
-    std::fs::rename(&staging, &path).expect("install generator");
+    std::fs::copy(binary, &staging).unwrap_or_else(|e| panic!("copy {binary}: {e}"));
+    std::fs::rename(&staging, &path).unwrap_or_else(|e| panic!("install {name}: {e}"));
     path
 }
 
@@ -71,6 +80,16 @@ pub fn install_generator(name: &str) -> PathBuf {
 pub struct GeneratorReport {
     pub sent_bytes: u64,
     pub received_bytes: u64,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+}
+
+impl GeneratorReport {
+    /// The report a generator printed last (its final line).
+    pub fn parse(output: &str) -> Self {
+        let line = output.lines().last().expect("generator printed nothing");
+        serde_json::from_str(line).unwrap_or_else(|error| panic!("bad report {line}: {error}"))
+    }
 }
 
 /// Retries `run` while it fails with "text file busy": a test thread copying a generator while
@@ -96,8 +115,7 @@ pub fn run_generator(command: &mut Command) -> GeneratorReport {
         "generator {command:?} failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let line = stdout.lines().last().expect("generator printed nothing");
-    serde_json::from_str(line).unwrap_or_else(|error| panic!("bad report {line}: {error}"))
+    GeneratorReport::parse(&stdout)
 }
 
 /// A long-running generator (server or `hold`) whose stdout is drained in the background.
@@ -130,17 +148,22 @@ impl Drop for Spawned {
     }
 }
 
-/// Starts a long-running generator and waits for it to print `marker`.
+/// Starts a long-running program and waits for it to print the line `marker` (after any
+/// others: `openssl s_server` talks first).
 pub fn spawn_until(command: &mut Command, marker: &str) -> Spawned {
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = retry_busy(|| command.spawn()).expect("spawn generator");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    match lines.next() {
-        Some(Ok(line)) if line.trim() == marker => {}
-        other => {
-            let _ = child.kill();
-            panic!("{command:?} did not print {marker}: {other:?}")
+    let mut before = Vec::new();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.trim() == marker => break,
+            Some(Ok(line)) => before.push(line),
+            other => {
+                let _ = child.kill();
+                panic!("{command:?} did not print {marker}: {before:?} then {other:?}")
+            }
         }
     }
     // Keep reading, or the generator dies of EPIPE when it prints its report.
@@ -157,6 +180,7 @@ pub fn spawn_until(command: &mut Command, marker: &str) -> Spawned {
 pub struct TestNet {
     pub ns: String,
     host_if: String,
+    peer_if: String,
     pub host_v4: Ipv4Addr,
     pub peer_v4: Ipv4Addr,
     pub host_v6: Ipv6Addr,
@@ -191,6 +215,7 @@ impl TestNet {
         let net = Self {
             ns: ns.clone(),
             host_if: host_if.clone(),
+            peer_if: peer_if.clone(),
             host_v4,
             peer_v4,
             host_v6,
@@ -327,8 +352,62 @@ impl TestNet {
 
     /// Starts `program args` in the namespace, waits for its `ready`, and stops it on drop.
     pub fn spawn_server(&mut self, program: &Path, args: &[&str]) {
-        let child = spawn_until(self.command(program).args(args), "ready");
+        self.spawn_server_until(program, args, "ready");
+    }
+
+    /// [`TestNet::spawn_server`] for a program that says `marker` when it is ready.
+    pub fn spawn_server_until(&mut self, program: &Path, args: &[&str], marker: &str) {
+        let child = spawn_until(self.command(program).args(args), marker);
         self.children.push(child);
+    }
+
+    /// Address `host` of the peer's IPv4 subnet (the peer itself is .2, the host side .1).
+    pub fn peer_v4_host(&self, host: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.peer_v4.octets();
+        Ipv4Addr::new(a, b, c, host)
+    }
+
+    /// Address `host` of the peer's IPv6 subnet (the peer itself is ::2, the host side ::1).
+    pub fn peer_v6_host(&self, host: u16) -> Ipv6Addr {
+        let mut segments = self.peer_v6.segments();
+        segments[7] = host;
+        Ipv6Addr::from(segments)
+    }
+
+    /// Gives the peer one more address (of its subnet, e.g. [`TestNet::peer_v4_host`]), so a
+    /// test can have several remotes. Checks that the host routes it into the veth: traffic
+    /// to an address that is not on the link would leave by the default route.
+    pub fn add_peer_address(&self, address: IpAddr) {
+        let (family, prefix) = match address {
+            IpAddr::V4(_) => ("-4", 32),
+            IpAddr::V6(_) => ("-6", 128),
+        };
+        let with_prefix = format!("{address}/{prefix}");
+        let mut args = vec![
+            "-n",
+            &self.ns,
+            family,
+            "addr",
+            "add",
+            &with_prefix,
+            "dev",
+            &self.peer_if,
+        ];
+        if address.is_ipv6() {
+            args.push("nodad");
+        }
+        sh("ip", &args);
+        let route = sh("ip", &[family, "route", "get", &address.to_string()]);
+        assert!(
+            route
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .windows(2)
+                .any(|w| w == ["dev", self.host_if.as_str()])
+                && !route.contains(" via "),
+            "{address} is not routed straight into the test veth {}: {route}",
+            self.host_if
+        );
     }
 
     /// The nftables counter `host_{direction}_{protocol}`: (packets, bytes).
@@ -576,6 +655,31 @@ impl Drop for Agent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Scrapes until `check` accepts the samples (returning what it found) or `seconds` have
+/// passed (then panics with the last reason and the agent's log).
+pub fn eventually<T>(
+    agent: &Agent,
+    seconds: u64,
+    mut check: impl FnMut(&[Sample]) -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        match check(&agent.scrape()) {
+            Ok(value) => return value,
+            Err(why) if Instant::now() > deadline => {
+                panic!("{why}\nagent log (tail):\n{}", tail(&agent.log_text(), 30))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A port nothing listens on (free when this returns).

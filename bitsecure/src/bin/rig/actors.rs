@@ -1,10 +1,12 @@
 //! The programs of the simulated rig. Each runs under its own executable name (the demo copies
 //! this binary), so the agent attributes its traffic by that name, as on a real rig:
 //!
-//! - `pool`: a Stratum-like pool (newline-delimited JSON-RPC over TCP): answers
-//!   `mining.subscribe`, `mining.authorize` and `mining.submit`, and pushes a `mining.notify`
-//!   job to every subscribed miner each job interval.
-//! - `miner`: subscribes, authorizes, and submits a share for every job it receives.
+//! - `pool`: a Stratum-like pool (newline-delimited JSON-RPC over TCP) speaking both
+//!   [`Flavour`]s: answers `mining.subscribe`, `mining.authorize` and `mining.submit`, or
+//!   `login` and `submit`, and pushes a job (`mining.notify` or `job`) to every logged-in miner
+//!   each job interval.
+//! - `miner`: logs in (subscribe + authorize, or login) and submits a share for every job it
+//!   receives.
 //! - `monitor`: an HTTP endpoint that accepts the reporter's POSTs (204 No Content).
 //! - `reporter`: POSTs a stats document of a given size every interval, or once (a burst).
 //! - `udp-responder` / `udp-ticker`: DNS- and NTP-like request/response background traffic.
@@ -19,7 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 #[derive(Args)]
@@ -35,14 +37,31 @@ pub struct PoolArgs {
     job_bytes: usize,
 }
 
+/// The dialect of Stratum a miner speaks (the pool answers both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Flavour {
+    /// Stratum V1: `mining.subscribe`, `mining.authorize`, `mining.notify`, `mining.submit`.
+    V1,
+    /// The JSON-RPC 2.0 stratum of xmrig and Monero pools: `login` (whose result carries the
+    /// first job), `job`, `submit`.
+    Login,
+}
+
 #[derive(Args)]
 pub struct MinerArgs {
     /// The pool's address.
     #[arg(long)]
     pool: SocketAddr,
-    /// Worker name sent in `mining.authorize`.
+    /// Worker name (`mining.authorize`) or wallet login (`login`).
     #[arg(long, default_value = "rig01.worker")]
     worker: String,
+    /// Stratum dialect.
+    #[arg(long, value_enum, default_value_t = Flavour::V1)]
+    flavour: Flavour,
+    /// Exit successfully after submitting a share for this many jobs; 0 = mine until the pool
+    /// closes the connection (an error).
+    #[arg(long, default_value_t = 0)]
+    jobs: u64,
 }
 
 #[derive(Args)]
@@ -113,18 +132,19 @@ pub fn pool(args: &PoolArgs) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     announce_ready()?;
-    let miners: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let miners: Arc<Mutex<Vec<(TcpStream, Flavour)>>> = Arc::default();
     let (interval, job_bytes) = (Duration::from_millis(args.job_interval_ms), args.job_bytes);
     let subscribed = Arc::clone(&miners);
     thread::spawn(move || {
         for job in 1u64.. {
             thread::sleep(interval);
-            let notify = job_notification(job, job_bytes);
             // A miner whose connection broke is dropped from the list.
             subscribed
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .retain(|miner| send_line(miner, &notify).is_ok());
+                .retain(|(miner, flavour)| {
+                    send_line(miner, &job_message(*flavour, job, job_bytes)).is_ok()
+                });
         }
     });
     for stream in listener.incoming() {
@@ -159,60 +179,145 @@ fn job_notification(job: u64, size: usize) -> Value {
     })
 }
 
-fn serve_miner(stream: TcpStream, miners: &Mutex<Vec<TcpStream>>, job_bytes: usize) -> Result<()> {
+/// The job of the `login` flavour: a hashing blob of about `size` hex digits.
+fn login_job(job: u64, size: usize) -> Value {
+    json!({
+        "job_id": format!("{job:08x}"),
+        "blob": "0".repeat(size.saturating_sub(120)),
+        "target": "b88d0600",
+        "height": 3_100_000 + job,
+        "algo": "rx/0"
+    })
+}
+
+/// Job `job` pushed to a miner of `flavour`.
+fn job_message(flavour: Flavour, job: u64, size: usize) -> Value {
+    match flavour {
+        Flavour::V1 => job_notification(job, size),
+        Flavour::Login => {
+            json!({"jsonrpc": "2.0", "method": "job", "params": login_job(job, size)})
+        }
+    }
+}
+
+fn serve_miner(
+    stream: TcpStream,
+    miners: &Mutex<Vec<(TcpStream, Flavour)>>,
+    job_bytes: usize,
+) -> Result<()> {
     let reader = BufReader::new(stream.try_clone()?);
     for line in reader.lines() {
         let request: Value = serde_json::from_str(&line?).context("not JSON-RPC")?;
         let id = request.get("id").cloned().unwrap_or(Value::Null);
-        let result = match request.get("method").and_then(Value::as_str) {
-            Some("mining.subscribe") => json!([
-                [["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"]],
-                "08000002",
-                4
-            ]),
-            Some("mining.authorize") | Some("mining.submit") => json!(true),
+        let method = request.get("method").and_then(Value::as_str);
+        let (reply, logged_in) = match method {
+            Some("mining.subscribe") => {
+                let subscriptions = json!([
+                    [["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"]],
+                    "08000002",
+                    4
+                ]);
+                (
+                    json!({"id": id, "result": subscriptions, "error": null}),
+                    None,
+                )
+            }
+            Some("mining.authorize") => (
+                json!({"id": id, "result": true, "error": null}),
+                Some(Flavour::V1),
+            ),
+            Some("mining.submit") => (json!({"id": id, "result": true, "error": null}), None),
+            // The login result carries the first job.
+            Some("login") => {
+                let result = json!({"id": "1", "job": login_job(0, job_bytes), "status": "OK"});
+                (
+                    json!({"id": id, "jsonrpc": "2.0", "error": null, "result": result}),
+                    Some(Flavour::Login),
+                )
+            }
+            Some("submit" | "keepalived") => (
+                json!({"id": id, "jsonrpc": "2.0", "error": null, "result": {"status": "OK"}}),
+                None,
+            ),
             other => bail!("unknown method {other:?}"),
         };
-        send_line(&stream, &json!({"id": id, "result": result, "error": null}))?;
-        if request["method"] == "mining.authorize" {
-            // Like a real pool: the first job right away, then one per cycle.
-            send_line(&stream, &job_notification(0, job_bytes))?;
+        send_line(&stream, &reply)?;
+        if let Some(flavour) = logged_in {
+            if flavour == Flavour::V1 {
+                // Like a real pool: the first job right away, then one per cycle.
+                send_line(&stream, &job_notification(0, job_bytes))?;
+            }
             miners
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .push(stream.try_clone()?);
+                .push((stream.try_clone()?, flavour));
         }
     }
     Ok(())
 }
 
+/// The job id a pool message hands the miner, if it carries a job.
+fn job_id(flavour: Flavour, message: &Value) -> Option<Value> {
+    match flavour {
+        Flavour::V1 => (message["method"] == "mining.notify").then(|| message["params"][0].clone()),
+        Flavour::Login if message["method"] == "job" => Some(message["params"]["job_id"].clone()),
+        Flavour::Login => message
+            .get("result")
+            .and_then(|result| result.get("job"))
+            .map(|job| job["job_id"].clone()),
+    }
+}
+
 pub fn miner(args: &MinerArgs) -> Result<()> {
     let stream = TcpStream::connect(args.pool)
         .with_context(|| format!("cannot reach the pool at {}", args.pool))?;
-    send_line(
-        &stream,
-        &json!({"id": 1, "method": "mining.subscribe", "params": ["bitsecure-rig/1.0"]}),
-    )?;
-    send_line(
-        &stream,
-        &json!({"id": 2, "method": "mining.authorize", "params": [args.worker, "x"]}),
-    )?;
-    let mut next_id = 3u64;
+    let mut next_id = match args.flavour {
+        Flavour::V1 => {
+            send_line(
+                &stream,
+                &json!({"id": 1, "method": "mining.subscribe", "params": ["bitsecure-rig/1.0"]}),
+            )?;
+            send_line(
+                &stream,
+                &json!({"id": 2, "method": "mining.authorize", "params": [args.worker, "x"]}),
+            )?;
+            3u64
+        }
+        Flavour::Login => {
+            let params = json!({"login": args.worker, "pass": "x", "agent": "bitsecure-rig/1.0"});
+            send_line(
+                &stream,
+                &json!({"id": 1, "jsonrpc": "2.0", "method": "login", "params": params}),
+            )?;
+            2
+        }
+    };
+    let mut jobs = 0;
     for line in BufReader::new(stream.try_clone()?).lines() {
         let message: Value = serde_json::from_str(&line.context("pool connection failed")?)
             .context("the pool sent something that is not JSON")?;
-        if message["method"] == "mining.notify" {
-            let job = message["params"][0].clone();
-            // "Found" a share for this job.
-            send_line(
-                &stream,
-                &json!({
-                    "id": next_id,
-                    "method": "mining.submit",
-                    "params": [args.worker, job, "00000001", "67440000", "b2957c02"]
-                }),
-            )?;
-            next_id += 1;
+        let Some(job) = job_id(args.flavour, &message) else {
+            continue;
+        };
+        // "Found" a share for this job.
+        let share = match args.flavour {
+            Flavour::V1 => json!({
+                "id": next_id,
+                "method": "mining.submit",
+                "params": [args.worker, job, "00000001", "67440000", "b2957c02"]
+            }),
+            Flavour::Login => json!({
+                "id": next_id,
+                "jsonrpc": "2.0",
+                "method": "submit",
+                "params": {"id": "1", "job_id": job, "nonce": "b2957c02", "result": "0".repeat(64)}
+            }),
+        };
+        send_line(&stream, &share)?;
+        next_id += 1;
+        jobs += 1;
+        if jobs == args.jobs {
+            return Ok(());
         }
     }
     bail!("the pool closed the connection")

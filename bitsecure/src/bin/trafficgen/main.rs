@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+mod dns;
+
 /// TTL / hop limit of raw IP echo requests sent by `raw`.
 const REQUEST_HOPS: u8 = 200;
 /// TTL / hop limit of raw IP echo replies sent by `serve --raw-protocol`.
@@ -97,6 +99,16 @@ enum Command {
     /// to each of N consecutive IPv4 addresses from FIRST, cycling over K ports from PORT,
     /// without waiting for answers (nothing is counted as received).
     Spray(SprayArgs),
+    /// Long-running DNS server over UDP and TCP on the same port, answering from the records
+    /// given on the command line (CNAME chains followed within them), NXDOMAIN otherwise.
+    /// Prints `ready` once both sockets are bound.
+    DnsServe(dns::DnsServeArgs),
+    /// Sends N distinct DNS responses (unique names and addresses) from a local address (port
+    /// 53) to a UDP address, without waiting for anything; the report counts them.
+    DnsFlood(dns::DnsFloodArgs),
+    /// Receives UDP datagrams on ADDR and counts them: prints `ready` once bound, ends after the
+    /// first datagram once none came for the idle time.
+    UdpSink(UdpSinkArgs),
 }
 
 #[derive(Args)]
@@ -255,6 +267,16 @@ struct ChurnArgs {
 }
 
 #[derive(Args)]
+struct UdpSinkArgs {
+    /// Address to receive on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Milliseconds without a datagram (after the first) that end the count.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_ms: u64,
+}
+
+#[derive(Args)]
 struct SprayArgs {
     /// First IPv4 address.
     #[arg(long)]
@@ -331,19 +353,16 @@ fn announce(word: &str) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let timeout = Duration::from_secs(cli.timeout_secs);
-    // `serve` runs until killed; `hold` starts the watchdog once its go-file appears.
+    // Servers run until killed; `hold` starts the watchdog once its go-file appears.
     if !matches!(
         cli.command,
-        Command::Serve(_) | Command::Hold(_) | Command::Periodic(_)
+        Command::Serve(_) | Command::DnsServe(_) | Command::Hold(_) | Command::Periodic(_)
     ) {
         start_watchdog(timeout);
     }
     finish(match &cli.command {
-        Command::Serve(args) => {
-            let Err(e) = serve(args);
-            eprintln!("bitsecure-trafficgen: {e:#}");
-            std::process::exit(1);
-        }
+        Command::Serve(args) => server_failed(serve(args)),
+        Command::DnsServe(args) => server_failed(dns::serve(args)),
         Command::Tcp(args) => tcp_client(args, timeout),
         Command::TcpServe(args) => tcp_serve(args, timeout),
         Command::Udp(args) => udp_client(args, timeout),
@@ -353,7 +372,16 @@ fn main() {
         Command::Periodic(args) => periodic(args, timeout),
         Command::Churn(args) => churn(args, timeout),
         Command::Spray(args) => spray(args),
+        Command::DnsFlood(args) => dns::flood(args),
+        Command::UdpSink(args) => udp_sink(args, timeout),
     })
+}
+
+/// Ends a server, which returns only on error, without a report (nobody waits for one).
+fn server_failed(result: Result<std::convert::Infallible>) -> ! {
+    let Err(e) = result;
+    eprintln!("bitsecure-trafficgen: {e:#}");
+    std::process::exit(1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -712,15 +740,21 @@ fn churn(args: &ChurnArgs, timeout: Duration) -> Result<()> {
     let servers = &args.connect;
     let start = Instant::now();
     in_parallel(args.parallel, args.connections, |i| {
-        if args.per_second > 0.0 {
-            let due = start + Duration::from_secs_f64(i as f64 / args.per_second);
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-        }
+        pace(start, i, args.per_second);
         let server = servers[(i % servers.len() as u64) as usize];
         connect(server, timeout)
             .and_then(|s| upload(&s, args.upload, Method::Write, None))
             .with_context(|| format!("connection #{i} to {server}"))
     })
+}
+
+/// Sleeps until event `i` of a run started at `start` is due at `per_second` events a second
+/// (0 = no pacing). Events that are late go at once, so the average rate holds.
+fn pace(start: Instant, i: u64, per_second: f64) {
+    if per_second > 0.0 {
+        let due = start + Duration::from_secs_f64(i as f64 / per_second);
+        thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -785,21 +819,69 @@ fn spray(args: &SprayArgs) -> Result<()> {
             Ipv4Addr::from(first + i),
             args.port + (i % u32::from(args.ports)) as u16,
         ));
-        let payload = datagram(i, args.size);
-        // A full transmit queue (ENOBUFS) sends nothing: wait a moment and send again.
-        let mut attempts = 0;
-        let sent = loop {
-            match socket.send_to(&payload, to) {
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && attempts < 1000 => {
-                    attempts += 1;
-                    thread::sleep(Duration::from_millis(1));
-                }
-                other => break other.with_context(|| format!("send to {to} failed"))?,
-            }
-        };
-        count_sent(sent, 1); // UDP sends all or nothing
+        send_datagram(&socket, &datagram(i, args.size), to)?;
     }
     Ok(())
+}
+
+/// Sends one datagram without waiting for an answer, and counts it. A full transmit queue
+/// (ENOBUFS) sends nothing: then it waits a moment and sends again.
+fn send_datagram(socket: &UdpSocket, payload: &[u8], to: SocketAddr) -> Result<()> {
+    let mut attempts = 0;
+    let sent = loop {
+        match socket.send_to(payload, to) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) && attempts < 1000 => {
+                attempts += 1;
+                thread::sleep(Duration::from_millis(1));
+            }
+            other => break other.with_context(|| format!("send to {to} failed"))?,
+        }
+    };
+    count_sent(sent, 1); // UDP sends all or nothing
+    Ok(())
+}
+
+/// Receive buffer of `udp-sink`: room for a whole flood, so the socket drops nothing.
+const SINK_RCVBUF: libc::c_int = 256 << 20;
+
+fn udp_sink(args: &UdpSinkArgs, timeout: Duration) -> Result<()> {
+    let socket =
+        UdpSocket::bind(args.listen).with_context(|| format!("cannot bind UDP {}", args.listen))?;
+    // SO_RCVBUFFORCE (root) goes past net.core.rmem_max.
+    set_socket_option(
+        socket.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        SINK_RCVBUF,
+    )
+    .context("cannot enlarge the receive buffer")?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .context("cannot set the read timeout")?;
+    announce("ready")?;
+    let mut buf = vec![0u8; DATAGRAM_BUF];
+    loop {
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => count_received(n, 1),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                ensure!(
+                    PACKETS_RECEIVED.load(Ordering::Relaxed) > 0,
+                    "no datagram arrived"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e).context("UDP receive failed"),
+        }
+        // After the first datagram, silence for the idle time ends the count.
+        socket
+            .set_read_timeout(Some(Duration::from_millis(args.idle_ms)))
+            .context("cannot set the read timeout")?;
+    }
 }
 
 /// Sends `count` packets built by `message(i)` to `to`, each waiting for a packet from `to`
@@ -892,7 +974,7 @@ fn serve(args: &ServeArgs) -> Result<std::convert::Infallible> {
     if let Some(addr) = args.tcp {
         let listener =
             TcpListener::bind(addr).with_context(|| format!("cannot listen on TCP {addr}"))?;
-        thread::spawn(move || serve_tcp(&listener));
+        thread::spawn(move || serve_tcp(&listener, handle_connection));
     }
     if let Some(addr) = args.udp {
         let socket = UdpSocket::bind(addr).with_context(|| format!("cannot bind UDP {addr}"))?;
@@ -904,6 +986,11 @@ fn serve(args: &ServeArgs) -> Result<std::convert::Infallible> {
         socket.bind(addr)?;
         thread::spawn(move || serve_raw(&socket));
     }
+    ready_forever()
+}
+
+/// Prints `ready` and leaves the serving to the threads, until killed.
+fn ready_forever() -> Result<std::convert::Infallible> {
     announce("ready")?;
     loop {
         thread::park();
@@ -918,12 +1005,17 @@ fn log_error(what: impl std::fmt::Display, pause: bool) {
     }
 }
 
-fn serve_tcp(listener: &TcpListener) {
+/// Accepts connections forever, each served by `handle` on a thread of its own.
+fn serve_tcp<H>(listener: &TcpListener, handle: H)
+where
+    H: Fn(&TcpStream) -> Result<()> + Clone + Send + 'static,
+{
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
+                let handle = handle.clone();
                 let handler = move || {
-                    if let Err(e) = handle_connection(&stream) {
+                    if let Err(e) = handle(&stream) {
                         log_error(format_args!("TCP connection from {peer}: {e:#}"), false);
                     }
                 };
@@ -999,17 +1091,7 @@ impl RawSocket {
     }
 
     fn set_option(&self, level: i32, name: i32, value: libc::c_int) -> Result<()> {
-        let (fd, len) = (
-            self.fd.as_raw_fd(),
-            mem::size_of_val(&value) as libc::socklen_t,
-        );
-        let value = ptr::from_ref(&value).cast();
-        // SAFETY: `value` points to `len` readable bytes.
-        syscall(
-            "setsockopt",
-            || unsafe { libc::setsockopt(fd, level, name, value, len) } as isize,
-        )?;
-        Ok(())
+        set_socket_option(self.fd.as_raw_fd(), level, name, value)
     }
 
     fn set_hop_limit(&self, hops: u8) -> Result<()> {
@@ -1092,6 +1174,18 @@ impl RawSocket {
         }
         Ok(Some((src, Some(buf[8]), &buf[header_len..n])))
     }
+}
+
+/// setsockopt(2) with an integer value on the open socket `fd`.
+fn set_socket_option(fd: i32, level: i32, name: i32, value: libc::c_int) -> Result<()> {
+    let len = mem::size_of_val(&value) as libc::socklen_t;
+    let value = ptr::from_ref(&value).cast();
+    // SAFETY: `value` points to `len` readable bytes.
+    syscall(
+        "setsockopt",
+        || unsafe { libc::setsockopt(fd, level, name, value, len) } as isize,
+    )?;
+    Ok(())
 }
 
 fn sockaddr_from_ip(ip: IpAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
