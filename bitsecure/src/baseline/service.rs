@@ -105,18 +105,22 @@ impl BaselineService {
                 for increment in monitor.observe_step(deltas, now_unix) {
                     let key = &increment.key;
                     let protocol = crate::flow_table::protocol_label(key.protocol);
-                    let labels = if increment.listed {
-                        [
-                            key.process.clone(),
+                    let (remote, port) = if increment.listed {
+                        (
                             crate::flow_table::remote_label(key.remote),
                             key.port.map(|port| port.to_string()).unwrap_or_default(),
-                            protocol,
-                        ]
+                        )
                     } else {
-                        // The list is full: keep the process, fold remote and port.
-                        [key.process.clone(), "other".into(), String::new(), protocol]
+                        // The list is full: keep the process and app, fold remote and port.
+                        ("other".into(), String::new())
                     };
-                    let labels = [&*labels[0], &*labels[1], &*labels[2], &*labels[3]];
+                    let labels = [
+                        key.process.as_str(),
+                        &remote,
+                        &port,
+                        &protocol,
+                        key.app.as_str(),
+                    ];
                     metrics
                         .unexpected_sent_bytes
                         .with_label_values(&labels)
@@ -243,6 +247,7 @@ impl BaselineService {
                         entry.remote.as_str(),
                         port.as_str(),
                         entry.protocol.as_str(),
+                        entry.app.as_str(),
                     ];
                     metrics
                         .unexpected_first_seen
@@ -259,9 +264,11 @@ impl BaselineService {
                         status.remote.as_str(),
                         status.port.as_str(),
                         status.protocol.as_str(),
+                        status.app.as_str(),
                     ];
-                    let with =
-                        |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], direction];
+                    let with = |direction: &'static str| {
+                        [rule[0], rule[1], rule[2], rule[3], rule[4], direction]
+                    };
                     for (direction, rate, reference, deviation) in [
                         (
                             "sent",
