@@ -243,3 +243,142 @@ pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
     print!("{}", file::diff(&old, &new));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{App, Source};
+
+    fn entry(remote: &str, name: Option<(&str, Source)>, app: App) -> Unexpected {
+        Unexpected {
+            process: "xmrig".into(),
+            exe: Some("/usr/bin/xmrig".into()),
+            remote: remote.into(),
+            port: Some(3333),
+            protocol: "tcp".into(),
+            name: name.map(|(name, _)| name.to_owned()),
+            name_source: name.map(|(_, source)| source),
+            app,
+            sent_bytes: 1500,
+            received_bytes: 20,
+            first_seen: "2027-01-15T08:00:00Z".into(),
+            last_seen: "2027-01-15T08:00:05Z".into(),
+            first_seen_unix: 0.0,
+            last_seen_unix: 0.0,
+        }
+    }
+
+    const POOL: Option<(&str, Source)> = Some(("pool.example.org", Source::Dns));
+
+    #[test]
+    fn the_table_shows_names_with_their_source_and_apps() {
+        let table = format_table(&[
+            entry("10.0.0.7", POOL, App::Http),
+            entry("10.0.0.8", None, App::Unknown),
+        ]);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .map(|line| {
+                line.split("  ")
+                    .map(str::trim)
+                    .filter(|cell| !cell.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "PROCESS",
+                "EXECUTABLE",
+                "REMOTE",
+                "NAME",
+                "PORT",
+                "PROTO",
+                "APP",
+                "SENT",
+                "RECEIVED",
+                "FIRST .. LAST SEEN"
+            ]
+        );
+        assert_eq!(
+            lines[1][..7],
+            [
+                "xmrig",
+                "/usr/bin/xmrig",
+                "10.0.0.7",
+                "pool.example.org (dns)",
+                "3333",
+                "tcp",
+                "http"
+            ]
+        );
+        assert_eq!(lines[2][2..7], ["10.0.0.8", "-", "3333", "tcp", "unknown"]);
+        // Columns line up: every row puts NAME at the same offset.
+        let name_at = table.lines().next().and_then(|h| h.find("NAME"));
+        assert_eq!(
+            table.lines().nth(1).and_then(|row| row.find("pool.")),
+            name_at
+        );
+    }
+
+    #[test]
+    fn accepted_rules_name_the_remote_and_record_the_app() {
+        let entries = [
+            entry("10.0.0.7", POOL, App::Stratum),
+            // The same name at another address: the same rule.
+            entry("10.0.0.9", POOL, App::Stratum),
+            entry("10.0.0.7", POOL, App::Http),
+            entry("10.0.0.8", None, App::Unknown),
+        ];
+        let described: Vec<String> = rules_for(&entries, false, Some("ok"))
+            .iter()
+            .map(Rule::describe)
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "xmrig → pool.example.org:3333/tcp (stratum)",
+                "xmrig → pool.example.org:3333/tcp (http)",
+                "xmrig → 10.0.0.8:3333/tcp (unknown)",
+            ]
+        );
+        let by_address: Vec<String> = rules_for(&entries, true, None)
+            .iter()
+            .map(Rule::describe)
+            .collect();
+        assert_eq!(
+            by_address,
+            [
+                "xmrig → 10.0.0.7:3333/tcp (stratum)",
+                "xmrig → 10.0.0.9:3333/tcp (stratum)",
+                "xmrig → 10.0.0.7:3333/tcp (http)",
+                "xmrig → 10.0.0.8:3333/tcp (unknown)",
+            ]
+        );
+        let rules = rules_for(&entries[..1], false, Some("ok"));
+        assert_eq!(rules[0].exe.as_deref(), Some("/usr/bin/xmrig"));
+        assert_eq!(rules[0].note.as_deref(), Some("ok"));
+        // What accept writes is a valid baseline.
+        let baseline = Baseline::new(None, rules_for(&entries, false, None));
+        assert!(baseline.validate("accepted").is_ok());
+    }
+
+    #[test]
+    fn the_accept_filter_knows_names_and_apps() {
+        let named = entry("10.0.0.7", POOL, App::Http);
+        let unnamed = entry("10.0.0.8", None, App::Stratum);
+        let filter = |remote: Option<&str>, app: Option<&str>| AcceptFilter {
+            remote: remote.map(str::to_owned),
+            app: app.map(str::to_owned),
+            ..AcceptFilter::default()
+        };
+        let by_name = filter(Some("pool.example.org"), None);
+        assert!(by_name.matches(&named) && !by_name.matches(&unnamed));
+        let by_address = filter(Some("10.0.0.8"), None);
+        assert!(!by_address.matches(&named) && by_address.matches(&unnamed));
+        let by_app = filter(None, Some("http"));
+        assert!(!by_app.is_empty());
+        assert!(by_app.matches(&named) && !by_app.matches(&unnamed));
+        assert!(filter(None, None).is_empty());
+    }
+}

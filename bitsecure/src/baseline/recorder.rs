@@ -361,6 +361,7 @@ mod tests {
         assert_eq!(miner.remote, "10.0.0.2");
         assert_eq!(miner.port, Some(3333));
         assert_eq!(miner.protocol, "tcp");
+        assert_eq!(miner.app.as_deref(), Some("unknown"));
         assert_eq!(miner.exe.as_deref(), Some("/usr/bin/xmrig"));
         let normal = miner.normal.as_ref().unwrap();
         // 6 jobs × 10 kB over 1800 s.
@@ -395,5 +396,125 @@ mod tests {
         ]);
         assert_eq!(recorder.classes(), 1);
         assert_eq!(recorder.dropped_observations, 1);
+    }
+
+    /// `delta` speaking `app`, its remote known as `name` when given.
+    fn speaking(mut delta: FlowDelta, app: App, name: Option<&str>) -> FlowDelta {
+        delta.app = app;
+        delta.name = name.map(|name| crate::flow_table::RemoteName {
+            name: name.to_owned(),
+            source: crate::names::Source::Dns,
+        });
+        delta
+    }
+
+    fn rule<'a>(baseline: &'a Baseline, remote: &str, app: &str) -> &'a Rule {
+        baseline
+            .rules
+            .iter()
+            .find(|rule| rule.remote == remote && rule.app.as_deref() == Some(app))
+            .unwrap_or_else(|| panic!("no rule for {remote} ({app}) in {:#?}", baseline.rules))
+    }
+
+    fn sent_total(rule: &Rule, seconds: f64) -> f64 {
+        let mean = rule.normal.as_ref().unwrap().sent_bytes_per_second.mean;
+        (mean * seconds).round()
+    }
+
+    #[test]
+    fn a_name_rotating_over_addresses_becomes_one_rule() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        let pool = Some("pool.example.org");
+        for step in 0..10 {
+            let address = ["10.0.0.2", "10.0.0.3", "::ffff:10.0.0.4"][step % 3];
+            recorder.record_step(&[speaking(
+                delta("xmrig", address, 3333, 100, step < 3),
+                App::Stratum,
+                pool,
+            )]);
+        }
+        assert_eq!(recorder.classes(), 1);
+        assert_eq!(recorder.destinations(), 1);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 1);
+        let pool = rule(&baseline, "pool.example.org", "stratum");
+        assert_eq!(sent_total(pool, 10.0), 1000.0);
+        let normal = pool.normal.as_ref().unwrap();
+        assert!((normal.connections_per_hour - 3.0 * 360.0).abs() < 1e-9);
+        assert_eq!(normal.active_fraction, 1.0);
+        // The file says the name and the app.
+        let text = crate::baseline::file::render(&baseline);
+        assert!(
+            text.contains("remote = \"pool.example.org\"\nport = 3333\nprotocol = \"tcp\"\napp = \"stratum\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unnamed_traffic_to_a_named_address_joins_the_name() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        // Before the DNS answer: by address; after: by name. Another address stays unnamed;
+        // the same address speaking another app is another class.
+        recorder.record_step(&[
+            speaking(
+                delta("xmrig", "10.0.0.2", 3333, 10, true),
+                App::Stratum,
+                None,
+            ),
+            speaking(
+                delta("xmrig", "10.0.0.9", 3333, 7, true),
+                App::Stratum,
+                None,
+            ),
+            speaking(
+                delta("xmrig", "10.0.0.2", 3333, 1000, true),
+                App::Http,
+                None,
+            ),
+        ]);
+        for _ in 0..4 {
+            recorder.record_step(&[speaking(
+                delta("xmrig", "10.0.0.2", 3333, 100, false),
+                App::Stratum,
+                Some("pool.example.org"),
+            )]);
+        }
+        assert_eq!(recorder.classes(), 4);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 3, "{:#?}", baseline.rules);
+        let named = rule(&baseline, "pool.example.org", "stratum");
+        assert_eq!(sent_total(named, 5.0), 410.0);
+        assert_eq!(named.normal.as_ref().unwrap().active_fraction, 1.0);
+        assert_eq!(sent_total(rule(&baseline, "10.0.0.9", "stratum"), 5.0), 7.0);
+        assert_eq!(sent_total(rule(&baseline, "10.0.0.2", "http"), 5.0), 1000.0);
+    }
+
+    #[test]
+    fn unnamed_traffic_to_a_shared_address_joins_its_busiest_name() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        recorder.record_step(&[
+            speaking(
+                delta("curl", "10.0.0.5", 443, 50, true),
+                App::Tls,
+                Some("a.cdn.example"),
+            ),
+            speaking(
+                delta("curl", "10.0.0.5", 443, 80, true),
+                App::Tls,
+                Some("b.cdn.example"),
+            ),
+            speaking(delta("curl", "10.0.0.5", 443, 5, true), App::Tls, None),
+        ]);
+        assert_eq!(recorder.destinations(), 3);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 2);
+        assert_eq!(
+            sent_total(rule(&baseline, "a.cdn.example", "tls"), 1.0),
+            50.0
+        );
+        assert_eq!(
+            sent_total(rule(&baseline, "b.cdn.example", "tls"), 1.0),
+            85.0
+        );
     }
 }
