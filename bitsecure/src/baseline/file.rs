@@ -54,10 +54,10 @@
 //! Reading is strict, and every error names the file and, where it can, the line: corrupt TOML,
 //! unknown keys and wrong types (from the TOML parser), then the format version (checked
 //! first, so a file from a newer BitSecure says so instead of complaining about new keys),
-//! then the meaning of each value (a remote that is not an address or a name, a negative rate, a profile
-//! whose `sent` and `received` differ in length...), naming the rule by its position in the
-//! file (1 = the first `[[rule]]`) and by [`Rule::describe`]. Two rules with the same identity
-//! are an error too.
+//! then the meaning of each value (a remote that is neither an address nor a name, an unknown
+//! app, a negative rate, a profile whose `sent` and `received` differ in length...), naming the
+//! rule by its position in the file (1 = the first `[[rule]]`) and by [`Rule::describe`]. Two
+//! rules with the same identity are an error too.
 //!
 //! Writing: [`render`] makes a fresh file (for a new recording); [`append_rules`] adds rules to
 //! an existing file's text and keeps everything already there byte for byte, comments

@@ -2,10 +2,11 @@
 //!
 //! Every observation is matched against the rules (first match wins), with the name its remote
 //! is known by and its application. Unmatched traffic is *unexpected* and kept in a bounded list
-//! (keyed by address and application) with who made it, when, and the latest name of the remote. Each rule keeps a short
-//! window of its recent traffic to tell its current rate (→ deviation), when it last saw
-//! traffic (→ silence), when its bursts started (→ observed cadence), and where in its recorded
-//! cycle "now" falls (→ the reference rate to draw beside live traffic).
+//! (keyed by address and application) with who made it, when, and the latest name of the
+//! remote. Each rule keeps a short window of its recent traffic to tell its current rate
+//! (→ deviation), when it last saw traffic (→ silence), when its bursts started (→ observed
+//! cadence), and where in its recorded cycle "now" falls (→ the reference rate to draw beside
+//! live traffic).
 
 use std::collections::{HashMap, VecDeque};
 
