@@ -1,7 +1,7 @@
 //! The review commands: `bitsecure unexpected` and `bitsecure baseline show|diff|accept`.
 //! They talk to the running agent over its local HTTP endpoint and edit the baseline file.
 
-use std::path::Path;
+use std::{collections::HashSet, path::Path};
 
 use anyhow::{Context as _, bail};
 
@@ -41,18 +41,20 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
 
 /// A terminal table of the unexpected list.
 pub fn format_table(list: &[Unexpected]) -> String {
-    let rows: Vec<[String; 8]> = list
+    let rows: Vec<[String; 10]> = list
         .iter()
         .map(|entry| {
             [
                 entry.process.clone(),
                 entry.exe.clone().unwrap_or_else(|| "?".into()),
                 entry.remote.clone(),
+                name_cell(entry),
                 entry
                     .port
                     .map(|port| port.to_string())
                     .unwrap_or_else(|| "-".into()),
                 entry.protocol.clone(),
+                entry.app.as_str().to_owned(),
                 human_bytes(entry.sent_bytes),
                 human_bytes(entry.received_bytes),
                 format!("{} .. {}", entry.first_seen, entry.last_seen),
@@ -63,8 +65,10 @@ pub fn format_table(list: &[Unexpected]) -> String {
         "PROCESS",
         "EXECUTABLE",
         "REMOTE",
+        "NAME",
         "PORT",
         "PROTO",
+        "APP",
         "SENT",
         "RECEIVED",
         "FIRST .. LAST SEEN",
@@ -95,6 +99,15 @@ pub fn format_table(list: &[Unexpected]) -> String {
     out
 }
 
+/// `pool.example.org (dns)`: the remote's name and where it was learnt; `-` when unknown.
+fn name_cell(entry: &Unexpected) -> String {
+    match (&entry.name, entry.name_source) {
+        (Some(name), Some(source)) => format!("{name} ({})", source.as_str()),
+        (Some(name), None) => name.clone(),
+        (None, _) => "-".into(),
+    }
+}
+
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut value = bytes as f64;
@@ -115,9 +128,11 @@ fn human_bytes(bytes: u64) -> String {
 pub struct AcceptFilter {
     pub all: bool,
     pub process: Option<String>,
+    /// The entry's address or its name.
     pub remote: Option<String>,
     pub port: Option<u16>,
     pub protocol: Option<String>,
+    pub app: Option<String>,
 }
 
 impl AcceptFilter {
@@ -126,6 +141,7 @@ impl AcceptFilter {
             && self.remote.is_none()
             && self.port.is_none()
             && self.protocol.is_none()
+            && self.app.is_none()
     }
 
     fn matches(&self, entry: &Unexpected) -> bool {
@@ -135,26 +151,56 @@ impl AcceptFilter {
             && self
                 .remote
                 .as_ref()
-                .is_none_or(|remote| *remote == entry.remote)
+                .is_none_or(|remote| *remote == entry.remote || entry.name.as_ref() == Some(remote))
             && self.port.is_none_or(|port| Some(port) == entry.port)
             && self
                 .protocol
                 .as_ref()
                 .is_none_or(|protocol| *protocol == entry.protocol)
+            && self
+                .app
+                .as_ref()
+                .is_none_or(|app| app == entry.app.as_str())
     }
 }
 
-/// `bitsecure baseline accept`: turns unexpected entries into rules in the baseline file.
-/// Returns how many rules were added.
+/// The rules that make unexpected entries expected: one per entry, for the remote's name when
+/// known (unless `by_address`), with the entry's app. Entries that give the same rule (a name
+/// seen at several addresses) give it once.
+pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -> Vec<Rule> {
+    let mut seen = HashSet::new();
+    entries
+        .iter()
+        .map(|entry| Rule {
+            process: entry.process.clone(),
+            exe: entry.exe.clone(),
+            remote: match &entry.name {
+                Some(name) if !by_address => name.clone(),
+                _ => entry.remote.clone(),
+            },
+            port: entry.port,
+            protocol: entry.protocol.clone(),
+            app: Some(entry.app.as_str().to_owned()),
+            note: note.map(str::to_owned),
+            normal: None,
+            profile: None,
+        })
+        .filter(|rule| seen.insert(rule.identity()))
+        .collect()
+}
+
+/// `bitsecure baseline accept`: turns unexpected entries into rules in the baseline file (see
+/// [`rules_for`]). Returns how many rules were added.
 pub fn accept(
     agent: &str,
     baseline_path: &Path,
     filter: &AcceptFilter,
+    by_address: bool,
     note: Option<&str>,
 ) -> anyhow::Result<usize> {
     if filter.all != filter.is_empty() {
         bail!(
-            "say which entries to accept: --all, or one or more of --process, --remote, --port, --protocol"
+            "say which entries to accept: --all, or one or more of --process, --remote, --port, --protocol, --app"
         );
     }
     let chosen: Vec<Unexpected> = fetch_unexpected(agent)?
@@ -164,19 +210,7 @@ pub fn accept(
     if chosen.is_empty() {
         bail!("no unexpected traffic matches; `bitsecure unexpected` lists what there is");
     }
-    let rules: Vec<Rule> = chosen
-        .iter()
-        .map(|entry| Rule {
-            process: entry.process.clone(),
-            exe: entry.exe.clone(),
-            remote: entry.remote.clone(),
-            port: entry.port,
-            protocol: entry.protocol.clone(),
-            note: note.map(str::to_owned),
-            normal: None,
-            profile: None,
-        })
-        .collect();
+    let rules = rules_for(&chosen, by_address, note);
     let origin = baseline_path.display().to_string();
     let text = if baseline_path.exists() {
         let existing = std::fs::read_to_string(baseline_path)
@@ -208,4 +242,143 @@ pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
     let (old, new) = (file::load(old)?, file::load(new)?);
     print!("{}", file::diff(&old, &new));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::{App, Source};
+
+    fn entry(remote: &str, name: Option<(&str, Source)>, app: App) -> Unexpected {
+        Unexpected {
+            process: "xmrig".into(),
+            exe: Some("/usr/bin/xmrig".into()),
+            remote: remote.into(),
+            port: Some(3333),
+            protocol: "tcp".into(),
+            name: name.map(|(name, _)| name.to_owned()),
+            name_source: name.map(|(_, source)| source),
+            app,
+            sent_bytes: 1500,
+            received_bytes: 20,
+            first_seen: "2027-01-15T08:00:00Z".into(),
+            last_seen: "2027-01-15T08:00:05Z".into(),
+            first_seen_unix: 0.0,
+            last_seen_unix: 0.0,
+        }
+    }
+
+    const POOL: Option<(&str, Source)> = Some(("pool.example.org", Source::Dns));
+
+    #[test]
+    fn the_table_shows_names_with_their_source_and_apps() {
+        let table = format_table(&[
+            entry("10.0.0.7", POOL, App::Http),
+            entry("10.0.0.8", None, App::Unknown),
+        ]);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .map(|line| {
+                line.split("  ")
+                    .map(str::trim)
+                    .filter(|cell| !cell.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            lines[0],
+            [
+                "PROCESS",
+                "EXECUTABLE",
+                "REMOTE",
+                "NAME",
+                "PORT",
+                "PROTO",
+                "APP",
+                "SENT",
+                "RECEIVED",
+                "FIRST .. LAST SEEN"
+            ]
+        );
+        assert_eq!(
+            lines[1][..7],
+            [
+                "xmrig",
+                "/usr/bin/xmrig",
+                "10.0.0.7",
+                "pool.example.org (dns)",
+                "3333",
+                "tcp",
+                "http"
+            ]
+        );
+        assert_eq!(lines[2][2..7], ["10.0.0.8", "-", "3333", "tcp", "unknown"]);
+        // Columns line up: every row puts NAME at the same offset.
+        let name_at = table.lines().next().and_then(|h| h.find("NAME"));
+        assert_eq!(
+            table.lines().nth(1).and_then(|row| row.find("pool.")),
+            name_at
+        );
+    }
+
+    #[test]
+    fn accepted_rules_name_the_remote_and_record_the_app() {
+        let entries = [
+            entry("10.0.0.7", POOL, App::Stratum),
+            // The same name at another address: the same rule.
+            entry("10.0.0.9", POOL, App::Stratum),
+            entry("10.0.0.7", POOL, App::Http),
+            entry("10.0.0.8", None, App::Unknown),
+        ];
+        let described: Vec<String> = rules_for(&entries, false, Some("ok"))
+            .iter()
+            .map(Rule::describe)
+            .collect();
+        assert_eq!(
+            described,
+            [
+                "xmrig → pool.example.org:3333/tcp (stratum)",
+                "xmrig → pool.example.org:3333/tcp (http)",
+                "xmrig → 10.0.0.8:3333/tcp (unknown)",
+            ]
+        );
+        let by_address: Vec<String> = rules_for(&entries, true, None)
+            .iter()
+            .map(Rule::describe)
+            .collect();
+        assert_eq!(
+            by_address,
+            [
+                "xmrig → 10.0.0.7:3333/tcp (stratum)",
+                "xmrig → 10.0.0.9:3333/tcp (stratum)",
+                "xmrig → 10.0.0.7:3333/tcp (http)",
+                "xmrig → 10.0.0.8:3333/tcp (unknown)",
+            ]
+        );
+        let rules = rules_for(&entries[..1], false, Some("ok"));
+        assert_eq!(rules[0].exe.as_deref(), Some("/usr/bin/xmrig"));
+        assert_eq!(rules[0].note.as_deref(), Some("ok"));
+        // What accept writes is a valid baseline.
+        let baseline = Baseline::new(None, rules_for(&entries, false, None));
+        assert!(baseline.validate("accepted").is_ok());
+    }
+
+    #[test]
+    fn the_accept_filter_knows_names_and_apps() {
+        let named = entry("10.0.0.7", POOL, App::Http);
+        let unnamed = entry("10.0.0.8", None, App::Stratum);
+        let filter = |remote: Option<&str>, app: Option<&str>| AcceptFilter {
+            remote: remote.map(str::to_owned),
+            app: app.map(str::to_owned),
+            ..AcceptFilter::default()
+        };
+        let by_name = filter(Some("pool.example.org"), None);
+        assert!(by_name.matches(&named) && !by_name.matches(&unnamed));
+        let by_address = filter(Some("10.0.0.8"), None);
+        assert!(!by_address.matches(&named) && by_address.matches(&unnamed));
+        let by_app = filter(None, Some("http"));
+        assert!(!by_app.is_empty());
+        assert!(by_app.matches(&named) && !by_app.matches(&unnamed));
+        assert!(filter(None, None).is_empty());
+    }
 }

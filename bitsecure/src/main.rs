@@ -95,12 +95,12 @@ enum BaselineCommand {
         #[command(flatten)]
         agent: AgentArg,
         /// Accept everything currently unexpected.
-        #[arg(long, conflicts_with_all = ["process", "remote", "port", "protocol"])]
+        #[arg(long, conflicts_with_all = ["process", "remote", "port", "protocol", "app"])]
         all: bool,
         /// Only entries of this process.
         #[arg(long)]
         process: Option<String>,
-        /// Only entries to this remote address.
+        /// Only entries to this remote address or name.
         #[arg(long)]
         remote: Option<String>,
         /// Only entries with this port.
@@ -109,6 +109,13 @@ enum BaselineCommand {
         /// Only entries with this protocol (tcp, udp, icmp, ...).
         #[arg(long)]
         protocol: Option<String>,
+        /// Only entries of this application (stratum, tls, http, ssh, dns, unknown).
+        #[arg(long)]
+        app: Option<String>,
+        /// Write rules for the remote's address even when its name is known (by default a rule
+        /// names the remote, which covers every address the name resolves to).
+        #[arg(long)]
+        by_address: bool,
         /// A note stored with the new rules (who accepted them and why).
         #[arg(long)]
         note: Option<String>,
@@ -219,6 +226,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
             remote,
             port,
             protocol,
+            app,
+            by_address,
             note,
         }) => {
             let filter = AcceptFilter {
@@ -227,9 +236,15 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 remote,
                 port,
                 protocol,
+                app,
             };
-            let added =
-                commands::accept(&agent.address()?, &file.path()?, &filter, note.as_deref())?;
+            let added = commands::accept(
+                &agent.address()?,
+                &file.path()?,
+                &filter,
+                by_address,
+                note.as_deref(),
+            )?;
             eprintln!("{added} rules added");
             Ok(())
         }

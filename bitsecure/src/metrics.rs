@@ -318,8 +318,9 @@ fn escape_label_value(value: &str, out: &mut String) {
     }
 }
 
-/// Labels of a baseline rule (as written in the baseline file).
-pub const RULE_LABELS: [&str; 4] = ["process", "remote", "port", "protocol"];
+/// Labels of a baseline rule (as written in the baseline file; `app` is empty for a rule that
+/// matches any application).
+pub const RULE_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
 
 /// The comparison with the baseline: unexpected traffic and the state of every rule.
 pub struct BaselineMetrics {
@@ -358,7 +359,8 @@ impl BaselineMetrics {
             )
         };
         let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
-        let unexpected_labels = ["process", "remote", "port", "protocol"];
+        // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum.
+        let unexpected_labels = ["process", "remote", "port", "protocol", "app"];
         Ok(Self {
             rules: register(
                 registry,
@@ -419,7 +421,7 @@ impl BaselineMetrics {
                 registry,
                 IntGauge::new(
                     "bitsecure_unexpected_flows",
-                    "Traffic classes (process, remote, port, protocol) in the unexpected list.",
+                    "Traffic classes (process, remote, port, protocol, app) in the unexpected list.",
                 )?,
             )?,
             unexpected_first_seen: gauge_vec(

@@ -178,6 +178,12 @@ fn simulated_rig_learn_then_monitor() {
     );
     assert_eq!(miner_rule["port"].as_integer(), Some(3333));
     assert_eq!(miner_rule["protocol"].as_str(), Some("tcp"));
+    // Every recorded rule says which application it speaks (whatever the classifier saw).
+    let app = miner_rule["app"].as_str().unwrap_or_default();
+    assert!(
+        bitsecure::names::App::parse(app).is_some(),
+        "miner rule without a known app:\n{text}"
+    );
     let cadence = miner_rule["normal"]["cadence_seconds"]
         .as_float()
         .unwrap_or_else(|| panic!("miner cadence not detected:\n{text}"));
@@ -264,6 +270,13 @@ fn simulated_rig_learn_then_monitor() {
         .unwrap_or_else(|| panic!("{listed:?}"));
     assert_eq!(entry["remote"], rig.net.peer_v4.to_string());
     assert_eq!(entry["port"], 5000);
+    assert!(
+        entry["app"]
+            .as_str()
+            .and_then(bitsecure::names::App::parse)
+            .is_some(),
+        "{entry}"
+    );
     assert!(entry["sent_bytes"].as_u64().unwrap() >= 100_000);
 
     // A burst from the miner to its pool: deviation crosses the threshold.

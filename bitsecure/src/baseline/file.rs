@@ -3,8 +3,14 @@
 //!
 //! A baseline declares its format version, optionally when and where it was recorded, and one
 //! `[[rule]]` per expected traffic class. A rule's identity is (process, remote, port,
-//! protocol); what normal looked like for it is in `[rule.normal]` (absent for a rule accepted
-//! by hand) and, for periodic traffic, the expected rate over one cycle in `[rule.profile]`.
+//! protocol, app); what normal looked like for it is in `[rule.normal]` (absent for a rule
+//! accepted by hand) and, for periodic traffic, the expected rate over one cycle in
+//! `[rule.profile]`.
+//!
+//! A remote is an address, a network, `*`, or a host name: `pool.example.org` matches traffic to
+//! whatever address this host learnt that name for (from a DNS answer it received, a TLS SNI or
+//! an HTTP Host), `*.example.org` any name below `example.org`. A name rule never matches
+//! traffic whose remote has no known name.
 //!
 //! ```toml
 //! # BitSecure baseline: what normal traffic looks like on this machine.
@@ -19,9 +25,12 @@
 //! [[rule]]
 //! process = "xmrig"                    # process name (as in /proc/PID/comm)
 //! exe = "/usr/bin/xmrig"               # optional: executable path, for the reader
-//! remote = "10.0.0.2"                  # IP address, CIDR ("10.0.0.0/24", "fd00::/64") or "*"
+//! remote = "pool.example.org"          # IP address, CIDR ("10.0.0.0/24", "fd00::/64"), host
+//!                                      # name, wildcard ("*.example.org") or "*"
 //! port = 3333                          # optional: absent = any port
 //! protocol = "tcp"                     # tcp, udp, icmp, icmpv6, sctp or a number 0..=255
+//! app = "stratum"                      # optional: stratum, tls, http, ssh, dns or unknown;
+//!                                      # absent = any application
 //! note = "pool"                        # optional
 //!   [rule.normal]                      # optional: absent for rules accepted by hand
 //!   sent_bytes_per_second = { mean = 120.5, p95 = 800.0, max = 2400.0 }
@@ -45,10 +54,10 @@
 //! Reading is strict, and every error names the file and, where it can, the line: corrupt TOML,
 //! unknown keys and wrong types (from the TOML parser), then the format version (checked
 //! first, so a file from a newer BitSecure says so instead of complaining about new keys),
-//! then the meaning of each value (a remote that is not an address, a negative rate, a profile
-//! whose `sent` and `received` differ in length...), naming the rule by its position in the
-//! file (1 = the first `[[rule]]`) and by [`Rule::describe`]. Two rules with the same identity
-//! are an error too.
+//! then the meaning of each value (a remote that is neither an address nor a name, an unknown
+//! app, a negative rate, a profile whose `sent` and `received` differ in length...), naming the
+//! rule by its position in the file (1 = the first `[[rule]]`) and by [`Rule::describe`]. Two
+//! rules with the same identity are an error too.
 //!
 //! Writing: [`render`] makes a fresh file (for a new recording); [`append_rules`] adds rules to
 //! an existing file's text and keeps everything already there byte for byte, comments
@@ -56,21 +65,31 @@
 //! after keeping the previous version as `<file>.bak`.
 //!
 //! ```
-//! use std::net::IpAddr;
-//! use bitsecure::baseline::file;
+//! use bitsecure::baseline::file::{self, LiveFlow};
+//! use bitsecure::names::App;
 //!
 //! let text = r#"
 //! format_version = 1
 //! [[rule]]
 //! process = "xmrig"
-//! remote = "10.0.0.0/24"
+//! remote = "*.example.org"
 //! port = 3333
 //! protocol = "tcp"
+//! app = "stratum"
 //! "#;
 //! let baseline = file::parse(text, "example.toml").expect("valid");
-//! let pool: IpAddr = "10.0.0.2".parse().expect("an address");
-//! assert!(baseline.rules[0].matches("xmrig", pool, Some(3333), "tcp"));
-//! assert_eq!(baseline.rules[0].describe(), "xmrig → 10.0.0.0/24:3333/tcp");
+//! let flow = LiveFlow {
+//!     process: "xmrig",
+//!     remote: "10.0.0.2".parse().expect("an address"),
+//!     name: Some("eu.pool.example.org"),
+//!     port: Some(3333),
+//!     protocol: 6,
+//!     app: App::Stratum,
+//! };
+//! assert!(baseline.rules[0].matches(&flow));
+//! assert!(!baseline.rules[0].matches(&LiveFlow { app: App::Http, ..flow }));
+//! assert!(!baseline.rules[0].matches(&LiveFlow { name: None, ..flow }));
+//! assert_eq!(baseline.rules[0].describe(), "xmrig → *.example.org:3333/tcp (stratum)");
 //! ```
 
 use std::{
@@ -92,6 +111,7 @@ use serde::{
 use toml::Spanned;
 
 use super::stats::RateStats;
+use crate::names::{App, host_name, name_matches};
 
 /// The newest format version this BitSecure reads, and the one it writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -116,9 +136,12 @@ const HEADER: &str = "\
 # BitSecure baseline: what normal traffic looks like on this machine.
 #
 # Each [[rule]] is one expected traffic class: a process talking to a remote (an IP address,
-# a CIDR network or \"*\") on a port (no `port` = any port) over a protocol. [rule.normal] is
-# what normal looked like during the recording (rates in bytes per second); a rule without it
-# was accepted by hand. [rule.profile] is the expected rate over one cycle of periodic traffic.
+# a CIDR network, a host name, a wildcard like \"*.example.org\" or \"*\") on a port (no
+# `port` = any port) over a protocol, speaking an application protocol (`app`: stratum, tls,
+# http, ssh, dns or unknown; no `app` = any). A name matches the addresses this machine learnt
+# it for (DNS answers, TLS SNI, HTTP Host). [rule.normal] is what normal looked like during the
+# recording (rates in bytes per second); a rule without it was accepted by hand.
+# [rule.profile] is the expected rate over one cycle of periodic traffic.
 # You may edit this file; when BitSecure rewrites it, it keeps the previous version as .bak.
 ";
 
@@ -162,7 +185,8 @@ pub struct Rule {
     /// Executable path where known: shown to the reader, not used for matching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
-    /// Remote endpoint: an IP address, a CIDR network (`10.0.0.0/24`, `fd00::/64`) or `*`.
+    /// Remote endpoint: an IP address, a CIDR network (`10.0.0.0/24`, `fd00::/64`), a host
+    /// name (`pool.example.org`), a wildcard (`*.example.org`) or `*`.
     /// See [`Rule::remote_matcher`].
     pub remote: String,
     /// Remote port; `None` matches any port (and traffic without ports, such as ICMP).
@@ -170,6 +194,9 @@ pub struct Rule {
     pub port: Option<u16>,
     /// `tcp`, `udp`, `icmp`, `icmpv6`, `sctp` or an IP protocol number `0`..=`255` as text.
     pub protocol: String,
+    /// Application protocol ([`App::as_str`]: `stratum`, `tls`, ...); `None` matches any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
     /// Free text for the reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -239,7 +266,7 @@ pub struct Profile {
 }
 
 /// What live traffic is matched against: the parsed form of a rule's `remote`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RemoteMatcher {
     /// `*`: any remote.
     Any,
@@ -252,21 +279,61 @@ pub enum RemoteMatcher {
         /// Length of the network prefix in bits (≤ 32 for IPv4, ≤ 128 for IPv6).
         prefix: u8,
     },
+    /// A host name (`pool.example.org`) or a wildcard for every name below a domain
+    /// (`*.example.org`), lowercase, without a trailing dot: matched against the name this host
+    /// learnt for the remote (see [`name_matches`]).
+    Name(String),
+}
+
+/// Live traffic as rules see it (see [`Rule::matches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveFlow<'a> {
+    /// Process name.
+    pub process: &'a str,
+    /// Remote address.
+    pub remote: IpAddr,
+    /// What this host knows the remote as (lowercase, no trailing dot), if anything.
+    pub name: Option<&'a str>,
+    /// Remote port; `None` for protocols without ports.
+    pub port: Option<u16>,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Application protocol of the flow.
+    pub app: App,
 }
 
 /// Why a rule's `remote` is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {
     /// The text is empty.
-    #[error("`remote` is empty: use an IP address, a CIDR network or \"*\" for any remote")]
-    Empty,
-    /// Neither an address, nor a network, nor `*`.
     #[error(
-        "remote {text:?} is not an IP address, a CIDR network (like 10.0.0.0/24 or fd00::/64) \
-         or \"*\"{}",
-        dns_hint(.text)
+        "`remote` is empty: use an IP address, a CIDR network, a host name or \"*\" for any \
+         remote"
+    )]
+    Empty,
+    /// Neither an address, nor a network, nor a name, nor `*`.
+    #[error(
+        "remote {text:?} is not an IP address, a CIDR network (like 10.0.0.0/24 or fd00::/64), \
+         a host name (like pool.example.org or *.example.org) or \"*\""
     )]
     NotAnAddress {
+        /// The text of the remote.
+        text: String,
+    },
+    /// Looks like a host name, but is not a valid one.
+    #[error("remote {text:?} is not a valid host name: {problem}")]
+    BadName {
+        /// The text of the remote.
+        text: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A `*` that is not the whole first label of a name (`*example.org`, `a.*.org`, `*.`).
+    #[error(
+        "remote {text:?}: a wildcard is \"*.\" followed by a domain, like \"*.example.org\" \
+         (it matches every name below that domain); \"*\" alone matches any remote"
+    )]
+    BadWildcard {
         /// The text of the remote.
         text: String,
     },
@@ -302,16 +369,6 @@ pub enum RemoteError {
     },
 }
 
-fn dns_hint(text: &str) -> &'static str {
-    let looks_like_name =
-        text.contains('.') && !text.contains(':') && text.bytes().any(|b| b.is_ascii_alphabetic());
-    if looks_like_name {
-        " (DNS names are not supported yet)"
-    } else {
-        ""
-    }
-}
-
 /// The identity of a rule, normalized: two rules with the same identity describe the same
 /// traffic class, so a baseline holds at most one of them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -319,13 +376,16 @@ pub struct RuleIdentity {
     /// Process name, as written.
     pub process: String,
     /// The remote in canonical form (`10.0.0.2/32` → `10.0.0.2`, `::ffff:10.0.0.2` →
-    /// `10.0.0.2`); as written when it does not parse.
+    /// `10.0.0.2`, `Pool.Example.org.` → `pool.example.org`); as written when it does not
+    /// parse.
     pub remote: String,
     /// Remote port; `None` = any.
     pub port: Option<u16>,
     /// Protocol in canonical form (`6` → `tcp`, `TCP` → `tcp`, `47` → `47`); as written
     /// (lowercased) when unknown.
     pub protocol: String,
+    /// Application protocol as written; `None` = any.
+    pub app: Option<String>,
 }
 
 /// Errors reading, validating and writing baseline files. Every message names the file.
@@ -426,8 +486,8 @@ pub enum BaselineError {
     },
     /// Two rules of a file have the same identity.
     #[error(
-        "{origin}{}: rule {index} ({rule}) has the same process, remote, port and protocol as \
-         rule {first}: merge them",
+        "{origin}{}: rule {index} ({rule}) has the same process, remote, port, protocol and app \
+         as rule {first}: merge them",
         at(.line, &None)
     )]
     DuplicateRule {
@@ -520,15 +580,12 @@ impl Baseline {
     /// The rules matching live traffic, with their positions (0-based), in file order.
     pub fn matching_rules<'a>(
         &'a self,
-        process: &'a str,
-        remote: IpAddr,
-        port: Option<u16>,
-        protocol: &'a str,
+        flow: LiveFlow<'a>,
     ) -> impl Iterator<Item = (usize, &'a Rule)> + 'a {
         self.rules
             .iter()
             .enumerate()
-            .filter(move |(_, rule)| rule.matches(process, remote, port, protocol))
+            .filter(move |(_, rule)| rule.matches(&flow))
     }
 }
 
@@ -546,6 +603,7 @@ impl Rule {
             remote: remote.into(),
             port,
             protocol: protocol.into(),
+            app: None,
             note: None,
             normal: None,
             profile: None,
@@ -557,23 +615,26 @@ impl Rule {
         RemoteMatcher::parse(&self.remote)
     }
 
-    /// Whether live traffic belongs to this rule: same process name, remote within `remote`,
-    /// same port unless the rule has none, same protocol (by number: `6` = `tcp`). A rule
-    /// whose remote or protocol is invalid matches nothing. For many checks, parse the remote
-    /// once with [`Rule::remote_matcher`] instead.
-    pub fn matches(
-        &self,
-        process: &str,
-        remote: IpAddr,
-        port: Option<u16>,
-        protocol: &str,
-    ) -> bool {
-        self.process == process
-            && self.port.is_none_or(|wanted| port == Some(wanted))
-            && same_protocol(&self.protocol, protocol)
+    /// Whether live traffic belongs to this rule: same process name, remote within `remote`
+    /// (by address, or by the flow's name for a name rule), same port unless the rule has
+    /// none, same protocol (by number: `6` = `tcp`), same application unless the rule has
+    /// none. A rule with an invalid remote, protocol or app matches nothing. For many checks,
+    /// parse the remote once with [`Rule::remote_matcher`] and use [`Rule::matches_with`].
+    pub fn matches(&self, flow: &LiveFlow<'_>) -> bool {
+        self.remote_matcher()
+            .is_ok_and(|remote| self.matches_with(&remote, flow))
+    }
+
+    /// [`Rule::matches`] with the rule's remote already parsed.
+    pub fn matches_with(&self, remote: &RemoteMatcher, flow: &LiveFlow<'_>) -> bool {
+        self.process == flow.process
+            && self.port.is_none_or(|wanted| flow.port == Some(wanted))
+            && protocol_number(&self.protocol) == Some(flow.protocol)
             && self
-                .remote_matcher()
-                .is_ok_and(|matcher| matcher.matches(remote))
+                .app
+                .as_deref()
+                .is_none_or(|app| App::parse(app) == Some(flow.app))
+            && remote.matches(flow.remote, flow.name)
     }
 
     /// The identity of the rule, normalized (see [`RuleIdentity`]).
@@ -591,11 +652,13 @@ impl Rule {
             remote,
             port: self.port,
             protocol,
+            app: self.app.clone(),
         }
     }
 
     /// One line naming the rule, e.g. `xmrig → 10.0.0.2:3333/tcp`, `sshd → *:22/tcp`,
-    /// `chronyd → [fd00::1]:*/udp` (any port), `ping → 10.0.0.1/icmp` (no ports). Control
+    /// `chronyd → [fd00::1]:*/udp` (any port), `ping → 10.0.0.1/icmp` (no ports),
+    /// `xmrig → pool.example.org:3333/tcp (stratum)` (with an application). Control
     /// characters are escaped, so it is safe to print.
     pub fn describe(&self) -> String {
         let port = match self.port {
@@ -614,22 +677,34 @@ impl Rule {
         } else {
             printable(&self.process)
         };
-        format!("{process} → {remote}{port}/{}", printable(&self.protocol))
+        let app = match &self.app {
+            Some(app) => format!(" ({})", printable(app)),
+            None => String::new(),
+        };
+        format!(
+            "{process} → {remote}{port}/{}{app}",
+            printable(&self.protocol)
+        )
     }
 }
 
 impl fmt::Display for RuleIdentity {
     /// The same form as [`Rule::describe`].
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            &Rule::new(&*self.process, &*self.remote, self.port, &*self.protocol).describe(),
-        )
+        let rule = Rule {
+            app: self.app.clone(),
+            ..Rule::new(&*self.process, &*self.remote, self.port, &*self.protocol)
+        };
+        f.write_str(&rule.describe())
     }
 }
 
 impl RemoteMatcher {
-    /// Parses `*`, an IP address or a CIDR network. A network's address must have no bits set
-    /// beyond the prefix (`10.0.0.5/24` is refused as a probable typo for `10.0.0.0/24`).
+    /// Parses `*`, an IP address, a CIDR network, a host name or a wildcard (`*.example.org`).
+    /// A network's address must have no bits set beyond the prefix (`10.0.0.5/24` is refused
+    /// as a probable typo for `10.0.0.0/24`). A name is stored lowercase without a trailing
+    /// dot; it needs at least two labels, and its last label must not be a number (both are
+    /// likely typos: `"any"` for `"*"`, `10.0.0.256` for an address).
     pub fn parse(text: &str) -> Result<Self, RemoteError> {
         if text == "*" {
             return Ok(Self::Any);
@@ -637,14 +712,23 @@ impl RemoteMatcher {
         if text.is_empty() {
             return Err(RemoteError::Empty);
         }
+        if text.starts_with('*') {
+            return parse_wildcard(text);
+        }
         let not_an_address = || RemoteError::NotAnAddress {
             text: text.to_owned(),
         };
         let Some((base, prefix)) = text.split_once('/') else {
-            return text
-                .parse()
-                .map(Self::Address)
-                .map_err(|_| not_an_address());
+            if let Ok(address) = text.parse() {
+                return Ok(Self::Address(address));
+            }
+            // Only digits and dots, or IPv6 punctuation: a mistyped address, not a name.
+            let address_like = text.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                || text.contains([':', '[', ']']);
+            if address_like {
+                return Err(not_an_address());
+            }
+            return parse_host_name(text, text, true).map(Self::Name);
         };
         let base: IpAddr = base.parse().map_err(|_| not_an_address())?;
         let digits_only = !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit());
@@ -681,35 +765,32 @@ impl RemoteMatcher {
         Ok(Self::Network { base, prefix })
     }
 
-    /// Whether a live remote address is covered. IPv4-mapped IPv6 addresses
-    /// (`::ffff:10.0.0.2`, as seen on dual-stack sockets) count as the IPv4 address, on either
-    /// side; otherwise an IPv4 address never matches an IPv6 rule and vice versa (`::/0` does
-    /// not match IPv4 traffic).
-    pub fn matches(&self, remote: IpAddr) -> bool {
+    /// Whether a live remote is covered: by its address for `*`, address and network
+    /// matchers, by the name this host knows it as for a name matcher (never when it knows
+    /// none). IPv4-mapped IPv6 addresses (`::ffff:10.0.0.2`, as seen on dual-stack sockets)
+    /// count as the IPv4 address, on either side; otherwise an IPv4 address never matches an
+    /// IPv6 rule and vice versa (`::/0` does not match IPv4 traffic).
+    pub fn matches(&self, remote: IpAddr, name: Option<&str>) -> bool {
         let remote = canonical_address(remote);
-        match self.canonical() {
+        match self {
             Self::Any => true,
-            Self::Address(address) => address == remote,
+            Self::Address(address) => canonical_address(*address) == remote,
             Self::Network { base, prefix } => {
+                let (base, prefix) = canonical_network(*base, *prefix);
                 base.is_ipv4() == remote.is_ipv4() && mask(remote, prefix) == base
             }
+            Self::Name(pattern) => name.is_some_and(|name| name_matches(pattern, name)),
         }
     }
 
-    /// The same set of addresses in canonical form: IPv4-mapped addresses and networks as
-    /// IPv4, a network of one address as that address.
+    /// The same set of remotes in canonical form: IPv4-mapped addresses and networks as
+    /// IPv4, a network of one address as that address (names are canonical when parsed).
     pub fn canonical(&self) -> Self {
-        match *self {
+        match self {
             Self::Any => Self::Any,
-            Self::Address(address) => Self::Address(canonical_address(address)),
+            Self::Address(address) => Self::Address(canonical_address(*address)),
             Self::Network { base, prefix } => {
-                let (base, prefix) = match base {
-                    IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
-                        Some(v4) => (IpAddr::V4(v4), prefix - 96),
-                        None => (base, prefix),
-                    },
-                    _ => (base, prefix),
-                };
+                let (base, prefix) = canonical_network(*base, *prefix);
                 let full = if base.is_ipv4() { 32 } else { 128 };
                 if prefix >= full {
                     Self::Address(base)
@@ -717,8 +798,49 @@ impl RemoteMatcher {
                     Self::Network { base, prefix }
                 }
             }
+            Self::Name(name) => Self::Name(name.clone()),
         }
     }
+}
+
+/// A wildcard remote, `*.` and a domain, as a [`RemoteMatcher::Name`].
+fn parse_wildcard(text: &str) -> Result<RemoteMatcher, RemoteError> {
+    let domain = text
+        .strip_prefix("*.")
+        .filter(|domain| !domain.is_empty() && *domain != ".")
+        .ok_or_else(|| RemoteError::BadWildcard {
+            text: text.to_owned(),
+        })?;
+    // `*.lan` is a fair wildcard: one label is enough below the star.
+    let domain = parse_host_name(text, domain, false)?;
+    Ok(RemoteMatcher::Name(format!("*.{domain}")))
+}
+
+/// `name` (part of the remote `text`) checked and made canonical (lowercase, no trailing dot).
+fn parse_host_name(text: &str, name: &str, need_two_labels: bool) -> Result<String, RemoteError> {
+    let bad = |problem| RemoteError::BadName {
+        text: text.to_owned(),
+        problem,
+    };
+    let name = host_name(name.as_bytes()).ok_or_else(|| {
+        bad(
+            "use labels of 1 to 63 letters, digits, '-' or '_' separated by single dots, 253 \
+             characters at most (like pool.example.org)",
+        )
+    })?;
+    if need_two_labels && !name.contains('.') {
+        return Err(bad(
+            "a single word names no remote: write the full name (like pool.example.org), or \"*\" \
+             for any remote",
+        ));
+    }
+    let last_label = name.rsplit('.').next().unwrap_or_default();
+    if last_label.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "its last label is a number, which no host name has: a mistyped IP address?",
+        ));
+    }
+    Ok(name)
 }
 
 impl FromStr for RemoteMatcher {
@@ -730,12 +852,14 @@ impl FromStr for RemoteMatcher {
 }
 
 impl fmt::Display for RemoteMatcher {
-    /// The form [`RemoteMatcher::parse`] reads: `*`, `10.0.0.2` or `10.0.0.0/24`.
+    /// The form [`RemoteMatcher::parse`] reads: `*`, `10.0.0.2`, `10.0.0.0/24`,
+    /// `pool.example.org` or `*.example.org`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Any => f.write_str("*"),
             Self::Address(address) => write!(f, "{address}"),
             Self::Network { base, prefix } => write!(f, "{base}/{prefix}"),
+            Self::Name(name) => f.write_str(name),
         }
     }
 }
@@ -745,6 +869,17 @@ fn canonical_address(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
         IpAddr::V4(_) => address,
+    }
+}
+
+/// A network within the IPv4-mapped range (`::ffff:10.0.0.0/120`) as the IPv4 network.
+fn canonical_network(base: IpAddr, prefix: u8) -> (IpAddr, u8) {
+    match base {
+        IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+            Some(v4) => (IpAddr::V4(v4), prefix - 96),
+            None => (base, prefix),
+        },
+        _ => (base, prefix),
     }
 }
 
@@ -785,13 +920,6 @@ fn protocol_name(number: u8) -> String {
         .iter()
         .find(|(_, n)| *n == number)
         .map_or_else(|| number.to_string(), |(name, _)| (*name).to_owned())
-}
-
-fn same_protocol(rule: &str, live: &str) -> bool {
-    match (protocol_number(rule), protocol_number(live)) {
-        (Some(rule), Some(live)) => rule == live,
-        _ => false,
-    }
 }
 
 /// ICMP has no ports: a rule for it describes without `:*`.
@@ -1112,6 +1240,19 @@ fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
             ),
         ));
     }
+    if let Some(app) = &rule.app
+        && App::parse(app).is_none()
+    {
+        let known: Vec<&str> = App::ALL.iter().map(|app| app.as_str()).collect();
+        return Err(problem(
+            "app",
+            format!(
+                "unknown app {:?}: use one of {} (or leave `app` out to match any application)",
+                printable(app),
+                known.join(", ")
+            ),
+        ));
+    }
     if let Some(normal) = &rule.normal {
         validate_normal(normal)?;
     }
@@ -1393,6 +1534,9 @@ fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
         writeln!(f, "port = {port}")?;
     }
     writeln!(f, "protocol = {}", toml_string(&rule.protocol))?;
+    if let Some(app) = &rule.app {
+        writeln!(f, "app = {}", toml_string(app))?;
+    }
     if let Some(note) = &rule.note {
         writeln!(f, "note = {}", toml_string(note))?;
     }
@@ -2142,6 +2286,7 @@ fn mean(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use std::{
+        collections::HashSet,
         os::unix::fs::{PermissionsExt as _, symlink},
         time::{SystemTime, UNIX_EPOCH},
     };
@@ -2205,6 +2350,7 @@ mod tests {
             remote: "10.0.0.2".to_owned(),
             port: Some(3333),
             protocol: "tcp".to_owned(),
+            app: None,
             note: Some("pool".to_owned()),
             normal: Some(Normal {
                 sent_bytes_per_second: stats(120.5, 800.0, 2400.0),
@@ -2266,6 +2412,19 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("an IP address")
+    }
+
+    /// Traffic of `process` to an address without a known name or application; the protocol by
+    /// name or number.
+    fn live<'a>(process: &'a str, remote: &str, port: Option<u16>, protocol: &str) -> LiveFlow<'a> {
+        LiveFlow {
+            process,
+            remote: ip(remote),
+            name: None,
+            port,
+            protocol: protocol_number(protocol).expect("a known protocol"),
+            app: App::Unknown,
+        }
     }
 
     /// A minimal valid file with one rule whose lines are given (after line 3, `[[rule]]`).
@@ -2523,9 +2682,26 @@ protocol = "6"     # tcp by number
             ("10.0.0.5/24", "did you mean 10.0.0.0/24?"),
             ("10.0.0.0/", "prefix length after '/' must be a number"),
             ("10.0.0.0/+8", "prefix length after '/' must be a number"),
-            ("pool.example.com", "(DNS names are not supported yet)"),
-            ("10.0.0.256", "is not an IP address"),
+            ("10.0.0.256", "is not an IP address, a CIDR network"),
             ("[fd00::1]", "is not an IP address"),
+            ("fd00::g", "is not an IP address"),
+            (
+                "po ol.example",
+                "is not a valid host name: use labels of 1 to 63",
+            ),
+            ("a..b", "is not a valid host name: use labels"),
+            ("café.example", "is not a valid host name: use labels"),
+            (
+                "pool",
+                "is not a valid host name: a single word names no remote",
+            ),
+            ("pool.123", "its last label is a number"),
+            ("*.", "a wildcard is \"*.\" followed by a domain"),
+            ("*..", "a wildcard is \"*.\" followed by a domain"),
+            ("*example.org", "a wildcard is \"*.\" followed by a domain"),
+            ("*.*.example.org", "is not a valid host name"),
+            ("a.*.example.org", "is not a valid host name"),
+            ("pool.example.org/24", "is not an IP address"),
             ("", "`remote` is empty"),
         ];
         for (remote, expected) in cases {
@@ -2846,96 +3022,379 @@ protocol = "6"     # tcp by number
     #[test]
     fn rules_match_exact_addresses_and_networks() {
         let exact = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
-        assert!(exact.matches("xmrig", ip("10.0.0.2"), Some(3333), "tcp"));
-        assert!(!exact.matches("xmrig", ip("10.0.0.3"), Some(3333), "tcp"));
+        assert!(exact.matches(&live("xmrig", "10.0.0.2", Some(3333), "tcp")));
+        assert!(!exact.matches(&live("xmrig", "10.0.0.3", Some(3333), "tcp")));
 
         let v4_network = Rule::new("xmrig", "10.0.0.0/24", Some(3333), "tcp");
-        assert!(v4_network.matches("xmrig", ip("10.0.0.0"), Some(3333), "tcp"));
-        assert!(v4_network.matches("xmrig", ip("10.0.0.255"), Some(3333), "tcp"));
-        assert!(!v4_network.matches("xmrig", ip("10.0.1.0"), Some(3333), "tcp"));
-        assert!(!v4_network.matches("xmrig", ip("9.255.255.255"), Some(3333), "tcp"));
+        assert!(v4_network.matches(&live("xmrig", "10.0.0.0", Some(3333), "tcp")));
+        assert!(v4_network.matches(&live("xmrig", "10.0.0.255", Some(3333), "tcp")));
+        assert!(!v4_network.matches(&live("xmrig", "10.0.1.0", Some(3333), "tcp")));
+        assert!(!v4_network.matches(&live("xmrig", "9.255.255.255", Some(3333), "tcp")));
 
         let odd_prefix = Rule::new("xmrig", "192.168.4.0/22", None, "tcp");
-        assert!(odd_prefix.matches("xmrig", ip("192.168.7.200"), Some(1), "tcp"));
-        assert!(!odd_prefix.matches("xmrig", ip("192.168.8.1"), Some(1), "tcp"));
+        assert!(odd_prefix.matches(&live("xmrig", "192.168.7.200", Some(1), "tcp")));
+        assert!(!odd_prefix.matches(&live("xmrig", "192.168.8.1", Some(1), "tcp")));
 
         let v6_network = Rule::new("xmrig", "fd00:1::/64", Some(3333), "tcp");
-        assert!(v6_network.matches("xmrig", ip("fd00:1::abcd"), Some(3333), "tcp"));
-        assert!(v6_network.matches(
+        assert!(v6_network.matches(&live("xmrig", "fd00:1::abcd", Some(3333), "tcp")));
+        assert!(v6_network.matches(&live(
             "xmrig",
-            ip("fd00:1:0:0:ffff:ffff:ffff:ffff"),
+            "fd00:1:0:0:ffff:ffff:ffff:ffff",
             Some(3333),
             "tcp"
-        ));
-        assert!(!v6_network.matches("xmrig", ip("fd00:1:0:1::1"), Some(3333), "tcp"));
-        assert!(!v6_network.matches("xmrig", ip("10.0.0.2"), Some(3333), "tcp"));
+        )));
+        assert!(!v6_network.matches(&live("xmrig", "fd00:1:0:1::1", Some(3333), "tcp")));
+        assert!(!v6_network.matches(&live("xmrig", "10.0.0.2", Some(3333), "tcp")));
 
         let v6_exact = Rule::new("xmrig", "fd00::2", Some(3333), "tcp");
-        assert!(v6_exact.matches("xmrig", ip("fd00:0::0:2"), Some(3333), "tcp"));
-        assert!(!v6_exact.matches("xmrig", ip("fd00::3"), Some(3333), "tcp"));
+        assert!(v6_exact.matches(&live("xmrig", "fd00:0::0:2", Some(3333), "tcp")));
+        assert!(!v6_exact.matches(&live("xmrig", "fd00::3", Some(3333), "tcp")));
     }
 
     #[test]
     fn rules_match_any_remote_port_protocol_and_process() {
         let any = Rule::new("xmrig", "*", None, "tcp");
-        assert!(any.matches("xmrig", ip("1.2.3.4"), Some(80), "tcp"));
-        assert!(any.matches("xmrig", ip("2001:db8::1"), None, "tcp"));
+        assert!(any.matches(&live("xmrig", "1.2.3.4", Some(80), "tcp")));
+        assert!(any.matches(&live("xmrig", "2001:db8::1", None, "tcp")));
 
         let port = Rule::new("xmrig", "*", Some(3333), "tcp");
-        assert!(port.matches("xmrig", ip("1.2.3.4"), Some(3333), "tcp"));
-        assert!(!port.matches("xmrig", ip("1.2.3.4"), Some(3334), "tcp"));
-        assert!(!port.matches("xmrig", ip("1.2.3.4"), None, "tcp"));
+        assert!(port.matches(&live("xmrig", "1.2.3.4", Some(3333), "tcp")));
+        assert!(!port.matches(&live("xmrig", "1.2.3.4", Some(3334), "tcp")));
+        assert!(!port.matches(&live("xmrig", "1.2.3.4", None, "tcp")));
 
         // Protocols compare by number, names in any case.
-        assert!(port.matches("xmrig", ip("1.2.3.4"), Some(3333), "6"));
-        assert!(port.matches("xmrig", ip("1.2.3.4"), Some(3333), "TCP"));
-        assert!(!port.matches("xmrig", ip("1.2.3.4"), Some(3333), "udp"));
-        assert!(!port.matches("xmrig", ip("1.2.3.4"), Some(3333), "bogus"));
+        assert!(port.matches(&live("xmrig", "1.2.3.4", Some(3333), "6")));
+        assert!(port.matches(&live("xmrig", "1.2.3.4", Some(3333), "TCP")));
+        assert!(!port.matches(&live("xmrig", "1.2.3.4", Some(3333), "udp")));
         let numeric = Rule::new("gre-tunnel", "*", None, "47");
-        assert!(numeric.matches("gre-tunnel", ip("1.2.3.4"), None, "47"));
-        assert!(!numeric.matches("gre-tunnel", ip("1.2.3.4"), None, "tcp"));
+        assert!(numeric.matches(&live("gre-tunnel", "1.2.3.4", None, "47")));
+        assert!(!numeric.matches(&live("gre-tunnel", "1.2.3.4", None, "tcp")));
 
         // Process names compare exactly.
-        assert!(!port.matches("xmrig2", ip("1.2.3.4"), Some(3333), "tcp"));
-        assert!(!port.matches("XMRIG", ip("1.2.3.4"), Some(3333), "tcp"));
-        assert!(!port.matches("", ip("1.2.3.4"), Some(3333), "tcp"));
+        assert!(!port.matches(&live("xmrig2", "1.2.3.4", Some(3333), "tcp")));
+        assert!(!port.matches(&live("XMRIG", "1.2.3.4", Some(3333), "tcp")));
+        assert!(!port.matches(&live("", "1.2.3.4", Some(3333), "tcp")));
 
         // An invalid rule matches nothing.
         let invalid = Rule::new("xmrig", "10.0.0.0/99", None, "tcp");
-        assert!(!invalid.matches("xmrig", ip("10.0.0.1"), None, "tcp"));
+        assert!(!invalid.matches(&live("xmrig", "10.0.0.1", None, "tcp")));
     }
 
     #[test]
     fn ipv4_mapped_ipv6_addresses_match_ipv4_rules() {
         let exact = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
-        assert!(exact.matches("xmrig", ip("::ffff:10.0.0.2"), Some(3333), "tcp"));
-        assert!(!exact.matches("xmrig", ip("::ffff:10.0.0.3"), Some(3333), "tcp"));
+        assert!(exact.matches(&live("xmrig", "::ffff:10.0.0.2", Some(3333), "tcp")));
+        assert!(!exact.matches(&live("xmrig", "::ffff:10.0.0.3", Some(3333), "tcp")));
         // ::10.0.0.2 (deprecated IPv4-compatible) is not the IPv4 address.
-        assert!(!exact.matches("xmrig", ip("::10.0.0.2"), Some(3333), "tcp"));
+        assert!(!exact.matches(&live("xmrig", "::10.0.0.2", Some(3333), "tcp")));
 
         let network = Rule::new("xmrig", "10.0.0.0/24", Some(3333), "tcp");
-        assert!(network.matches("xmrig", ip("::ffff:10.0.0.77"), Some(3333), "tcp"));
+        assert!(network.matches(&live("xmrig", "::ffff:10.0.0.77", Some(3333), "tcp")));
 
         // A mapped rule matches plain IPv4 traffic.
         let mapped = Rule::new("xmrig", "::ffff:10.0.0.0/120", None, "tcp");
-        assert!(mapped.matches("xmrig", ip("10.0.0.9"), None, "tcp"));
-        assert!(!mapped.matches("xmrig", ip("10.0.1.9"), None, "tcp"));
+        assert!(mapped.matches(&live("xmrig", "10.0.0.9", None, "tcp")));
+        assert!(!mapped.matches(&live("xmrig", "10.0.1.9", None, "tcp")));
 
         // All of IPv6 is not all of IPv4.
         let all_v6 = Rule::new("xmrig", "::/0", None, "tcp");
-        assert!(all_v6.matches("xmrig", ip("2001:db8::1"), None, "tcp"));
-        assert!(!all_v6.matches("xmrig", ip("10.0.0.9"), None, "tcp"));
-        assert!(!all_v6.matches("xmrig", ip("::ffff:10.0.0.9"), None, "tcp"));
+        assert!(all_v6.matches(&live("xmrig", "2001:db8::1", None, "tcp")));
+        assert!(!all_v6.matches(&live("xmrig", "10.0.0.9", None, "tcp")));
+        assert!(!all_v6.matches(&live("xmrig", "::ffff:10.0.0.9", None, "tcp")));
         let all_v4 = Rule::new("xmrig", "0.0.0.0/0", None, "tcp");
-        assert!(all_v4.matches("xmrig", ip("::ffff:10.0.0.9"), None, "tcp"));
-        assert!(!all_v4.matches("xmrig", ip("2001:db8::1"), None, "tcp"));
+        assert!(all_v4.matches(&live("xmrig", "::ffff:10.0.0.9", None, "tcp")));
+        assert!(!all_v4.matches(&live("xmrig", "2001:db8::1", None, "tcp")));
+    }
+
+    /// `flow` with the remote known as `name`.
+    fn named<'a>(flow: LiveFlow<'a>, name: &'a str) -> LiveFlow<'a> {
+        LiveFlow {
+            name: Some(name),
+            ..flow
+        }
+    }
+
+    #[test]
+    fn name_remotes_parse_to_a_canonical_form() {
+        for (text, canonical) in [
+            ("pool.example.org", "pool.example.org"),
+            ("Pool.Example.ORG.", "pool.example.org"),
+            ("*.Example.org", "*.example.org"),
+            ("*.example.org.", "*.example.org"),
+            ("*.lan", "*.lan"),
+            ("_stratum.pool-1.example.org", "_stratum.pool-1.example.org"),
+            ("10.0.0.2a", "10.0.0.2a"),
+        ] {
+            let parsed = RemoteMatcher::parse(text);
+            assert_eq!(
+                parsed,
+                Ok(RemoteMatcher::Name(canonical.to_owned())),
+                "{text}"
+            );
+            assert_eq!(
+                parsed.map(|matcher| matcher.canonical().to_string()),
+                Ok(canonical.to_owned())
+            );
+        }
+        // 253 characters is the longest host name; the wildcard may add its "*." to it.
+        let longest = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(longest.len(), 253);
+        assert!(RemoteMatcher::parse(&longest).is_ok());
+        assert!(RemoteMatcher::parse(&format!("*.{longest}")).is_ok());
+        assert!(matches!(
+            RemoteMatcher::parse(&format!("x{longest}")),
+            Err(RemoteError::BadName { .. })
+        ));
+        assert!(matches!(
+            RemoteMatcher::parse("a.b-.c d"),
+            Err(RemoteError::BadName { ref text, .. }) if text == "a.b-.c d"
+        ));
+        assert!(matches!(
+            RemoteMatcher::parse("*x.example.org"),
+            Err(RemoteError::BadWildcard { .. })
+        ));
+
+        // Identity: the same name however it is written.
+        assert_eq!(
+            Rule::new("xmrig", "POOL.example.org.", Some(3333), "tcp").identity(),
+            Rule::new("xmrig", "pool.example.org", Some(3333), "6").identity()
+        );
+        assert_eq!(
+            Rule::new("xmrig", "*.EXAMPLE.org", None, "tcp")
+                .identity()
+                .remote,
+            "*.example.org"
+        );
+        let text = "format_version = 1\n[[rule]]\nprocess = \"x\"\nremote = \"pool.example.org\"\n\
+                    protocol = \"tcp\"\n[[rule]]\nprocess = \"x\"\nremote = \"Pool.Example.Org.\"\n\
+                    protocol = \"tcp\"\n";
+        let error = parse_error(text);
+        assert!(
+            matches!(
+                error,
+                BaselineError::DuplicateRule {
+                    index: 2,
+                    first: 1,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn name_rules_match_the_name_the_flow_is_known_by() {
+        let exact = Rule::new("xmrig", "Pool.Example.org", Some(3333), "tcp");
+        let flow = live("xmrig", "10.0.0.2", Some(3333), "tcp");
+        // Any address the name resolved to.
+        assert!(exact.matches(&named(flow, "pool.example.org")));
+        let rotated = live("xmrig", "192.0.2.77", Some(3333), "tcp");
+        assert!(exact.matches(&named(rotated, "pool.example.org")));
+        assert!(exact.matches(&named(flow, "pool.example.org.")));
+        // Other names, and no name at all, do not match.
+        for other in [
+            "eu.pool.example.org",
+            "example.org",
+            "pool.example.org.evil.net",
+        ] {
+            assert!(!exact.matches(&named(flow, other)), "{other}");
+        }
+        assert!(!exact.matches(&flow));
+        // Everything else still counts.
+        let wrong_port = live("xmrig", "10.0.0.2", Some(80), "tcp");
+        assert!(!exact.matches(&named(wrong_port, "pool.example.org")));
+        let wrong_process = live("curl", "10.0.0.2", Some(3333), "tcp");
+        assert!(!exact.matches(&named(wrong_process, "pool.example.org")));
+
+        let wildcard = Rule::new("xmrig", "*.Example.ORG", None, "tcp");
+        for (name, expected) in [
+            ("a.example.org", true),
+            ("a.b.example.org", true),
+            ("A.EXAMPLE.org", true),
+            ("example.org", false),
+            ("badexample.org", false),
+            ("a.example.org.evil.net", false),
+            ("a.example.com", false),
+        ] {
+            assert_eq!(wildcard.matches(&named(flow, name)), expected, "{name}");
+        }
+        assert!(!wildcard.matches(&flow));
+
+        // Address rules go by the address, whatever the name; `*` matches unnamed traffic.
+        let address = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
+        assert!(address.matches(&named(flow, "pool.example.org")));
+        assert!(!address.matches(&named(rotated, "pool.example.org")));
+        assert!(Rule::new("xmrig", "*", None, "tcp").matches(&flow));
+
+        // A baseline finds name rules too.
+        let baseline = Baseline::new(None, vec![address, exact, wildcard]);
+        let found: Vec<usize> = baseline
+            .matching_rules(named(rotated, "pool.example.org"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(found, [1, 2]);
+    }
+
+    #[test]
+    fn a_rule_with_an_app_matches_only_that_app() {
+        let stratum = Rule {
+            app: Some("stratum".to_owned()),
+            ..Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp")
+        };
+        let any = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
+        let flow = live("xmrig", "10.0.0.2", Some(3333), "tcp");
+        for app in App::ALL {
+            let flow = LiveFlow { app, ..flow };
+            assert_eq!(stratum.matches(&flow), app == App::Stratum, "{app:?}");
+            assert!(any.matches(&flow), "{app:?}");
+        }
+        // An app that is not one (only possible in memory: parsing refuses it) matches nothing.
+        let invalid = Rule {
+            app: Some("Stratum".to_owned()),
+            ..any.clone()
+        };
+        for app in App::ALL {
+            assert!(!invalid.matches(&LiveFlow { app, ..flow }), "{app:?}");
+        }
+    }
+
+    #[test]
+    fn app_is_validated_and_part_of_the_identity() {
+        let rule = |app: &str| {
+            with_rule(&format!(
+                "process = \"xmrig\"\nremote = \"*\"\nprotocol = \"tcp\"\napp = \"{app}\"\n"
+            ))
+        };
+        for app in App::ALL {
+            let parsed = parse(&rule(app.as_str()), "ok").expect("a known app");
+            assert_eq!(parsed.rules[0].app.as_deref(), Some(app.as_str()));
+        }
+        for bad in ["bitcoin", "Stratum", "", "tls "] {
+            let error = parse_error(&rule(bad));
+            assert!(
+                matches!(&error, BaselineError::Rule { index: 1, line: Some(7), problem, .. }
+                    if problem.starts_with(&format!("unknown app {bad:?}: use one of stratum, tls, http, ssh, dns, unknown"))),
+                "{bad:?}: {error:?}"
+            );
+        }
+
+        // Same traffic class, another app: another rule. The same app twice: a duplicate.
+        let pool = |app: &str| {
+            format!(
+                "[[rule]]\nprocess = \"xmrig\"\nremote = \"pool.example.org\"\nport = 3333\n\
+                 protocol = \"tcp\"\napp = \"{app}\"\n"
+            )
+        };
+        let any = "[[rule]]\nprocess = \"xmrig\"\nremote = \"pool.example.org\"\nport = 3333\n\
+                   protocol = \"tcp\"\n";
+        let text = format!(
+            "format_version = 1\n{}{}{any}",
+            pool("stratum"),
+            pool("tls")
+        );
+        let baseline = parse(&text, "apps.toml").expect("three different rules");
+        let identities: HashSet<RuleIdentity> = baseline.rules.iter().map(Rule::identity).collect();
+        assert_eq!(identities.len(), 3);
+        let error = parse_error(&format!(
+            "format_version = 1\n{}{}",
+            pool("stratum"),
+            pool("stratum")
+        ));
+        assert!(
+            error.to_string().contains(
+                "rule 2 (xmrig → pool.example.org:3333/tcp (stratum)) has the same process, \
+                 remote, port, protocol and app as rule 1"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn describe_shows_names_and_apps() {
+        let rule = Rule {
+            app: Some("stratum".to_owned()),
+            ..Rule::new("xmrig", "pool.example.org", Some(3333), "tcp")
+        };
+        assert_eq!(
+            rule.describe(),
+            "xmrig → pool.example.org:3333/tcp (stratum)"
+        );
+        assert_eq!(
+            rule.identity().to_string(),
+            "xmrig → pool.example.org:3333/tcp (stratum)"
+        );
+        assert_eq!(
+            Rule::new("curl", "*.Example.org", None, "tcp")
+                .identity()
+                .to_string(),
+            "curl → *.example.org:*/tcp"
+        );
+        let odd = Rule {
+            app: Some("http\u{1b}[2J".to_owned()),
+            ..Rule::new("curl", "*", None, "tcp")
+        };
+        assert_eq!(odd.describe(), "curl → *:*/tcp (http\\u{1b}[2J)");
+    }
+
+    #[test]
+    fn names_and_apps_are_written_read_shown_and_compared() {
+        let pool = Rule {
+            app: Some("stratum".to_owned()),
+            ..xmrig_rule()
+        };
+        let pool = Rule {
+            remote: "pool.example.org".to_owned(),
+            ..pool
+        };
+        let baseline = Baseline::new(None, vec![pool.clone(), chronyd_rule()]);
+        let text = render(&baseline);
+        assert!(
+            text.contains(
+                "remote = \"pool.example.org\"\nport = 3333\nprotocol = \"tcp\"\napp = \"stratum\"\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(parse(&text, "rendered").expect("parses"), baseline);
+        // A rule without an app is written without the key.
+        assert_eq!(text.matches("app = ").count(), 1, "{text}");
+
+        let appended =
+            append_rules(EXISTING, "rig.toml", std::slice::from_ref(&pool)).expect("appended");
+        assert!(appended.starts_with(EXISTING));
+        assert_eq!(parse(&appended, "appended").expect("parses").rules[1], pool);
+
+        let shown = show(&baseline);
+        assert!(
+            shown.contains("  1. xmrig → pool.example.org:3333/tcp (stratum) (pool)\n"),
+            "{shown}"
+        );
+
+        // The miner now speaks HTTP to its pool: another rule, not a change of this one.
+        let mut new = baseline.clone();
+        new.rules[0].app = Some("http".to_owned());
+        let text = diff(&baseline, &new);
+        for expected in [
+            "- removed xmrig → pool.example.org:3333/tcp (stratum)",
+            "+ added   xmrig → pool.example.org:3333/tcp (http)",
+        ] {
+            assert!(
+                text.lines().any(|line| line == expected),
+                "{expected:?} in\n{text}"
+            );
+        }
     }
 
     #[test]
     fn baseline_finds_matching_rules_and_positions() {
         let baseline = sample();
         let found: Vec<usize> = baseline
-            .matching_rules("xmrig", ip("10.0.0.2"), Some(3333), "tcp")
+            .matching_rules(live("xmrig", "10.0.0.2", Some(3333), "tcp"))
             .map(|(i, _)| i)
             .collect();
         assert_eq!(found, [0]);

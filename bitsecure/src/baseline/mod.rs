@@ -15,9 +15,10 @@ pub mod stats;
 
 use std::net::IpAddr;
 
-use crate::flow_table::FlowDelta;
+use crate::{flow_table::FlowDelta, names::App};
 
-/// A traffic class: what a baseline rule describes and the unexpected list is keyed by.
+/// A traffic class as the monitor sees it: what the unexpected list is keyed by. The remote's
+/// name is not part of it (it comes and goes with DNS answers and TTLs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClassKey {
     pub process: String,
@@ -26,6 +27,7 @@ pub struct ClassKey {
     pub port: Option<u16>,
     /// IP protocol number.
     pub protocol: u8,
+    pub app: App,
 }
 
 impl ClassKey {
@@ -35,6 +37,19 @@ impl ClassKey {
             remote: delta.remote.to_canonical(),
             port: delta.port,
             protocol: delta.protocol,
+            app: delta.app,
+        }
+    }
+
+    /// The class as rules see it, with the name its remote is known by.
+    pub fn flow<'a>(&'a self, name: Option<&'a str>) -> file::LiveFlow<'a> {
+        file::LiveFlow {
+            process: &self.process,
+            remote: self.remote,
+            name,
+            port: self.port,
+            protocol: self.protocol,
+            app: self.app,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Comparing live traffic with a baseline, one poll (step) at a time.
 //!
-//! Every observation is matched against the rules (first match wins). Unmatched traffic is
-//! *unexpected* and kept in a bounded list with who made it and when. Each rule keeps a short
-//! window of its recent traffic to tell its current rate (→ deviation), when it last saw
-//! traffic (→ silence), when its bursts started (→ observed cadence), and where in its recorded
-//! cycle "now" falls (→ the reference rate to draw beside live traffic).
+//! Every observation is matched against the rules (first match wins), with the name its remote
+//! is known by and its application. Unmatched traffic is *unexpected* and kept in a bounded list
+//! (keyed by address and application) with who made it, when, and the latest name of the
+//! remote. Each rule keeps a short window of its recent traffic to tell its current rate
+//! (→ deviation), when it last saw traffic (→ silence), when its bursts started (→ observed
+//! cadence), and where in its recorded cycle "now" falls (→ the reference rate to draw beside
+//! live traffic).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -12,10 +14,13 @@ use serde::Serialize;
 
 use super::{
     ClassKey,
-    file::{Baseline, Rule},
+    file::{Baseline, LiveFlow, RemoteMatcher, Rule, RuleIdentity},
     stats,
 };
-use crate::flow_table::{FlowDelta, Traffic, protocol_label, remote_label};
+use crate::{
+    flow_table::{FlowDelta, Traffic, protocol_label, remote_label},
+    names::{App, Source},
+};
 
 /// Burst onsets remembered per rule for the observed cadence.
 const MAX_ONSETS: usize = 16;
@@ -28,6 +33,15 @@ pub struct Unexpected {
     pub remote: String,
     pub port: Option<u16>,
     pub protocol: String,
+    /// The latest name the remote was known by, when any (lowercase, no trailing dot).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Where that name was learnt: `dns`, `sni` or `http`.
+    #[serde(default)]
+    pub name_source: Option<Source>,
+    /// Application protocol of the traffic.
+    #[serde(default = "unknown_app")]
+    pub app: App,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     /// RFC 3339, UTC.
@@ -38,6 +52,11 @@ pub struct Unexpected {
     pub first_seen_unix: f64,
     #[serde(skip)]
     pub last_seen_unix: f64,
+}
+
+/// The application of an entry from an agent that did not report one.
+fn unknown_app() -> App {
+    App::Unknown
 }
 
 /// Live state of one rule.
@@ -58,6 +77,8 @@ pub struct RuleStatus {
     pub remote: String,
     pub port: String,
     pub protocol: String,
+    /// The rule's `app`, empty for any.
+    pub app: String,
     pub sent_rate: f64,
     pub received_rate: f64,
     /// Current rate over the rule's window ÷ its normal p95 (None without recorded stats).
@@ -84,6 +105,8 @@ pub struct UnexpectedIncrement {
 
 pub struct Monitor {
     baseline: Baseline,
+    /// The parsed remote of each rule (`None`: invalid, matches nothing), parsed once per load.
+    remotes: Vec<Option<RemoteMatcher>>,
     step_seconds: f64,
     rules: Vec<RuleState>,
     recording_start_unix: Option<f64>,
@@ -104,6 +127,7 @@ impl Monitor {
                 recording: None,
                 rules: Vec::new(),
             },
+            remotes: Vec::new(),
             step_seconds,
             rules: Vec::new(),
             recording_start_unix: None,
@@ -121,18 +145,18 @@ impl Monitor {
     /// Switches to a new baseline (a reload). Rules that stay keep their live state; unexpected
     /// entries that the new baseline covers leave the list.
     pub fn replace_baseline(&mut self, baseline: Baseline, now_unix: f64) {
-        let mut old: HashMap<String, RuleState> = self
+        let mut old: HashMap<RuleIdentity, RuleState> = self
             .baseline
             .rules
             .iter()
             .zip(self.rules.drain(..))
-            .map(|(rule, state)| (identity(rule), state))
+            .map(|(rule, state)| (rule.identity(), state))
             .collect();
         self.rules = baseline
             .rules
             .iter()
             .map(|rule| {
-                old.remove(&identity(rule)).unwrap_or_else(|| RuleState {
+                old.remove(&rule.identity()).unwrap_or_else(|| RuleState {
                     window_steps: window_steps(rule, self.step_seconds),
                     sent: VecDeque::new(),
                     received: VecDeque::new(),
@@ -148,10 +172,16 @@ impl Monitor {
             .as_ref()
             .and_then(|recording| recording.started_at.parse::<jiff::Timestamp>().ok())
             .map(|start| start.as_millisecond() as f64 / 1000.0);
+        self.remotes = baseline
+            .rules
+            .iter()
+            .map(|rule| rule.remote_matcher().ok())
+            .collect();
         self.baseline = baseline;
-        let rules = &self.baseline.rules;
-        self.unexpected
-            .retain(|key, _| find_rule(rules, key).is_none());
+        let (rules, remotes) = (&self.baseline.rules, &self.remotes);
+        self.unexpected.retain(|key, entry| {
+            find_rule(rules, remotes, &key.flow(entry.name.as_deref())).is_none()
+        });
     }
 
     /// Adds one poll's traffic. Returns the unexpected part, for the counters.
@@ -165,7 +195,9 @@ impl Monitor {
         let mut increments = Vec::new();
         for delta in deltas {
             let key = ClassKey::of(delta);
-            if let Some(index) = find_rule(&self.baseline.rules, &key) {
+            let name = delta.name.as_ref();
+            let flow = key.flow(name.map(|name| name.name.as_str()));
+            if let Some(index) = find_rule(&self.baseline.rules, &self.remotes, &flow) {
                 step_sent[index] += delta.traffic.sent_bytes;
                 step_received[index] += delta.traffic.received_bytes;
                 continue;
@@ -189,6 +221,9 @@ impl Monitor {
                     remote: remote_label(key.remote),
                     port: key.port,
                     protocol: protocol_label(key.protocol),
+                    name: None,
+                    name_source: None,
+                    app: key.app,
                     sent_bytes: 0,
                     received_bytes: 0,
                     first_seen: now_text.clone(),
@@ -196,6 +231,11 @@ impl Monitor {
                     first_seen_unix: now_unix,
                     last_seen_unix: now_unix,
                 });
+            // The latest name wins: names change with DNS answers; an unknown name keeps the last.
+            if let Some(name) = name {
+                entry.name = Some(name.name.clone());
+                entry.name_source = Some(name.source);
+            }
             entry.sent_bytes += delta.traffic.sent_bytes;
             entry.received_bytes += delta.traffic.received_bytes;
             entry.last_seen = now_text;
@@ -249,6 +289,7 @@ impl Monitor {
                     remote: rule.remote.clone(),
                     port: rule.port.map(|port| port.to_string()).unwrap_or_default(),
                     protocol: rule.protocol.clone(),
+                    app: rule.app.clone().unwrap_or_default(),
                     sent_rate,
                     received_rate,
                     sent_deviation: normal.map(|normal| {
@@ -305,19 +346,17 @@ impl Monitor {
     }
 }
 
-fn find_rule(rules: &[Rule], key: &ClassKey) -> Option<usize> {
-    let protocol = protocol_label(key.protocol);
-    rules
-        .iter()
-        .position(|rule| rule.matches(&key.process, key.remote, key.port, &protocol))
-}
-
-/// Rules are the same rule across a reload when these match.
-fn identity(rule: &Rule) -> String {
-    format!(
-        "{}|{}|{:?}|{}",
-        rule.process, rule.remote, rule.port, rule.protocol
-    )
+/// The first rule matching `flow`; `remotes` holds the rules' parsed remotes.
+fn find_rule(
+    rules: &[Rule],
+    remotes: &[Option<RemoteMatcher>],
+    flow: &LiveFlow<'_>,
+) -> Option<usize> {
+    rules.iter().zip(remotes).position(|(rule, remote)| {
+        remote
+            .as_ref()
+            .is_some_and(|remote| rule.matches_with(remote, flow))
+    })
 }
 
 fn window_steps(rule: &Rule, step_seconds: f64) -> usize {
@@ -353,6 +392,7 @@ mod tests {
             remote: "10.0.0.0/24".into(),
             port: Some(3333),
             protocol: "tcp".into(),
+            app: None,
             note: None,
             normal: Some(Normal {
                 sent_bytes_per_second: RateStats {
@@ -533,5 +573,182 @@ mod tests {
         assert_eq!(statuses[0].silence_seconds, STEP);
         // A rule without recorded stats has no deviation.
         assert_eq!(statuses[1].sent_deviation, None);
+    }
+
+    /// `delta` with an application and, when `name` is given, a name learnt from `source`.
+    fn speaking(mut delta: FlowDelta, app: App, name: Option<(&str, Source)>) -> FlowDelta {
+        delta.app = app;
+        delta.name = name.map(|(name, source)| crate::flow_table::RemoteName {
+            name: name.into(),
+            source,
+        });
+        delta
+    }
+
+    fn stratum_pool_rule() -> Rule {
+        Rule {
+            remote: "pool.example.org".into(),
+            app: Some("stratum".into()),
+            ..pool_rule()
+        }
+    }
+
+    #[test]
+    fn a_miner_speaking_http_to_its_pool_is_unexpected() {
+        let mut monitor = Monitor::new(baseline(vec![stratum_pool_rule()]), STEP, 10, START);
+        let pool = Some(("pool.example.org", Source::Dns));
+        let increments = monitor.observe_step(
+            &[
+                speaking(
+                    delta("xmrig", "10.0.0.7", 3333, 100, 200),
+                    App::Stratum,
+                    pool,
+                ),
+                speaking(delta("xmrig", "10.0.0.7", 3333, 5, 6), App::Http, pool),
+            ],
+            START + STEP,
+        );
+        // The stratum traffic counted for the rule, the HTTP traffic did not.
+        assert_eq!(monitor.statuses(START + STEP)[0].silence_seconds, 0.0);
+        assert_eq!(increments.len(), 1);
+        assert_eq!(increments[0].key.app, App::Http);
+        let list = monitor.unexpected();
+        assert_eq!(list.len(), 1);
+        let entry = &list[0];
+        assert_eq!(entry.app, App::Http);
+        assert_eq!(entry.remote, "10.0.0.7");
+        assert_eq!(entry.name.as_deref(), Some("pool.example.org"));
+        assert_eq!(entry.name_source, Some(Source::Dns));
+        assert_eq!((entry.sent_bytes, entry.received_bytes), (5, 6));
+        assert_eq!(monitor.statuses(START + STEP)[0].app, "stratum");
+    }
+
+    #[test]
+    fn name_rules_follow_the_name_across_addresses_but_not_unnamed_traffic() {
+        let mut monitor = Monitor::new(baseline(vec![stratum_pool_rule()]), STEP, 10, START);
+        let pool = Some(("pool.example.org", Source::Dns));
+        monitor.observe_step(
+            &[
+                speaking(delta("xmrig", "10.0.0.7", 3333, 1, 1), App::Stratum, pool),
+                speaking(delta("xmrig", "192.0.2.9", 3333, 1, 1), App::Stratum, pool),
+                speaking(delta("xmrig", "10.0.0.8", 3333, 1, 1), App::Stratum, None),
+                speaking(
+                    delta("xmrig", "10.0.0.9", 3333, 1, 1),
+                    App::Stratum,
+                    Some(("pool.example.net", Source::Sni)),
+                ),
+            ],
+            START + STEP,
+        );
+        let mut remotes: Vec<String> = monitor
+            .unexpected()
+            .into_iter()
+            .map(|entry| entry.remote)
+            .collect();
+        remotes.sort();
+        assert_eq!(remotes, ["10.0.0.8", "10.0.0.9"]);
+    }
+
+    #[test]
+    fn an_entry_keeps_the_latest_name_of_its_remote() {
+        let mut monitor = Monitor::new(baseline(vec![]), STEP, 10, START);
+        let steps = [
+            Some(("a.example.org", Source::Dns)),
+            Some(("b.example.org", Source::Sni)),
+            None,
+        ];
+        for (step, name) in steps.into_iter().enumerate() {
+            monitor.observe_step(
+                &[speaking(
+                    delta("curl", "10.9.9.9", 443, 1, 1),
+                    App::Tls,
+                    name,
+                )],
+                START + STEP * (step as f64 + 1.0),
+            );
+        }
+        let list = monitor.unexpected();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].name.as_deref(), Some("b.example.org"));
+        assert_eq!(list[0].name_source, Some(Source::Sni));
+        assert_eq!((list[0].sent_bytes, list[0].received_bytes), (3, 3));
+    }
+
+    #[test]
+    fn reload_drops_entries_a_new_name_rule_covers() {
+        let mut monitor = Monitor::new(baseline(vec![]), STEP, 10, START);
+        monitor.observe_step(
+            &[
+                speaking(
+                    delta("xmrig", "10.0.0.7", 3333, 1, 1),
+                    App::Stratum,
+                    Some(("pool.example.org", Source::Dns)),
+                ),
+                speaking(delta("xmrig", "10.0.0.8", 3333, 1, 1), App::Stratum, None),
+                speaking(
+                    delta("xmrig", "10.0.0.7", 3333, 1, 1),
+                    App::Http,
+                    Some(("pool.example.org", Source::Dns)),
+                ),
+            ],
+            START + STEP,
+        );
+        assert_eq!(monitor.unexpected().len(), 3);
+        monitor.replace_baseline(baseline(vec![stratum_pool_rule()]), START + 2.0 * STEP);
+        let mut left: Vec<(String, App)> = monitor
+            .unexpected()
+            .into_iter()
+            .map(|entry| (entry.remote, entry.app))
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ("10.0.0.7".to_owned(), App::Http),
+                ("10.0.0.8".to_owned(), App::Stratum)
+            ]
+        );
+    }
+
+    #[test]
+    fn unexpected_json_has_name_source_and_app() {
+        let entry = Unexpected {
+            process: "xmrig".into(),
+            exe: None,
+            remote: "10.0.0.7".into(),
+            port: Some(3333),
+            protocol: "tcp".into(),
+            name: Some("pool.example.org".into()),
+            name_source: Some(Source::Sni),
+            app: App::Http,
+            sent_bytes: 1,
+            received_bytes: 2,
+            first_seen: "2027-01-15T08:00:00Z".into(),
+            last_seen: "2027-01-15T08:00:05Z".into(),
+            first_seen_unix: 0.0,
+            last_seen_unix: 0.0,
+        };
+        let json: serde_json::Value = serde_json::to_value(&entry).unwrap();
+        assert_eq!(json["name"], "pool.example.org");
+        assert_eq!(json["name_source"], "sni");
+        assert_eq!(json["app"], "http");
+        let unnamed = Unexpected {
+            name: None,
+            name_source: None,
+            ..entry.clone()
+        };
+        let json = serde_json::to_value(&unnamed).unwrap();
+        assert!(
+            json["name"].is_null() && json["name_source"].is_null(),
+            "{json}"
+        );
+
+        // An agent from before names and apps: read with none.
+        let old = r#"[{"process":"curl","exe":null,"remote":"10.9.9.9","port":443,
+            "protocol":"tcp","sent_bytes":1,"received_bytes":2,
+            "first_seen":"2027-01-15T08:00:00Z","last_seen":"2027-01-15T08:00:05Z"}]"#;
+        let list: Vec<Unexpected> = serde_json::from_str(old).unwrap();
+        assert_eq!(list[0].app, App::Unknown);
+        assert_eq!((list[0].name.as_deref(), list[0].name_source), (None, None));
     }
 }

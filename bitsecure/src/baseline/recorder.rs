@@ -1,18 +1,71 @@
 //! Learning a baseline: every poll adds one step to a time series per traffic class
-//! (process × remote × port × protocol); at the end each class becomes a rule with its rate
-//! distribution, active fraction, connection rate, cadence and one-cycle profile.
+//! (process × remote × port × protocol × application); at the end each class becomes a rule
+//! with its rate distribution, active fraction, connection rate, cadence and one-cycle profile.
+//!
+//! The remote of a class is the name the traffic's remote was known by when there was one (so a
+//! pool whose name rotates over many addresses becomes one rule for the name), else its address.
+//! When an address was seen both with and without a name, its unnamed traffic joins the named
+//! class: the name is what the rule should say, and the unnamed traffic was most likely the same
+//! remote before this host saw its DNS answer. (In monitoring, traffic to it before its name is
+//! known is then unexpected, by address.)
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    cmp::Reverse,
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use super::{
-    ClassKey,
     file::{Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule},
     stats,
 };
-use crate::flow_table::{FlowDelta, protocol_label};
+use crate::{
+    flow_table::{FlowDelta, protocol_label, remote_label},
+    names::App,
+};
 
 /// Most profile bins kept per rule (a 1-hour cycle at 5 s steps).
 const MAX_PROFILE_BINS: usize = 720;
+
+/// Addresses remembered per named class to fold their unnamed traffic in; a name spread over
+/// more addresses than this just leaves the rest's unnamed traffic as address rules.
+const MAX_ADDRESSES_PER_NAME: usize = 1024;
+
+/// The remote of a recorded class.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum RecordedRemote {
+    /// The name the remote was known by (lowercase, no trailing dot).
+    Name(String),
+    /// Canonical address (IPv4-mapped IPv6 as IPv4), for traffic without a name.
+    Address(IpAddr),
+}
+
+/// A traffic class being recorded: one rule at the end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct RecordedClass {
+    process: String,
+    remote: RecordedRemote,
+    port: Option<u16>,
+    /// IP protocol number.
+    protocol: u8,
+    app: App,
+}
+
+impl RecordedClass {
+    fn of(delta: &FlowDelta) -> Self {
+        let remote = match &delta.name {
+            Some(name) => RecordedRemote::Name(name.name.clone()),
+            None => RecordedRemote::Address(delta.remote.to_canonical()),
+        };
+        Self {
+            process: delta.process.clone(),
+            remote,
+            port: delta.port,
+            protocol: delta.protocol,
+            app: delta.app,
+        }
+    }
+}
 
 /// Per-step samples of one traffic class.
 #[derive(Debug, Default)]
@@ -23,13 +76,65 @@ struct ClassSeries {
     sent: Vec<u64>,
     received: Vec<u64>,
     connections: Vec<u32>,
+    /// For a named class: the addresses its traffic went to.
+    addresses: HashSet<IpAddr>,
+}
+
+/// A class's samples over the whole recording.
+#[derive(Debug)]
+struct FullSeries {
+    exe: Option<String>,
+    sent: Vec<u64>,
+    received: Vec<u64>,
+    connections: u64,
+    addresses: HashSet<IpAddr>,
+}
+
+impl ClassSeries {
+    fn full(self, total_steps: usize) -> FullSeries {
+        let padded = |samples: &[u64]| -> Vec<u64> {
+            let mut full = vec![0; self.first_step];
+            full.extend_from_slice(samples);
+            full.resize(total_steps, 0);
+            full
+        };
+        FullSeries {
+            sent: padded(&self.sent),
+            received: padded(&self.received),
+            connections: self.connections.iter().map(|&c| u64::from(c)).sum(),
+            exe: self.exe,
+            addresses: self.addresses,
+        }
+    }
+}
+
+impl FullSeries {
+    fn total_bytes(&self) -> u64 {
+        self.sent.iter().chain(&self.received).sum()
+    }
+
+    /// Adds another class's traffic, step by step (both cover the whole recording).
+    fn absorb(&mut self, other: FullSeries) {
+        if self.exe.is_none() {
+            self.exe = other.exe;
+        }
+        for (mine, theirs) in [
+            (&mut self.sent, &other.sent),
+            (&mut self.received, &other.received),
+        ] {
+            for (mine, theirs) in mine.iter_mut().zip(theirs) {
+                *mine += theirs;
+            }
+        }
+        self.connections += other.connections;
+    }
 }
 
 pub struct Recorder {
     step_seconds: f64,
     started_at: jiff::Timestamp,
     steps: usize,
-    classes: HashMap<ClassKey, ClassSeries>,
+    classes: HashMap<RecordedClass, ClassSeries>,
     max_classes: usize,
     /// Observations of classes beyond `max_classes`, left out of the baseline.
     pub dropped_observations: u64,
@@ -52,17 +157,21 @@ impl Recorder {
         let step = self.steps;
         self.steps += 1;
         for delta in deltas {
-            let key = ClassKey::of(delta);
+            let key = RecordedClass::of(delta);
             if !self.classes.contains_key(&key) && self.classes.len() >= self.max_classes {
                 self.dropped_observations += 1;
                 continue;
             }
+            let named = matches!(key.remote, RecordedRemote::Name(_));
             let series = self.classes.entry(key).or_insert_with(|| ClassSeries {
                 first_step: step,
                 ..ClassSeries::default()
             });
             if series.exe.is_none() {
                 series.exe.clone_from(&delta.exe);
+            }
+            if named && series.addresses.len() < MAX_ADDRESSES_PER_NAME {
+                series.addresses.insert(delta.remote.to_canonical());
             }
             // Steps without traffic for this class stay implicit until it shows up again.
             let index = step - series.first_step;
@@ -80,11 +189,11 @@ impl Recorder {
         self.steps as f64 * self.step_seconds
     }
 
-    /// Distinct remote addresses seen so far (progress display).
+    /// Distinct remotes seen so far: names, and addresses of traffic without a name (progress
+    /// display).
     pub fn destinations(&self) -> usize {
-        let mut remotes: Vec<IpAddr> = self.classes.keys().map(|key| key.remote).collect();
-        remotes.sort_unstable();
-        remotes.dedup();
+        let remotes: HashSet<&RecordedRemote> =
+            self.classes.keys().map(|class| &class.remote).collect();
         remotes.len()
     }
 
@@ -96,20 +205,23 @@ impl Recorder {
     pub fn finish(self, host: &str) -> Baseline {
         let total_steps = self.steps;
         let step_seconds = self.step_seconds;
-        let mut rules: Vec<(u64, Rule)> = self
+        let mut classes: HashMap<RecordedClass, FullSeries> = self
             .classes
             .into_iter()
-            .map(|(key, series)| {
-                let padded = |samples: &[u64]| -> Vec<u64> {
-                    let mut full = vec![0; series.first_step];
-                    full.extend_from_slice(samples);
-                    full.resize(total_steps, 0);
-                    full
-                };
-                let sent = padded(&series.sent);
-                let received = padded(&series.received);
+            .map(|(class, series)| (class, series.full(total_steps)))
+            .collect();
+        fold_unnamed_into_names(&mut classes);
+        let mut rules: Vec<(u64, Rule)> = classes
+            .into_iter()
+            .map(|(class, series)| {
+                let FullSeries {
+                    exe,
+                    sent,
+                    received,
+                    connections,
+                    ..
+                } = series;
                 let both: Vec<u64> = sent.iter().zip(&received).map(|(s, r)| s + r).collect();
-                let connections: u64 = series.connections.iter().map(|&c| u64::from(c)).sum();
                 let hours = (total_steps as f64 * step_seconds / 3600.0).max(f64::EPSILON);
                 let cadence = stats::detect_cadence(&both, step_seconds);
                 let profile = cadence.as_ref().map(|cadence| {
@@ -127,11 +239,15 @@ impl Recorder {
                     }
                 });
                 let rule = Rule {
-                    process: key.process.clone(),
-                    exe: series.exe,
-                    remote: crate::flow_table::remote_label(key.remote),
-                    port: key.port,
-                    protocol: protocol_label(key.protocol),
+                    process: class.process,
+                    exe,
+                    remote: match class.remote {
+                        RecordedRemote::Name(name) => name,
+                        RecordedRemote::Address(address) => remote_label(address),
+                    },
+                    port: class.port,
+                    protocol: protocol_label(class.protocol),
+                    app: Some(class.app.as_str().to_owned()),
                     note: None,
                     normal: Some(Normal {
                         sent_bytes_per_second: stats::rate_stats(&sent, step_seconds),
@@ -156,6 +272,36 @@ impl Recorder {
                 host: host.to_owned(),
             }),
             rules: rules.into_iter().map(|(_, rule)| rule).collect(),
+        }
+    }
+}
+
+/// Moves the traffic of each class without a name into the named class (same process, port,
+/// protocol and app) whose traffic went to that address; when several names shared the address,
+/// into the one with the most traffic (then the first name in order, to be deterministic).
+fn fold_unnamed_into_names(classes: &mut HashMap<RecordedClass, FullSeries>) {
+    let mut owners: HashMap<RecordedClass, (u64, Reverse<RecordedClass>)> = HashMap::new();
+    for (class, series) in classes.iter() {
+        if !matches!(class.remote, RecordedRemote::Name(_)) {
+            continue;
+        }
+        let candidate = (series.total_bytes(), Reverse(class.clone()));
+        for &address in &series.addresses {
+            let unnamed = RecordedClass {
+                remote: RecordedRemote::Address(address),
+                ..class.clone()
+            };
+            let owner = owners.entry(unnamed).or_insert_with(|| candidate.clone());
+            if candidate > *owner {
+                *owner = candidate.clone();
+            }
+        }
+    }
+    for (unnamed, (_, Reverse(named))) in owners {
+        if let Some(series) = classes.remove(&unnamed)
+            && let Some(owner) = classes.get_mut(&named)
+        {
+            owner.absorb(series);
         }
     }
 }
@@ -215,6 +361,7 @@ mod tests {
         assert_eq!(miner.remote, "10.0.0.2");
         assert_eq!(miner.port, Some(3333));
         assert_eq!(miner.protocol, "tcp");
+        assert_eq!(miner.app.as_deref(), Some("unknown"));
         assert_eq!(miner.exe.as_deref(), Some("/usr/bin/xmrig"));
         let normal = miner.normal.as_ref().unwrap();
         // 6 jobs × 10 kB over 1800 s.
@@ -249,5 +396,125 @@ mod tests {
         ]);
         assert_eq!(recorder.classes(), 1);
         assert_eq!(recorder.dropped_observations, 1);
+    }
+
+    /// `delta` speaking `app`, its remote known as `name` when given.
+    fn speaking(mut delta: FlowDelta, app: App, name: Option<&str>) -> FlowDelta {
+        delta.app = app;
+        delta.name = name.map(|name| crate::flow_table::RemoteName {
+            name: name.to_owned(),
+            source: crate::names::Source::Dns,
+        });
+        delta
+    }
+
+    fn rule<'a>(baseline: &'a Baseline, remote: &str, app: &str) -> &'a Rule {
+        baseline
+            .rules
+            .iter()
+            .find(|rule| rule.remote == remote && rule.app.as_deref() == Some(app))
+            .unwrap_or_else(|| panic!("no rule for {remote} ({app}) in {:#?}", baseline.rules))
+    }
+
+    fn sent_total(rule: &Rule, seconds: f64) -> f64 {
+        let mean = rule.normal.as_ref().unwrap().sent_bytes_per_second.mean;
+        (mean * seconds).round()
+    }
+
+    #[test]
+    fn a_name_rotating_over_addresses_becomes_one_rule() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        let pool = Some("pool.example.org");
+        for step in 0..10 {
+            let address = ["10.0.0.2", "10.0.0.3", "::ffff:10.0.0.4"][step % 3];
+            recorder.record_step(&[speaking(
+                delta("xmrig", address, 3333, 100, step < 3),
+                App::Stratum,
+                pool,
+            )]);
+        }
+        assert_eq!(recorder.classes(), 1);
+        assert_eq!(recorder.destinations(), 1);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 1);
+        let pool = rule(&baseline, "pool.example.org", "stratum");
+        assert_eq!(sent_total(pool, 10.0), 1000.0);
+        let normal = pool.normal.as_ref().unwrap();
+        assert!((normal.connections_per_hour - 3.0 * 360.0).abs() < 1e-9);
+        assert_eq!(normal.active_fraction, 1.0);
+        // The file says the name and the app.
+        let text = crate::baseline::file::render(&baseline);
+        assert!(
+            text.contains("remote = \"pool.example.org\"\nport = 3333\nprotocol = \"tcp\"\napp = \"stratum\"\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unnamed_traffic_to_a_named_address_joins_the_name() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        // Before the DNS answer: by address; after: by name. Another address stays unnamed;
+        // the same address speaking another app is another class.
+        recorder.record_step(&[
+            speaking(
+                delta("xmrig", "10.0.0.2", 3333, 10, true),
+                App::Stratum,
+                None,
+            ),
+            speaking(
+                delta("xmrig", "10.0.0.9", 3333, 7, true),
+                App::Stratum,
+                None,
+            ),
+            speaking(
+                delta("xmrig", "10.0.0.2", 3333, 1000, true),
+                App::Http,
+                None,
+            ),
+        ]);
+        for _ in 0..4 {
+            recorder.record_step(&[speaking(
+                delta("xmrig", "10.0.0.2", 3333, 100, false),
+                App::Stratum,
+                Some("pool.example.org"),
+            )]);
+        }
+        assert_eq!(recorder.classes(), 4);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 3, "{:#?}", baseline.rules);
+        let named = rule(&baseline, "pool.example.org", "stratum");
+        assert_eq!(sent_total(named, 5.0), 410.0);
+        assert_eq!(named.normal.as_ref().unwrap().active_fraction, 1.0);
+        assert_eq!(sent_total(rule(&baseline, "10.0.0.9", "stratum"), 5.0), 7.0);
+        assert_eq!(sent_total(rule(&baseline, "10.0.0.2", "http"), 5.0), 1000.0);
+    }
+
+    #[test]
+    fn unnamed_traffic_to_a_shared_address_joins_its_busiest_name() {
+        let mut recorder = Recorder::new(1.0, jiff::Timestamp::UNIX_EPOCH, 100);
+        recorder.record_step(&[
+            speaking(
+                delta("curl", "10.0.0.5", 443, 50, true),
+                App::Tls,
+                Some("a.cdn.example"),
+            ),
+            speaking(
+                delta("curl", "10.0.0.5", 443, 80, true),
+                App::Tls,
+                Some("b.cdn.example"),
+            ),
+            speaking(delta("curl", "10.0.0.5", 443, 5, true), App::Tls, None),
+        ]);
+        assert_eq!(recorder.destinations(), 3);
+        let baseline = recorder.finish("rig");
+        assert_eq!(baseline.rules.len(), 2);
+        assert_eq!(
+            sent_total(rule(&baseline, "a.cdn.example", "tls"), 1.0),
+            50.0
+        );
+        assert_eq!(
+            sent_total(rule(&baseline, "b.cdn.example", "tls"), 1.0),
+            85.0
+        );
     }
 }

@@ -105,18 +105,22 @@ impl BaselineService {
                 for increment in monitor.observe_step(deltas, now_unix) {
                     let key = &increment.key;
                     let protocol = crate::flow_table::protocol_label(key.protocol);
-                    let labels = if increment.listed {
-                        [
-                            key.process.clone(),
+                    let (remote, port) = if increment.listed {
+                        (
                             crate::flow_table::remote_label(key.remote),
                             key.port.map(|port| port.to_string()).unwrap_or_default(),
-                            protocol,
-                        ]
+                        )
                     } else {
-                        // The list is full: keep the process, fold remote and port.
-                        [key.process.clone(), "other".into(), String::new(), protocol]
+                        // The list is full: keep the process and app, fold remote and port.
+                        ("other".into(), String::new())
                     };
-                    let labels = [&*labels[0], &*labels[1], &*labels[2], &*labels[3]];
+                    let labels = [
+                        key.process.as_str(),
+                        &remote,
+                        &port,
+                        &protocol,
+                        key.app.as_str(),
+                    ];
                     metrics
                         .unexpected_sent_bytes
                         .with_label_values(&labels)
@@ -243,6 +247,7 @@ impl BaselineService {
                         entry.remote.as_str(),
                         port.as_str(),
                         entry.protocol.as_str(),
+                        entry.app.as_str(),
                     ];
                     metrics
                         .unexpected_first_seen
@@ -259,9 +264,11 @@ impl BaselineService {
                         status.remote.as_str(),
                         status.port.as_str(),
                         status.protocol.as_str(),
+                        status.app.as_str(),
                     ];
-                    let with =
-                        |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], direction];
+                    let with = |direction: &'static str| {
+                        [rule[0], rule[1], rule[2], rule[3], rule[4], direction]
+                    };
                     for (direction, rate, reference, deviation) in [
                         (
                             "sent",
@@ -338,4 +345,81 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flow_table::{RemoteName, Traffic},
+        metrics::Metrics,
+        names::{App, Source},
+    };
+
+    fn pool_delta(app: App, sent_bytes: u64) -> FlowDelta {
+        FlowDelta {
+            process: "xmrig".into(),
+            exe: None,
+            new_flow: false,
+            remote: "10.0.0.7".parse().unwrap(),
+            port: Some(3333),
+            protocol: 6,
+            app,
+            name: Some(RemoteName {
+                name: "pool.example.org".into(),
+                source: Source::Dns,
+            }),
+            traffic: Traffic {
+                sent_bytes,
+                ..Traffic::default()
+            },
+        }
+    }
+
+    #[test]
+    fn unexpected_and_rule_metrics_carry_the_app() {
+        let dir = std::env::temp_dir().join(format!(
+            "bitsecure-service-app-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("baseline.toml");
+        std::fs::write(
+            &path,
+            "format_version = 1\n[[rule]]\nprocess = \"xmrig\"\nremote = \"pool.example.org\"\n\
+             port = 3333\nprotocol = \"tcp\"\napp = \"stratum\"\n",
+        )
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let settings = Settings {
+            path,
+            learn_seconds: 0.0,
+            max_unexpected: 10,
+            step_seconds: 1.0,
+        };
+        let mut service = BaselineService::start(settings, &metrics.baseline, 1000.0);
+        service.on_step(
+            &[pool_delta(App::Stratum, 100), pool_delta(App::Http, 7)],
+            &metrics.baseline,
+            1001.0,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        let text = metrics.render().unwrap();
+        // The prometheus encoder writes labels in alphabetical order.
+        let labels = r#"app="http",port="3333",process="xmrig",protocol="tcp",remote="10.0.0.7""#;
+        for expected in [
+            format!("bitsecure_unexpected_sent_bytes_total{{{labels}}} 7\n"),
+            format!("bitsecure_unexpected_last_seen_timestamp_seconds{{{labels}}} 1001\n"),
+            "bitsecure_unexpected_flows 1\n".to_owned(),
+            "bitsecure_rule_silence_seconds{app=\"stratum\",port=\"3333\",process=\"xmrig\",\
+             protocol=\"tcp\",remote=\"pool.example.org\"} 0\n"
+                .to_owned(),
+        ] {
+            assert!(text.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+        let unexpected = service.view().lock().unwrap().unexpected.clone();
+        assert_eq!(unexpected.len(), 1);
+        assert_eq!(unexpected[0].name.as_deref(), Some("pool.example.org"));
+    }
 }
