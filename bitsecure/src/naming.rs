@@ -82,7 +82,7 @@ impl Naming {
         } else {
             metrics.kernel_events.with_label_values(&["payload"]).inc();
         }
-        self.on_first_payload(&event.key, event.direction, payload, now);
+        self.on_first_payload(&event, payload, now);
     }
 
     fn on_dns(&mut self, key: &FlowKey, message: &[u8], metrics: &Metrics, now: Instant) {
@@ -114,18 +114,23 @@ impl Naming {
         }
     }
 
-    fn on_first_payload(&mut self, key: &FlowKey, direction: u8, payload: &[u8], now: Instant) {
+    fn on_first_payload(&mut self, event: &PayloadEvent, payload: &[u8], now: Instant) {
+        let (key, direction) = (&event.key, event.direction);
         let insight = self.flows.entry(*key).or_default();
         // Per-CPU sampling can hand a direction over more than once: the first one counts.
         if insight.directions & direction != 0 {
             return;
         }
         insight.directions |= direction;
-        let port = Some(if direction == DIRECTION_EGRESS {
-            key.remote_port
-        } else {
-            key.local_port
-        });
+        // The port that tells the service: the remote one for what this host sends, and for
+        // DNS responses (from port 53, even when the query went unseen); else the local one.
+        let port = Some(
+            if direction == DIRECTION_EGRESS || event.kind == EVENT_DNS {
+                key.remote_port
+            } else {
+                key.local_port
+            },
+        );
         let app = classify(payload, port, key.protocol);
         if app != App::Unknown && insight.app.is_none() {
             insight.app = Some(app);
@@ -369,6 +374,11 @@ mod tests {
             &event(resolver, EVENT_DNS, DIRECTION_INGRESS, b"\xff\xffgarbage"),
             &metrics,
             now,
+        );
+        // The resolver's flow is DNS from its response alone.
+        assert_eq!(
+            naming.decide_app(&resolver, false),
+            AppDecision::Decided(App::Dns)
         );
         let pool = key([10, 0, 0, 9], 3333, 6);
         assert_eq!(
