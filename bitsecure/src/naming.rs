@@ -152,9 +152,17 @@ impl Naming {
         // `Host: 10.0.0.2` names nothing: the address is already the remote label.
         let observed = observed.filter(|(name, _)| !is_address(name));
         if let Some((name, source)) = observed {
+            // A server name or Host is only what the client claims; what this machine
+            // resolved the address as stays the address's name.
             let address = remote_address(key);
-            self.names
-                .insert(address, &name, source, OBSERVED_NAME_TTL, now);
+            let resolved = self
+                .names
+                .lookup(&address, now)
+                .is_some_and(|entry| entry.source == Source::Dns);
+            if !resolved {
+                self.names
+                    .insert(address, &name, source, OBSERVED_NAME_TTL, now);
+            }
             insight.name = Some(RemoteName { name, source });
         }
     }
@@ -179,13 +187,18 @@ impl Naming {
         AppDecision::Wait
     }
 
-    /// The name the flow itself asked for (TLS server name, HTTP Host), else what the address
-    /// is called in the name map.
+    /// The name a flow's remote goes by: what this machine resolved its address as (DNS),
+    /// else the name the flow itself asked for (TLS server name, HTTP Host: only a claim of
+    /// the client, so it never overrides DNS), else what the name map says.
     pub fn name_of(&self, key: &FlowKey, now: Instant) -> Option<RemoteName> {
-        if let Some(name) = self.flows.get(key).and_then(|insight| insight.name.clone()) {
-            return Some(name);
+        let mapped = self.name_of_address(remote_address(key), now);
+        if let Some(resolved) = mapped.as_ref().filter(|name| name.source == Source::Dns) {
+            return Some(resolved.clone());
         }
-        self.name_of_address(remote_address(key), now)
+        self.flows
+            .get(key)
+            .and_then(|insight| insight.name.clone())
+            .or(mapped)
     }
 
     /// What the address is called in the name map.
@@ -444,6 +457,36 @@ mod tests {
         assert_eq!(
             naming.decide_app(&incoming, false),
             AppDecision::Decided(App::Http)
+        );
+    }
+
+    #[test]
+    fn a_claimed_name_never_overrides_what_dns_resolved() {
+        let metrics = Metrics::new().unwrap();
+        let mut naming = Naming::new(16);
+        let now = Instant::now();
+        let resolver = key([10, 0, 0, 53], 53, 17);
+        let response = dns::tests::a_response("pool.example.org", [10, 0, 0, 9], 300);
+        naming.on_event(
+            &event(resolver, EVENT_DNS, DIRECTION_INGRESS, &response),
+            &metrics,
+            now,
+        );
+        let request = b"GET / HTTP/1.1\r\nHost: trusted.example.org\r\n\r\n";
+        let flow = key([10, 0, 0, 9], 80, 6);
+        naming.on_event(
+            &event(flow, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, request),
+            &metrics,
+            now,
+        );
+        let resolved = Some(RemoteName {
+            name: "pool.example.org".into(),
+            source: Source::Dns,
+        });
+        assert_eq!(naming.name_of(&flow, now), resolved);
+        assert_eq!(
+            naming.name_of_address("10.0.0.9".parse().unwrap(), now),
+            resolved
         );
     }
 
