@@ -71,6 +71,9 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_UDPLITE: u8 = 136;
 const IPPROTO_SCTP: u8 = 132;
+/// Packets of a flow per direction (and CPU) searched for its first payload: the handshake
+/// and a few more.
+const FIRST_PACKETS_INSPECTED: u64 = 8;
 /// Responses from this remote port are DNS messages, handed over whole (up to the event size).
 const DNS_PORT: u16 = 53;
 /// The loopback device has this ifindex in every network namespace.
@@ -229,7 +232,7 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     if let Some(counters) = add_to_flow(&info.key, direction, wire_bytes, segments as u64)
         && info.l4_offset != 0
     {
-        inspect_payload(ctx, &info, counters, direction, len);
+        inspect_payload(ctx, &info, counters, direction, len, segments as u64);
     }
 }
 
@@ -242,14 +245,30 @@ fn inspect_payload(
     counters: *mut FlowCounters,
     direction: u8,
     len: u32,
+    segments: u64,
 ) {
     let protocol = info.key.protocol;
     let dns = direction == DIRECTION_INGRESS
         && info.key.remote_port == DNS_PORT
         && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP);
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
-    let sampled = unsafe { (*counters).sampled };
+    let (sampled, packets) = unsafe {
+        let packets = if direction == DIRECTION_EGRESS {
+            (*counters).tx_packets
+        } else {
+            (*counters).rx_packets
+        };
+        ((*counters).sampled, packets)
+    };
     if !dns && sampled & direction != 0 {
+        return;
+    }
+    // The counter already includes this packet.
+    if !dns && packets.saturating_sub(segments) >= FIRST_PACKETS_INSPECTED {
+        // Only the first packets are looked at: a direction that carried no payload so far
+        // (the ACKs of a bulk transfer) is not inspected packet after packet.
+        // SAFETY: as above.
+        unsafe { (*counters).sampled = sampled | direction };
         return;
     }
     // Bounded again here: the verifier only allows packet offsets it can bound.
