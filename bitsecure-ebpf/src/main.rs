@@ -13,8 +13,8 @@
 //!
 //! The counting programs also hand two kinds of payload bytes to the agent through a ring
 //! buffer, for naming remotes and classifying applications: every DNS message received from
-//! port 53, and the first payload of each flow in each direction. Per packet that costs one
-//! byte test once a flow's first payloads are handed over.
+//! port 53, and the first payload of each flow in each direction (looked for in its first
+//! packets only). Per packet that costs one byte test once a flow's first packets are past.
 //!
 //! Every program always allows the packet or socket: BitSecure observes, it never filters.
 //! Everything that is not packet access (naming, aggregation, statistics) lives in userspace.
