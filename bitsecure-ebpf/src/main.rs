@@ -229,28 +229,52 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     };
 
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
-    if let Some(counters) = add_to_flow(&info.key, direction, wire_bytes, segments as u64)
-        && info.l4_offset != 0
-    {
-        inspect_payload(ctx, &info, counters, direction, len, segments as u64);
+    let Some(counters) = add_to_flow(&info.key, direction, wire_bytes, segments as u64) else {
+        return;
+    };
+    // The common case, a flow whose first payloads are past, costs this one test; the rest
+    // is a separate function so it does not weigh on the registers of this path.
+    // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
+    let sampled = unsafe { (*counters).sampled };
+    if info.l4_offset != 0 && (sampled & direction == 0 || is_dns_response(&info.key, direction)) {
+        let packet = Packet {
+            direction,
+            len,
+            segments,
+        };
+        inspect_payload(ctx, &info, &packet, counters);
     }
+}
+
+/// What [`inspect_payload`] needs of a packet besides its headers (one argument: BPF
+/// functions take five at most).
+struct Packet {
+    direction: u8,
+    /// `skb->len`: IP header to the end of the payload.
+    len: u32,
+    /// Wire packets it stands for (GSO).
+    segments: u32,
+}
+
+#[inline(always)]
+fn is_dns_response(key: &FlowKey, direction: u8) -> bool {
+    direction == DIRECTION_INGRESS
+        && key.remote_port == DNS_PORT
+        && (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP)
 }
 
 /// Hands the payload to the agent if it is a DNS response or the flow's first payload in this
 /// direction (on this CPU). Packets without payload (handshakes, bare ACKs) do not count.
-#[inline(always)]
+#[inline(never)]
 fn inspect_payload(
     ctx: &SkBuffContext,
     info: &PacketInfo,
+    packet: &Packet,
     counters: *mut FlowCounters,
-    direction: u8,
-    len: u32,
-    segments: u64,
 ) {
+    let (direction, len) = (packet.direction, packet.len);
     let protocol = info.key.protocol;
-    let dns = direction == DIRECTION_INGRESS
-        && info.key.remote_port == DNS_PORT
-        && (protocol == IPPROTO_UDP || protocol == IPPROTO_TCP);
+    let dns = is_dns_response(&info.key, direction);
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
     let (sampled, packets) = unsafe {
         let packets = if direction == DIRECTION_EGRESS {
@@ -260,11 +284,8 @@ fn inspect_payload(
         };
         ((*counters).sampled, packets)
     };
-    if !dns && sampled & direction != 0 {
-        return;
-    }
     // The counter already includes this packet.
-    if !dns && packets.saturating_sub(segments) >= FIRST_PACKETS_INSPECTED {
+    if !dns && packets.saturating_sub(packet.segments as u64) >= FIRST_PACKETS_INSPECTED {
         // Only the first packets are looked at: a direction that carried no payload so far
         // (the ACKs of a bulk transfer) is not inspected packet after packet.
         // SAFETY: as above.
