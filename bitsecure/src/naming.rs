@@ -12,12 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{DIRECTION_EGRESS, EVENT_DNS, FlowKey, PayloadEvent};
+use bitsecure_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, FlowKey, PayloadEvent};
 
 use crate::{
     flow_table::RemoteName,
     metrics::Metrics,
-    names::{App, NameMap, NameMapConfig, Source, app::PROTO_TCP, classify, dns, http, tls},
+    names::{
+        App, NameMap, NameMapConfig, Source,
+        app::{PROTO_TCP, PROTO_UDP},
+        classify, dns, http, tls,
+    },
 };
 
 /// How long a name from a TLS server name or an HTTP Host header is remembered for its
@@ -170,8 +174,9 @@ impl Naming {
     /// The application of a flow seen for the first time, or `Wait`. `closing`: the socket is
     /// closed, so no more payload will come.
     pub fn decide_app(&mut self, key: &FlowKey, closing: bool) -> AppDecision {
-        let two_way = bitsecure_common::DIRECTION_EGRESS | bitsecure_common::DIRECTION_INGRESS;
-        let waits_for_payload = matches!(key.protocol, 6 | 17);
+        let two_way = DIRECTION_EGRESS | DIRECTION_INGRESS;
+        // Only TCP and UDP flows get first-payload events.
+        let waits_for_payload = matches!(key.protocol, PROTO_TCP | PROTO_UDP);
         let insight = self.flows.entry(*key).or_default();
         if let Some(app) = insight.app {
             return AppDecision::Decided(app);
@@ -245,7 +250,7 @@ pub fn remote_address(key: &FlowKey) -> IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use bitsecure_common::{DIRECTION_INGRESS, EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX};
+    use bitsecure_common::{EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX};
 
     use super::*;
 

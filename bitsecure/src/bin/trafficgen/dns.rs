@@ -17,7 +17,9 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, CNAME};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
-use super::{DATAGRAM_BUF, log_error, pace, ready_forever, send_datagram, serve_tcp};
+use super::{
+    DATAGRAM_BUF, address_range_start, log_error, pace, ready_forever, send_datagram, serve_tcp,
+};
 
 /// Longest CNAME chain followed: a loop in the given records ends there.
 const MAX_CHAIN: usize = 8;
@@ -215,13 +217,7 @@ fn flood_response(i: u32, address: Ipv4Addr, ttl: u32) -> Result<Vec<u8>> {
 }
 
 pub fn flood(args: &DnsFloodArgs) -> Result<()> {
-    let first = u32::from(args.first_address);
-    ensure!(
-        first.checked_add(args.count - 1).is_some(),
-        "{} + {} addresses goes past 255.255.255.255",
-        args.first_address,
-        args.count
-    );
+    let first = address_range_start(args.first_address, args.count)?;
     ensure!(
         args.rate >= 0.0 && args.rate.is_finite(),
         "--rate must be a finite rate (0 = unpaced)"

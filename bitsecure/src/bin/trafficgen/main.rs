@@ -798,16 +798,20 @@ fn udp_client(args: &UdpArgs, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
+/// `first` as a number, once checked that `count` (≥ 1) consecutive addresses from it exist.
+fn address_range_start(first: Ipv4Addr, count: u32) -> Result<u32> {
+    let start = u32::from(first);
+    ensure!(
+        start.checked_add(count - 1).is_some(),
+        "{first} + {count} addresses goes past 255.255.255.255"
+    );
+    Ok(start)
+}
+
 fn spray(args: &SprayArgs) -> Result<()> {
     let socket =
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind the UDP socket")?;
-    let first = u32::from(args.first);
-    ensure!(
-        first.checked_add(args.addresses - 1).is_some(),
-        "{} + {} addresses goes past 255.255.255.255",
-        args.first,
-        args.addresses
-    );
+    let first = address_range_start(args.first, args.addresses)?;
     ensure!(
         args.port.checked_add(args.ports - 1).is_some(),
         "port {} + {} ports goes past 65535",
