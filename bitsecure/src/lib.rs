@@ -1,33 +1,32 @@
-//! The BitSecure agent as a library: the `bitsecure` binary (main.rs) wires these together.
+//! The BitSecure agent as a library; the `bitsecure` binary (main.rs) is its command line.
 //!
-//! - [`kernel`] loads and attaches the eBPF programs; [`bpf_batch`] reads their maps.
-//! - [`poller`] attributes kernel flows to processes ([`identity`], [`sock_diag`]) and feeds
-//!   the [`flow_table`], which bounds cardinality, and the [`metrics`] served by [`http`].
-//! - [`baseline`] learns normal traffic and compares live traffic with it.
-//! - [`agent`] runs it all; [`commands`] are the review commands of the CLI ([`http_client`]
-//!   talks to the agent).
-//! - [`config`] and [`cgroup`] decide what to watch; [`caps`] drops privileges after attaching.
-//! - [`names`] parses DNS answers, TLS SNI, HTTP Host and app protocols (pure);
-//!   [`naming`] applies them to the payload events the kernel hands over: remote names and
-//!   each flow's application.
+//! The modules follow the pipeline, kernel to Prometheus:
+//!
+//! ```text
+//! kernel ──maps──▶ poller ──FlowDelta──▶ agent ──▶ export   (/metrics, JSON API)
+//!                    ▲                     └─────▶ baseline (learn, compare)
+//!                 naming (payload events → names, apps)
+//! ```
+//!
+//! - [`kernel`]: loads and attaches the eBPF programs, pins, batch map reads, cgroup,
+//!   capabilities.
+//! - [`poller`]: kernel maps → flow deltas attributed to processes (owners, service ports).
+//! - [`naming`]: payload events → remote names and application classes (parsers under it).
+//! - [`baseline`]: the baseline model and file, learning (recorder) and comparing (monitor).
+//! - [`export`]: the only module that knows metric names and label layout; serves HTTP.
+//! - [`agent`]: the composition root: one poll loop fans each poll out to export and baseline.
+//! - [`cli`]: the review commands, the HTTP client they use, and `bitsecure check`.
+//! - At the bottom, shared by all: [`flow`] (the vocabulary), [`config`], [`state`] (what
+//!   carries over a restart), [`human`] (numbers for people), [`fsutil`] (atomic writes,
+//!   bounded reads).
 
 pub mod agent;
 pub mod baseline;
-pub mod bpf_batch;
-pub mod caps;
-pub mod cgroup;
-pub mod check;
-pub mod commands;
+pub mod cli;
 pub mod config;
-pub mod flow_table;
-pub mod http;
-pub mod http_client;
-pub mod identity;
+pub mod export;
+pub mod flow;
 pub mod kernel;
-pub mod metrics;
-pub mod names;
 pub mod naming;
-pub mod pinning;
 pub mod poller;
-pub mod sock_diag;
 pub mod state;

@@ -10,8 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use log::{error, info};
 
 use bitsecure::{
-    agent, check,
-    commands::{self, AcceptFilter},
+    agent,
+    cli::{
+        check,
+        commands::{self, AcceptFilter},
+    },
     config::{self, Config},
 };
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::flow_table::{SeriesKey, Traffic};
+use crate::flow::{SeriesKey, Traffic};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -52,11 +52,11 @@ pub struct SeenFlow {
     pub app: String,
     /// The name the flow's remote was known by.
     #[serde(default)]
-    pub name: Option<crate::flow_table::RemoteName>,
+    pub name: Option<crate::flow::RemoteName>,
 }
 
 fn unknown_app() -> String {
-    crate::names::App::Unknown.as_str().to_owned()
+    crate::naming::App::Unknown.as_str().to_owned()
 }
 
 /// An exported traffic series and its totals.
@@ -227,9 +227,9 @@ mod tests {
                     received_packets: 2,
                 },
                 app: "tls".into(),
-                name: Some(crate::flow_table::RemoteName {
+                name: Some(crate::flow::RemoteName {
                     name: "pool.example.org".into(),
-                    source: crate::names::Source::Sni,
+                    source: crate::naming::Source::Sni,
                 }),
                 port: Some(443),
             }],

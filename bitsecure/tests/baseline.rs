@@ -181,7 +181,7 @@ fn simulated_rig_learn_then_monitor() {
     // Every recorded rule says which application it speaks (whatever the classifier saw).
     let app = miner_rule["app"].as_str().unwrap_or_default();
     assert!(
-        bitsecure::names::App::parse(app).is_some(),
+        bitsecure::naming::App::parse(app).is_some(),
         "miner rule without a known app:\n{text}"
     );
     let cadence = miner_rule["normal"]["cadence_seconds"]
@@ -273,7 +273,7 @@ fn simulated_rig_learn_then_monitor() {
     assert!(
         entry["app"]
             .as_str()
-            .and_then(bitsecure::names::App::parse)
+            .and_then(bitsecure::naming::App::parse)
             .is_some(),
         "{entry}"
     );

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bitsecure::http_client::{self, encode_query_value};
+use bitsecure::cli::client::{self as http_client, encode_query_value};
 use serde_json::Value;
 use support::{require_root, scratch_dir};
 

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
             // fuzzing run: their property tests with 40x the usual random cases (~30 s).
             util::cargo_test_with_env(
                 &root,
-                &["test", "--package", "bitsecure", "--lib", "names::"],
+                &["test", "--package", "bitsecure", "--lib", "naming::"],
                 &[("PROPTEST_CASES", PARSER_FUZZ_CASES)],
             )
             .context("parser property tests (fuzzing run) failed")?;

@@ -66,7 +66,7 @@
 //!
 //! ```
 //! use bitsecure::baseline::file::{self, LiveFlow};
-//! use bitsecure::names::App;
+//! use bitsecure::naming::App;
 //!
 //! let text = r#"
 //! format_version = 1
@@ -111,7 +111,7 @@ use serde::{
 use toml::Spanned;
 
 use super::stats::RateStats;
-use crate::names::{App, host_name, name_matches};
+use crate::naming::{App, name_matches, parse::host_name};
 
 /// The newest format version this BitSecure reads, and the one it writes.
 pub const FORMAT_VERSION: u32 = 1;

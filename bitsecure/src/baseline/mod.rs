@@ -15,7 +15,7 @@ pub mod stats;
 
 use std::net::IpAddr;
 
-use crate::{flow_table::FlowDelta, names::App};
+use crate::{flow::FlowDelta, naming::App};
 
 /// A traffic class as the monitor sees it: what the unexpected list is keyed by. The remote's
 /// name is not part of it (it comes and goes with DNS answers and TTLs).

@@ -18,8 +18,8 @@ use super::{
     stats,
 };
 use crate::{
-    flow_table::{FlowDelta, Traffic, protocol_label, remote_label},
-    names::{App, Source},
+    flow::{FlowDelta, Traffic, protocol_label, remote_label},
+    naming::{App, Source},
 };
 
 /// Burst onsets remembered per rule for the observed cadence.
@@ -438,7 +438,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             port: Some(port),
             protocol: 6,
-            app: crate::names::App::Unknown,
+            app: crate::naming::App::Unknown,
             name: None,
             traffic: Traffic {
                 sent_bytes: sent,
@@ -578,7 +578,7 @@ mod tests {
     /// `delta` with an application and, when `name` is given, a name learnt from `source`.
     fn speaking(mut delta: FlowDelta, app: App, name: Option<(&str, Source)>) -> FlowDelta {
         delta.app = app;
-        delta.name = name.map(|(name, source)| crate::flow_table::RemoteName {
+        delta.name = name.map(|(name, source)| crate::flow::RemoteName {
             name: name.into(),
             source,
         });

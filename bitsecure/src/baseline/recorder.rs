@@ -20,8 +20,8 @@ use super::{
     stats,
 };
 use crate::{
-    flow_table::{FlowDelta, protocol_label, remote_label},
-    names::App,
+    flow::{FlowDelta, protocol_label, remote_label},
+    naming::App,
 };
 
 /// Most profile bins kept per rule (a 1-hour cycle at 5 s steps).
@@ -309,7 +309,7 @@ fn fold_unnamed_into_names(classes: &mut HashMap<RecordedClass, FullSeries>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flow_table::Traffic;
+    use crate::flow::Traffic;
 
     fn delta(process: &str, remote: &str, port: u16, sent: u64, new_flow: bool) -> FlowDelta {
         FlowDelta {
@@ -319,7 +319,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             port: Some(port),
             protocol: 6,
-            app: crate::names::App::Unknown,
+            app: crate::naming::App::Unknown,
             name: None,
             traffic: Traffic {
                 sent_bytes: sent,
@@ -401,9 +401,9 @@ mod tests {
     /// `delta` speaking `app`, its remote known as `name` when given.
     fn speaking(mut delta: FlowDelta, app: App, name: Option<&str>) -> FlowDelta {
         delta.app = app;
-        delta.name = name.map(|name| crate::flow_table::RemoteName {
+        delta.name = name.map(|name| crate::flow::RemoteName {
             name: name.to_owned(),
-            source: crate::names::Source::Dns,
+            source: crate::naming::Source::Dns,
         });
         delta
     }

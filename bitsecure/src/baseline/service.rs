@@ -14,7 +14,7 @@ use super::{
     monitor::{Monitor, Unexpected},
     recorder::Recorder,
 };
-use crate::{flow_table::FlowDelta, metrics::BaselineMetrics};
+use crate::{export::metrics::BaselineMetrics, flow::FlowDelta};
 
 /// Most traffic classes a learning run keeps (the rest is counted and left out).
 const MAX_LEARNED_CLASSES: usize = 2000;
@@ -104,10 +104,10 @@ impl BaselineService {
             Mode::Monitoring(monitor) => {
                 for increment in monitor.observe_step(deltas, now_unix) {
                     let key = &increment.key;
-                    let protocol = crate::flow_table::protocol_label(key.protocol);
+                    let protocol = crate::flow::protocol_label(key.protocol);
                     let (remote, port) = if increment.listed {
                         (
-                            crate::flow_table::remote_label(key.remote),
+                            crate::flow::remote_label(key.remote),
                             key.port.map(|port| port.to_string()).unwrap_or_default(),
                         )
                     } else {
@@ -351,9 +351,9 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
     use crate::{
-        flow_table::{RemoteName, Traffic},
-        metrics::Metrics,
-        names::{App, Source},
+        export::metrics::Metrics,
+        flow::{RemoteName, Traffic},
+        naming::{App, Source},
     };
 
     fn pool_delta(app: App, sent_bytes: u64) -> FlowDelta {

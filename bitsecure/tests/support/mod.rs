@@ -791,7 +791,7 @@ pub fn within(measured: u64, truth: u64, tolerance: f64) -> bool {
 /// Where cgroup v2 is mounted (found the agent's way).
 pub fn cgroup2_mount() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
-    bitsecure::cgroup::cgroup2_mount_from(&mounts).expect("cgroup v2 mounted")
+    bitsecure::kernel::cgroup::cgroup2_mount_from(&mounts).expect("cgroup v2 mounted")
 }
 
 /// A child cgroup of the cgroup v2 mount, removed on drop.

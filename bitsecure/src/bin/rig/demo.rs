@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
-use bitsecure::http_client;
+use bitsecure::cli::client as http_client;
 use clap::Args;
 use serde_json::json;
 

@@ -42,7 +42,7 @@ impl Lab {
         remove_leftovers();
         fs::create_dir_all(dir.join("bin"))?;
         fs::create_dir_all(dir.join("logs"))?;
-        let cgroup = bitsecure::cgroup::resolve_attach_path("")?.join(PREFIX);
+        let cgroup = bitsecure::kernel::cgroup::resolve_attach_path("")?.join(PREFIX);
         let lab = Self {
             dir: dir.to_owned(),
             cgroup: cgroup.clone(),
@@ -232,7 +232,8 @@ fn remove_leftovers() {
             let _ = run("ip", &["netns", "del", &netns]);
         }
     }
-    let Ok(cgroup) = bitsecure::cgroup::resolve_attach_path("").map(|mount| mount.join(PREFIX))
+    let Ok(cgroup) =
+        bitsecure::kernel::cgroup::resolve_attach_path("").map(|mount| mount.join(PREFIX))
     else {
         return;
     };

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use bitsecure::http_client::{self, encode_query_value};
+use bitsecure::cli::client::{self as http_client, encode_query_value};
 use serde_json::Value;
 
 use crate::lab::Lab;

@@ -20,7 +20,7 @@ use aya::{
 use bitsecure_common::map_names;
 use log::{debug, info};
 
-use crate::pinning::PinDir;
+use crate::kernel::pins::PinDir;
 
 /// The compiled programs, built by build.rs from `bitsecure-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bitsecure"));
@@ -83,7 +83,7 @@ pub fn check_kernel_version() -> anyhow::Result<()> {
 ///
 /// With `pins`, the maps and links are pinned there: programs already attached by a previous
 /// agent from the very same object stay attached (no gap, no double count), others are
-/// replaced; see [`crate::pinning`].
+/// replaced; see [`crate::kernel::pins`].
 pub fn load_and_attach(
     cgroup: &Path,
     capacities: &MapCapacities,

@@ -9,11 +9,11 @@ use crate::baseline::{
     file::{self, Baseline, FORMAT_VERSION, Rule},
     monitor::Unexpected,
 };
-use crate::http_client;
+use crate::cli::client;
 
 /// GETs `path` from the agent at `agent` ("127.0.0.1:9977" or "http://127.0.0.1:9977").
 fn get(agent: &str, path: &str) -> anyhow::Result<String> {
-    http_client::get(agent, path).with_context(|| {
+    client::get(agent, path).with_context(|| {
         format!("asking the agent at {agent} (is `bitsecure run` running, with agent.listen at this address?)")
     })
 }
@@ -247,7 +247,7 @@ pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::{App, Source};
+    use crate::naming::{App, Source};
 
     fn entry(remote: &str, name: Option<(&str, Source)>, app: App) -> Unexpected {
         Unexpected {

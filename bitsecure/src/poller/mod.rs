@@ -21,16 +21,19 @@ use bitsecure_common::{
 use log::{debug, info, warn};
 
 use crate::{
-    bpf_batch,
-    flow_table::{FlowDelta, FlowTable, RemoteName, Traffic, remote_label},
-    identity::{self, ProcessIdentity},
+    export::metrics::Metrics,
+    export::series::FlowTable,
+    flow::{FlowDelta, RemoteName, Traffic, remote_label},
     kernel::KernelMaps,
-    metrics::Metrics,
-    names::App,
+    kernel::batch,
+    naming::App,
     naming::{AppDecision, Naming, remote_address},
-    sock_diag,
+    poller::identity::ProcessIdentity,
     state::SeenFlow,
 };
+
+pub mod identity;
+pub mod sock_diag;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -201,20 +204,18 @@ impl Poller {
         // counters are read (except for a packet racing this read: that flow waits a poll).
         self.read_events(metrics);
 
-        let flows: Vec<(FlowKey, Traffic, bool)> = bpf_batch::lookup_all::<FlowKey, FlowCounters>(
-            self.maps.flows.fd().as_fd(),
-            self.cpus,
-        )?
-        .into_iter()
-        .map(|(key, per_cpu)| {
-            let (traffic, egress_first) = sum_per_cpu(&per_cpu);
-            (key, traffic, egress_first)
-        })
-        .collect();
+        let flows: Vec<(FlowKey, Traffic, bool)> =
+            batch::lookup_all::<FlowKey, FlowCounters>(self.maps.flows.fd().as_fd(), self.cpus)?
+                .into_iter()
+                .map(|(key, per_cpu)| {
+                    let (traffic, egress_first) = sum_per_cpu(&per_cpu);
+                    (key, traffic, egress_first)
+                })
+                .collect();
         // Sockets after flows: every flow read has its socket's record (created at socket(2),
         // accept or release, before the flow's packets) in this snapshot.
         let sockets: HashMap<u64, SocketOwner> =
-            bpf_batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
+            batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
                 .into_iter()
                 .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
                 .collect();
@@ -533,9 +534,9 @@ impl Poller {
                     && self.last_seen.contains_key(key)
             })
             .collect();
-        bpf_batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
+        batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
         let cookies: Vec<u64> = closed.iter().copied().collect();
-        bpf_batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
+        batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
         for key in &flow_keys {
             self.last_seen.remove(key);
         }
@@ -600,7 +601,7 @@ impl Poller {
     }
 
     fn export_kernel_stats(&mut self, metrics: &Metrics) -> anyhow::Result<()> {
-        let per_cpu = bpf_batch::lookup_all::<u32, u64>(self.maps.stats.fd().as_fd(), self.cpus)?;
+        let per_cpu = batch::lookup_all::<u32, u64>(self.maps.stats.fd().as_fd(), self.cpus)?;
         for (index, values) in per_cpu {
             let Some(stat) = Stat::ALL.get(index as usize) else {
                 continue;

@@ -7,19 +7,15 @@
 //! - [`tls`]: the SNI host name of a TLS ClientHello, from a possibly truncated prefix.
 //! - [`http`]: the Host of the first HTTP/1.x request.
 //! - [`app`]: a coarse application class (stratum, tls, http, ssh, dns) of a flow's first bytes.
-//! - [`name_map`]: address → name with TTL, grace period and a bounded size, and the wildcard
-//!   matching of names in baseline rules.
 
 pub mod app;
 pub mod dns;
 pub mod http;
-pub mod name_map;
 pub mod tls;
 
 pub use app::{App, classify, classify_flow};
 pub use dns::{DnsAnswer, DnsError};
 pub use http::HttpError;
-pub use name_map::{Entry, NameMap, NameMapConfig, Source, name_matches};
 pub use tls::TlsError;
 
 /// Longest host name in text form (RFC 1035: 255 octets on the wire, 253 characters as text).

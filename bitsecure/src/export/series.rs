@@ -10,98 +10,10 @@ use std::{
     net::IpAddr,
 };
 
-use crate::names::{App, Source};
+use crate::flow::{FlowDelta, SeriesKey, Traffic, protocol_label, remote_label};
 
 /// Label value for remotes folded away by the cardinality limits.
 pub const OTHER_REMOTE: &str = "other";
-
-/// Bytes and packets in both directions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Traffic {
-    pub sent_bytes: u64,
-    pub received_bytes: u64,
-    pub sent_packets: u64,
-    pub received_packets: u64,
-}
-
-impl Traffic {
-    pub fn is_zero(&self) -> bool {
-        *self == Self::default()
-    }
-
-    pub fn total_bytes(&self) -> u64 {
-        self.sent_bytes + self.received_bytes
-    }
-
-    pub fn add(&mut self, other: &Traffic) {
-        self.sent_bytes += other.sent_bytes;
-        self.received_bytes += other.received_bytes;
-        self.sent_packets += other.sent_packets;
-        self.received_packets += other.received_packets;
-    }
-
-    /// `self - earlier`, for cumulative counters; a counter that went backwards (the kernel
-    /// entry was deleted and re-created) counts from zero again.
-    pub fn since(&self, earlier: &Traffic) -> Traffic {
-        let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
-        Traffic {
-            sent_bytes: delta(self.sent_bytes, earlier.sent_bytes),
-            received_bytes: delta(self.received_bytes, earlier.received_bytes),
-            sent_packets: delta(self.sent_packets, earlier.sent_packets),
-            received_packets: delta(self.received_packets, earlier.received_packets),
-        }
-    }
-}
-
-/// New traffic of one kernel flow since the last poll, already attributed to a process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlowDelta {
-    pub process: String,
-    /// Executable path of the process, when /proc told it.
-    pub exe: Option<String>,
-    /// The kernel flow (socket × remote) was seen for the first time in this poll.
-    pub new_flow: bool,
-    pub remote: IpAddr,
-    /// Service port (see [`crate::poller::service_port`]); `None` for protocols without ports.
-    pub port: Option<u16>,
-    pub protocol: u8,
-    /// Application protocol of the flow, from its first payload bytes.
-    pub app: App,
-    /// What the remote is called, as this host learnt it (DNS answer, TLS SNI, HTTP Host).
-    pub name: Option<RemoteName>,
-    pub traffic: Traffic,
-}
-
-/// A name of a remote endpoint and where it was learnt.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct RemoteName {
-    /// Lowercase host name, no trailing dot.
-    pub name: String,
-    pub source: Source,
-}
-
-/// Label values of one exported series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SeriesKey {
-    pub process: String,
-    pub remote: String,
-    pub port: String,
-    pub protocol: String,
-    /// [`App::as_str`] of the flows in the series.
-    pub app: String,
-}
-
-impl SeriesKey {
-    pub fn labels(&self) -> [&str; 5] {
-        [
-            &self.process,
-            &self.remote,
-            &self.port,
-            &self.protocol,
-            &self.app,
-        ]
-    }
-}
 
 pub struct FlowTable {
     max_remotes: usize,
@@ -197,27 +109,8 @@ impl FlowTable {
     }
 }
 
-/// Canonical text of a remote address; IPv4-mapped IPv6 is shown as IPv4.
-pub fn remote_label(remote: IpAddr) -> String {
-    remote.to_canonical().to_string()
-}
-
-/// The `protocol` label: a name for the common protocols, else the IP protocol number.
-pub fn protocol_label(protocol: u8) -> String {
-    match protocol {
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        1 => "icmp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        132 => "sctp".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
     use super::*;
 
     fn delta(
@@ -234,7 +127,7 @@ mod tests {
             remote: remote.parse().unwrap(),
             port,
             protocol,
-            app: crate::names::App::Unknown,
+            app: crate::naming::App::Unknown,
             name: None,
             traffic: Traffic {
                 sent_bytes: bytes,
@@ -253,16 +146,6 @@ mod tests {
             }
         }
         sum
-    }
-
-    #[test]
-    fn labels_follow_the_metric_contract() {
-        let mapped = IpAddr::V6(Ipv4Addr::new(10, 1, 2, 3).to_ipv6_mapped());
-        assert_eq!(remote_label(mapped), "10.1.2.3");
-        assert_eq!(remote_label(IpAddr::V6(Ipv6Addr::LOCALHOST)), "::1");
-        assert_eq!(protocol_label(6), "tcp");
-        assert_eq!(protocol_label(58), "icmpv6");
-        assert_eq!(protocol_label(253), "253");
     }
 
     #[test]
@@ -347,7 +230,7 @@ mod tests {
             delta("a", "::1", None, 58, 8),
             delta("a", "::1", None, 58, 2),
             FlowDelta {
-                app: crate::names::App::Unknown,
+                app: crate::naming::App::Unknown,
                 name: None,
                 traffic: Traffic::default(),
                 ..delta("b", "::1", None, 58, 0)
@@ -357,19 +240,5 @@ mod tests {
         assert_eq!(applied.increments[0].0.port, "");
         assert_eq!(applied.increments[0].0.protocol, "icmpv6");
         assert_eq!(applied.increments[0].1.sent_bytes, 10);
-    }
-
-    #[test]
-    fn since_handles_recreated_counters() {
-        let before = Traffic {
-            sent_bytes: 100,
-            ..Traffic::default()
-        };
-        let after = Traffic {
-            sent_bytes: 30,
-            ..Traffic::default()
-        };
-        assert_eq!(after.since(&before).sent_bytes, 30);
-        assert_eq!(before.since(&after).sent_bytes, 70);
     }
 }

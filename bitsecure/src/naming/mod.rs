@@ -15,14 +15,19 @@ use std::{
 use bitsecure_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, FlowKey, PayloadEvent};
 
 use crate::{
-    flow_table::RemoteName,
-    metrics::Metrics,
-    names::{
-        App, NameMap, NameMapConfig, Source,
+    export::metrics::Metrics,
+    flow::RemoteName,
+    naming::parse::{
         app::{PROTO_TCP, PROTO_UDP},
         classify, dns, http, tls,
     },
 };
+
+pub mod name_map;
+pub mod parse;
+
+pub use name_map::{NameMap, NameMapConfig, Source, name_matches};
+pub use parse::App;
 
 /// How long a name from a TLS server name or an HTTP Host header is remembered for its
 /// address (it has no TTL of its own); it is renewed by every new connection.

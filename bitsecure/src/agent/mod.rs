@@ -21,14 +21,15 @@ use crate::{
         recorder::Recorder,
         service::{self, BaselineService, Settings},
     },
-    caps, cgroup,
     config::Config,
-    flow_table::FlowTable,
-    http,
+    export::metrics::Metrics,
+    export::series::FlowTable,
+    export::server,
+    kernel::caps,
+    kernel::cgroup,
+    kernel::pins::{Found, MapShape, PinDir},
     kernel::{self, AttachedPrograms, KernelLogger, MapCapacities},
-    metrics::Metrics,
     naming::Naming,
-    pinning::{Found, MapShape, PinDir},
     poller::{PollReport, Poller},
     state::{self, AgentState, SavedSeries, StateFile},
 };
@@ -55,7 +56,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     // Bind before attaching: a taken port should fail fast and leave the kernel untouched.
-    let listener = http::bind(config.agent.listen).await?;
+    let listener = server::bind(config.agent.listen).await?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -102,7 +103,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     info!(
         "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the rest none"
     );
-    let http_task = tokio::spawn(http::serve(listener, Arc::clone(&metrics), view));
+    let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics), view));
     let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
 
     loop {
@@ -143,7 +144,7 @@ pub fn uninstall(config: &Config) -> anyhow::Result<()> {
     let pin_path = Path::new(&config.kernel.pin_path);
     if config.kernel.pin_path.is_empty() {
         println!("kernel.pin_path is empty: nothing is pinned");
-    } else if crate::pinning::remove(pin_path)
+    } else if crate::kernel::pins::remove(pin_path)
         .with_context(|| format!("cannot remove {}", pin_path.display()))?
     {
         println!("removed {}: the programs are detached", pin_path.display());

@@ -15,12 +15,12 @@ use std::{
 
 use crate::{
     baseline::file::{self, BaselineError},
-    caps::{
+    config::Config,
+    kernel::caps::{
         CAP_BPF, CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE,
     },
-    cgroup::{self, CgroupError},
-    config::Config,
-    kernel::MINIMUM_KERNEL,
+    kernel::cgroup::{self, CgroupError},
+    kernel::programs::MINIMUM_KERNEL,
 };
 
 /// Below this release the kernel charges BPF memory to `RLIMIT_MEMLOCK` (memcg accounting
@@ -420,7 +420,7 @@ pub fn check_privileges(status: &str) -> Check {
     let grant = "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: \
                  AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON; or `setcap \
                  cap_bpf,cap_net_admin,cap_perfmon+ep` on the bitsecure binary)";
-    let Some(effective) = crate::caps::effective_from_status(status) else {
+    let Some(effective) = crate::kernel::caps::effective_from_status(status) else {
         return Check::fail(
             "privileges",
             "cannot read the effective capabilities (no CapEff in /proc/self/status)",
@@ -461,10 +461,10 @@ pub fn check_privileges(status: &str) -> Check {
     }
 }
 
-/// What the poller keeps after attaching (see [`crate::caps`]): without these, sockets of
+/// What the poller keeps after attaching (see [`crate::kernel::caps`]): without these, sockets of
 /// other users' processes that are older than the agent cannot be attributed.
 pub fn check_attribution_privileges(status: &str) -> Check {
-    let effective = crate::caps::effective_from_status(status).unwrap_or(0);
+    let effective = crate::kernel::caps::effective_from_status(status).unwrap_or(0);
     let missing: Vec<&str> = [
         (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
         (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),

@@ -10,7 +10,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{baseline::service::SharedView, metrics::Metrics};
+use crate::{baseline::service::SharedView, export::metrics::Metrics};
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -217,7 +217,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::tls::tests::{OPENSSL_CLIENT_HELLO, hex};
+    use crate::naming::tls::tests::{OPENSSL_CLIENT_HELLO, hex};
     use proptest::prelude::*;
 
     /// What xmrig 6.x sends first (wallet shortened).

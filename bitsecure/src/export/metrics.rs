@@ -13,7 +13,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::flow_table::{SeriesKey, Traffic};
+use crate::flow::{SeriesKey, Traffic};
 
 /// Labels of every traffic counter.
 pub const TRAFFIC_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
