@@ -16,6 +16,49 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
 }
 
+/// IP protocol numbers and their names: the one table the kernel (which protocols have
+/// ports), the `protocol` label and baseline rules (`tcp`, `udp`, ...) agree on.
+pub mod protocol {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+    pub const UDPLITE: u8 = 136;
+
+    /// The protocols known by name, as labels and baseline rules write them; any other
+    /// protocol is written as its number.
+    pub const NAMES: [(u8, &str); 5] = [
+        (TCP, "tcp"),
+        (UDP, "udp"),
+        (ICMP, "icmp"),
+        (ICMPV6, "icmpv6"),
+        (SCTP, "sctp"),
+    ];
+
+    /// The name of a protocol number, if it has one.
+    pub fn name(number: u8) -> Option<&'static str> {
+        NAMES
+            .iter()
+            .find(|(known, _)| *known == number)
+            .map(|(_, name)| *name)
+    }
+
+    /// The number of a protocol name (in any case), if known.
+    pub fn number(name: &str) -> Option<u8> {
+        NAMES
+            .iter()
+            .find(|(_, known)| known.eq_ignore_ascii_case(name))
+            .map(|(number, _)| *number)
+    }
+
+    /// Whether the protocol's header starts with source and destination ports.
+    #[inline(always)]
+    pub const fn has_ports(protocol: u8) -> bool {
+        matches!(protocol, TCP | UDP | UDPLITE | SCTP)
+    }
+}
+
 /// Default capacity of the `FLOWS` map (entries; the agent may override it at load time).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
@@ -171,4 +214,22 @@ mod pod {
     unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PayloadEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::protocol;
+
+    #[test]
+    fn protocol_names_and_numbers_round_trip() {
+        for (number, name) in protocol::NAMES {
+            assert_eq!(protocol::name(number), Some(name));
+            assert_eq!(protocol::number(name), Some(number));
+        }
+        assert_eq!(protocol::number("TCP"), Some(6));
+        assert_eq!(protocol::name(253), None);
+        assert_eq!(protocol::number("gre"), None);
+        assert!(protocol::has_ports(protocol::UDPLITE));
+        assert!(!protocol::has_ports(protocol::ICMPV6));
+    }
 }

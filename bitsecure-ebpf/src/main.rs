@@ -39,6 +39,7 @@ use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS,
     DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX, FlowCounters, FlowKey,
     OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
+    protocol,
 };
 
 /// Per-flow counters (bytes are L3 wire bytes, packets are wire packets), one slot per CPU.
@@ -67,10 +68,6 @@ const SOCK_OPS_OK: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_UDPLITE: u8 = 136;
-const IPPROTO_SCTP: u8 = 132;
 /// Packets of a flow per direction (and CPU) searched for its first payload: the handshake
 /// and a few more.
 const FIRST_PACKETS_INSPECTED: u64 = 8;
@@ -260,7 +257,7 @@ struct Packet {
 fn is_dns_response(key: &FlowKey, direction: u8) -> bool {
     direction == DIRECTION_INGRESS
         && key.remote_port == DNS_PORT
-        && (key.protocol == IPPROTO_UDP || key.protocol == IPPROTO_TCP)
+        && (key.protocol == protocol::UDP || key.protocol == protocol::TCP)
 }
 
 /// Hands the payload to the agent if it is a DNS response or the flow's first payload in this
@@ -298,8 +295,8 @@ fn inspect_payload(
         return;
     }
     let payload_offset = match protocol {
-        IPPROTO_UDP => l4_offset + 8,
-        IPPROTO_TCP => match load::<[u8; 2]>(ctx, l4_offset as usize + 12) {
+        protocol::UDP => l4_offset + 8,
+        protocol::TCP => match load::<[u8; 2]>(ctx, l4_offset as usize + 12) {
             Some(data_offset) => l4_offset + ((data_offset[0] >> 4) as u32) * 4,
             None => return,
         },
@@ -458,7 +455,7 @@ fn read_headers(
 
     let mut header_len = l4_offset as u32;
     let mut transport_offset = 0;
-    if !fragment_tail && has_ports(protocol) {
+    if !fragment_tail && protocol::has_ports(protocol) {
         transport_offset = l4_offset as u32;
         let ports: [u8; 4] = load(ctx, l4_offset)?;
         let source = u16::from_be_bytes([ports[0], ports[1]]);
@@ -469,7 +466,7 @@ fn read_headers(
             (destination, source)
         };
         // Only segmented packets need the TCP header's length: spare the read otherwise.
-        header_len += if protocol == IPPROTO_TCP && segmented {
+        header_len += if protocol == protocol::TCP && segmented {
             // Two bytes, not one: for a 1-byte read LLVM turns the bounds check into a form
             // (`data_end > ptr`) the verifier does not accept as covering the byte.
             let data_offset: [u8; 2] = load(ctx, l4_offset + 12)?;
@@ -508,14 +505,6 @@ fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize, bo
         }
     }
     Some((next, offset, fragment_tail))
-}
-
-#[inline(always)]
-fn has_ports(protocol: u8) -> bool {
-    matches!(
-        protocol,
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP
-    )
 }
 
 /// The one bounds-checked way to read packet bytes.

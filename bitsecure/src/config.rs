@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use std::io::Read as _;
+use crate::fsutil::{self, ReadError};
 
 use serde::Deserialize;
 
@@ -152,22 +152,18 @@ impl Config {
             return Self::parse(DEFAULT_CONFIG, "(embedded default)");
         };
         let shown = path.display().to_string();
-        let read_error = |cause| ConfigError::Read {
-            path: shown.clone(),
-            cause,
-        };
-        // Read at most one byte more than allowed: a device or FIFO (e.g. /dev/zero) has no
-        // size to check beforehand.
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(read_error)?;
-        let size = bytes.len() as u64;
-        if size > MAX_CONFIG_BYTES {
-            return Err(ConfigError::TooLarge { path: shown, size });
-        }
-        let text = String::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
-            path: shown.clone(),
+        let text = fsutil::read_text(path, MAX_CONFIG_BYTES).map_err(|error| match error {
+            ReadError::Io(cause) => ConfigError::Read {
+                path: shown.clone(),
+                cause,
+            },
+            ReadError::TooLarge { size, .. } => ConfigError::TooLarge {
+                path: shown.clone(),
+                size,
+            },
+            ReadError::NotUtf8 { .. } => ConfigError::NotUtf8 {
+                path: shown.clone(),
+            },
         })?;
         Self::parse(&text, &shown)
     }

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use bitsecure_common::protocol;
+
 use crate::naming::{App, Source};
 
 /// Bytes and packets in both directions.
@@ -102,15 +104,8 @@ pub fn remote_label(remote: IpAddr) -> String {
 }
 
 /// The `protocol` label: a name for the common protocols, else the IP protocol number.
-pub fn protocol_label(protocol: u8) -> String {
-    match protocol {
-        6 => "tcp".to_owned(),
-        17 => "udp".to_owned(),
-        1 => "icmp".to_owned(),
-        58 => "icmpv6".to_owned(),
-        132 => "sctp".to_owned(),
-        other => other.to_string(),
-    }
+pub fn protocol_label(number: u8) -> String {
+    protocol::name(number).map_or_else(|| number.to_string(), str::to_owned)
 }
 
 #[cfg(test)]

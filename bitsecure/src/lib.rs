@@ -26,6 +26,8 @@ pub mod cli;
 pub mod config;
 pub mod export;
 pub mod flow;
+pub mod fsutil;
+pub mod human;
 pub mod kernel;
 pub mod naming;
 pub mod poller;

@@ -16,6 +16,7 @@ use bitsecure::{
         commands::{self, AcceptFilter},
     },
     config::{self, Config},
+    human,
 };
 
 /// Is this dedicated machine doing only what it should on the network?
@@ -77,7 +78,7 @@ enum BaselineCommand {
         config: ConfigArg,
         /// How long to record, e.g. 30m, 2h, 90s. Cover several cycles of your miner's job
         /// cadence so it can be detected.
-        #[arg(long, short, value_parser = agent::parse_duration)]
+        #[arg(long, short, value_parser = human::parse_duration)]
         duration: std::time::Duration,
         /// Where to write; default: baseline.path of the config. An existing file is kept as
         /// FILE.bak.

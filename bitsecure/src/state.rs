@@ -8,14 +8,17 @@
 //! to it keeps two agents from sharing one set of pins.
 
 use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io;
 use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::flow::{SeriesKey, Traffic};
+use crate::{
+    flow::{SeriesKey, Traffic},
+    fsutil::{self, Backup},
+};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -158,21 +161,18 @@ impl StateFile {
         Ok((state.format_version == FORMAT_VERSION).then_some(state))
     }
 
-    /// Writes `state` atomically: a temporary file, synced, renamed over the old one.
+    /// Writes `state` atomically ([`fsutil::write_atomically`], no backup: it is rewritten
+    /// after every poll).
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
-        let temporary = self.path.with_extension("json.tmp");
-        let io_error = |source| StateError::Io {
-            path: temporary.display().to_string(),
-            source,
-        };
-        let mut file = File::create(&temporary).map_err(io_error)?;
+        let shown = self.path.display().to_string();
         let text = serde_json::to_vec(state).map_err(|source| StateError::Corrupt {
-            path: temporary.display().to_string(),
+            path: shown.clone(),
             source,
         })?;
-        file.write_all(&text).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        fs::rename(&temporary, &self.path).map_err(io_error)
+        fsutil::write_atomically(&self.path, &text, Backup::None).map_err(|error| StateError::Io {
+            path: shown,
+            source: io::Error::new(error.source.kind(), error.to_string()),
+        })
     }
 
     /// Removes the state (`bitsecure uninstall`: the maps it refers to are gone).

@@ -25,6 +25,7 @@ use crate::{
     export::metrics::Metrics,
     export::series::FlowTable,
     export::server,
+    human,
     kernel::caps,
     kernel::cgroup,
     kernel::pins::{Found, MapShape, PinDir},
@@ -402,7 +403,7 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
         eprintln!(
             "recording normal traffic for {} ({steps} polls of {step} s); Ctrl-C stops early \
              and keeps what was recorded",
-            format_duration(duration.as_secs_f64())
+            human::clock_duration(duration.as_secs_f64())
         );
         let mut ticker = tokio::time::interval(config.poll_interval());
         // The first tick is immediate: it only sets the starting counters.
@@ -428,8 +429,8 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
             }
             eprintln!(
                 "recording: {} of {} · {} destinations · {} traffic classes",
-                format_duration(recorder.elapsed_seconds()),
-                format_duration(duration.as_secs_f64()),
+                human::clock_duration(recorder.elapsed_seconds()),
+                human::clock_duration(duration.as_secs_f64()),
                 recorder.destinations(),
                 recorder.classes()
             );
@@ -441,7 +442,7 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
         if interrupted {
             eprintln!(
                 "interrupted: writing the {} recorded",
-                format_duration(recorder.elapsed_seconds())
+                human::clock_duration(recorder.elapsed_seconds())
             );
         }
         let baseline = recorder.finish(&service::hostname());
@@ -493,76 +494,4 @@ fn unix_now() -> f64 {
 fn timestamp_now() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-}
-
-/// "1h02m03s" style, for progress lines.
-pub fn format_duration(seconds: f64) -> String {
-    let total = seconds.round().max(0.0) as u64;
-    let (hours, minutes, secs) = (total / 3600, total / 60 % 60, total % 60);
-    if hours > 0 {
-        format!("{hours}h{minutes:02}m{secs:02}s")
-    } else if minutes > 0 {
-        format!("{minutes}m{secs:02}s")
-    } else {
-        format!("{secs}s")
-    }
-}
-
-/// Parses "30m", "90s", "2h", "1h30m" or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if let Ok(seconds) = text.parse::<f64>() {
-        return (seconds > 0.0 && seconds.is_finite())
-            .then(|| Duration::from_secs_f64(seconds))
-            .ok_or_else(|| format!("duration must be positive: {text}"));
-    }
-    let mut total = 0.0;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1.0,
-            'm' => 60.0,
-            'h' => 3600.0,
-            'd' => 86400.0,
-            _ => {
-                return Err(format!(
-                    "bad duration {text:?}: use e.g. 90s, 30m, 2h, 1h30m"
-                ));
-            }
-        };
-        let value: f64 = number
-            .parse()
-            .map_err(|_| format!("bad duration {text:?}: a number must come before {c}"))?;
-        total += value * unit;
-        number.clear();
-    }
-    if !number.is_empty() || total <= 0.0 {
-        return Err(format!(
-            "bad duration {text:?}: use e.g. 90s, 30m, 2h, 1h30m"
-        ));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_and_format() {
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
-        for bad in ["", "m", "10x", "5m3", "-3", "0"] {
-            assert!(parse_duration(bad).is_err(), "{bad} accepted");
-        }
-        assert_eq!(format_duration(3723.0), "1h02m03s");
-        assert_eq!(format_duration(65.0), "1m05s");
-        assert_eq!(format_duration(7.0), "7s");
-    }
 }

@@ -94,16 +94,14 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    ffi::OsString,
     fmt::{self, Write as _},
-    fs::{self, File, OpenOptions, Permissions},
-    io::{self, Read as _, Write as _},
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     str::FromStr,
-    sync::atomic::{AtomicU64, Ordering},
 };
 
+use bitsecure_common::protocol;
 use serde::{
     Deserialize, Deserializer, Serialize,
     de::{MapAccess, SeqAccess, Visitor},
@@ -111,7 +109,11 @@ use serde::{
 use toml::Spanned;
 
 use super::stats::RateStats;
-use crate::naming::{App, name_matches, parse::host_name};
+use crate::{
+    fsutil::{self, Backup, ReadError},
+    human,
+    naming::{App, name_matches, parse::host_name},
+};
 
 /// The newest format version this BitSecure reads, and the one it writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -121,15 +123,6 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Relative change of a normal value (0.25 = 25 %) beyond which [`diff`] reports it.
 pub const DIFF_RELATIVE_THRESHOLD: f64 = 0.25;
-
-/// Protocol names a rule may use, with their IP protocol numbers.
-const PROTOCOL_NAMES: [(&str, u8); 5] = [
-    ("tcp", 6),
-    ("udp", 17),
-    ("icmp", 1),
-    ("icmpv6", 58),
-    ("sctp", 132),
-];
 
 /// The comment at the top of a file written by [`render`].
 const HEADER: &str = "\
@@ -644,7 +637,7 @@ impl Rule {
             Err(_) => self.remote.clone(),
         };
         let protocol = match protocol_number(&self.protocol) {
-            Some(number) => protocol_name(number),
+            Some(number) => crate::flow::protocol_label(number),
             None => self.protocol.to_ascii_lowercase(),
         };
         RuleIdentity {
@@ -902,11 +895,8 @@ fn mask(address: IpAddr, prefix: u8) -> IpAddr {
 /// The IP protocol number of a protocol as a rule writes it: `tcp`, `udp`, `icmp`, `icmpv6`,
 /// `sctp` (in any case) or a number `0`..=`255`.
 pub fn protocol_number(text: &str) -> Option<u8> {
-    if let Some((_, number)) = PROTOCOL_NAMES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(text))
-    {
-        return Some(*number);
+    if let Some(number) = protocol::number(text) {
+        return Some(number);
     }
     if !text.is_empty() && text.len() <= 3 && text.bytes().all(|b| b.is_ascii_digit()) {
         return text.parse().ok();
@@ -914,17 +904,12 @@ pub fn protocol_number(text: &str) -> Option<u8> {
     None
 }
 
-/// The name of a protocol number, or the number as text.
-fn protocol_name(number: u8) -> String {
-    PROTOCOL_NAMES
-        .iter()
-        .find(|(_, n)| *n == number)
-        .map_or_else(|| number.to_string(), |(name, _)| (*name).to_owned())
-}
-
 /// ICMP has no ports: a rule for it describes without `:*`.
 fn is_portless(protocol: &str) -> bool {
-    matches!(protocol_number(protocol), Some(1 | 58))
+    matches!(
+        protocol_number(protocol),
+        Some(protocol::ICMP | protocol::ICMPV6)
+    )
 }
 
 /// The text with control and bidirectional-override characters escaped, safe for a terminal.
@@ -955,37 +940,18 @@ pub fn parse(text: &str, origin: &str) -> Result<Baseline, BaselineError> {
 /// Reads the text of a baseline file: at most [`MAX_FILE_BYTES`], UTF-8.
 pub fn read_text(path: &Path) -> Result<String, BaselineError> {
     let origin = path.display().to_string();
-    let read_error = |error| BaselineError::Read {
-        origin: origin.clone(),
-        error,
-    };
-    let too_large = |size| BaselineError::TooLarge {
-        origin: origin.clone(),
-        size,
-        limit: MAX_FILE_BYTES,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let size = file.metadata().map_err(read_error)?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(too_large(size));
-    }
-    // The size can change, and special files have none: never read more than the limit.
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-    if read > MAX_FILE_BYTES {
-        return Err(too_large(read));
-    }
-    String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        let before = e.as_bytes().get(..offset).unwrap_or_default();
-        BaselineError::NotUtf8 {
-            origin: origin.clone(),
-            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+    fsutil::read_text(path, MAX_FILE_BYTES).map_err(|error| match error {
+        ReadError::Io(error) => BaselineError::Read { origin, error },
+        ReadError::TooLarge { size, limit } => BaselineError::TooLarge {
+            origin,
+            size,
+            limit,
+        },
+        ReadError::NotUtf8 { line, offset } => BaselineError::NotUtf8 {
+            origin,
+            line,
             offset,
-        }
+        },
     })
 }
 
@@ -1764,155 +1730,16 @@ fn set_positions(table: &mut toml_edit::Table, next: &mut isize) {
     }
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `text` so that a crash leaves either the old or the new file, never a
-/// mix: the text goes to a temporary file in the same directory, which is flushed to disk and
-/// renamed over `path`, then the directory is flushed. If `path` exists, its previous content
-/// is first kept as `<path>.bak` (replaced the same way), and the new file gets its
-/// permissions. A symbolic link is followed (the link stays, its target is replaced). On error
-/// the previous file is intact and no temporary file is left behind.
+/// Replaces `path` with `text` atomically, keeping the previous version as `<path>.bak`
+/// ([`fsutil::write_atomically`]); on error the previous file is intact.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), BaselineError> {
-    let failed = |path: &Path, action: String, error| BaselineError::Write {
-        path: path.to_path_buf(),
-        action,
-        error,
-    };
-    let target = match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_symlink() => fs::canonicalize(path)
-            .map_err(|e| failed(path, "follow the symbolic link".to_owned(), e))?,
-        _ => path.to_path_buf(),
-    };
-    let permissions = match fs::metadata(&target) {
-        Ok(metadata) if metadata.is_dir() => {
-            return Err(failed(
-                path,
-                "write it".to_owned(),
-                io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
-            ));
+    fsutil::write_atomically(path, text.as_bytes(), Backup::Keep).map_err(|error| {
+        BaselineError::Write {
+            path: path.to_path_buf(),
+            action: error.action,
+            error: error.source,
         }
-        Ok(metadata) => Some(metadata.permissions()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(failed(path, "inspect it".to_owned(), e)),
-    };
-    if let Some(permissions) = &permissions {
-        let mut backup_name = OsString::from(target.file_name().unwrap_or_default());
-        backup_name.push(".bak");
-        let backup = target.with_file_name(backup_name);
-        replace_file(&backup, Some(permissions), |file| {
-            let mut previous = File::open(&target)?;
-            io::copy(&mut previous, file).map(drop)
-        })
-        .map_err(|(action, e)| {
-            failed(
-                path,
-                format!("keep a backup as {}: {action}", backup.display()),
-                e,
-            )
-        })?;
-    }
-    replace_file(&target, permissions.as_ref(), |file| {
-        file.write_all(text.as_bytes())
     })
-    .map_err(|(action, e)| failed(path, action, e))
-}
-
-/// Writes a temporary file next to `target` with `fill`, flushes it and renames it over
-/// `target`, then flushes the directory. On error, says which step failed.
-fn replace_file(
-    target: &Path,
-    permissions: Option<&Permissions>,
-    fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), (String, io::Error)> {
-    let Some(name) = target.file_name() else {
-        return Err((
-            "write it".to_owned(),
-            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
-        ));
-    };
-    let directory = match target.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    remove_abandoned_temp_files(directory, name);
-    let (temp_path, mut file) = create_temp_file(directory, name).map_err(|e| {
-        (
-            format!("create a temporary file in {}", directory.display()),
-            e,
-        )
-    })?;
-    let written = (|| {
-        fill(&mut file).map_err(|e| ("write the temporary file".to_owned(), e))?;
-        if let Some(permissions) = permissions {
-            file.set_permissions(permissions.clone())
-                .map_err(|e| ("set the permissions".to_owned(), e))?;
-        }
-        file.sync_all()
-            .map_err(|e| ("flush the temporary file to disk".to_owned(), e))?;
-        drop(file);
-        fs::rename(&temp_path, target)
-            .map_err(|e| (format!("rename {} over it", temp_path.display()), e))
-    })();
-    if let Err(error) = written {
-        // Best effort: the error that matters is the one above.
-        let _ = fs::remove_file(&temp_path);
-        return Err(error);
-    }
-    File::open(directory)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| (format!("flush the directory {}", directory.display()), e))
-}
-
-/// A new, hidden file `.<name>.<pid>.<n>.tmp` in `directory`.
-/// Removes temporary files of `name` left by writers that were killed mid-write (their pid,
-/// part of the file name, is gone), so crashes do not pile them up.
-fn remove_abandoned_temp_files(directory: &Path, name: &std::ffi::OsStr) {
-    let prefix = format!(".{}.", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(directory) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let file_name = entry.file_name();
-        let Some(rest) = file_name
-            .to_str()
-            .and_then(|file_name| file_name.strip_prefix(&prefix))
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-        else {
-            continue;
-        };
-        let Some(pid) = rest
-            .split('.')
-            .next()
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn create_temp_file(directory: &Path, name: &std::ffi::OsStr) -> io::Result<(PathBuf, File)> {
-    let mut attempts = 0;
-    loop {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let mut temp_name = OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(format!(".{}.{n}.tmp", std::process::id()));
-        let temp_path = directory.join(temp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-        {
-            Ok(file) => return Ok((temp_path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
-                attempts += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1966,11 +1793,11 @@ impl fmt::Display for Shown<'_> {
             write!(
                 f,
                 "{indent}active {}% of the time, {} connections per hour",
-                decimal(normal.active_fraction * 100.0),
-                decimal(normal.connections_per_hour)
+                human::decimal(normal.active_fraction * 100.0),
+                human::decimal(normal.connections_per_hour)
             )?;
             match normal.cadence_seconds {
-                Some(cadence) => writeln!(f, ", periodic every {}", duration(cadence))?,
+                Some(cadence) => writeln!(f, ", periodic every {}", human::duration(cadence))?,
                 None => writeln!(f)?,
             }
             if let Some(profile) = &rule.profile {
@@ -1978,8 +1805,8 @@ impl fmt::Display for Shown<'_> {
                     f,
                     "{indent}profile: {} bins of {} (a {} cycle)",
                     profile.sent.len(),
-                    duration(profile.step_seconds),
-                    duration(profile.step_seconds * profile.sent.len() as f64)
+                    human::duration(profile.step_seconds),
+                    human::duration(profile.step_seconds * profile.sent.len() as f64)
                 )?;
             }
         }
@@ -1992,69 +1819,18 @@ fn describe_recording(recording: &Recording) -> String {
         "Recorded on {} from {} for {}, one sample every {}",
         printable(&recording.host),
         printable(&recording.started_at),
-        duration(recording.duration_seconds),
-        duration(recording.step_seconds)
+        human::duration(recording.duration_seconds),
+        human::duration(recording.step_seconds)
     )
 }
 
 fn describe_rate_stats(stats: &RateStats) -> String {
     format!(
         "mean {}, p95 {}, max {}",
-        rate(stats.mean),
-        rate(stats.p95),
-        rate(stats.max)
+        human::rate(stats.mean),
+        human::rate(stats.p95),
+        human::rate(stats.max)
     )
-}
-
-/// A rate with an SI unit: `120.5 B/s`, `2.4 kB/s`.
-fn rate(bytes_per_second: f64) -> String {
-    let mut value = bytes_per_second;
-    let mut unit = "B/s";
-    for bigger in ["kB/s", "MB/s", "GB/s", "TB/s"] {
-        if value.abs() < 1000.0 {
-            break;
-        }
-        value /= 1000.0;
-        unit = bigger;
-    }
-    format!("{value:.1} {unit}")
-}
-
-/// A number with at most two decimals, without trailing zeros: `2`, `0.5`, `12.35`.
-fn decimal(value: f64) -> String {
-    let text = format!("{value:.2}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
-    }
-}
-
-/// A duration for people: `5 s`, `30 min`, `1 h 30 min`, `2 d 3 h`.
-fn duration(seconds: f64) -> String {
-    if !seconds.is_finite() || seconds < 120.0 {
-        return format!("{} s", decimal(seconds));
-    }
-    let minutes = (seconds / 60.0).round();
-    if minutes < 120.0 {
-        return format!("{minutes} min");
-    }
-    let hours = (minutes / 60.0).floor();
-    let rest_minutes = minutes - hours * 60.0;
-    if hours < 48.0 {
-        return if rest_minutes == 0.0 {
-            format!("{hours} h")
-        } else {
-            format!("{hours} h {rest_minutes} min")
-        };
-    }
-    let days = (hours / 24.0).floor();
-    let rest_hours = hours - days * 24.0;
-    if rest_hours == 0.0 {
-        format!("{days} d")
-    } else {
-        format!("{days} d {rest_hours} h")
-    }
 }
 
 /// The differences between two baselines, for `bitsecure baseline diff`: rules added, removed,
@@ -2117,7 +1893,7 @@ pub fn diff_with_threshold(old: &Baseline, new: &Baseline, threshold: f64) -> St
             }
         }
     }
-    let percent = decimal(threshold * 100.0);
+    let percent = human::decimal(threshold * 100.0);
     let mut out = if lines.is_empty() {
         format!("No differences (normal values compared with a {percent}% threshold)\n")
     } else {
@@ -2158,9 +1934,9 @@ fn rule_changes(old: &Rule, new: &Rule, threshold: f64) -> Vec<String> {
                 changes.push(format!(
                     "profile: {} bins of {} → {} bins of {}",
                     before.sent.len(),
-                    duration(before.step_seconds),
+                    human::duration(before.step_seconds),
                     after.sent.len(),
-                    duration(after.step_seconds)
+                    human::duration(after.step_seconds)
                 ));
             } else {
                 for (name, b, a) in [
@@ -2172,7 +1948,7 @@ fn rule_changes(old: &Rule, new: &Rule, threshold: f64) -> Vec<String> {
                         mean(b),
                         mean(a),
                         threshold,
-                        rate,
+                        human::rate,
                         &mut changes,
                     );
                 }
@@ -2208,7 +1984,7 @@ fn normal_changes(old: &Normal, new: &Normal, threshold: f64, changes: &mut Vec<
                 b,
                 a,
                 threshold,
-                rate,
+                human::rate,
                 changes,
             );
         }
@@ -2218,7 +1994,7 @@ fn normal_changes(old: &Normal, new: &Normal, threshold: f64, changes: &mut Vec<
         old.active_fraction,
         new.active_fraction,
         threshold,
-        |fraction| format!("{}%", decimal(fraction * 100.0)),
+        |fraction| format!("{}%", human::decimal(fraction * 100.0)),
         changes,
     );
     compare(
@@ -2226,19 +2002,27 @@ fn normal_changes(old: &Normal, new: &Normal, threshold: f64, changes: &mut Vec<
         old.connections_per_hour,
         new.connections_per_hour,
         threshold,
-        decimal,
+        human::decimal,
         changes,
     );
     match (old.cadence_seconds, new.cadence_seconds) {
         (Some(before), Some(after)) => {
-            compare("cadence", before, after, threshold, duration, changes);
+            compare(
+                "cadence",
+                before,
+                after,
+                threshold,
+                human::duration,
+                changes,
+            );
         }
-        (None, Some(after)) => {
-            changes.push(format!("cadence: not periodic → every {}", duration(after)))
-        }
+        (None, Some(after)) => changes.push(format!(
+            "cadence: not periodic → every {}",
+            human::duration(after)
+        )),
         (Some(before), None) => changes.push(format!(
             "cadence: every {} → not periodic",
-            duration(before)
+            human::duration(before)
         )),
         (None, None) => {}
     }
@@ -2287,7 +2071,9 @@ fn mean(values: &[f64]) -> f64 {
 mod tests {
     use std::{
         collections::HashSet,
+        fs::{self, File, Permissions},
         os::unix::fs::{PermissionsExt as _, symlink},
+        sync::atomic::{AtomicU64, Ordering},
         time::{SystemTime, UNIX_EPOCH},
     };
 

@@ -9,7 +9,7 @@ use crate::baseline::{
     file::{self, Baseline, FORMAT_VERSION, Rule},
     monitor::Unexpected,
 };
-use crate::cli::client;
+use crate::{cli::client, human};
 
 /// GETs `path` from the agent at `agent` ("127.0.0.1:9977" or "http://127.0.0.1:9977").
 fn get(agent: &str, path: &str) -> anyhow::Result<String> {
@@ -55,8 +55,8 @@ pub fn format_table(list: &[Unexpected]) -> String {
                     .unwrap_or_else(|| "-".into()),
                 entry.protocol.clone(),
                 entry.app.as_str().to_owned(),
-                human_bytes(entry.sent_bytes),
-                human_bytes(entry.received_bytes),
+                human::bytes(entry.sent_bytes),
+                human::bytes(entry.received_bytes),
                 format!("{} .. {}", entry.first_seen, entry.last_seen),
             ]
         })
@@ -105,21 +105,6 @@ fn name_cell(entry: &Unexpected) -> String {
         (Some(name), Some(source)) => format!("{name} ({})", source.as_str()),
         (Some(name), None) => name.clone(),
         (None, _) => "-".into(),
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < UNITS.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -12,15 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, FlowKey, PayloadEvent};
+use bitsecure_common::{
+    DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, FlowKey, PayloadEvent, protocol,
+};
 
 use crate::{
     export::metrics::Metrics,
     flow::RemoteName,
-    naming::parse::{
-        app::{PROTO_TCP, PROTO_UDP},
-        classify, dns, http, tls,
-    },
+    naming::parse::{classify, dns, http, tls},
 };
 
 pub mod name_map;
@@ -95,7 +94,7 @@ impl Naming {
     }
 
     fn on_dns(&mut self, key: &FlowKey, message: &[u8], metrics: &Metrics, now: Instant) {
-        let answers = if key.protocol == PROTO_TCP {
+        let answers = if key.protocol == protocol::TCP {
             dns::parse_tcp_response(message)
         } else {
             dns::parse_response(message)
@@ -181,7 +180,7 @@ impl Naming {
     pub fn decide_app(&mut self, key: &FlowKey, closing: bool) -> AppDecision {
         let two_way = DIRECTION_EGRESS | DIRECTION_INGRESS;
         // Only TCP and UDP flows get first-payload events.
-        let waits_for_payload = matches!(key.protocol, PROTO_TCP | PROTO_UDP);
+        let waits_for_payload = matches!(key.protocol, protocol::TCP | protocol::UDP);
         let insight = self.flows.entry(*key).or_default();
         if let Some(app) = insight.app {
             return AppDecision::Decided(app);

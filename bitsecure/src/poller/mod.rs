@@ -17,6 +17,7 @@ use std::{
 
 use bitsecure_common::{
     DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
+    protocol,
 };
 use log::{debug, info, warn};
 
@@ -34,11 +35,6 @@ use crate::{
 
 pub mod identity;
 pub mod sock_diag;
-
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_UDPLITE: u8 = 136;
-const IPPROTO_SCTP: u8 = 132;
 
 /// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
 const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
@@ -690,11 +686,11 @@ pub fn service_port(
 ) -> Option<u16> {
     let in_ephemeral = |port: u16| (ephemeral.0..=ephemeral.1).contains(&port);
     match key.protocol {
-        IPPROTO_TCP if role.passive || listening_ports.contains(&key.local_port) => {
+        protocol::TCP if role.passive || listening_ports.contains(&key.local_port) => {
             Some(key.local_port)
         }
-        IPPROTO_TCP => Some(key.remote_port),
-        IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_SCTP => {
+        protocol::TCP => Some(key.remote_port),
+        protocol::UDP | protocol::UDPLITE | protocol::SCTP => {
             let local_client = in_ephemeral(key.local_port);
             let remote_client = in_ephemeral(key.remote_port);
             if local_client != remote_client {

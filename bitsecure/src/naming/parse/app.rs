@@ -8,10 +8,7 @@
 
 use super::http::looks_like_request;
 
-/// IP protocol number of TCP.
-pub const PROTO_TCP: u8 = 6;
-/// IP protocol number of UDP.
-pub const PROTO_UDP: u8 = 17;
+use bitsecure_common::protocol::{TCP as PROTO_TCP, UDP as PROTO_UDP};
 
 /// What a flow speaks.
 #[derive(

@@ -1,0 +1,285 @@
+//! The two ways the agent touches files of its own: one atomic writer and one bounded reader.
+//! Nothing else lives here.
+//!
+//! The writer is for files whose loss would hurt (the baseline, the agent state): a crash or a
+//! `kill -9` at any moment leaves the old or the new version, never half of one, and no
+//! temporary file piles up. The reader is for files a person may point the agent at by
+//! mistake (`/dev/zero`, a 2 GB log): it never reads more than a limit.
+
+use std::{
+    ffi::{OsStr, OsString},
+    fs::{self, File, OpenOptions, Permissions},
+    io::{self, Read as _, Write as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+/// Whether [`write_atomically`] keeps the previous version of a file as `<file>.bak`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backup {
+    /// Keep it (files a person edits: a bad edit can be undone).
+    Keep,
+    /// Do not (files the agent rewrites every poll).
+    None,
+}
+
+/// A failed atomic write; the previous file is intact.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action}: {source}")]
+pub struct WriteError {
+    /// The step that failed, e.g. "flush the temporary file to disk".
+    pub action: String,
+    /// What the system said.
+    pub source: io::Error,
+}
+
+/// A failed bounded read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The file has more than the limit (at least `size` bytes).
+    #[error("it has at least {size} bytes, more than the {limit} allowed")]
+    TooLarge { size: u64, limit: u64 },
+    /// The file is not UTF-8; `line` (1-based) and `offset` locate the first invalid byte.
+    #[error("not UTF-8 text (line {line}, offset {offset})")]
+    NotUtf8 { line: usize, offset: usize },
+}
+
+/// Reads a UTF-8 text file of at most `limit` bytes. A device or FIFO has no size to check
+/// beforehand, and a file can grow while it is read: never more than `limit + 1` bytes are read.
+pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    if size > limit {
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if read > limit {
+        return Err(ReadError::TooLarge { size: read, limit });
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let before = e.as_bytes().get(..offset).unwrap_or_default();
+        ReadError::NotUtf8 {
+            line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+            offset,
+        }
+    })
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `text` so that a crash leaves either the old or the new file, never a
+/// mix: the text goes to a temporary file in the same directory, which is flushed to disk and
+/// renamed over `path`, then the directory is flushed. If `path` exists, its previous content
+/// is first kept as `<path>.bak` with [`Backup::Keep`] (replaced the same way), and the new
+/// file gets its permissions. A symbolic link is followed (the link stays, its target is replaced). On error
+/// the previous file is intact and no temporary file is left behind.
+pub fn write_atomically(path: &Path, bytes: &[u8], backup: Backup) -> Result<(), WriteError> {
+    let failed = |_: &Path, action: String, source| WriteError { action, source };
+    let target = match fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_symlink() => fs::canonicalize(path)
+            .map_err(|e| failed(path, "follow the symbolic link".to_owned(), e))?,
+        _ => path.to_path_buf(),
+    };
+    let permissions = match fs::metadata(&target) {
+        Ok(metadata) if metadata.is_dir() => {
+            return Err(failed(
+                path,
+                "write it".to_owned(),
+                io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
+            ));
+        }
+        Ok(metadata) => Some(metadata.permissions()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(failed(path, "inspect it".to_owned(), e)),
+    };
+    if let (Some(permissions), Backup::Keep) = (&permissions, backup) {
+        let mut backup_name = OsString::from(target.file_name().unwrap_or_default());
+        backup_name.push(".bak");
+        let backup_path = target.with_file_name(backup_name);
+        replace_file(&backup_path, Some(permissions), |file| {
+            let mut previous = File::open(&target)?;
+            io::copy(&mut previous, file).map(drop)
+        })
+        .map_err(|(action, e)| {
+            failed(
+                path,
+                format!("keep a backup as {}: {action}", backup_path.display()),
+                e,
+            )
+        })?;
+    }
+    replace_file(&target, permissions.as_ref(), |file| file.write_all(bytes))
+        .map_err(|(action, e)| failed(path, action, e))
+}
+
+/// Writes a temporary file next to `target` with `fill`, flushes it and renames it over
+/// `target`, then flushes the directory. On error, says which step failed.
+fn replace_file(
+    target: &Path,
+    permissions: Option<&Permissions>,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), (String, io::Error)> {
+    let Some(name) = target.file_name() else {
+        return Err((
+            "write it".to_owned(),
+            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+        ));
+    };
+    let directory = match target.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    remove_abandoned_temp_files(directory, name);
+    let (temp_path, mut file) = create_temp_file(directory, name).map_err(|e| {
+        (
+            format!("create a temporary file in {}", directory.display()),
+            e,
+        )
+    })?;
+    let written = (|| {
+        fill(&mut file).map_err(|e| ("write the temporary file".to_owned(), e))?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions.clone())
+                .map_err(|e| ("set the permissions".to_owned(), e))?;
+        }
+        file.sync_all()
+            .map_err(|e| ("flush the temporary file to disk".to_owned(), e))?;
+        drop(file);
+        fs::rename(&temp_path, target)
+            .map_err(|e| (format!("rename {} over it", temp_path.display()), e))
+    })();
+    if let Err(error) = written {
+        // Best effort: the error that matters is the one above.
+        let _ = fs::remove_file(&temp_path);
+        return Err(error);
+    }
+    File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| (format!("flush the directory {}", directory.display()), e))
+}
+
+/// A new, hidden file `.<name>.<pid>.<n>.tmp` in `directory`.
+/// Removes temporary files of `name` left by writers that were killed mid-write (their pid,
+/// part of the file name, is gone), so crashes do not pile them up.
+fn remove_abandoned_temp_files(directory: &Path, name: &OsStr) {
+    let prefix = format!(".{}.", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|file_name| file_name.strip_prefix(&prefix))
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('.')
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn create_temp_file(directory: &Path, name: &OsStr) -> io::Result<(PathBuf, File)> {
+    let mut attempts = 0;
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut temp_name = OsString::from(".");
+        temp_name.push(name);
+        temp_name.push(format!(".{}.{n}.tmp", std::process::id()));
+        let temp_path = directory.join(temp_name);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp_path)
+        {
+            Ok(file) => return Ok((temp_path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 100 => {
+                attempts += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("bitsecure-fsutil-{tag}-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn without_backup_only_the_file_remains() {
+        let dir = scratch("nobak");
+        let path = dir.join("agent-state.json");
+        write_atomically(&path, b"{}", Backup::None).expect("first");
+        write_atomically(&path, b"{\"a\":1}", Backup::None).expect("second");
+        assert_eq!(fs::read(&path).expect("read"), b"{\"a\":1}");
+        assert_eq!(names(&dir), ["agent-state.json"]);
+        fs::remove_dir_all(dir).expect("clean up");
+    }
+
+    #[test]
+    fn bounded_reads_refuse_large_files_devices_and_non_utf8() {
+        let dir = scratch("read");
+        let path = dir.join("text");
+        fs::write(&path, "0123456789").expect("write");
+        assert_eq!(read_text(&path, 10).expect("at the limit"), "0123456789");
+        assert!(matches!(
+            read_text(&path, 9),
+            Err(ReadError::TooLarge { size: 10, limit: 9 })
+        ));
+        // /dev/zero has no size and no end: the limit stops the read.
+        assert!(matches!(
+            read_text(Path::new("/dev/zero"), 4096),
+            Err(ReadError::TooLarge {
+                size: 4097,
+                limit: 4096
+            })
+        ));
+        fs::write(&path, b"ok\n\xff").expect("write");
+        assert!(matches!(
+            read_text(&path, 100),
+            Err(ReadError::NotUtf8 { line: 2, offset: 3 })
+        ));
+        assert!(matches!(
+            read_text(&dir.join("missing"), 10),
+            Err(ReadError::Io(_))
+        ));
+        fs::remove_dir_all(dir).expect("clean up");
+    }
+}
