@@ -10,6 +10,9 @@ use bitsecure_common::protocol;
 
 use crate::naming::{App, Source};
 
+/// Label value for remotes folded away by the cardinality limits.
+pub const OTHER_REMOTE: &str = "other";
+
 /// Bytes and packets in both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Traffic {
@@ -75,18 +78,72 @@ pub struct RemoteName {
     pub source: Source,
 }
 
-/// Label values of one exported series.
+/// A class of traffic, typed: who (process) talks to whom (remote, port, protocol) in what
+/// (app). The remote's name is not part of it (it comes and goes with DNS answers and TTLs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClassKey {
+    pub process: String,
+    /// Canonical address (IPv4-mapped IPv6 as IPv4).
+    pub remote: IpAddr,
+    pub port: Option<u16>,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub app: App,
+}
+
+impl ClassKey {
+    pub fn of(delta: &FlowDelta) -> Self {
+        Self {
+            process: delta.process.clone(),
+            remote: delta.remote.to_canonical(),
+            port: delta.port,
+            protocol: delta.protocol,
+            app: delta.app,
+        }
+    }
+}
+
+/// Label values `(process, remote, port, protocol, app)` of one exported series; also the
+/// form in which the agent state saves it.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct SeriesKey {
     pub process: String,
     pub remote: String,
     pub port: String,
     pub protocol: String,
-    /// [`App::as_str`] of the flows in the series.
+    /// [`App::as_str`] of the flows in the series (absent in states of agents before names).
+    #[serde(default = "unknown_app")]
     pub app: String,
 }
 
+fn unknown_app() -> String {
+    App::Unknown.as_str().to_owned()
+}
+
 impl SeriesKey {
+    /// The labels of a class of traffic: the one place they are made.
+    pub fn of(class: &ClassKey) -> Self {
+        Self {
+            process: class.process.clone(),
+            remote: remote_label(class.remote),
+            port: class.port.map(|port| port.to_string()).unwrap_or_default(),
+            protocol: protocol_label(class.protocol),
+            app: class.app.as_str().to_owned(),
+        }
+    }
+
+    /// The same series with its remote folded into [`OTHER_REMOTE`]. The port goes too: the
+    /// ports of folded traffic would bring the cardinality back (port scans).
+    pub fn folded(self) -> Self {
+        Self {
+            remote: OTHER_REMOTE.to_owned(),
+            port: String::new(),
+            ..self
+        }
+    }
+
     pub fn labels(&self) -> [&str; 5] {
         [
             &self.process,

@@ -65,12 +65,8 @@ fn unknown_app() -> String {
 /// An exported traffic series and its totals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SavedSeries {
-    pub process: String,
-    pub remote: String,
-    pub port: String,
-    pub protocol: String,
-    #[serde(default = "unknown_app")]
-    pub app: String,
+    #[serde(flatten)]
+    pub key: SeriesKey,
     pub traffic: Traffic,
 }
 
@@ -85,29 +81,6 @@ pub struct AgentState {
     /// Kernel statistics (STATS array) already exported.
     pub kernel_stats: Vec<u64>,
     pub series: Vec<SavedSeries>,
-}
-
-impl SavedSeries {
-    pub fn of(key: &SeriesKey, traffic: &Traffic) -> Self {
-        Self {
-            process: key.process.clone(),
-            remote: key.remote.clone(),
-            port: key.port.clone(),
-            protocol: key.protocol.clone(),
-            app: key.app.clone(),
-            traffic: *traffic,
-        }
-    }
-
-    pub fn key(&self) -> SeriesKey {
-        SeriesKey {
-            process: self.process.clone(),
-            remote: self.remote.clone(),
-            port: self.port.clone(),
-            protocol: self.protocol.clone(),
-            app: self.app.clone(),
-        }
-    }
 }
 
 /// The state file and the lock that makes it this agent's.

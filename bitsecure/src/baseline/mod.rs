@@ -13,34 +13,10 @@ pub mod recorder;
 pub mod service;
 pub mod stats;
 
-use std::net::IpAddr;
+use crate::flow::ClassKey;
 
-use crate::{flow::FlowDelta, naming::App};
-
-/// A traffic class as the monitor sees it: what the unexpected list is keyed by. The remote's
-/// name is not part of it (it comes and goes with DNS answers and TTLs).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClassKey {
-    pub process: String,
-    /// Canonical address (IPv4-mapped IPv6 as IPv4).
-    pub remote: IpAddr,
-    pub port: Option<u16>,
-    /// IP protocol number.
-    pub protocol: u8,
-    pub app: App,
-}
-
+// The monitor and the recorder match traffic classes against rules.
 impl ClassKey {
-    pub fn of(delta: &FlowDelta) -> Self {
-        Self {
-            process: delta.process.clone(),
-            remote: delta.remote.to_canonical(),
-            port: delta.port,
-            protocol: delta.protocol,
-            app: delta.app,
-        }
-    }
-
     /// The class as rules see it, with the name its remote is known by.
     pub fn flow<'a>(&'a self, name: Option<&'a str>) -> file::LiveFlow<'a> {
         file::LiveFlow {

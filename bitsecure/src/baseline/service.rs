@@ -1,9 +1,12 @@
 //! The agent's baseline life cycle: learn when there is no baseline file, then monitor; reload
 //! on SIGHUP or when the file changes, keeping the last good baseline when a reload fails.
+//!
+//! A producer: every call returns a [`BaselineReport`] of what the service saw and where it
+//! stands; it holds no metric handles (the exporter turns reports into metrics and the JSON
+//! view).
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
     time::SystemTime,
 };
 
@@ -11,23 +14,53 @@ use log::{error, info, warn};
 
 use super::{
     file::{self, Baseline},
-    monitor::{Monitor, Unexpected},
+    monitor::{Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
 };
-use crate::{export::metrics::BaselineMetrics, flow::FlowDelta};
+use crate::flow::FlowDelta;
 
 /// Most traffic classes a learning run keeps (the rest is counted and left out).
 const MAX_LEARNED_CLASSES: usize = 2000;
 
-/// What the HTTP API shows.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct BaselineView {
-    /// "learning", "monitoring" or "off".
-    pub mode: String,
-    pub unexpected: Vec<Unexpected>,
+/// What the service saw since its last report, and where it stands now.
+#[derive(Debug, Default)]
+pub struct BaselineReport {
+    /// A baseline was put in force (loaded, reloaded or learnt) at this Unix time: the
+    /// per-rule series start afresh.
+    pub loaded_at: Option<f64>,
+    /// Loads that failed (the previous baseline stays in force).
+    pub reload_failures: u64,
+    /// Unexpected traffic of this step.
+    pub unexpected_traffic: Vec<UnexpectedIncrement>,
+    pub state: BaselineState,
 }
 
-pub type SharedView = Arc<Mutex<BaselineView>>;
+/// Where the service stands.
+#[derive(Debug, Default)]
+pub enum BaselineState {
+    /// No usable baseline and not learning: traffic is counted, nothing compared.
+    #[default]
+    Off,
+    Learning {
+        remaining_seconds: f64,
+    },
+    Monitoring {
+        rules: usize,
+        unexpected: Vec<Unexpected>,
+        statuses: Vec<RuleStatus>,
+    },
+}
+
+impl BaselineState {
+    /// "learning", "monitoring" or "off", as the JSON API says it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Learning { .. } => "learning",
+            Self::Monitoring { .. } => "monitoring",
+        }
+    }
+}
 
 enum Mode {
     /// No usable baseline and not learning: traffic is counted, nothing compared.
@@ -48,20 +81,21 @@ pub struct BaselineService {
     mode: Mode,
     /// Modification time of the file in force, to notice edits.
     loaded_mtime: Option<SystemTime>,
-    view: SharedView,
+    /// What happened since the last report.
+    pending: BaselineReport,
 }
 
 impl BaselineService {
     /// Loads the baseline file, or starts learning when there is none.
-    pub fn start(settings: Settings, metrics: &BaselineMetrics, now_unix: f64) -> Self {
+    pub fn start(settings: Settings, now_unix: f64) -> (Self, BaselineReport) {
         let mut service = Self {
             settings,
             mode: Mode::Off,
             loaded_mtime: None,
-            view: SharedView::default(),
+            pending: BaselineReport::default(),
         };
         if service.settings.path.exists() {
-            service.reload("start", metrics, now_unix);
+            service.load("start", now_unix);
         } else if service.settings.learn_seconds > 0.0 {
             info!(
                 "no baseline at {}: learning normal traffic for {:.0} s, then monitoring",
@@ -80,63 +114,38 @@ impl BaselineService {
                 service.settings.path.display()
             );
         }
-        service.publish(metrics, now_unix);
-        service
-    }
-
-    pub fn view(&self) -> SharedView {
-        Arc::clone(&self.view)
+        let report = service.report(now_unix);
+        (service, report)
     }
 
     /// Feeds one poll's traffic.
-    pub fn on_step(&mut self, deltas: &[FlowDelta], metrics: &BaselineMetrics, now_unix: f64) {
+    pub fn on_step(&mut self, deltas: &[FlowDelta], now_unix: f64) -> BaselineReport {
         if self.file_changed() {
-            self.reload("file changed", metrics, now_unix);
+            self.load("file changed", now_unix);
         }
         match &mut self.mode {
             Mode::Off => {}
             Mode::Learning(recorder) => {
                 recorder.record_step(deltas);
                 if recorder.elapsed_seconds() >= self.settings.learn_seconds {
-                    self.finish_learning(metrics, now_unix);
+                    self.finish_learning(now_unix);
                 }
             }
             Mode::Monitoring(monitor) => {
-                for increment in monitor.observe_step(deltas, now_unix) {
-                    let key = &increment.key;
-                    let protocol = crate::flow::protocol_label(key.protocol);
-                    let (remote, port) = if increment.listed {
-                        (
-                            crate::flow::remote_label(key.remote),
-                            key.port.map(|port| port.to_string()).unwrap_or_default(),
-                        )
-                    } else {
-                        // The list is full: keep the process and app, fold remote and port.
-                        ("other".into(), String::new())
-                    };
-                    let labels = [
-                        key.process.as_str(),
-                        &remote,
-                        &port,
-                        &protocol,
-                        key.app.as_str(),
-                    ];
-                    metrics
-                        .unexpected_sent_bytes
-                        .with_label_values(&labels)
-                        .inc_by(increment.traffic.sent_bytes);
-                    metrics
-                        .unexpected_received_bytes
-                        .with_label_values(&labels)
-                        .inc_by(increment.traffic.received_bytes);
-                }
+                self.pending.unexpected_traffic = monitor.observe_step(deltas, now_unix);
             }
         }
-        self.publish(metrics, now_unix);
+        self.report(now_unix)
+    }
+
+    /// Reloads the file (SIGHUP); on failure the baseline in force stays.
+    pub fn reload(&mut self, why: &str, now_unix: f64) -> BaselineReport {
+        self.load(why, now_unix);
+        self.report(now_unix)
     }
 
     /// (Re)loads the file; on failure the baseline in force stays.
-    pub fn reload(&mut self, why: &str, metrics: &BaselineMetrics, now_unix: f64) {
+    fn load(&mut self, why: &str, now_unix: f64) {
         let mtime = modified(&self.settings.path);
         match file::load(&self.settings.path) {
             Ok(baseline) => {
@@ -145,12 +154,10 @@ impl BaselineService {
                     self.settings.path.display(),
                     baseline.rules.len()
                 );
-                metrics.reset_rules();
-                metrics.loaded_timestamp.set(now_unix);
                 self.install(baseline, now_unix);
             }
             Err(load_error) => {
-                metrics.reload_failures.inc();
+                self.pending.reload_failures += 1;
                 let kept = match self.mode {
                     Mode::Monitoring(_) => "the previous baseline stays in force",
                     Mode::Learning(_) => "learning goes on",
@@ -161,10 +168,10 @@ impl BaselineService {
         }
         // Remember the failed version too, so a bad file is reported once, not every poll.
         self.loaded_mtime = mtime;
-        self.publish(metrics, now_unix);
     }
 
     fn install(&mut self, baseline: Baseline, now_unix: f64) {
+        self.pending.loaded_at = Some(now_unix);
         match &mut self.mode {
             Mode::Monitoring(monitor) => monitor.replace_baseline(baseline, now_unix),
             _ => {
@@ -178,7 +185,7 @@ impl BaselineService {
         }
     }
 
-    fn finish_learning(&mut self, metrics: &BaselineMetrics, now_unix: f64) {
+    fn finish_learning(&mut self, now_unix: f64) {
         let Mode::Learning(recorder) = std::mem::replace(&mut self.mode, Mode::Off) else {
             return;
         };
@@ -201,8 +208,6 @@ impl BaselineService {
                 self.settings.path.display()
             ),
         }
-        metrics.reset_rules();
-        metrics.loaded_timestamp.set(now_unix);
         self.install(baseline, now_unix);
     }
 
@@ -214,117 +219,23 @@ impl BaselineService {
         current.is_some() && current != self.loaded_mtime
     }
 
-    /// Updates the gauges and the HTTP view.
-    fn publish(&self, metrics: &BaselineMetrics, now_unix: f64) {
-        let mut view = BaselineView::default();
-        match &self.mode {
-            Mode::Off => {
-                view.mode = "off".into();
-                metrics.learning.set(0);
-                metrics.rules.set(0);
-            }
-            Mode::Learning(recorder) => {
-                view.mode = "learning".into();
-                metrics.learning.set(1);
-                metrics
-                    .learning_remaining
-                    .set((self.settings.learn_seconds - recorder.elapsed_seconds()).max(0.0));
-            }
-            Mode::Monitoring(monitor) => {
-                view.mode = "monitoring".into();
-                metrics.learning.set(0);
-                metrics.learning_remaining.set(0.0);
-                metrics.rules.set(monitor.baseline().rules.len() as i64);
-                view.unexpected = monitor.unexpected();
-                metrics.unexpected_flows.set(view.unexpected.len() as i64);
-                // Rebuilt from the list, so accepted entries disappear from the gauges.
-                metrics.unexpected_first_seen.reset();
-                metrics.unexpected_last_seen.reset();
-                for entry in &view.unexpected {
-                    let port = entry.port.map(|port| port.to_string()).unwrap_or_default();
-                    let labels = [
-                        entry.process.as_str(),
-                        entry.remote.as_str(),
-                        port.as_str(),
-                        entry.protocol.as_str(),
-                        entry.app.as_str(),
-                    ];
-                    metrics
-                        .unexpected_first_seen
-                        .with_label_values(&labels)
-                        .set(entry.first_seen_unix);
-                    metrics
-                        .unexpected_last_seen
-                        .with_label_values(&labels)
-                        .set(entry.last_seen_unix);
-                }
-                for status in monitor.statuses(now_unix) {
-                    let rule = [
-                        status.process.as_str(),
-                        status.remote.as_str(),
-                        status.port.as_str(),
-                        status.protocol.as_str(),
-                        status.app.as_str(),
-                    ];
-                    let with = |direction: &'static str| {
-                        [rule[0], rule[1], rule[2], rule[3], rule[4], direction]
-                    };
-                    for (direction, rate, reference, deviation) in [
-                        (
-                            "sent",
-                            status.sent_rate,
-                            status.reference_sent,
-                            status.sent_deviation,
-                        ),
-                        (
-                            "received",
-                            status.received_rate,
-                            status.reference_received,
-                            status.received_deviation,
-                        ),
-                    ] {
-                        metrics
-                            .rule_rate
-                            .with_label_values(&with(direction))
-                            .set(rate);
-                        if let Some(reference) = reference {
-                            metrics
-                                .rule_reference
-                                .with_label_values(&with(direction))
-                                .set(reference);
-                        }
-                        if let Some(deviation) = deviation {
-                            metrics
-                                .rule_deviation
-                                .with_label_values(&with(direction))
-                                .set(deviation);
-                        }
-                    }
-                    metrics
-                        .rule_silence_seconds
-                        .with_label_values(&rule)
-                        .set(status.silence_seconds);
-                    metrics
-                        .rule_silence_ratio
-                        .with_label_values(&rule)
-                        .set(status.silence_ratio);
-                    if let Some(cadence) = status.expected_cadence {
-                        metrics
-                            .rule_expected_cadence
-                            .with_label_values(&rule)
-                            .set(cadence);
-                    }
-                    if let Some(cadence) = status.observed_cadence {
-                        metrics
-                            .rule_observed_cadence
-                            .with_label_values(&rule)
-                            .set(cadence);
-                    }
-                }
-            }
-        }
-        if let Ok(mut shared) = self.view.lock() {
-            *shared = view;
+    /// What happened since the last report, and where the service stands.
+    fn report(&mut self, now_unix: f64) -> BaselineReport {
+        let state = match &self.mode {
+            Mode::Off => BaselineState::Off,
+            Mode::Learning(recorder) => BaselineState::Learning {
+                remaining_seconds: (self.settings.learn_seconds - recorder.elapsed_seconds())
+                    .max(0.0),
+            },
+            Mode::Monitoring(monitor) => BaselineState::Monitoring {
+                rules: monitor.baseline().rules.len(),
+                unexpected: monitor.unexpected(),
+                statuses: monitor.statuses(now_unix),
+            },
+        };
+        BaselineReport {
+            state,
+            ..std::mem::take(&mut self.pending)
         }
     }
 }
@@ -398,12 +309,13 @@ mod tests {
             max_unexpected: 10,
             step_seconds: 1.0,
         };
-        let mut service = BaselineService::start(settings, &metrics.baseline, 1000.0);
-        service.on_step(
+        let (mut service, report) = BaselineService::start(settings, 1000.0);
+        metrics.publish_baseline(report);
+        let report = service.on_step(
             &[pool_delta(App::Stratum, 100), pool_delta(App::Http, 7)],
-            &metrics.baseline,
             1001.0,
         );
+        metrics.publish_baseline(report);
         let _ = std::fs::remove_dir_all(&dir);
         let text = metrics.render().unwrap();
         // The prometheus encoder writes labels in alphabetical order.
@@ -418,7 +330,7 @@ mod tests {
         ] {
             assert!(text.contains(&expected), "missing {expected:?} in\n{text}");
         }
-        let unexpected = service.view().lock().unwrap().unexpected.clone();
+        let unexpected = metrics.baseline_view().unexpected;
         assert_eq!(unexpected.len(), 1);
         assert_eq!(unexpected[0].name.as_deref(), Some("pool.example.org"));
     }

@@ -1,67 +1,34 @@
-//! The Prometheus side: the traffic counters of the metric contract and the agent's
-//! self-metrics. Names and labels here are a public API (dashboards and alerts use them).
-//!
-//! The traffic counters can number thousands of series, so they are kept as one plain map and
-//! written straight into the exposition text: going through the `prometheus` crate would keep
-//! four labelled children per series and build a protobuf tree of all of them at every scrape
-//! (measured: about 4 kB per series). The `prometheus` registry serves the self-metrics.
-
-use std::{collections::HashMap, fmt::Write as _, sync::Mutex};
+//! The metric registry: one sub-struct per producer (poller, naming, baseline, traffic), each
+//! turning that producer's report into its metrics. Names and labels here are a public API
+//! (dashboards and alerts use them); producers never see a metric handle.
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::flow::{SeriesKey, Traffic};
-
-/// Labels of every traffic counter.
-pub const TRAFFIC_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
-
-/// Name and help text of the four traffic counters, in exposition order.
-const TRAFFIC_COUNTERS: [(&str, &str); 4] = [
-    (
-        "bitsecure_sent_bytes_total",
-        "L3 bytes sent (IP header included, GSO-corrected to wire packets), by process and remote endpoint.",
-    ),
-    (
-        "bitsecure_received_bytes_total",
-        "L3 bytes received (IP header included, GRO-corrected to wire packets), by process and remote endpoint.",
-    ),
-    (
-        "bitsecure_sent_packets_total",
-        "Wire packets sent, by process and remote endpoint.",
-    ),
-    (
-        "bitsecure_received_packets_total",
-        "Wire packets received, by process and remote endpoint.",
-    ),
-];
+use super::{
+    api::{Api, BaselineView},
+    traffic::{TRAFFIC_LABELS, TrafficMetrics},
+};
+use crate::{
+    baseline::{
+        monitor::RuleStatus,
+        service::{BaselineReport, BaselineState},
+    },
+    flow::SeriesKey,
+    naming::EventCounts,
+    poller::{KernelStats, PollReport, identity::ProcessIdentity},
+};
 
 pub struct Metrics {
     registry: Registry,
+    pub traffic: TrafficMetrics,
+    pub poller: PollerMetrics,
+    pub naming: NamingMetrics,
     pub baseline: BaselineMetrics,
-    /// Cumulative traffic per series (the four traffic counters).
-    traffic: Mutex<HashMap<SeriesKey, Traffic>>,
-    pub process_info: IntGaugeVec,
-    pub map_entries: IntGaugeVec,
-    pub map_capacity: IntGaugeVec,
-    pub map_insert_failures: IntCounterVec,
-    pub malformed_packets: IntCounter,
-    pub poll_duration: Histogram,
-    pub poll_errors: IntCounter,
-    pub folded_flows: IntCounter,
-    pub closed_sockets: IntCounter,
-    pub traffic_series: IntGauge,
-    pub traffic_series_limit: IntGauge,
-    pub unattributed_sockets: IntCounter,
-    /// `(remote, name, source)` rows of `bitsecure_remote_info`, replaced at every poll.
-    remote_names: Mutex<Vec<(String, String, &'static str)>>,
-    pub kernel_events: IntCounterVec,
-    pub kernel_events_dropped: IntCounter,
-    pub dns_responses: IntCounterVec,
-    pub names: IntGauge,
-    pub names_limit: IntGauge,
+    /// The JSON view of the baseline state (served at /api/...).
+    pub api: Api,
 }
 
 impl Metrics {
@@ -78,162 +45,14 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         registry.register(Box::new(build_info))?;
-
-        let process_info = IntGaugeVec::new(
-            Opts::new(
-                "bitsecure_process_info",
-                "Always 1: executable path and systemd unit (or cgroup) of each process label.",
-            ),
-            &["process", "exe", "unit"],
-        )?;
-        let map_entries = IntGaugeVec::new(
-            Opts::new(
-                "bitsecure_map_entries",
-                "Entries in a kernel map at the last poll.",
-            ),
-            &["map"],
-        )?;
-        let map_capacity = IntGaugeVec::new(
-            Opts::new("bitsecure_map_capacity", "Maximum entries of a kernel map."),
-            &["map"],
-        )?;
-        let map_insert_failures = IntCounterVec::new(
-            Opts::new(
-                "bitsecure_map_insert_failures_total",
-                "Kernel map inserts that failed because the map was full: that traffic or owner was not recorded.",
-            ),
-            &["map"],
-        )?;
-        let malformed_packets = IntCounter::new(
-            "bitsecure_malformed_packets_total",
-            "Packets whose headers could not be read; their bytes are counted under remote \"::\".",
-        )?;
-        let poll_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "bitsecure_poll_duration_seconds",
-                "Time to read the kernel maps and update the flow table.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]),
-        )?;
-        let poll_errors = IntCounter::new(
-            "bitsecure_poll_errors_total",
-            "Polls that failed to read the kernel maps (see the agent log).",
-        )?;
-        let folded_flows = IntCounter::new(
-            "bitsecure_folded_flows_total",
-            "Flow updates folded into remote=\"other\" by the cardinality limits.",
-        )?;
-        let closed_sockets = IntCounter::new(
-            "bitsecure_closed_sockets_total",
-            "Closed sockets whose counters were folded into the totals and removed from the kernel maps.",
-        )?;
-        let traffic_series = IntGauge::new(
-            "bitsecure_traffic_series",
-            "Number of (process, remote, port, protocol, app) series exported.",
-        )?;
-        let traffic_series_limit = IntGauge::new(
-            "bitsecure_traffic_series_limit",
-            "Cap on traffic series (metrics.max_series); beyond it flows fold into remote=\"other\".",
-        )?;
-        let unattributed_sockets = IntCounter::new(
-            "bitsecure_unattributed_sockets_total",
-            "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
-        )?;
-        let kernel_events = IntCounterVec::new(
-            Opts::new(
-                "bitsecure_kernel_events_total",
-                "Payload events read from the kernel: kind=\"dns\" (a DNS message from port 53) or \"payload\" (the first payload of a flow).",
-            ),
-            &["kind"],
-        )?;
-        let kernel_events_dropped = IntCounter::new(
-            "bitsecure_kernel_events_dropped_total",
-            "Payload events the kernel dropped because its ring buffer was full (names.ring_buffer_bytes): some names or applications were not learnt.",
-        )?;
-        let dns_responses = IntCounterVec::new(
-            Opts::new(
-                "bitsecure_dns_responses_total",
-                "DNS messages received from port 53, by result: ok (parsed; its addresses named) or unparsable.",
-            ),
-            &["result"],
-        )?;
-        let names = IntGauge::new(
-            "bitsecure_names",
-            "Addresses in the address -> name map (learnt from DNS answers, TLS SNI and HTTP Host).",
-        )?;
-        let names_limit = IntGauge::new(
-            "bitsecure_names_limit",
-            "Cap on the address -> name map (names.max_entries); beyond it the soonest-expiring entries go.",
-        )?;
-        for kind in ["dns", "payload"] {
-            kernel_events.with_label_values(&[kind]);
-        }
-        for result in ["ok", "unparsable"] {
-            dns_responses.with_label_values(&[result]);
-        }
-        for collector in [
-            Box::new(process_info.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(kernel_events.clone()),
-            Box::new(kernel_events_dropped.clone()),
-            Box::new(dns_responses.clone()),
-            Box::new(names.clone()),
-            Box::new(names_limit.clone()),
-            Box::new(map_entries.clone()),
-            Box::new(map_capacity.clone()),
-            Box::new(map_insert_failures.clone()),
-            Box::new(malformed_packets.clone()),
-            Box::new(poll_duration.clone()),
-            Box::new(poll_errors.clone()),
-            Box::new(folded_flows.clone()),
-            Box::new(closed_sockets.clone()),
-            Box::new(traffic_series.clone()),
-            Box::new(traffic_series_limit.clone()),
-            Box::new(unattributed_sockets.clone()),
-        ] {
-            registry.register(collector)?;
-        }
-
-        let baseline = BaselineMetrics::new(&registry)?;
         Ok(Self {
+            traffic: TrafficMetrics::new(&registry)?,
+            poller: PollerMetrics::new(&registry)?,
+            naming: NamingMetrics::new(&registry)?,
+            baseline: BaselineMetrics::new(&registry)?,
+            api: Api::default(),
             registry,
-            baseline,
-            traffic: Mutex::default(),
-            process_info,
-            map_entries,
-            map_capacity,
-            map_insert_failures,
-            malformed_packets,
-            poll_duration,
-            poll_errors,
-            folded_flows,
-            closed_sockets,
-            traffic_series,
-            traffic_series_limit,
-            unattributed_sockets,
-            remote_names: Mutex::default(),
-            kernel_events,
-            kernel_events_dropped,
-            dns_responses,
-            names,
-            names_limit,
         })
-    }
-
-    /// Every traffic series and its totals (for [`crate::state`]).
-    pub fn traffic_snapshot(&self) -> Vec<(SeriesKey, Traffic)> {
-        self.traffic
-            .lock()
-            .map(|series| series.iter().map(|(k, t)| (k.clone(), *t)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Adds traffic to one series.
-    pub fn add_traffic(&self, key: &SeriesKey, traffic: &Traffic) {
-        if let Ok(mut series) = self.traffic.lock() {
-            series.entry(key.clone()).or_default().add(traffic);
-        }
     }
 
     /// The text exposition format for /metrics.
@@ -242,79 +61,277 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         // TextEncoder only writes UTF-8.
         let mut text = String::from_utf8_lossy(&buffer).into_owned();
-        self.render_traffic(&mut text);
-        self.render_remote_names(&mut text);
+        self.traffic.render(&mut text);
         Ok(text)
     }
 
-    /// Replaces the `(remote, name, source)` rows of `bitsecure_remote_info`.
-    pub fn set_remote_names(&self, rows: Vec<(String, String, &'static str)>) {
-        if let Ok(mut names) = self.remote_names.lock() {
-            *names = rows;
-        }
+    /// One poll of the kernel maps: its traffic, and what the poller saw on the way.
+    pub fn record_poll(&self, report: &PollReport) {
+        self.traffic.add(&report.deltas);
+        self.poller.record(report);
+        self.naming.record_events(&report.events);
+        self.naming.record_dropped(report.kernel.events_dropped);
+        self.naming.names.set(report.names as i64);
     }
 
-    fn render_remote_names(&self, out: &mut String) {
-        let rows = match self.remote_names.lock() {
-            Ok(rows) => rows.clone(),
-            Err(_) => return,
+    /// The baseline service's latest report: gauges, counters and the JSON view.
+    pub fn publish_baseline(&self, report: BaselineReport) {
+        self.baseline.publish(&report);
+        let BaselineReport { state, .. } = report;
+        let mode = state.name().to_owned();
+        let unexpected = match state {
+            BaselineState::Monitoring { unexpected, .. } => unexpected,
+            _ => Vec::new(),
         };
-        let _ = writeln!(
-            out,
-            "# HELP bitsecure_remote_info Always 1: a name of a remote address, learnt from a DNS answer this host received (source=\"dns\"), the TLS server name (\"sni\") or HTTP Host (\"http\") of a connection it opened.\n# TYPE bitsecure_remote_info gauge"
-        );
-        for (remote, name, source) in &rows {
-            out.push_str("bitsecure_remote_info{remote=\"");
-            escape_label_value(remote, out);
-            out.push_str("\",name=\"");
-            escape_label_value(name, out);
-            let _ = writeln!(out, "\",source=\"{source}\"}} 1");
-        }
+        self.api.set_view(BaselineView { mode, unexpected });
     }
 
-    fn render_traffic(&self, out: &mut String) {
-        // Copy under the lock, format outside it: the poller adds traffic meanwhile.
-        let mut series: Vec<(SeriesKey, Traffic)> = match self.traffic.lock() {
-            Ok(series) => series
-                .iter()
-                .map(|(key, traffic)| (key.clone(), *traffic))
-                .collect(),
-            Err(_) => return,
-        };
-        series.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (index, (name, help)) in TRAFFIC_COUNTERS.iter().enumerate() {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (key, traffic) in &series {
-                let value = [
-                    traffic.sent_bytes,
-                    traffic.received_bytes,
-                    traffic.sent_packets,
-                    traffic.received_packets,
-                ][index];
-                let _ = write!(out, "{name}{{");
-                for (label_index, (label, label_value)) in
-                    TRAFFIC_LABELS.iter().zip(key.labels()).enumerate()
-                {
-                    let separator = if label_index == 0 { "" } else { "," };
-                    let _ = write!(out, "{separator}{label}=\"");
-                    escape_label_value(label_value, out);
-                    out.push('"');
-                }
-                let _ = writeln!(out, "}} {value}");
-            }
-        }
+    /// The JSON view last published.
+    pub fn baseline_view(&self) -> BaselineView {
+        self.api.view()
     }
 }
 
-/// Label values escape backslash, double quote and newline (exposition format rules).
-fn escape_label_value(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// Registers a collector and hands it back.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}
+
+/// The poller's view of the kernel: maps, processes, attribution, its own health.
+pub struct PollerMetrics {
+    pub process_info: IntGaugeVec,
+    pub map_entries: IntGaugeVec,
+    pub map_capacity: IntGaugeVec,
+    pub map_insert_failures: IntCounterVec,
+    pub malformed_packets: IntCounter,
+    pub poll_duration: Histogram,
+    pub poll_errors: IntCounter,
+    pub closed_sockets: IntCounter,
+    pub unattributed_sockets: IntCounter,
+}
+
+impl PollerMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            process_info: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_process_info",
+                        "Always 1: executable path and systemd unit (or cgroup) of each process label.",
+                    ),
+                    &["process", "exe", "unit"],
+                )?,
+            )?,
+            map_entries: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_map_entries",
+                        "Entries in a kernel map at the last poll.",
+                    ),
+                    &["map"],
+                )?,
+            )?,
+            map_capacity: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("bitsecure_map_capacity", "Maximum entries of a kernel map."),
+                    &["map"],
+                )?,
+            )?,
+            map_insert_failures: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_map_insert_failures_total",
+                        "Kernel map inserts that failed because the map was full: that traffic or owner was not recorded.",
+                    ),
+                    &["map"],
+                )?,
+            )?,
+            malformed_packets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_malformed_packets_total",
+                    "Packets whose headers could not be read; their bytes are counted under remote \"::\".",
+                )?,
+            )?,
+            poll_duration: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "bitsecure_poll_duration_seconds",
+                        "Time to read the kernel maps and update the flow table.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )?,
+            )?,
+            poll_errors: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_poll_errors_total",
+                    "Polls that failed to read the kernel maps (see the agent log).",
+                )?,
+            )?,
+            closed_sockets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_closed_sockets_total",
+                    "Closed sockets whose counters were folded into the totals and removed from the kernel maps.",
+                )?,
+            )?,
+            unattributed_sockets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_unattributed_sockets_total",
+                    "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
+                )?,
+            )?,
+        })
+    }
+
+    /// The kernel maps' sizes; each map's insert failures start at 0, so a first failure is an
+    /// increase Prometheus can see.
+    pub fn set_map_capacities(&self, capacities: &[(&str, u32)]) {
+        for (map, capacity) in capacities {
+            self.map_capacity
+                .with_label_values(&[*map])
+                .set(i64::from(*capacity));
+            self.map_insert_failures.with_label_values(&[*map]);
         }
+    }
+
+    fn record(&self, report: &PollReport) {
+        for process in &report.new_processes {
+            self.add_process(process);
+        }
+        self.unattributed_sockets
+            .inc_by(report.unattributed_sockets);
+        self.closed_sockets.inc_by(report.folded_sockets as u64);
+        let KernelStats {
+            flow_insert_failures,
+            socket_insert_failures,
+            malformed_packets,
+            events_dropped: _,
+        } = report.kernel;
+        self.map_insert_failures
+            .with_label_values(&["flows"])
+            .inc_by(flow_insert_failures);
+        self.map_insert_failures
+            .with_label_values(&["sockets"])
+            .inc_by(socket_insert_failures);
+        self.malformed_packets.inc_by(malformed_packets);
+        self.map_entries
+            .with_label_values(&["flows"])
+            .set(report.flows as i64);
+        self.map_entries
+            .with_label_values(&["sockets"])
+            .set(report.sockets as i64);
+        self.poll_duration.observe(report.duration.as_secs_f64());
+    }
+
+    fn add_process(&self, identity: &ProcessIdentity) {
+        self.process_info
+            .with_label_values(&[
+                identity.name.as_str(),
+                identity.exe.as_deref().unwrap_or(""),
+                identity.unit.as_deref().unwrap_or(""),
+            ])
+            .set(1);
+    }
+}
+
+/// Names and applications: the kernel's payload events and the address -> name map.
+pub struct NamingMetrics {
+    pub kernel_events: IntCounterVec,
+    pub kernel_events_dropped: IntCounter,
+    pub dns_responses: IntCounterVec,
+    pub names: IntGauge,
+    pub names_limit: IntGauge,
+}
+
+impl NamingMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            kernel_events: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_kernel_events_total",
+                        "Payload events read from the kernel: kind=\"dns\" (a DNS message from port 53) or \"payload\" (the first payload of a flow).",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            kernel_events_dropped: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_kernel_events_dropped_total",
+                    "Payload events the kernel dropped because its ring buffer was full (names.ring_buffer_bytes): some names or applications were not learnt.",
+                )?,
+            )?,
+            dns_responses: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_dns_responses_total",
+                        "DNS messages received from port 53, by result: ok (parsed; its addresses named) or unparsable.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            names: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_names",
+                    "Addresses in the address -> name map (learnt from DNS answers, TLS SNI and HTTP Host).",
+                )?,
+            )?,
+            names_limit: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_names_limit",
+                    "Cap on the address -> name map (names.max_entries); beyond it the soonest-expiring entries go.",
+                )?,
+            )?,
+        };
+        for kind in ["dns", "payload"] {
+            metrics.kernel_events.with_label_values(&[kind]);
+        }
+        for result in ["ok", "unparsable"] {
+            metrics.dns_responses.with_label_values(&[result]);
+        }
+        Ok(metrics)
+    }
+
+    /// Payload events read from the kernel (during a poll or between polls).
+    pub fn record_events(&self, counts: &EventCounts) {
+        let EventCounts {
+            dns,
+            payload,
+            dns_ok,
+            dns_unparsable,
+        } = *counts;
+        self.kernel_events.with_label_values(&["dns"]).inc_by(dns);
+        self.kernel_events
+            .with_label_values(&["payload"])
+            .inc_by(payload);
+        self.dns_responses.with_label_values(&["ok"]).inc_by(dns_ok);
+        self.dns_responses
+            .with_label_values(&["unparsable"])
+            .inc_by(dns_unparsable);
+    }
+
+    /// Events the kernel dropped: part of the poller's kernel statistics.
+    fn record_dropped(&self, dropped: u64) {
+        self.kernel_events_dropped.inc_by(dropped);
     }
 }
 
@@ -345,13 +362,6 @@ pub struct BaselineMetrics {
 
 impl BaselineMetrics {
     fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        fn register<C: prometheus::core::Collector + Clone + 'static>(
-            registry: &Registry,
-            collector: C,
-        ) -> Result<C, prometheus::Error> {
-            registry.register(Box::new(collector.clone()))?;
-            Ok(collector)
-        }
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
                 registry,
@@ -360,7 +370,7 @@ impl BaselineMetrics {
         };
         let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
         // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum.
-        let unexpected_labels = ["process", "remote", "port", "protocol", "app"];
+        let unexpected_labels = TRAFFIC_LABELS;
         Ok(Self {
             rules: register(
                 registry,
@@ -472,8 +482,128 @@ impl BaselineMetrics {
         })
     }
 
+    /// A report of the baseline service: counters of this step's unexpected traffic, then the
+    /// gauges of where it stands.
+    fn publish(&self, report: &BaselineReport) {
+        if let Some(loaded_at) = report.loaded_at {
+            self.reset_rules();
+            self.loaded_timestamp.set(loaded_at);
+        }
+        self.reload_failures.inc_by(report.reload_failures);
+        for increment in &report.unexpected_traffic {
+            let mut series = SeriesKey::of(&increment.key);
+            if !increment.listed {
+                // The list is full: keep the process and app, fold remote and port.
+                series = series.folded();
+            }
+            let labels = series.labels();
+            self.unexpected_sent_bytes
+                .with_label_values(&labels)
+                .inc_by(increment.traffic.sent_bytes);
+            self.unexpected_received_bytes
+                .with_label_values(&labels)
+                .inc_by(increment.traffic.received_bytes);
+        }
+        match &report.state {
+            BaselineState::Off => {
+                self.learning.set(0);
+                self.rules.set(0);
+            }
+            BaselineState::Learning { remaining_seconds } => {
+                self.learning.set(1);
+                self.learning_remaining.set(*remaining_seconds);
+            }
+            BaselineState::Monitoring {
+                rules,
+                unexpected,
+                statuses,
+            } => {
+                self.learning.set(0);
+                self.learning_remaining.set(0.0);
+                self.rules.set(*rules as i64);
+                self.unexpected_flows.set(unexpected.len() as i64);
+                // Rebuilt from the list, so accepted entries disappear from the gauges.
+                self.unexpected_first_seen.reset();
+                self.unexpected_last_seen.reset();
+                for entry in unexpected {
+                    let port = entry.port.map(|port| port.to_string()).unwrap_or_default();
+                    let labels = [
+                        entry.process.as_str(),
+                        entry.remote.as_str(),
+                        port.as_str(),
+                        entry.protocol.as_str(),
+                        entry.app.as_str(),
+                    ];
+                    self.unexpected_first_seen
+                        .with_label_values(&labels)
+                        .set(entry.first_seen_unix);
+                    self.unexpected_last_seen
+                        .with_label_values(&labels)
+                        .set(entry.last_seen_unix);
+                }
+                for status in statuses {
+                    self.publish_rule(status);
+                }
+            }
+        }
+    }
+
+    fn publish_rule(&self, status: &RuleStatus) {
+        let rule = [
+            status.process.as_str(),
+            status.remote.as_str(),
+            status.port.as_str(),
+            status.protocol.as_str(),
+            status.app.as_str(),
+        ];
+        let with =
+            |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
+        for (direction, rate, reference, deviation) in [
+            (
+                "sent",
+                status.sent_rate,
+                status.reference_sent,
+                status.sent_deviation,
+            ),
+            (
+                "received",
+                status.received_rate,
+                status.reference_received,
+                status.received_deviation,
+            ),
+        ] {
+            self.rule_rate.with_label_values(&with(direction)).set(rate);
+            if let Some(reference) = reference {
+                self.rule_reference
+                    .with_label_values(&with(direction))
+                    .set(reference);
+            }
+            if let Some(deviation) = deviation {
+                self.rule_deviation
+                    .with_label_values(&with(direction))
+                    .set(deviation);
+            }
+        }
+        self.rule_silence_seconds
+            .with_label_values(&rule)
+            .set(status.silence_seconds);
+        self.rule_silence_ratio
+            .with_label_values(&rule)
+            .set(status.silence_ratio);
+        if let Some(cadence) = status.expected_cadence {
+            self.rule_expected_cadence
+                .with_label_values(&rule)
+                .set(cadence);
+        }
+        if let Some(cadence) = status.observed_cadence {
+            self.rule_observed_cadence
+                .with_label_values(&rule)
+                .set(cadence);
+        }
+    }
+
     /// Forgets every per-rule series (after a reload, rules may be gone).
-    pub fn reset_rules(&self) {
+    fn reset_rules(&self) {
         for gauge in [
             &self.rule_rate,
             &self.rule_reference,
@@ -484,45 +614,6 @@ impl BaselineMetrics {
             &self.rule_observed_cadence,
         ] {
             gauge.reset();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traffic_counters_render_in_the_exposition_format() {
-        let metrics = Metrics::new().unwrap();
-        let key = SeriesKey {
-            process: "we\"ird\\name".into(),
-            remote: "10.0.0.1".into(),
-            port: "3333".into(),
-            protocol: "tcp".into(),
-            app: "stratum".into(),
-        };
-        let traffic = Traffic {
-            sent_bytes: 100,
-            received_bytes: 200,
-            sent_packets: 3,
-            received_packets: 4,
-        };
-        metrics.add_traffic(&key, &traffic);
-        metrics.add_traffic(&key, &traffic);
-        let text = metrics.render().unwrap();
-        let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp",app="stratum"}"#;
-        for (name, value) in [
-            ("bitsecure_sent_bytes_total", 200),
-            ("bitsecure_received_bytes_total", 400),
-            ("bitsecure_sent_packets_total", 6),
-            ("bitsecure_received_packets_total", 8),
-        ] {
-            assert!(
-                text.contains(&format!("{name}{labels} {value}\n")),
-                "{name} missing:\n{text}"
-            );
-            assert!(text.contains(&format!("# TYPE {name} counter\n")));
         }
     }
 }

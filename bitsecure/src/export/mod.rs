@@ -1,11 +1,16 @@
 //! The export stage: the only place that knows metric names and label layout. It turns what the
-//! producers report (poller, naming, baseline) into Prometheus metrics and serves them, with
-//! the JSON API of the review commands, over HTTP.
+//! producers report (poller, naming, baseline) into Prometheus metrics and the JSON view of the
+//! review commands, and serves both over HTTP. Producers never hold a metric handle.
 //!
-//! - [`metrics`]: the registry, one sub-struct per producer, and the exposition text.
-//! - [`series`]: flow deltas → series of bounded cardinality.
+//! - [`metrics`]: the registry, one sub-struct per producer.
+//! - [`traffic`]: the traffic counters of the metric contract and `bitsecure_remote_info`,
+//!   written straight into the exposition text.
+//! - [`series`]: flow deltas → series of bounded cardinality (top-N remotes + `other`).
+//! - [`api`]: the JSON types and routes of `/api/...`.
 //! - [`server`]: the small HTTP server.
 
+pub mod api;
 pub mod metrics;
 pub mod series;
 pub mod server;
+pub mod traffic;

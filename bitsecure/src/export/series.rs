@@ -10,16 +10,15 @@ use std::{
     net::IpAddr,
 };
 
-use crate::flow::{FlowDelta, SeriesKey, Traffic, protocol_label, remote_label};
-
-/// Label value for remotes folded away by the cardinality limits.
-pub const OTHER_REMOTE: &str = "other";
+use crate::flow::{ClassKey, FlowDelta, SeriesKey, Traffic};
 
 pub struct FlowTable {
     max_remotes: usize,
     max_series: usize,
     admitted_remotes: HashSet<IpAddr>,
-    series: HashMap<SeriesKey, Traffic>,
+    /// The series this agent made (their totals are the exporter's; only membership counts
+    /// here, for the cap).
+    series: HashSet<SeriesKey>,
 }
 
 /// What one [`FlowTable::apply`] did.
@@ -37,7 +36,7 @@ impl FlowTable {
             max_remotes,
             max_series,
             admitted_remotes: HashSet::new(),
-            series: HashMap::new(),
+            series: HashSet::new(),
         }
     }
 
@@ -47,25 +46,14 @@ impl FlowTable {
         let mut increments: HashMap<SeriesKey, Traffic> = HashMap::new();
         let mut folded = 0;
         for delta in deltas.iter().filter(|delta| !delta.traffic.is_zero()) {
-            let mut key = SeriesKey {
-                process: delta.process.clone(),
-                remote: remote_label(delta.remote),
-                port: delta.port.map(|port| port.to_string()).unwrap_or_default(),
-                protocol: protocol_label(delta.protocol),
-                app: delta.app.as_str().to_owned(),
-            };
-            let known = self.series.contains_key(&key);
+            let mut key = SeriesKey::of(&ClassKey::of(delta));
+            let known = self.series.contains(&key);
             let room = self.series.len() < self.max_series;
             if !self.admitted_remotes.contains(&delta.remote) || (!known && !room) {
-                // The port of folded traffic would reintroduce the cardinality (port scans).
-                key.remote = OTHER_REMOTE.to_owned();
-                key.port = String::new();
+                key = key.folded();
                 folded += 1;
             }
-            self.series
-                .entry(key.clone())
-                .or_default()
-                .add(&delta.traffic);
+            self.series.insert(key.clone());
             increments.entry(key).or_default().add(&delta.traffic);
         }
         let mut increments: Vec<_> = increments.into_iter().collect();
@@ -92,9 +80,13 @@ impl FlowTable {
             .extend(candidates.into_iter().take(room).map(|(remote, _)| remote));
     }
 
-    /// Cumulative traffic per series.
-    pub fn series(&self) -> &HashMap<SeriesKey, Traffic> {
-        &self.series
+    /// How many series this agent made.
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
     }
 
     /// Whether `remote` (as in [`FlowDelta::remote`]) has series of its own, i.e. is not
@@ -112,6 +104,7 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::OTHER_REMOTE;
 
     fn delta(
         process: &str,
@@ -138,7 +131,35 @@ mod tests {
         }
     }
 
-    fn total_for(table: &FlowTable, process: &str, remote: &str) -> Traffic {
+    /// The table with the totals the exporter keeps from its increments.
+    struct Counted {
+        table: FlowTable,
+        totals: HashMap<SeriesKey, Traffic>,
+    }
+
+    impl Counted {
+        fn new(max_remotes: usize, max_series: usize) -> Self {
+            Self {
+                table: FlowTable::new(max_remotes, max_series),
+                totals: HashMap::new(),
+            }
+        }
+
+        fn apply(&mut self, deltas: &[FlowDelta]) -> Applied {
+            let applied = self.table.apply(deltas);
+            for (key, traffic) in &applied.increments {
+                self.totals.entry(key.clone()).or_default().add(traffic);
+            }
+            assert_eq!(self.table.len(), self.totals.len());
+            applied
+        }
+
+        fn series(&self) -> &HashMap<SeriesKey, Traffic> {
+            &self.totals
+        }
+    }
+
+    fn total_for(table: &Counted, process: &str, remote: &str) -> Traffic {
         let mut sum = Traffic::default();
         for (key, traffic) in table.series() {
             if key.process == process && key.remote == remote {
@@ -150,7 +171,7 @@ mod tests {
 
     #[test]
     fn deltas_of_the_same_series_accumulate() {
-        let mut table = FlowTable::new(10, 100);
+        let mut table = Counted::new(10, 100);
         // Two sockets of one process to one pool: one series.
         table.apply(&[
             delta("xmrig", "10.0.0.1", Some(3333), 6, 100),
@@ -166,7 +187,7 @@ mod tests {
 
     #[test]
     fn top_n_admits_the_biggest_remotes_and_folds_the_rest() {
-        let mut table = FlowTable::new(2, 100);
+        let mut table = Counted::new(2, 100);
         let applied = table.apply(&[
             delta("a", "10.0.0.1", Some(80), 6, 10),
             delta("a", "10.0.0.2", Some(80), 6, 1000),
@@ -181,7 +202,7 @@ mod tests {
 
     #[test]
     fn membership_is_sticky_so_counters_never_decrease() {
-        let mut table = FlowTable::new(1, 100);
+        let mut table = Counted::new(1, 100);
         table.apply(&[delta("a", "10.0.0.1", Some(80), 6, 10)]);
         // A much bigger newcomer does not evict the admitted remote: it is folded.
         table.apply(&[delta("a", "10.0.0.9", Some(80), 6, 1_000_000)]);
@@ -192,7 +213,7 @@ mod tests {
 
     #[test]
     fn series_cap_folds_new_series_and_drops_their_port() {
-        let mut table = FlowTable::new(100, 2);
+        let mut table = Counted::new(100, 2);
         let applied = table.apply(&[
             delta("scan", "10.0.0.1", Some(1), 6, 10),
             delta("scan", "10.0.0.1", Some(2), 6, 10),
@@ -225,7 +246,7 @@ mod tests {
 
     #[test]
     fn increments_report_exactly_what_was_added() {
-        let mut table = FlowTable::new(10, 10);
+        let mut table = Counted::new(10, 10);
         let applied = table.apply(&[
             delta("a", "::1", None, 58, 8),
             delta("a", "::1", None, 58, 2),

@@ -1,5 +1,5 @@
-//! A deliberately small HTTP/1.1 server for `/metrics` (GET only, one response per
-//! connection). Requests are bounded in size and time so a slow or hostile client cannot hold
+//! A deliberately small HTTP/1.1 server for `/metrics` and the JSON API (GET only, one
+//! response per connection). Requests are bounded in size and time so a slow or hostile client cannot hold
 //! the agent's resources.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -10,7 +10,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{baseline::service::SharedView, export::metrics::Metrics};
+use crate::export::metrics::Metrics;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,14 +25,13 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: SharedView) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let metrics = Arc::clone(&metrics);
-                let view = Arc::clone(&view);
                 tokio::spawn(async move {
-                    if let Err(error) = handle(stream, &metrics, &view).await {
+                    if let Err(error) = handle(stream, &metrics).await {
                         debug!("HTTP client {peer}: {error}");
                     }
                 });
@@ -45,11 +44,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, view: SharedVie
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-    view: &SharedView,
-) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => {
@@ -95,19 +90,10 @@ async fn handle(
                 respond(&mut stream, 500, "text/plain", "rendering metrics failed\n").await
             }
         },
-        ("GET" | "HEAD", "/api/unexpected" | "/api/baseline") => {
-            // Clone under the lock, serialise outside it: the poller updates the view.
-            let snapshot = view.lock().map(|view| view.clone()).unwrap_or_default();
-            let body = if path == "/api/unexpected" {
-                serde_json::to_string_pretty(&snapshot.unexpected)
-            } else {
-                serde_json::to_string_pretty(&snapshot)
-            };
-            match body {
-                Ok(body) => respond(&mut stream, 200, "application/json", &(body + "\n")).await,
-                Err(_) => respond(&mut stream, 500, "text/plain", "serialising failed\n").await,
-            }
-        }
+        ("GET" | "HEAD", "/api/unexpected" | "/api/baseline") => match metrics.api.body(path) {
+            Some(Ok(body)) => respond(&mut stream, 200, "application/json", body.as_str()).await,
+            _ => respond(&mut stream, 500, "text/plain", "serialising failed\n").await,
+        },
         ("GET" | "HEAD", "/") => respond(
             &mut stream,
             200,

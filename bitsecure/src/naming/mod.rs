@@ -17,7 +17,6 @@ use bitsecure_common::{
 };
 
 use crate::{
-    export::metrics::Metrics,
     flow::RemoteName,
     naming::parse::{classify, dns, http, tls},
 };
@@ -34,6 +33,27 @@ const OBSERVED_NAME_TTL: Duration = Duration::from_secs(3600);
 
 /// Polls a new TCP or UDP flow waits for its first payload before it is counted as `unknown`.
 const APP_DECISION_POLLS: u8 = 2;
+
+/// Payload events taken in, by kind and DNS result: what naming reports to the exporter.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EventCounts {
+    /// DNS messages received from port 53.
+    pub dns: u64,
+    /// First payloads of a flow.
+    pub payload: u64,
+    /// DNS messages parsed (their addresses named).
+    pub dns_ok: u64,
+    pub dns_unparsable: u64,
+}
+
+impl EventCounts {
+    pub fn add(&mut self, other: &EventCounts) {
+        self.dns += other.dns;
+        self.payload += other.payload;
+        self.dns_ok += other.dns_ok;
+        self.dns_unparsable += other.dns_unparsable;
+    }
+}
 
 /// What the first payloads of a flow told so far.
 #[derive(Debug, Default)]
@@ -73,8 +93,8 @@ impl Naming {
         }
     }
 
-    /// Takes in one event (raw bytes from the ring buffer).
-    pub fn on_event(&mut self, bytes: &[u8], metrics: &Metrics, now: Instant) {
+    /// Takes in one event (raw bytes from the ring buffer) and counts it in `counts`.
+    pub fn on_event(&mut self, bytes: &[u8], counts: &mut EventCounts, now: Instant) {
         // The kernel only writes whole events; anything shorter is not ours to read.
         if bytes.len() < size_of::<PayloadEvent>() {
             return;
@@ -85,15 +105,20 @@ impl Naming {
         let captured = (event.captured_len as usize).min(event.data.len());
         let payload = &event.data[..captured];
         if event.kind == EVENT_DNS {
-            metrics.kernel_events.with_label_values(&["dns"]).inc();
-            self.on_dns(&event.key, payload, metrics, now);
+            counts.dns += 1;
+            if self.on_dns(&event.key, payload, now) {
+                counts.dns_ok += 1;
+            } else {
+                counts.dns_unparsable += 1;
+            }
         } else {
-            metrics.kernel_events.with_label_values(&["payload"]).inc();
+            counts.payload += 1;
         }
         self.on_first_payload(&event, payload, now);
     }
 
-    fn on_dns(&mut self, key: &FlowKey, message: &[u8], metrics: &Metrics, now: Instant) {
+    /// Names the addresses of a DNS answer; false if the message could not be parsed.
+    fn on_dns(&mut self, key: &FlowKey, message: &[u8], now: Instant) -> bool {
         let answers = if key.protocol == protocol::TCP {
             dns::parse_tcp_response(message)
         } else {
@@ -101,7 +126,6 @@ impl Naming {
         };
         match answers {
             Ok(answers) => {
-                metrics.dns_responses.with_label_values(&["ok"]).inc();
                 for answer in answers {
                     self.names.insert(
                         answer.address.to_canonical(),
@@ -111,13 +135,11 @@ impl Naming {
                         now,
                     );
                 }
+                true
             }
             Err(error) => {
-                metrics
-                    .dns_responses
-                    .with_label_values(&["unparsable"])
-                    .inc();
                 log::debug!("DNS message from port 53 not used: {error}");
+                false
             }
         }
     }
@@ -294,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_stratum_login_decides_the_flow_and_later_samples_do_not_change_it() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
         let flow = key([10, 0, 0, 2], 3333, 6);
         let now = Instant::now();
@@ -302,7 +324,7 @@ mod tests {
         let login = br#"{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"x"}}"#;
         naming.on_event(
             &event(flow, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, login),
-            &metrics,
+            &mut counts,
             now,
         );
         // Another CPU's first egress payload, mid-stream: ignored.
@@ -313,22 +335,19 @@ mod tests {
                 DIRECTION_EGRESS,
                 b"GET / HTTP/1.1\r\n",
             ),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(
             naming.decide_app(&flow, false),
             AppDecision::Decided(App::Stratum)
         );
-        assert_eq!(
-            metrics.kernel_events.with_label_values(&["payload"]).get(),
-            2
-        );
+        assert_eq!(counts.payload, 2);
     }
 
     #[test]
     fn an_unknown_first_payload_waits_for_the_other_direction_then_gives_up() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
         let now = Instant::now();
         let flow = key([10, 0, 0, 2], 8000, 6);
@@ -339,7 +358,7 @@ mod tests {
                 DIRECTION_EGRESS,
                 b"\x00\x01hello",
             ),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(naming.decide_app(&flow, false), AppDecision::Wait);
@@ -351,7 +370,7 @@ mod tests {
                 DIRECTION_INGRESS,
                 b"SSH-2.0-OpenSSH_9.2\r\n",
             ),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(
@@ -382,19 +401,19 @@ mod tests {
 
     #[test]
     fn dns_answers_name_addresses_and_garbage_is_counted() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
         let now = Instant::now();
         let response = dns::tests::a_response("pool.example.org", [10, 0, 0, 9], 300);
         let resolver = key([10, 0, 0, 53], 53, 17);
         naming.on_event(
             &event(resolver, EVENT_DNS, DIRECTION_INGRESS, &response),
-            &metrics,
+            &mut counts,
             now,
         );
         naming.on_event(
             &event(resolver, EVENT_DNS, DIRECTION_INGRESS, b"\xff\xffgarbage"),
-            &metrics,
+            &mut counts,
             now,
         );
         // The resolver's flow is DNS from its response alone.
@@ -410,14 +429,9 @@ mod tests {
                 source: Source::Dns
             })
         );
-        assert_eq!(metrics.dns_responses.with_label_values(&["ok"]).get(), 1);
-        assert_eq!(
-            metrics
-                .dns_responses
-                .with_label_values(&["unparsable"])
-                .get(),
-            1
-        );
+        assert_eq!(counts.dns_ok, 1);
+        assert_eq!(counts.dns_unparsable, 1);
+        assert_eq!(counts.dns, 2);
         // The name outlives neither its TTL nor the grace period.
         let later = now + Duration::from_secs(300 + 3600 + 1);
         naming.forget(|_| true, later);
@@ -426,14 +440,14 @@ mod tests {
 
     #[test]
     fn only_connections_this_host_opened_name_their_remote() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
         let now = Instant::now();
         let request = b"GET /stats HTTP/1.1\r\nHost: monitor.example.org:8080\r\n\r\n";
         let outgoing = key([10, 0, 0, 7], 8080, 6);
         naming.on_event(
             &event(outgoing, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, request),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(
@@ -452,14 +466,14 @@ mod tests {
                 DIRECTION_EGRESS,
                 b"GET / HTTP/1.1\r\nHost: 10.0.0.6\r\n\r\n",
             ),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(naming.name_of(&by_address, now), None);
         let incoming = key([10, 0, 0, 8], 50000, 6);
         naming.on_event(
             &event(incoming, EVENT_FIRST_PAYLOAD, DIRECTION_INGRESS, request),
-            &metrics,
+            &mut counts,
             now,
         );
         assert_eq!(naming.name_of(&incoming, now), None);
@@ -471,21 +485,21 @@ mod tests {
 
     #[test]
     fn a_claimed_name_never_overrides_what_dns_resolved() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
         let now = Instant::now();
         let resolver = key([10, 0, 0, 53], 53, 17);
         let response = dns::tests::a_response("pool.example.org", [10, 0, 0, 9], 300);
         naming.on_event(
             &event(resolver, EVENT_DNS, DIRECTION_INGRESS, &response),
-            &metrics,
+            &mut counts,
             now,
         );
         let request = b"GET / HTTP/1.1\r\nHost: trusted.example.org\r\n\r\n";
         let flow = key([10, 0, 0, 9], 80, 6);
         naming.on_event(
             &event(flow, EVENT_FIRST_PAYLOAD, DIRECTION_EGRESS, request),
-            &metrics,
+            &mut counts,
             now,
         );
         let resolved = Some(RemoteName {
@@ -501,9 +515,10 @@ mod tests {
 
     #[test]
     fn short_events_are_ignored() {
-        let metrics = Metrics::new().unwrap();
+        let mut counts = EventCounts::default();
         let mut naming = Naming::new(16);
-        naming.on_event(&[0; 10], &metrics, Instant::now());
+        naming.on_event(&[0; 10], &mut counts, Instant::now());
+        assert_eq!(counts, EventCounts::default());
         assert_eq!(naming.pending_flows(), 0);
     }
 }

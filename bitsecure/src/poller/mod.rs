@@ -1,5 +1,7 @@
-//! The poller: reads the kernel maps, attributes each flow to a process, feeds the flow table
-//! and metrics, and folds closed sockets so the kernel maps never silently fill.
+//! The poller: reads the kernel maps, attributes each flow to a process, and folds closed
+//! sockets so the kernel maps never silently fill. A producer: each poll returns a
+//! [`PollReport`] of what it saw (attributed flow deltas, new processes, kernel statistics);
+//! it holds no metric handles and knows nothing of series or labels.
 //!
 //! Kernel counters are cumulative per flow; the poller remembers the last value it saw and
 //! passes on only the difference. A flow whose owner is not known yet is simply not advanced:
@@ -22,13 +24,11 @@ use bitsecure_common::{
 use log::{debug, info, warn};
 
 use crate::{
-    export::metrics::Metrics,
-    export::series::FlowTable,
-    flow::{FlowDelta, RemoteName, Traffic, remote_label},
+    flow::{FlowDelta, RemoteName, Traffic},
     kernel::KernelMaps,
     kernel::batch,
     naming::App,
-    naming::{AppDecision, Naming, remote_address},
+    naming::{AppDecision, EventCounts, Naming, remote_address},
     poller::identity::ProcessIdentity,
     state::SeenFlow,
 };
@@ -88,13 +88,13 @@ pub struct Poller {
     retired: HashMap<u64, Retired>,
     /// Failed owner lookups per socket cookie.
     lookup_attempts: HashMap<u64, u8>,
-    /// `(kernel stat, last value)` so the exported counters advance by deltas.
+    /// Last value of each kernel statistic, so reports carry what is new.
     last_stats: [u64; Stat::COUNT as usize],
-    exported_processes: HashSet<ProcessIdentity>,
+    /// Processes already reported as new on the network.
+    reported_processes: HashSet<ProcessIdentity>,
     /// Most payload events one [`Poller::read_events`] takes: about a ring buffer's worth.
     events_per_ring: usize,
     ephemeral_ports: (u16, u16),
-    pub table: FlowTable,
 }
 
 /// One poll's outcome, for logs and tests.
@@ -109,15 +109,35 @@ pub struct PollReport {
     pub deferred_flows: usize,
     /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
     pub deltas: Vec<FlowDelta>,
+    /// Sockets given up on as `unknown` in this poll (their owner was not found).
+    pub unattributed_sockets: u64,
+    /// Processes seen on the network for the first time.
+    pub new_processes: Vec<ProcessIdentity>,
+    /// What the kernel programs counted since the last poll.
+    pub kernel: KernelStats,
+    /// Payload events read in this poll.
+    pub events: EventCounts,
+    /// Addresses in the address -> name map.
+    pub names: usize,
+    /// How long the poll took.
+    pub duration: Duration,
+}
+
+/// The kernel programs' own statistics (the STATS map), new since the last poll.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KernelStats {
+    /// Packets not counted: the flow map was full.
+    pub flow_insert_failures: u64,
+    /// Socket owners not recorded: the socket map was full.
+    pub socket_insert_failures: u64,
+    /// Packets whose headers could not be read.
+    pub malformed_packets: u64,
+    /// Payload events dropped: the ring buffer was full.
+    pub events_dropped: u64,
 }
 
 impl Poller {
-    pub fn new(
-        maps: KernelMaps,
-        table: FlowTable,
-        naming: Naming,
-        poll_interval: Duration,
-    ) -> anyhow::Result<Self> {
+    pub fn new(maps: KernelMaps, naming: Naming, poll_interval: Duration) -> anyhow::Result<Self> {
         let events_per_ring = (maps.event_bytes as usize / size_of::<PayloadEvent>()).max(1);
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
@@ -133,10 +153,9 @@ impl Poller {
             retired: HashMap::new(),
             lookup_attempts: HashMap::new(),
             last_stats: [0; Stat::COUNT as usize],
-            exported_processes: HashSet::new(),
+            reported_processes: HashSet::new(),
             events_per_ring,
             ephemeral_ports: read_ephemeral_port_range(),
-            table,
         })
     }
 
@@ -192,13 +211,13 @@ impl Poller {
         }
     }
 
-    /// Reads everything once and updates `metrics`.
-    pub fn poll(&mut self, metrics: &Metrics) -> anyhow::Result<PollReport> {
+    /// Reads everything once: what is new since the last poll.
+    pub fn poll(&mut self) -> anyhow::Result<PollReport> {
         let started = Instant::now();
         let now_boot = boot_time();
         // Events first: the payload of every flow counted below is handed over before its
         // counters are read (except for a packet racing this read: that flow waits a poll).
-        self.read_events(metrics);
+        let events = self.read_events();
 
         let flows: Vec<(FlowKey, Traffic, bool)> =
             batch::lookup_all::<FlowKey, FlowCounters>(self.maps.flows.fd().as_fd(), self.cpus)?
@@ -219,15 +238,14 @@ impl Poller {
         // poll, and only when such a flow appears.
         let mut listening_ports: Option<HashSet<u16>> = None;
 
-        let unattributed = self.resolve_owners(&flows, &sockets);
-        metrics.unattributed_sockets.inc_by(unattributed);
-
-        let mut deltas = Vec::new();
         let mut report = PollReport {
             flows: flows.len(),
             sockets: sockets.len(),
+            unattributed_sockets: self.resolve_owners(&flows, &sockets),
+            events,
             ..PollReport::default()
         };
+        let mut deltas = Vec::new();
         let mut present = HashSet::with_capacity(flows.len());
         for (key, traffic, egress_first) in &flows {
             present.insert(*key);
@@ -282,7 +300,10 @@ impl Poller {
                 accounted.name = self.naming.name_of_address(remote_address(key), started);
             }
             let (port, app, name) = (accounted.port, accounted.app, accounted.name.clone());
-            self.export_process(&owner, metrics);
+            if self.reported_processes.insert((*owner).clone()) {
+                report_new_process(&owner);
+                report.new_processes.push((*owner).clone());
+            }
             deltas.push(FlowDelta {
                 process: owner.name.clone(),
                 exe: owner.exe.clone(),
@@ -304,31 +325,11 @@ impl Poller {
             started,
         );
 
-        let applied = self.table.apply(&deltas);
-        for (series, traffic) in &applied.increments {
-            metrics.add_traffic(series, traffic);
-        }
-        metrics.folded_flows.inc_by(applied.folded);
-        metrics.traffic_series.set(self.table.series().len() as i64);
-        metrics.set_remote_names(self.remote_names(started));
-        metrics.names.set(self.naming.len() as i64);
-
+        report.names = self.naming.len();
         report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
         report.deltas = deltas;
-        metrics.closed_sockets.inc_by(report.folded_sockets as u64);
-
-        self.export_kernel_stats(metrics)?;
-        metrics
-            .map_entries
-            .with_label_values(&["flows"])
-            .set(flows.len() as i64);
-        metrics
-            .map_entries
-            .with_label_values(&["sockets"])
-            .set(sockets.len() as i64);
-        metrics
-            .poll_duration
-            .observe(started.elapsed().as_secs_f64());
+        report.kernel = self.read_kernel_stats()?;
+        report.duration = started.elapsed();
         Ok(report)
     }
 
@@ -347,52 +348,49 @@ impl Poller {
 
     /// Reads the payload events waiting in the kernel's ring buffer: at most about one ring
     /// buffer's worth, so a flood of DNS responses cannot keep the poller from polling.
-    pub fn read_events(&mut self, metrics: &Metrics) {
+    pub fn read_events(&mut self) -> EventCounts {
         let now = Instant::now();
-        let budget = self.events_per_ring;
-        for _ in 0..budget {
+        let mut counts = EventCounts::default();
+        for _ in 0..self.events_per_ring {
             let Some(item) = self.maps.events.next() else {
                 break;
             };
-            self.naming.on_event(&item, metrics, now);
+            self.naming.on_event(&item, &mut counts, now);
         }
+        counts
     }
 
-    /// The `(remote, name, source)` rows of `bitsecure_remote_info`: for each remote with a
-    /// series of its own, the names its live flows carry and what the name map says.
-    fn remote_names(&self, now: Instant) -> Vec<(String, String, &'static str)> {
+    /// The names of `remotes` (the remotes with a series of their own): those their live flows
+    /// carry (at most [`MAX_NAMES_PER_REMOTE`] each) and what the name map says now.
+    pub fn names_of(&self, remotes: &[IpAddr]) -> Vec<(IpAddr, RemoteName)> {
+        let now = Instant::now();
+        let wanted: HashSet<IpAddr> = remotes.iter().copied().collect();
         let mut names: HashMap<IpAddr, HashSet<&RemoteName>> = HashMap::new();
         for (key, accounted) in &self.last_seen {
             let Some(name) = &accounted.name else {
                 continue;
             };
             let remote = IpAddr::V6(Ipv6Addr::from(key.remote_addr));
-            if self.table.has_own_series(remote) {
+            if wanted.contains(&remote) {
                 let of_remote = names.entry(remote).or_default();
                 if of_remote.len() < MAX_NAMES_PER_REMOTE {
                     of_remote.insert(name);
                 }
             }
         }
-        let mut rows = Vec::new();
-        for (remote, of_remote) in names {
-            for name in of_remote {
-                rows.push((
-                    remote_label(remote),
-                    name.name.clone(),
-                    name.source.as_str(),
-                ));
+        let mut rows: Vec<(IpAddr, RemoteName)> = names
+            .into_iter()
+            .flat_map(|(remote, of_remote)| {
+                of_remote
+                    .into_iter()
+                    .map(move |name| (remote, name.clone()))
+            })
+            .collect();
+        for remote in remotes {
+            if let Some(name) = self.naming.name_of_address(*remote, now) {
+                rows.push((*remote, name));
             }
         }
-        for remote in self.table.remotes_with_own_series() {
-            if let Some(name) = self.naming.name_of_address(remote, now) {
-                let row = (remote_label(remote), name.name, name.source.as_str());
-                if !rows.contains(&row) {
-                    rows.push(row);
-                }
-            }
-        }
-        rows.sort_unstable();
         rows
     }
 
@@ -573,31 +571,10 @@ impl Poller {
         shared
     }
 
-    fn export_process(&mut self, identity: &ProcessIdentity, metrics: &Metrics) {
-        if self.exported_processes.contains(identity) {
-            return;
-        }
-        metrics
-            .process_info
-            .with_label_values(&[
-                identity.name.as_str(),
-                identity.exe.as_deref().unwrap_or(""),
-                identity.unit.as_deref().unwrap_or(""),
-            ])
-            .set(1);
-        if identity.name != ProcessIdentity::unknown().name {
-            info!(
-                "new process on the network: {} (exe {}, unit {})",
-                identity.name,
-                identity.exe.as_deref().unwrap_or("?"),
-                identity.unit.as_deref().unwrap_or("?")
-            );
-        }
-        self.exported_processes.insert(identity.clone());
-    }
-
-    fn export_kernel_stats(&mut self, metrics: &Metrics) -> anyhow::Result<()> {
+    /// What the kernel programs counted since the last poll (and a warning for each loss).
+    fn read_kernel_stats(&mut self) -> anyhow::Result<KernelStats> {
         let per_cpu = batch::lookup_all::<u32, u64>(self.maps.stats.fd().as_fd(), self.cpus)?;
+        let mut stats = KernelStats::default();
         for (index, values) in per_cpu {
             let Some(stat) = Stat::ALL.get(index as usize) else {
                 continue;
@@ -611,29 +588,23 @@ impl Poller {
             match stat {
                 Stat::FlowInsertFailed => {
                     warn!("{new} packets not counted: the kernel flow map is full");
-                    metrics
-                        .map_insert_failures
-                        .with_label_values(&["flows"])
-                        .inc_by(new);
+                    stats.flow_insert_failures += new;
                 }
                 Stat::SocketInsertFailed => {
                     warn!("{new} socket owners not recorded: the kernel socket map is full");
-                    metrics
-                        .map_insert_failures
-                        .with_label_values(&["sockets"])
-                        .inc_by(new);
+                    stats.socket_insert_failures += new;
                 }
-                Stat::MalformedPackets => metrics.malformed_packets.inc_by(new),
+                Stat::MalformedPackets => stats.malformed_packets += new,
                 Stat::EventsDropped => {
                     warn!(
                         "{new} payload events dropped: the kernel ring buffer was full \
                          (names.ring_buffer_bytes); some names or applications were not learnt"
                     );
-                    metrics.kernel_events_dropped.inc_by(new);
+                    stats.events_dropped += new;
                 }
             }
         }
-        Ok(())
+        Ok(stats)
     }
 
     fn listening_ports(&self) -> HashSet<u16> {
@@ -644,6 +615,18 @@ impl Poller {
                 HashSet::new()
             }
         }
+    }
+}
+
+/// Logs a process seen on the network for the first time.
+fn report_new_process(identity: &ProcessIdentity) {
+    if identity.name != ProcessIdentity::unknown().name {
+        info!(
+            "new process on the network: {} (exe {}, unit {})",
+            identity.name,
+            identity.exe.as_deref().unwrap_or("?"),
+            identity.unit.as_deref().unwrap_or("?")
+        );
     }
 }
 

@@ -1,0 +1,189 @@
+//! `bitsecure run` (attach, poll, compare, serve until a signal) and `bitsecure uninstall`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, mpsc},
+    thread,
+};
+
+use anyhow::Context as _;
+use log::{info, warn};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use super::{
+    poll_loop::{Consumer, Control, LastPoll, poll_loop},
+    runtime,
+    setup::{StateSaver, attach, open_persistence},
+    unix_now,
+};
+use crate::{
+    baseline::service::{BaselineService, Settings},
+    config::Config,
+    export::{metrics::Metrics, server},
+    flow::FlowDelta,
+    kernel::{KernelLogger, caps, cgroup, pins},
+    state::{self, StateFile},
+};
+
+/// The running agent's consumer of flow deltas: the baseline service, whose reports go to the
+/// exporter.
+struct Monitoring(BaselineService);
+
+impl Consumer for Monitoring {
+    fn on_poll(&mut self, deltas: &[FlowDelta], metrics: &Metrics) {
+        metrics.publish_baseline(self.0.on_step(deltas, unix_now()));
+    }
+
+    fn on_reload(&mut self, metrics: &Metrics) {
+        metrics.publish_baseline(self.0.reload("SIGHUP", unix_now()));
+    }
+}
+
+/// `bitsecure run`.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let cgroup = cgroup::resolve_attach_path(&config.agent.cgroup)?;
+    runtime()?.block_on(run_agent(config, cgroup))
+}
+
+async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    // Bind before attaching: a taken port should fail fast and leave the kernel untouched.
+    let listener = server::bind(config.agent.listen).await?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let persistence = open_persistence(&config)?;
+    let (programs, mut poller, kernel_logger) =
+        attach(&config, &cgroup, &metrics, persistence.as_ref())?;
+    let saver = persistence.map(|persistence| StateSaver::new(persistence, &poller));
+    info!(
+        "attached to cgroup {}; serving metrics on http://{}/metrics",
+        cgroup.display(),
+        config.agent.listen
+    );
+    let (baseline, report) = BaselineService::start(
+        Settings {
+            path: config.baseline.path.clone(),
+            learn_seconds: config.baseline.learn_seconds,
+            max_unexpected: config.baseline.max_unexpected,
+            step_seconds: config.agent.poll_interval_seconds,
+        },
+        unix_now(),
+    );
+    metrics.publish_baseline(report);
+    let mut monitoring = Monitoring(baseline);
+
+    // Attached: from here on the poller needs only to read other processes' /proc entries,
+    // and the HTTP side (this thread) needs nothing. The poller thread inherits the narrowed
+    // set; this thread then drops the rest.
+    caps::restrict_thread_to(&caps::POLLER_CAPABILITIES).context("cannot drop capabilities")?;
+    let (control, controls) = mpsc::channel::<Control>();
+    let poll_thread = {
+        let metrics = Arc::clone(&metrics);
+        let interval = config.poll_interval();
+        thread::Builder::new()
+            .name("poller".into())
+            .spawn(move || {
+                poll_loop(
+                    &mut poller,
+                    &mut monitoring,
+                    &metrics,
+                    interval,
+                    &controls,
+                    saver.as_ref(),
+                    LastPoll::Take,
+                );
+            })
+            .context("cannot start the poller thread")?
+    };
+    caps::restrict_thread_to(&[]).context("cannot drop capabilities")?;
+    info!(
+        "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the rest none"
+    );
+    let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics)));
+    let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                info!("SIGHUP: reloading the baseline");
+                let _ = control.send(Control::Reload);
+            }
+        }
+    }
+    http_task.abort();
+    log_task.abort();
+    // Dropping the sender wakes the poller, which does a last poll and returns.
+    drop(control);
+    if poll_thread.join().is_err() {
+        warn!("the poller thread panicked");
+    }
+    drop(programs);
+    if config.kernel.pin_path.is_empty() {
+        info!("programs detached; bye");
+    } else {
+        info!(
+            "the programs stay attached and counting (pinned in {}): the next start continues \
+             the counters; `bitsecure uninstall` removes them; bye",
+            config.kernel.pin_path
+        );
+    }
+    Ok(())
+}
+
+/// `bitsecure uninstall`: removes the pins (the programs detach, the maps go) and the state.
+pub fn uninstall(config: &Config) -> anyhow::Result<()> {
+    let state_path = state::path_beside(&config.baseline.path);
+    // Holding the lock proves no agent is using the pins.
+    let lock = StateFile::lock(&state_path)?;
+    let pin_path = Path::new(&config.kernel.pin_path);
+    if config.kernel.pin_path.is_empty() {
+        println!("kernel.pin_path is empty: nothing is pinned");
+    } else if pins::remove(pin_path)
+        .with_context(|| format!("cannot remove {}", pin_path.display()))?
+    {
+        println!("removed {}: the programs are detached", pin_path.display());
+    } else {
+        println!("nothing pinned at {}", pin_path.display());
+    }
+    if StateFile::remove(&state_path)
+        .with_context(|| format!("cannot remove {}", state_path.display()))?
+    {
+        println!("removed {}", state_path.display());
+    }
+    drop(lock);
+    let _ = std::fs::remove_file(state_path.with_extension("lock"));
+    Ok(())
+}
+
+/// Passes the kernel programs' aya-log records to the `log` crate as they arrive.
+async fn forward_kernel_logs(logger: KernelLogger) {
+    // SAFETY: the logger owns the ring buffer's fd and keeps it open while registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut logger = match registered {
+        Ok(logger) => logger,
+        Err(error) => {
+            warn!("cannot watch the kernel log ring buffer: {error}");
+            return;
+        }
+    };
+    loop {
+        match logger.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(error) => {
+                warn!("kernel log ring buffer failed: {error}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The JSON API of the review commands: what `/api/unexpected` and `/api/baseline` answer.
+//! The types are the wire format (`bitsecure unexpected` and `baseline accept` read them back
+//! with [`crate::cli::client`]); the baseline service produces the content.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::baseline::monitor::Unexpected;
+
+/// What `/api/baseline` shows.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct BaselineView {
+    /// "learning", "monitoring" or "off".
+    pub mode: String,
+    pub unexpected: Vec<Unexpected>,
+}
+
+/// The latest view, replaced after every poll and read by the HTTP server.
+#[derive(Debug, Default)]
+pub struct Api {
+    view: Mutex<BaselineView>,
+}
+
+impl Api {
+    pub fn set_view(&self, view: BaselineView) {
+        if let Ok(mut shared) = self.view.lock() {
+            *shared = view;
+        }
+    }
+
+    pub fn view(&self) -> BaselineView {
+        self.view
+            .lock()
+            .map(|view| view.clone())
+            .unwrap_or_default()
+    }
+
+    /// The JSON body of an API path, or `None` when `path` is not one.
+    pub fn body(&self, path: &str) -> Option<serde_json::Result<String>> {
+        // Clone under the lock, serialise outside it: the poller updates the view.
+        let snapshot = match path {
+            "/api/unexpected" | "/api/baseline" => self.view(),
+            _ => return None,
+        };
+        let body = if path == "/api/unexpected" {
+            serde_json::to_string_pretty(&snapshot.unexpected)
+        } else {
+            serde_json::to_string_pretty(&snapshot)
+        };
+        Some(body.map(|body| body + "\n"))
+    }
+}
