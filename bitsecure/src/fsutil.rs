@@ -215,24 +215,37 @@ fn create_temp_file(directory: &Path, name: &OsStr) -> io::Result<(PathBuf, File
     }
 }
 
+/// A fresh directory under the system temporary directory, removed on drop (for tests of
+/// code that writes files).
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) struct TempDir(PathBuf);
 
-    fn scratch(tag: &str) -> PathBuf {
-        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("bitsecure-fsutil-{tag}-{}-{n}", std::process::id()));
-        fs::create_dir_all(&dir).expect("mkdir");
-        dir
+#[cfg(test)]
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "bitsecure-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&path).expect("create the temporary directory");
+        Self(path)
     }
 
-    fn names(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .expect("list")
+    pub(crate) fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// The names in the directory, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&self.0)
+            .expect("list the temporary directory")
             .map(|entry| {
                 entry
-                    .expect("entry")
+                    .expect("directory entry")
                     .file_name()
                     .to_string_lossy()
                     .into_owned()
@@ -241,21 +254,34 @@ mod tests {
         names.sort();
         names
     }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = fs::set_permissions(&self.0, Permissions::from_mode(0o755));
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn without_backup_only_the_file_remains() {
-        let dir = scratch("nobak");
+        let dir = TempDir::new("fsutil-nobak");
         let path = dir.join("agent-state.json");
         write_atomically(&path, b"{}", Backup::None).expect("first");
         write_atomically(&path, b"{\"a\":1}", Backup::None).expect("second");
         assert_eq!(fs::read(&path).expect("read"), b"{\"a\":1}");
-        assert_eq!(names(&dir), ["agent-state.json"]);
-        fs::remove_dir_all(dir).expect("clean up");
+        assert_eq!(dir.names(), ["agent-state.json"]);
     }
 
     #[test]
     fn bounded_reads_refuse_large_files_devices_and_non_utf8() {
-        let dir = scratch("read");
+        let dir = TempDir::new("fsutil-read");
         let path = dir.join("text");
         fs::write(&path, "0123456789").expect("write");
         assert_eq!(read_text(&path, 10).expect("at the limit"), "0123456789");
@@ -280,6 +306,5 @@ mod tests {
             read_text(&dir.join("missing"), 10),
             Err(ReadError::Io(_))
         ));
-        fs::remove_dir_all(dir).expect("clean up");
     }
 }
