@@ -123,6 +123,9 @@ fn unknown_app() -> String {
 }
 
 impl SeriesKey {
+    /// The label names, in the order of [`SeriesKey::labels`].
+    pub const LABEL_NAMES: [&'static str; 5] = ["process", "remote", "port", "protocol", "app"];
+
     /// The labels of a class of traffic: the one place they are made.
     pub fn of(class: &ClassKey) -> Self {
         Self {

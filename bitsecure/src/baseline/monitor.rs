@@ -18,7 +18,7 @@ use super::{
     stats,
 };
 use crate::{
-    flow::{FlowDelta, Traffic, protocol_label, remote_label},
+    flow::{FlowDelta, SeriesKey, Traffic, protocol_label, remote_label},
     naming::{App, Source},
 };
 
@@ -73,12 +73,8 @@ struct RuleState {
 /// What the monitor says about one rule now. Rates are bytes per second.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleStatus {
-    pub process: String,
-    pub remote: String,
-    pub port: String,
-    pub protocol: String,
-    /// The rule's `app`, empty for any.
-    pub app: String,
+    /// The rule as written (its remote may be a name or a network; `app` is empty for any).
+    pub labels: SeriesKey,
     pub sent_rate: f64,
     pub received_rate: f64,
     /// Current rate over the rule's window ÷ its normal p95 (None without recorded stats).
@@ -285,11 +281,13 @@ impl Monitor {
                 let onsets: Vec<f64> = state.onsets.iter().copied().collect();
                 let (reference_sent, reference_received) = self.reference(rule, now_unix);
                 RuleStatus {
-                    process: rule.process.clone(),
-                    remote: rule.remote.clone(),
-                    port: rule.port.map(|port| port.to_string()).unwrap_or_default(),
-                    protocol: rule.protocol.clone(),
-                    app: rule.app.clone().unwrap_or_default(),
+                    labels: SeriesKey {
+                        process: rule.process.clone(),
+                        remote: rule.remote.clone(),
+                        port: rule.port.map(|port| port.to_string()).unwrap_or_default(),
+                        protocol: rule.protocol.clone(),
+                        app: rule.app.clone().unwrap_or_default(),
+                    },
                     sent_rate,
                     received_rate,
                     sent_deviation: normal.map(|normal| {
@@ -620,7 +618,7 @@ mod tests {
         assert_eq!(entry.name.as_deref(), Some("pool.example.org"));
         assert_eq!(entry.name_source, Some(Source::Dns));
         assert_eq!((entry.sent_bytes, entry.received_bytes), (5, 6));
-        assert_eq!(monitor.statuses(START + STEP)[0].app, "stratum");
+        assert_eq!(monitor.statuses(START + STEP)[0].labels.app, "stratum");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use prometheus::{
 
 use super::{
     api::{Api, BaselineView},
-    traffic::{TRAFFIC_LABELS, TrafficMetrics},
+    traffic::TrafficMetrics,
 };
 use crate::{
     baseline::{
@@ -335,10 +335,6 @@ impl NamingMetrics {
     }
 }
 
-/// Labels of a baseline rule (as written in the baseline file; `app` is empty for a rule that
-/// matches any application).
-pub const RULE_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
-
 /// The comparison with the baseline: unexpected traffic and the state of every rule.
 pub struct BaselineMetrics {
     pub rules: IntGauge,
@@ -368,9 +364,12 @@ impl BaselineMetrics {
                 prometheus::GaugeVec::new(Opts::new(name, help), labels)?,
             )
         };
+        // A rule's labels are as written in the baseline file (`app` is empty for a rule that
+        // matches any application).
+        const RULE_LABELS: [&str; 5] = SeriesKey::LABEL_NAMES;
         let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
         // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum.
-        let unexpected_labels = TRAFFIC_LABELS;
+        let unexpected_labels = SeriesKey::LABEL_NAMES;
         Ok(Self {
             rules: register(
                 registry,
@@ -549,13 +548,7 @@ impl BaselineMetrics {
     }
 
     fn publish_rule(&self, status: &RuleStatus) {
-        let rule = [
-            status.process.as_str(),
-            status.remote.as_str(),
-            status.port.as_str(),
-            status.protocol.as_str(),
-            status.app.as_str(),
-        ];
+        let rule = status.labels.labels();
         let with =
             |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
         for (direction, rate, reference, deviation) in [

@@ -12,9 +12,6 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use super::series::FlowTable;
 use crate::flow::{FlowDelta, RemoteName, SeriesKey, Traffic, remote_label};
 
-/// Labels of every traffic counter.
-pub const TRAFFIC_LABELS: [&str; 5] = ["process", "remote", "port", "protocol", "app"];
-
 /// Name and help text of the four traffic counters, in exposition order.
 const TRAFFIC_COUNTERS: [(&str, &str); 4] = [
     (
@@ -176,7 +173,7 @@ impl TrafficMetrics {
                 ][index];
                 let _ = write!(out, "{name}{{");
                 for (label_index, (label, label_value)) in
-                    TRAFFIC_LABELS.iter().zip(key.labels()).enumerate()
+                    SeriesKey::LABEL_NAMES.iter().zip(key.labels()).enumerate()
                 {
                     let separator = if label_index == 0 { "" } else { "," };
                     let _ = write!(out, "{separator}{label}=\"");
