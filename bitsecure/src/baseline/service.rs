@@ -10,7 +10,8 @@ use std::{
 use log::{error, info, warn};
 
 use super::{
-    file::{self, Baseline},
+    file,
+    model::Baseline,
     monitor::{Monitor, Unexpected},
     recorder::Recorder,
 };
