@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::{
     ClassKey,
-    file::{Baseline, LiveFlow, RemoteMatcher, Rule, RuleIdentity},
+    matching::{LiveFlow, RemoteMatcher},
+    model::{Baseline, Rule, RuleIdentity},
     stats,
 };
 use crate::{
@@ -376,7 +377,7 @@ fn timestamp_text(unix: f64) -> String {
 mod tests {
     use super::*;
     use crate::baseline::{
-        file::{FORMAT_VERSION, Normal, Profile, Recording},
+        model::{FORMAT_VERSION, Normal, Profile, Recording},
         stats::RateStats,
     };
 

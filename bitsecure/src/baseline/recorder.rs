@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    file::{Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule},
+    model::{Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule},
     stats,
 };
 use crate::{

@@ -13,7 +13,8 @@ use std::{
 use log::{error, info, warn};
 
 use super::{
-    file::{self, Baseline},
+    file,
+    model::Baseline,
     monitor::{Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
 };

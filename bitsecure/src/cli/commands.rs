@@ -6,7 +6,8 @@ use std::{collections::HashSet, path::Path};
 use anyhow::{Context as _, bail};
 
 use crate::baseline::{
-    file::{self, Baseline, FORMAT_VERSION, Rule},
+    file,
+    model::{Baseline, FORMAT_VERSION, Rule},
     monitor::Unexpected,
 };
 use crate::{cli::client, human};
