@@ -13,14 +13,11 @@ use std::{
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{
-    DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
-};
-use log::{debug, info, warn};
+use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, PayloadEvent, SocketOwner, Stat};
+use log::{info, warn};
 
 use crate::{
     flow::{FlowDelta, RemoteName, Traffic},
@@ -28,23 +25,16 @@ use crate::{
     kernel::batch,
     naming::App,
     naming::{AppDecision, EventCounts, Naming, remote_address},
-    poller::identity::ProcessIdentity,
+    poller::{identity::ProcessIdentity, owners::Owners},
     state::SeenFlow,
 };
 
 pub mod identity;
+mod owners;
 mod service_port;
 pub mod sock_diag;
 
 pub use service_port::{Role, service_port};
-
-/// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
-const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
-/// How long the owner of a folded socket is remembered, for packets that trail its close
-/// (retransmitted FINs and their ACKs come within a few round trips). At 100,000 connections
-/// a minute that is ~50,000 small entries, the owner itself being shared (see
-/// [`Poller::intern`]); a packet later than this is counted as `unknown`.
-const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
 
 /// Most names exported per remote address in `bitsecure_remote_info` (a CDN address serves
 /// many names; each new connection could add one).
@@ -64,17 +54,9 @@ struct Accounted {
     name: Option<RemoteName>,
 }
 
-/// What is remembered of a folded socket.
-struct Retired {
-    owner: Arc<ProcessIdentity>,
-    passive: bool,
-    since: Instant,
-}
-
 pub struct Poller {
     maps: KernelMaps,
     cpus: usize,
-    proc_root: PathBuf,
     /// A closed socket is folded this long after its release, so in-flight data (TCP sends
     /// continue after close()) is counted before the entries are deleted.
     close_grace: Duration,
@@ -82,14 +64,8 @@ pub struct Poller {
     last_seen: HashMap<FlowKey, Accounted>,
     /// Names and applications, from the kernel's payload events.
     naming: Naming,
-    /// Resolved owners of live sockets; one shared identity per process.
-    owners: HashMap<u64, Arc<ProcessIdentity>>,
-    /// The identities in use, so thousands of sockets of one process share one.
-    identities: HashSet<Arc<ProcessIdentity>>,
-    /// Sockets already folded, for packets that trail their close.
-    retired: HashMap<u64, Retired>,
-    /// Failed owner lookups per socket cookie.
-    lookup_attempts: HashMap<u64, u8>,
+    /// Who owns each socket.
+    owners: Owners,
     /// Last value of each kernel statistic, so reports carry what is new.
     last_stats: [u64; Stat::COUNT as usize],
     /// Processes already reported as new on the network.
@@ -146,14 +122,10 @@ impl Poller {
         Ok(Self {
             maps,
             cpus,
-            proc_root: PathBuf::from("/proc"),
             close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
             last_seen: HashMap::new(),
             naming,
-            owners: HashMap::new(),
-            identities: HashSet::new(),
-            retired: HashMap::new(),
-            lookup_attempts: HashMap::new(),
+            owners: Owners::new(PathBuf::from("/proc")),
             last_stats: [0; Stat::COUNT as usize],
             reported_processes: HashSet::new(),
             events_per_ring,
@@ -243,7 +215,9 @@ impl Poller {
         let mut report = PollReport {
             flows: flows.len(),
             sockets: sockets.len(),
-            unattributed_sockets: self.resolve_owners(&flows, &sockets),
+            unattributed_sockets: self
+                .owners
+                .resolve(flows.iter().map(|(key, ..)| key.cookie), &sockets),
             events,
             ..PollReport::default()
         };
@@ -251,7 +225,7 @@ impl Poller {
         let mut present = HashSet::with_capacity(flows.len());
         for (key, traffic, egress_first) in &flows {
             present.insert(*key);
-            let Some(owner) = self.owner_of(key.cookie).cloned() else {
+            let Some(owner) = self.owners.owner_of(key.cookie).cloned() else {
                 report.deferred_flows += 1;
                 continue;
             };
@@ -261,7 +235,7 @@ impl Poller {
                     let released = sockets
                         .get(&key.cookie)
                         .is_some_and(|owner| owner.released_boot_ns != 0)
-                        || self.retired.contains_key(&key.cookie);
+                        || self.owners.is_retired(key.cookie);
                     let app = match self.naming.decide_app(key, released) {
                         AppDecision::Decided(app) => app,
                         AppDecision::Wait => {
@@ -273,10 +247,7 @@ impl Poller {
                         passive: sockets
                             .get(&key.cookie)
                             .is_some_and(|owner| owner.passive != 0)
-                            || self
-                                .retired
-                                .get(&key.cookie)
-                                .is_some_and(|retired| retired.passive),
+                            || self.owners.was_passive(key.cookie),
                         egress_first: *egress_first,
                     };
                     let listening = match listening_ports {
@@ -396,112 +367,6 @@ impl Poller {
         rows
     }
 
-    fn owner_of(&self, cookie: u64) -> Option<&Arc<ProcessIdentity>> {
-        self.owners
-            .get(&cookie)
-            .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
-    }
-
-    /// Finds owners for sockets seen for the first time: from the kernel's record (created while
-    /// the agent ran), else from sock_diag + /proc (older or accepted sockets). Returns how many
-    /// sockets were given up on as "unknown".
-    fn resolve_owners(
-        &mut self,
-        flows: &[(FlowKey, Traffic, bool)],
-        sockets: &HashMap<u64, SocketOwner>,
-    ) -> u64 {
-        let mut unresolved = HashSet::new();
-        let unknown = ProcessIdentity::unknown();
-        for cookie in flows
-            .iter()
-            .map(|(key, ..)| key.cookie)
-            .chain(sockets.keys().copied())
-        {
-            let kernel_knows = sockets
-                .get(&cookie)
-                .is_some_and(|owner| owner.origin != OWNER_UNKNOWN);
-            match self.owner_of(cookie) {
-                // An accepted socket given up on may name its owner when it closes.
-                Some(owner) if **owner == unknown && kernel_knows => {}
-                Some(_) => continue,
-                None if unresolved.contains(&cookie) => continue,
-                None => {}
-            }
-            if let Some(owner) = sockets
-                .get(&cookie)
-                .filter(|owner| owner.origin != OWNER_UNKNOWN)
-            {
-                let recorded = Duration::from_nanos(owner.recorded_boot_ns);
-                let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
-                    .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
-                let identity = self.intern(identity);
-                self.owners.insert(cookie, identity);
-            } else {
-                unresolved.insert(cookie);
-            }
-        }
-        if unresolved.is_empty() {
-            return 0;
-        }
-        let mut given_up = 0;
-        let found = self.lookup_in_proc(&unresolved);
-        for cookie in unresolved {
-            if let Some(identity) = found.get(&cookie) {
-                let identity = self.intern(identity.clone());
-                self.owners.insert(cookie, identity);
-                self.lookup_attempts.remove(&cookie);
-                continue;
-            }
-            let attempts = self.lookup_attempts.entry(cookie).or_default();
-            *attempts += 1;
-            if *attempts >= OWNER_LOOKUP_ATTEMPTS {
-                debug!("socket {cookie:#x}: owner not found, counting it as unknown");
-                let unknown = self.intern(ProcessIdentity::unknown());
-                self.owners.insert(cookie, unknown);
-                self.lookup_attempts.remove(&cookie);
-                given_up += 1;
-            }
-        }
-        given_up
-    }
-
-    /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
-    fn lookup_in_proc(&self, wanted: &HashSet<u64>) -> HashMap<u64, ProcessIdentity> {
-        let sockets = match sock_diag::dump_sockets() {
-            Ok(sockets) => sockets,
-            Err(error) => {
-                warn!("sock_diag failed, cannot attribute older sockets: {error}");
-                return HashMap::new();
-            }
-        };
-        let inodes: HashMap<u64, u64> = sockets
-            .iter()
-            // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
-            .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
-            .map(|socket| (socket.inode, socket.cookie))
-            .collect();
-        if inodes.is_empty() {
-            return HashMap::new();
-        }
-        let owners = match sock_diag::socket_inode_owners() {
-            Ok(owners) => owners,
-            Err(error) => {
-                warn!("cannot scan /proc for socket owners: {error}");
-                return HashMap::new();
-            }
-        };
-        inodes
-            .iter()
-            .filter_map(|(inode, cookie)| {
-                let pid = *owners.get(inode)?;
-                Some((
-                    *cookie,
-                    identity::read_identity(&self.proc_root, pid, None)?,
-                ))
-            })
-            .collect()
-    }
-
     /// Deletes the kernel entries of sockets closed longer than the grace period ago.
     fn fold_closed(
         &mut self,
@@ -520,13 +385,12 @@ impl Poller {
             .collect();
         // Late packets of an already folded socket re-create entries: fold them right away.
         let now = Instant::now();
-        self.retired
-            .retain(|_, retired| now.duration_since(retired.since) < RETIRED_OWNER_TTL);
+        self.owners.expire(now);
         let flow_keys: Vec<FlowKey> = flows
             .iter()
             .map(|(key, ..)| *key)
             .filter(|key| {
-                (closed.contains(&key.cookie) || self.retired.contains_key(&key.cookie))
+                (closed.contains(&key.cookie) || self.owners.is_retired(key.cookie))
                     && self.last_seen.contains_key(key)
             })
             .collect();
@@ -536,41 +400,10 @@ impl Poller {
         for key in &flow_keys {
             self.last_seen.remove(key);
         }
-        for cookie in &cookies {
-            if let Some(owner) = self.owners.remove(cookie) {
-                let passive = sockets
-                    .get(cookie)
-                    .is_some_and(|socket| socket.passive != 0);
-                self.retired.insert(
-                    *cookie,
-                    Retired {
-                        owner,
-                        passive,
-                        since: now,
-                    },
-                );
-            }
-        }
-        // Forget owners of sockets that have neither flows nor a kernel record any more.
-        let live: HashSet<u64> = flows.iter().map(|(key, ..)| key.cookie).collect();
+        self.owners.retire(&cookies, sockets, now);
         self.owners
-            .retain(|cookie, _| live.contains(cookie) || sockets.contains_key(cookie));
-        self.lookup_attempts
-            .retain(|cookie, _| live.contains(cookie));
-        // Identities no socket refers to any more.
-        self.identities
-            .retain(|identity| Arc::strong_count(identity) > 1);
+            .forget_gone(flows.iter().map(|(key, ..)| key.cookie), sockets);
         Ok(cookies.len())
-    }
-
-    /// The shared copy of `identity`.
-    fn intern(&mut self, identity: ProcessIdentity) -> Arc<ProcessIdentity> {
-        if let Some(shared) = self.identities.get(&identity) {
-            return Arc::clone(shared);
-        }
-        let shared = Arc::new(identity);
-        self.identities.insert(Arc::clone(&shared));
-        shared
     }
 
     /// What the kernel programs counted since the last poll (and a warning for each loss).
