@@ -7,6 +7,12 @@
 //! passes on only the difference. A flow whose owner is not known yet is simply not advanced:
 //! its bytes stay in the kernel counter until the owner is found, so nothing is lost or
 //! attributed twice.
+//!
+//! This file owns the poll itself (read → attribute → account → fold → report), the kernel
+//! maps, what was accounted for of each kernel flow, the payload events handed to naming and
+//! the kernel statistics. Who owns a socket is `owners.rs`'s business, the `port` label
+//! `service_port.rs`'s, a process's identity `identity.rs`'s and the netlink dumps
+//! `sock_diag.rs`'s: this file only calls them.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -54,6 +60,41 @@ struct Accounted {
     name: Option<RemoteName>,
 }
 
+/// One read of the kernel's flow and socket maps.
+struct Snapshot {
+    /// Every kernel flow.
+    flows: Vec<KernelFlow>,
+    /// The kernel's record of each socket, by cookie.
+    sockets: HashMap<u64, SocketOwner>,
+}
+
+impl Snapshot {
+    /// The socket of each flow read (a socket with several flows comes again).
+    fn flow_cookies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.flows.iter().map(|flow| flow.key.cookie)
+    }
+}
+
+/// One entry of the kernel's flow map, its per-CPU counters summed.
+struct KernelFlow {
+    key: FlowKey,
+    /// Cumulative counters.
+    traffic: Traffic,
+    /// Some CPU saw the flow's first packet leave this host.
+    egress_first: bool,
+}
+
+/// What accounting one attributed flow gave.
+enum Accounting {
+    /// Not advanced: its application waits for its first payloads (see [`AppDecision::Wait`]).
+    Deferred,
+    /// Nothing new since the last poll.
+    Unchanged,
+    /// New traffic.
+    Delta(FlowDelta),
+}
+
+/// The kernel maps and what was learnt of them, from one poll to the next.
 pub struct Poller {
     maps: KernelMaps,
     cpus: usize,
@@ -186,124 +227,208 @@ impl Poller {
     }
 
     /// Reads everything once: what is new since the last poll.
+    ///
+    /// read (payload events, flows, sockets) → attribute (owners of new sockets) → account
+    /// (each attributed flow's delta) → fold (closed sockets) → report (kernel statistics).
     pub fn poll(&mut self) -> anyhow::Result<PollReport> {
         let started = Instant::now();
         let now_boot = boot_time();
         // Events first: the payload of every flow counted below is handed over before its
         // counters are read (except for a packet racing this read: that flow waits a poll).
         let events = self.read_events();
+        let snapshot = self.read_snapshot()?;
+        let mut report = PollReport {
+            flows: snapshot.flows.len(),
+            sockets: snapshot.sockets.len(),
+            unattributed_sockets: self
+                .owners
+                .resolve(snapshot.flow_cookies(), &snapshot.sockets),
+            events,
+            ..PollReport::default()
+        };
+        self.account(&snapshot, started, &mut report);
+        self.forget_gone_flows(&snapshot, started);
+        report.names = self.naming.len();
+        report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
+        report.kernel = self.read_kernel_stats()?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
 
-        let flows: Vec<(FlowKey, Traffic, bool)> =
+    /// Reads the kernel's flow map, then its socket map.
+    fn read_snapshot(&self) -> anyhow::Result<Snapshot> {
+        let flows =
             batch::lookup_all::<FlowKey, FlowCounters>(self.maps.flows.fd().as_fd(), self.cpus)?
                 .into_iter()
                 .map(|(key, per_cpu)| {
                     let (traffic, egress_first) = sum_per_cpu(&per_cpu);
-                    (key, traffic, egress_first)
+                    KernelFlow {
+                        key,
+                        traffic,
+                        egress_first,
+                    }
                 })
                 .collect();
         // Sockets after flows: every flow read has its socket's record (created at socket(2),
         // accept or release, before the flow's packets) in this snapshot.
-        let sockets: HashMap<u64, SocketOwner> =
-            batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
-                .into_iter()
-                .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
-                .collect();
+        let sockets = batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
+            .into_iter()
+            .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
+            .collect();
+        Ok(Snapshot { flows, sockets })
+    }
+
+    /// Accounts each kernel flow whose owner is known: its new traffic goes into the report.
+    fn account(&mut self, snapshot: &Snapshot, now: Instant, report: &mut PollReport) {
         // The listening ports only decide the port of new TCP flows: dumped at most once per
         // poll, and only when such a flow appears.
-        let mut listening_ports: Option<HashSet<u16>> = None;
-
-        let mut report = PollReport {
-            flows: flows.len(),
-            sockets: sockets.len(),
-            unattributed_sockets: self
-                .owners
-                .resolve(flows.iter().map(|(key, ..)| key.cookie), &sockets),
-            events,
-            ..PollReport::default()
-        };
-        let mut deltas = Vec::new();
-        let mut present = HashSet::with_capacity(flows.len());
-        for (key, traffic, egress_first) in &flows {
-            present.insert(*key);
-            let Some(owner) = self.owners.owner_of(key.cookie).cloned() else {
+        let mut listening_ports = None;
+        for flow in &snapshot.flows {
+            // A flow whose owner is not known yet is not advanced: its bytes wait in the
+            // kernel counter.
+            let Some(owner) = self.owners.owner_of(flow.key.cookie).cloned() else {
                 report.deferred_flows += 1;
                 continue;
             };
-            let accounted = match self.last_seen.get_mut(key) {
-                Some(accounted) => accounted,
-                None => {
-                    let released = sockets
-                        .get(&key.cookie)
-                        .is_some_and(|owner| owner.released_boot_ns != 0)
-                        || self.owners.is_retired(key.cookie);
-                    let app = match self.naming.decide_app(key, released) {
-                        AppDecision::Decided(app) => app,
-                        AppDecision::Wait => {
-                            report.deferred_flows += 1;
-                            continue;
-                        }
-                    };
-                    let role = Role {
-                        passive: sockets
-                            .get(&key.cookie)
-                            .is_some_and(|owner| owner.passive != 0)
-                            || self.owners.was_passive(key.cookie),
-                        egress_first: *egress_first,
-                    };
-                    let listening = match listening_ports {
-                        Some(ref ports) => ports,
-                        None => listening_ports.insert(service_port::listening_ports()),
-                    };
-                    let port = service_port(key, &role, listening, self.ephemeral_ports);
-                    self.last_seen.entry(*key).or_insert(Accounted {
-                        counters: Traffic::default(),
-                        port,
-                        app,
-                        name: self.naming.name_of(key, started),
-                    })
+            match self.account_flow(flow, &owner, &snapshot.sockets, &mut listening_ports, now) {
+                Accounting::Deferred => report.deferred_flows += 1,
+                Accounting::Unchanged => {}
+                Accounting::Delta(delta) => {
+                    if self.reported_processes.insert((*owner).clone()) {
+                        report_new_process(&owner);
+                        report.new_processes.push((*owner).clone());
+                    }
+                    report.deltas.push(delta);
                 }
-            };
-            let previous = accounted.counters;
-            let new = traffic.since(&previous);
-            accounted.counters = *traffic;
-            if new.is_zero() {
-                continue;
             }
-            if accounted.name.is_none() {
-                accounted.name = self.naming.name_of_address(remote_address(key), started);
-            }
-            let (port, app, name) = (accounted.port, accounted.app, accounted.name.clone());
-            if self.reported_processes.insert((*owner).clone()) {
-                report_new_process(&owner);
-                report.new_processes.push((*owner).clone());
-            }
-            deltas.push(FlowDelta {
-                process: owner.name.clone(),
-                exe: owner.exe.clone(),
-                new_flow: previous == Traffic::default(),
-                remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
-                port,
-                protocol: key.protocol,
-                app,
-                name,
-                traffic: new,
-            });
         }
+    }
+
+    /// Advances one attributed flow to its kernel counters and returns what is new. A flow
+    /// seen for the first time has its port, application and name decided here, once.
+    fn account_flow(
+        &mut self,
+        flow: &KernelFlow,
+        owner: &ProcessIdentity,
+        sockets: &HashMap<u64, SocketOwner>,
+        listening_ports: &mut Option<HashSet<u16>>,
+        now: Instant,
+    ) -> Accounting {
+        let accounted = match self.last_seen.get_mut(&flow.key) {
+            Some(accounted) => accounted,
+            None => match self.new_accounted(flow, sockets, listening_ports, now) {
+                Some(accounted) => self.last_seen.entry(flow.key).or_insert(accounted),
+                None => return Accounting::Deferred,
+            },
+        };
+        let previous = accounted.counters;
+        let new = flow.traffic.since(&previous);
+        accounted.counters = flow.traffic;
+        if new.is_zero() {
+            return Accounting::Unchanged;
+        }
+        if accounted.name.is_none() {
+            accounted.name = self.naming.name_of_address(remote_address(&flow.key), now);
+        }
+        Accounting::Delta(FlowDelta {
+            process: owner.name.clone(),
+            exe: owner.exe.clone(),
+            new_flow: previous == Traffic::default(),
+            remote: IpAddr::V6(Ipv6Addr::from(flow.key.remote_addr)),
+            port: accounted.port,
+            protocol: flow.key.protocol,
+            app: accounted.app,
+            name: accounted.name.clone(),
+            traffic: new,
+        })
+    }
+
+    /// What is decided once for a flow seen for the first time: its application, service
+    /// port and name. `None` while its application waits for the flow's first payloads.
+    fn new_accounted(
+        &mut self,
+        flow: &KernelFlow,
+        sockets: &HashMap<u64, SocketOwner>,
+        listening_ports: &mut Option<HashSet<u16>>,
+        now: Instant,
+    ) -> Option<Accounted> {
+        let (key, socket) = (&flow.key, sockets.get(&flow.key.cookie));
+        let released = socket.is_some_and(|owner| owner.released_boot_ns != 0)
+            || self.owners.is_retired(key.cookie);
+        let app = match self.naming.decide_app(key, released) {
+            AppDecision::Decided(app) => app,
+            AppDecision::Wait => return None,
+        };
+        let role = Role {
+            passive: socket.is_some_and(|owner| owner.passive != 0)
+                || self.owners.was_passive(key.cookie),
+            egress_first: flow.egress_first,
+        };
+        let listening = listening_ports.get_or_insert_with(service_port::listening_ports);
+        let port = service_port(key, &role, listening, self.ephemeral_ports);
+        Some(Accounted {
+            counters: Traffic::default(),
+            port,
+            app,
+            name: self.naming.name_of(key, now),
+        })
+    }
+
+    /// Forgets what the poller and naming keep of flows gone from the kernel map.
+    fn forget_gone_flows(&mut self, snapshot: &Snapshot, now: Instant) {
+        let present: HashSet<FlowKey> = snapshot.flows.iter().map(|flow| flow.key).collect();
         // Entries deleted since the last poll (folded) must not be remembered.
         self.last_seen.retain(|key, _| present.contains(key));
         // Insights are only needed until a flow is decided; a flow gone undecided needs none.
         let last_seen = &self.last_seen;
         self.naming.forget(
             |key| present.contains(key) && !last_seen.contains_key(key),
-            started,
+            now,
         );
+    }
 
-        report.names = self.naming.len();
-        report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
-        report.deltas = deltas;
-        report.kernel = self.read_kernel_stats()?;
-        report.duration = started.elapsed();
-        Ok(report)
+    /// Deletes the kernel entries of sockets closed longer than the grace period ago.
+    fn fold_closed(&mut self, snapshot: &Snapshot, now_boot: Duration) -> anyhow::Result<usize> {
+        let closed = self.closed_sockets(&snapshot.sockets, now_boot);
+        // Late packets of an already folded socket re-create entries: fold them right away.
+        let now = Instant::now();
+        self.owners.expire(now);
+        let flow_keys: Vec<FlowKey> = snapshot
+            .flows
+            .iter()
+            .map(|flow| flow.key)
+            .filter(|key| {
+                (closed.contains(&key.cookie) || self.owners.is_retired(key.cookie))
+                    && self.last_seen.contains_key(key)
+            })
+            .collect();
+        batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
+        let cookies: Vec<u64> = closed.iter().copied().collect();
+        batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
+        for key in &flow_keys {
+            self.last_seen.remove(key);
+        }
+        self.owners.retire(&cookies, &snapshot.sockets, now);
+        self.owners
+            .forget_gone(snapshot.flow_cookies(), &snapshot.sockets);
+        Ok(cookies.len())
+    }
+
+    /// The sockets released longer than the grace period ago.
+    fn closed_sockets(
+        &self,
+        sockets: &HashMap<u64, SocketOwner>,
+        now_boot: Duration,
+    ) -> HashSet<u64> {
+        sockets
+            .iter()
+            .filter(|(_, owner)| {
+                owner.released_boot_ns != 0
+                    && now_boot.saturating_sub(Duration::from_nanos(owner.released_boot_ns))
+                        >= self.close_grace
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect()
     }
 
     /// Waits until the kernel has payload events to read, or `timeout`.
@@ -365,45 +490,6 @@ impl Poller {
             }
         }
         rows
-    }
-
-    /// Deletes the kernel entries of sockets closed longer than the grace period ago.
-    fn fold_closed(
-        &mut self,
-        flows: &[(FlowKey, Traffic, bool)],
-        sockets: &HashMap<u64, SocketOwner>,
-        now_boot: Duration,
-    ) -> anyhow::Result<usize> {
-        let closed: HashSet<u64> = sockets
-            .iter()
-            .filter(|(_, owner)| {
-                owner.released_boot_ns != 0
-                    && now_boot.saturating_sub(Duration::from_nanos(owner.released_boot_ns))
-                        >= self.close_grace
-            })
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        // Late packets of an already folded socket re-create entries: fold them right away.
-        let now = Instant::now();
-        self.owners.expire(now);
-        let flow_keys: Vec<FlowKey> = flows
-            .iter()
-            .map(|(key, ..)| *key)
-            .filter(|key| {
-                (closed.contains(&key.cookie) || self.owners.is_retired(key.cookie))
-                    && self.last_seen.contains_key(key)
-            })
-            .collect();
-        batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
-        let cookies: Vec<u64> = closed.iter().copied().collect();
-        batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
-        for key in &flow_keys {
-            self.last_seen.remove(key);
-        }
-        self.owners.retire(&cookies, sockets, now);
-        self.owners
-            .forget_gone(flows.iter().map(|(key, ..)| key.cookie), sockets);
-        Ok(cookies.len())
     }
 
     /// What the kernel programs counted since the last poll (and a warning for each loss).
