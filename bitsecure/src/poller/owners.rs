@@ -80,10 +80,10 @@ impl Owners {
             .is_some_and(|retired| retired.passive)
     }
 
-    /// Finds owners for sockets seen for the first time (`flow_cookies`: the sockets of the
-    /// flows read, then every socket the kernel recorded): from the kernel's record (created
-    /// while the agent ran), else from sock_diag + /proc (older or accepted sockets). Returns
-    /// how many sockets were given up on as "unknown".
+    /// Finds owners for sockets seen for the first time, those of the flows read
+    /// (`flow_cookies`) and those the kernel recorded (`sockets`): from the kernel's record
+    /// (created while the agent ran), else from sock_diag + /proc (older or accepted sockets).
+    /// Returns how many sockets were given up on as "unknown".
     pub(super) fn resolve(
         &mut self,
         flow_cookies: impl Iterator<Item = u64>,
