@@ -7,21 +7,23 @@
 //! passes on only the difference. A flow whose owner is not known yet is simply not advanced:
 //! its bytes stay in the kernel counter until the owner is found, so nothing is lost or
 //! attributed twice.
+//!
+//! This file owns the poll itself (read → attribute → account → fold → report), the kernel
+//! maps, what was accounted for of each kernel flow, the payload events handed to naming and
+//! the kernel statistics. Who owns a socket is `owners.rs`'s business, the `port` label
+//! `service_port.rs`'s, a process's identity `identity.rs`'s and the netlink dumps
+//! `sock_diag.rs`'s: this file only calls them.
 
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{
-    DIRECTION_EGRESS, FlowCounters, FlowKey, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
-    protocol,
-};
-use log::{debug, info, warn};
+use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, PayloadEvent, SocketOwner, Stat};
+use log::{info, warn};
 
 use crate::{
     flow::{FlowDelta, RemoteName, Traffic},
@@ -29,20 +31,16 @@ use crate::{
     kernel::batch,
     naming::App,
     naming::{AppDecision, EventCounts, Naming, remote_address},
-    poller::identity::ProcessIdentity,
+    poller::{identity::ProcessIdentity, owners::Owners},
     state::SeenFlow,
 };
 
 pub mod identity;
+mod owners;
+mod service_port;
 pub mod sock_diag;
 
-/// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
-const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
-/// How long the owner of a folded socket is remembered, for packets that trail its close
-/// (retransmitted FINs and their ACKs come within a few round trips). At 100,000 connections
-/// a minute that is ~50,000 small entries, the owner itself being shared (see
-/// [`Poller::intern`]); a packet later than this is counted as `unknown`.
-const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
+pub use service_port::{Role, service_port};
 
 /// Most names exported per remote address in `bitsecure_remote_info` (a CDN address serves
 /// many names; each new connection could add one).
@@ -62,17 +60,44 @@ struct Accounted {
     name: Option<RemoteName>,
 }
 
-/// What is remembered of a folded socket.
-struct Retired {
-    owner: Arc<ProcessIdentity>,
-    passive: bool,
-    since: Instant,
+/// One read of the kernel's flow and socket maps.
+struct Snapshot {
+    /// Every kernel flow.
+    flows: Vec<KernelFlow>,
+    /// The kernel's record of each socket, by cookie.
+    sockets: HashMap<u64, SocketOwner>,
 }
 
+impl Snapshot {
+    /// The socket of each flow read (a socket with several flows comes again).
+    fn flow_cookies(&self) -> impl Iterator<Item = u64> + '_ {
+        self.flows.iter().map(|flow| flow.key.cookie)
+    }
+}
+
+/// One entry of the kernel's flow map, its per-CPU counters summed.
+struct KernelFlow {
+    key: FlowKey,
+    /// Cumulative counters.
+    traffic: Traffic,
+    /// Some CPU saw the flow's first packet leave this host.
+    egress_first: bool,
+}
+
+/// What accounting one attributed flow gave.
+enum Accounting {
+    /// Not advanced: its application waits for its first payloads (see [`AppDecision::Wait`]).
+    Deferred,
+    /// Nothing new since the last poll.
+    Unchanged,
+    /// New traffic.
+    Delta(FlowDelta),
+}
+
+/// The kernel maps and what was learnt of them, from one poll to the next.
 pub struct Poller {
     maps: KernelMaps,
     cpus: usize,
-    proc_root: PathBuf,
     /// A closed socket is folded this long after its release, so in-flight data (TCP sends
     /// continue after close()) is counted before the entries are deleted.
     close_grace: Duration,
@@ -80,14 +105,8 @@ pub struct Poller {
     last_seen: HashMap<FlowKey, Accounted>,
     /// Names and applications, from the kernel's payload events.
     naming: Naming,
-    /// Resolved owners of live sockets; one shared identity per process.
-    owners: HashMap<u64, Arc<ProcessIdentity>>,
-    /// The identities in use, so thousands of sockets of one process share one.
-    identities: HashSet<Arc<ProcessIdentity>>,
-    /// Sockets already folded, for packets that trail their close.
-    retired: HashMap<u64, Retired>,
-    /// Failed owner lookups per socket cookie.
-    lookup_attempts: HashMap<u64, u8>,
+    /// Who owns each socket.
+    owners: Owners,
     /// Last value of each kernel statistic, so reports carry what is new.
     last_stats: [u64; Stat::COUNT as usize],
     /// Processes already reported as new on the network.
@@ -144,18 +163,14 @@ impl Poller {
         Ok(Self {
             maps,
             cpus,
-            proc_root: PathBuf::from("/proc"),
             close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
             last_seen: HashMap::new(),
             naming,
-            owners: HashMap::new(),
-            identities: HashSet::new(),
-            retired: HashMap::new(),
-            lookup_attempts: HashMap::new(),
+            owners: Owners::new(PathBuf::from("/proc")),
             last_stats: [0; Stat::COUNT as usize],
             reported_processes: HashSet::new(),
             events_per_ring,
-            ephemeral_ports: read_ephemeral_port_range(),
+            ephemeral_ports: service_port::read_ephemeral_port_range(),
         })
     }
 
@@ -212,125 +227,208 @@ impl Poller {
     }
 
     /// Reads everything once: what is new since the last poll.
+    ///
+    /// read (payload events, flows, sockets) → attribute (owners of new sockets) → account
+    /// (each attributed flow's delta) → fold (closed sockets) → report (kernel statistics).
     pub fn poll(&mut self) -> anyhow::Result<PollReport> {
         let started = Instant::now();
         let now_boot = boot_time();
         // Events first: the payload of every flow counted below is handed over before its
         // counters are read (except for a packet racing this read: that flow waits a poll).
         let events = self.read_events();
+        let snapshot = self.read_snapshot()?;
+        let mut report = PollReport {
+            flows: snapshot.flows.len(),
+            sockets: snapshot.sockets.len(),
+            unattributed_sockets: self
+                .owners
+                .resolve(snapshot.flow_cookies(), &snapshot.sockets),
+            events,
+            ..PollReport::default()
+        };
+        self.account(&snapshot, started, &mut report);
+        self.forget_gone_flows(&snapshot, started);
+        report.names = self.naming.len();
+        report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
+        report.kernel = self.read_kernel_stats()?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
 
-        let flows: Vec<(FlowKey, Traffic, bool)> =
+    /// Reads the kernel's flow map, then its socket map.
+    fn read_snapshot(&self) -> anyhow::Result<Snapshot> {
+        let flows =
             batch::lookup_all::<FlowKey, FlowCounters>(self.maps.flows.fd().as_fd(), self.cpus)?
                 .into_iter()
                 .map(|(key, per_cpu)| {
                     let (traffic, egress_first) = sum_per_cpu(&per_cpu);
-                    (key, traffic, egress_first)
+                    KernelFlow {
+                        key,
+                        traffic,
+                        egress_first,
+                    }
                 })
                 .collect();
         // Sockets after flows: every flow read has its socket's record (created at socket(2),
         // accept or release, before the flow's packets) in this snapshot.
-        let sockets: HashMap<u64, SocketOwner> =
-            batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
-                .into_iter()
-                .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
-                .collect();
+        let sockets = batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
+            .into_iter()
+            .filter_map(|(cookie, mut values)| Some((cookie, values.pop()?)))
+            .collect();
+        Ok(Snapshot { flows, sockets })
+    }
+
+    /// Accounts each kernel flow whose owner is known: its new traffic goes into the report.
+    fn account(&mut self, snapshot: &Snapshot, now: Instant, report: &mut PollReport) {
         // The listening ports only decide the port of new TCP flows: dumped at most once per
         // poll, and only when such a flow appears.
-        let mut listening_ports: Option<HashSet<u16>> = None;
-
-        let mut report = PollReport {
-            flows: flows.len(),
-            sockets: sockets.len(),
-            unattributed_sockets: self.resolve_owners(&flows, &sockets),
-            events,
-            ..PollReport::default()
-        };
-        let mut deltas = Vec::new();
-        let mut present = HashSet::with_capacity(flows.len());
-        for (key, traffic, egress_first) in &flows {
-            present.insert(*key);
-            let Some(owner) = self.owner_of(key.cookie).cloned() else {
+        let mut listening_ports = None;
+        for flow in &snapshot.flows {
+            // A flow whose owner is not known yet is not advanced: its bytes wait in the
+            // kernel counter.
+            let Some(owner) = self.owners.owner_of(flow.key.cookie).cloned() else {
                 report.deferred_flows += 1;
                 continue;
             };
-            let accounted = match self.last_seen.get_mut(key) {
-                Some(accounted) => accounted,
-                None => {
-                    let released = sockets
-                        .get(&key.cookie)
-                        .is_some_and(|owner| owner.released_boot_ns != 0)
-                        || self.retired.contains_key(&key.cookie);
-                    let app = match self.naming.decide_app(key, released) {
-                        AppDecision::Decided(app) => app,
-                        AppDecision::Wait => {
-                            report.deferred_flows += 1;
-                            continue;
-                        }
-                    };
-                    let role = Role {
-                        passive: sockets
-                            .get(&key.cookie)
-                            .is_some_and(|owner| owner.passive != 0)
-                            || self
-                                .retired
-                                .get(&key.cookie)
-                                .is_some_and(|retired| retired.passive),
-                        egress_first: *egress_first,
-                    };
-                    let listening = match listening_ports {
-                        Some(ref ports) => ports,
-                        None => listening_ports.insert(self.listening_ports()),
-                    };
-                    let port = service_port(key, &role, listening, self.ephemeral_ports);
-                    self.last_seen.entry(*key).or_insert(Accounted {
-                        counters: Traffic::default(),
-                        port,
-                        app,
-                        name: self.naming.name_of(key, started),
-                    })
+            match self.account_flow(flow, &owner, &snapshot.sockets, &mut listening_ports, now) {
+                Accounting::Deferred => report.deferred_flows += 1,
+                Accounting::Unchanged => {}
+                Accounting::Delta(delta) => {
+                    if self.reported_processes.insert((*owner).clone()) {
+                        report_new_process(&owner);
+                        report.new_processes.push((*owner).clone());
+                    }
+                    report.deltas.push(delta);
                 }
-            };
-            let previous = accounted.counters;
-            let new = traffic.since(&previous);
-            accounted.counters = *traffic;
-            if new.is_zero() {
-                continue;
             }
-            if accounted.name.is_none() {
-                accounted.name = self.naming.name_of_address(remote_address(key), started);
-            }
-            let (port, app, name) = (accounted.port, accounted.app, accounted.name.clone());
-            if self.reported_processes.insert((*owner).clone()) {
-                report_new_process(&owner);
-                report.new_processes.push((*owner).clone());
-            }
-            deltas.push(FlowDelta {
-                process: owner.name.clone(),
-                exe: owner.exe.clone(),
-                new_flow: previous == Traffic::default(),
-                remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
-                port,
-                protocol: key.protocol,
-                app,
-                name,
-                traffic: new,
-            });
         }
+    }
+
+    /// Advances one attributed flow to its kernel counters and returns what is new. A flow
+    /// seen for the first time has its port, application and name decided here, once.
+    fn account_flow(
+        &mut self,
+        flow: &KernelFlow,
+        owner: &ProcessIdentity,
+        sockets: &HashMap<u64, SocketOwner>,
+        listening_ports: &mut Option<HashSet<u16>>,
+        now: Instant,
+    ) -> Accounting {
+        let accounted = match self.last_seen.get_mut(&flow.key) {
+            Some(accounted) => accounted,
+            None => match self.new_accounted(flow, sockets, listening_ports, now) {
+                Some(accounted) => self.last_seen.entry(flow.key).or_insert(accounted),
+                None => return Accounting::Deferred,
+            },
+        };
+        let previous = accounted.counters;
+        let new = flow.traffic.since(&previous);
+        accounted.counters = flow.traffic;
+        if new.is_zero() {
+            return Accounting::Unchanged;
+        }
+        if accounted.name.is_none() {
+            accounted.name = self.naming.name_of_address(remote_address(&flow.key), now);
+        }
+        Accounting::Delta(FlowDelta {
+            process: owner.name.clone(),
+            exe: owner.exe.clone(),
+            new_flow: previous == Traffic::default(),
+            remote: IpAddr::V6(Ipv6Addr::from(flow.key.remote_addr)),
+            port: accounted.port,
+            protocol: flow.key.protocol,
+            app: accounted.app,
+            name: accounted.name.clone(),
+            traffic: new,
+        })
+    }
+
+    /// What is decided once for a flow seen for the first time: its application, service
+    /// port and name. `None` while its application waits for the flow's first payloads.
+    fn new_accounted(
+        &mut self,
+        flow: &KernelFlow,
+        sockets: &HashMap<u64, SocketOwner>,
+        listening_ports: &mut Option<HashSet<u16>>,
+        now: Instant,
+    ) -> Option<Accounted> {
+        let (key, socket) = (&flow.key, sockets.get(&flow.key.cookie));
+        let released = socket.is_some_and(|owner| owner.released_boot_ns != 0)
+            || self.owners.is_retired(key.cookie);
+        let app = match self.naming.decide_app(key, released) {
+            AppDecision::Decided(app) => app,
+            AppDecision::Wait => return None,
+        };
+        let role = Role {
+            passive: socket.is_some_and(|owner| owner.passive != 0)
+                || self.owners.was_passive(key.cookie),
+            egress_first: flow.egress_first,
+        };
+        let listening = listening_ports.get_or_insert_with(service_port::listening_ports);
+        let port = service_port(key, &role, listening, self.ephemeral_ports);
+        Some(Accounted {
+            counters: Traffic::default(),
+            port,
+            app,
+            name: self.naming.name_of(key, now),
+        })
+    }
+
+    /// Forgets what the poller and naming keep of flows gone from the kernel map.
+    fn forget_gone_flows(&mut self, snapshot: &Snapshot, now: Instant) {
+        let present: HashSet<FlowKey> = snapshot.flows.iter().map(|flow| flow.key).collect();
         // Entries deleted since the last poll (folded) must not be remembered.
         self.last_seen.retain(|key, _| present.contains(key));
         // Insights are only needed until a flow is decided; a flow gone undecided needs none.
         let last_seen = &self.last_seen;
         self.naming.forget(
             |key| present.contains(key) && !last_seen.contains_key(key),
-            started,
+            now,
         );
+    }
 
-        report.names = self.naming.len();
-        report.folded_sockets = self.fold_closed(&flows, &sockets, now_boot)?;
-        report.deltas = deltas;
-        report.kernel = self.read_kernel_stats()?;
-        report.duration = started.elapsed();
-        Ok(report)
+    /// Deletes the kernel entries of sockets closed longer than the grace period ago.
+    fn fold_closed(&mut self, snapshot: &Snapshot, now_boot: Duration) -> anyhow::Result<usize> {
+        let closed = self.closed_sockets(&snapshot.sockets, now_boot);
+        // Late packets of an already folded socket re-create entries: fold them right away.
+        let now = Instant::now();
+        self.owners.expire(now);
+        let flow_keys: Vec<FlowKey> = snapshot
+            .flows
+            .iter()
+            .map(|flow| flow.key)
+            .filter(|key| {
+                (closed.contains(&key.cookie) || self.owners.is_retired(key.cookie))
+                    && self.last_seen.contains_key(key)
+            })
+            .collect();
+        batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
+        let cookies: Vec<u64> = closed.iter().copied().collect();
+        batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
+        for key in &flow_keys {
+            self.last_seen.remove(key);
+        }
+        self.owners.retire(&cookies, &snapshot.sockets, now);
+        self.owners
+            .forget_gone(snapshot.flow_cookies(), &snapshot.sockets);
+        Ok(cookies.len())
+    }
+
+    /// The sockets released longer than the grace period ago.
+    fn closed_sockets(
+        &self,
+        sockets: &HashMap<u64, SocketOwner>,
+        now_boot: Duration,
+    ) -> HashSet<u64> {
+        sockets
+            .iter()
+            .filter(|(_, owner)| {
+                owner.released_boot_ns != 0
+                    && now_boot.saturating_sub(Duration::from_nanos(owner.released_boot_ns))
+                        >= self.close_grace
+            })
+            .map(|(cookie, _)| *cookie)
+            .collect()
     }
 
     /// Waits until the kernel has payload events to read, or `timeout`.
@@ -394,183 +492,6 @@ impl Poller {
         rows
     }
 
-    fn owner_of(&self, cookie: u64) -> Option<&Arc<ProcessIdentity>> {
-        self.owners
-            .get(&cookie)
-            .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
-    }
-
-    /// Finds owners for sockets seen for the first time: from the kernel's record (created while
-    /// the agent ran), else from sock_diag + /proc (older or accepted sockets). Returns how many
-    /// sockets were given up on as "unknown".
-    fn resolve_owners(
-        &mut self,
-        flows: &[(FlowKey, Traffic, bool)],
-        sockets: &HashMap<u64, SocketOwner>,
-    ) -> u64 {
-        let mut unresolved = HashSet::new();
-        let unknown = ProcessIdentity::unknown();
-        for cookie in flows
-            .iter()
-            .map(|(key, ..)| key.cookie)
-            .chain(sockets.keys().copied())
-        {
-            let kernel_knows = sockets
-                .get(&cookie)
-                .is_some_and(|owner| owner.origin != OWNER_UNKNOWN);
-            match self.owner_of(cookie) {
-                // An accepted socket given up on may name its owner when it closes.
-                Some(owner) if **owner == unknown && kernel_knows => {}
-                Some(_) => continue,
-                None if unresolved.contains(&cookie) => continue,
-                None => {}
-            }
-            if let Some(owner) = sockets
-                .get(&cookie)
-                .filter(|owner| owner.origin != OWNER_UNKNOWN)
-            {
-                let recorded = Duration::from_nanos(owner.recorded_boot_ns);
-                let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
-                    .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
-                let identity = self.intern(identity);
-                self.owners.insert(cookie, identity);
-            } else {
-                unresolved.insert(cookie);
-            }
-        }
-        if unresolved.is_empty() {
-            return 0;
-        }
-        let mut given_up = 0;
-        let found = self.lookup_in_proc(&unresolved);
-        for cookie in unresolved {
-            if let Some(identity) = found.get(&cookie) {
-                let identity = self.intern(identity.clone());
-                self.owners.insert(cookie, identity);
-                self.lookup_attempts.remove(&cookie);
-                continue;
-            }
-            let attempts = self.lookup_attempts.entry(cookie).or_default();
-            *attempts += 1;
-            if *attempts >= OWNER_LOOKUP_ATTEMPTS {
-                debug!("socket {cookie:#x}: owner not found, counting it as unknown");
-                let unknown = self.intern(ProcessIdentity::unknown());
-                self.owners.insert(cookie, unknown);
-                self.lookup_attempts.remove(&cookie);
-                given_up += 1;
-            }
-        }
-        given_up
-    }
-
-    /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
-    fn lookup_in_proc(&self, wanted: &HashSet<u64>) -> HashMap<u64, ProcessIdentity> {
-        let sockets = match sock_diag::dump_sockets() {
-            Ok(sockets) => sockets,
-            Err(error) => {
-                warn!("sock_diag failed, cannot attribute older sockets: {error}");
-                return HashMap::new();
-            }
-        };
-        let inodes: HashMap<u64, u64> = sockets
-            .iter()
-            // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
-            .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
-            .map(|socket| (socket.inode, socket.cookie))
-            .collect();
-        if inodes.is_empty() {
-            return HashMap::new();
-        }
-        let owners = match sock_diag::socket_inode_owners() {
-            Ok(owners) => owners,
-            Err(error) => {
-                warn!("cannot scan /proc for socket owners: {error}");
-                return HashMap::new();
-            }
-        };
-        inodes
-            .iter()
-            .filter_map(|(inode, cookie)| {
-                let pid = *owners.get(inode)?;
-                Some((
-                    *cookie,
-                    identity::read_identity(&self.proc_root, pid, None)?,
-                ))
-            })
-            .collect()
-    }
-
-    /// Deletes the kernel entries of sockets closed longer than the grace period ago.
-    fn fold_closed(
-        &mut self,
-        flows: &[(FlowKey, Traffic, bool)],
-        sockets: &HashMap<u64, SocketOwner>,
-        now_boot: Duration,
-    ) -> anyhow::Result<usize> {
-        let closed: HashSet<u64> = sockets
-            .iter()
-            .filter(|(_, owner)| {
-                owner.released_boot_ns != 0
-                    && now_boot.saturating_sub(Duration::from_nanos(owner.released_boot_ns))
-                        >= self.close_grace
-            })
-            .map(|(cookie, _)| *cookie)
-            .collect();
-        // Late packets of an already folded socket re-create entries: fold them right away.
-        let now = Instant::now();
-        self.retired
-            .retain(|_, retired| now.duration_since(retired.since) < RETIRED_OWNER_TTL);
-        let flow_keys: Vec<FlowKey> = flows
-            .iter()
-            .map(|(key, ..)| *key)
-            .filter(|key| {
-                (closed.contains(&key.cookie) || self.retired.contains_key(&key.cookie))
-                    && self.last_seen.contains_key(key)
-            })
-            .collect();
-        batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
-        let cookies: Vec<u64> = closed.iter().copied().collect();
-        batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
-        for key in &flow_keys {
-            self.last_seen.remove(key);
-        }
-        for cookie in &cookies {
-            if let Some(owner) = self.owners.remove(cookie) {
-                let passive = sockets
-                    .get(cookie)
-                    .is_some_and(|socket| socket.passive != 0);
-                self.retired.insert(
-                    *cookie,
-                    Retired {
-                        owner,
-                        passive,
-                        since: now,
-                    },
-                );
-            }
-        }
-        // Forget owners of sockets that have neither flows nor a kernel record any more.
-        let live: HashSet<u64> = flows.iter().map(|(key, ..)| key.cookie).collect();
-        self.owners
-            .retain(|cookie, _| live.contains(cookie) || sockets.contains_key(cookie));
-        self.lookup_attempts
-            .retain(|cookie, _| live.contains(cookie));
-        // Identities no socket refers to any more.
-        self.identities
-            .retain(|identity| Arc::strong_count(identity) > 1);
-        Ok(cookies.len())
-    }
-
-    /// The shared copy of `identity`.
-    fn intern(&mut self, identity: ProcessIdentity) -> Arc<ProcessIdentity> {
-        if let Some(shared) = self.identities.get(&identity) {
-            return Arc::clone(shared);
-        }
-        let shared = Arc::new(identity);
-        self.identities.insert(Arc::clone(&shared));
-        shared
-    }
-
     /// What the kernel programs counted since the last poll (and a warning for each loss).
     fn read_kernel_stats(&mut self) -> anyhow::Result<KernelStats> {
         let per_cpu = batch::lookup_all::<u32, u64>(self.maps.stats.fd().as_fd(), self.cpus)?;
@@ -606,16 +527,6 @@ impl Poller {
         }
         Ok(stats)
     }
-
-    fn listening_ports(&self) -> HashSet<u16> {
-        match sock_diag::dump_tcp_listeners() {
-            Ok(listeners) => listeners.iter().map(|socket| socket.local.port()).collect(),
-            Err(error) => {
-                warn!("cannot list TCP listeners, service ports may be wrong: {error}");
-                HashSet::new()
-            }
-        }
-    }
 }
 
 /// Logs a process seen on the network for the first time.
@@ -646,63 +557,6 @@ fn sum_per_cpu(per_cpu: &[FlowCounters]) -> (Traffic, bool) {
     (traffic, egress_first)
 }
 
-/// What the kernel told about who opened a flow.
-pub struct Role {
-    /// The socket is a TCP listener or was accepted by one (sock_ops).
-    pub passive: bool,
-    /// Some CPU saw the flow's first packet leave this host.
-    pub egress_first: bool,
-}
-
-/// The `port` label: the remote port of connections this host opened, the local port of
-/// connections it accepted; `None` for protocols without ports.
-///
-/// TCP: the kernel flags listeners and accepted sockets; for sockets older than the agent, a
-/// local listening port says "accepted". Datagram protocols have no listen state: a port in
-/// the ephemeral range is the client side; if that does not decide, the side that sent first
-/// is the client.
-pub fn service_port(
-    key: &FlowKey,
-    role: &Role,
-    listening_ports: &HashSet<u16>,
-    ephemeral: (u16, u16),
-) -> Option<u16> {
-    let in_ephemeral = |port: u16| (ephemeral.0..=ephemeral.1).contains(&port);
-    match key.protocol {
-        protocol::TCP if role.passive || listening_ports.contains(&key.local_port) => {
-            Some(key.local_port)
-        }
-        protocol::TCP => Some(key.remote_port),
-        protocol::UDP | protocol::UDPLITE | protocol::SCTP => {
-            let local_client = in_ephemeral(key.local_port);
-            let remote_client = in_ephemeral(key.remote_port);
-            if local_client != remote_client {
-                Some(if local_client {
-                    key.remote_port
-                } else {
-                    key.local_port
-                })
-            } else if role.egress_first {
-                Some(key.remote_port)
-            } else {
-                Some(key.local_port)
-            }
-        }
-        _ => None,
-    }
-}
-
-fn read_ephemeral_port_range() -> (u16, u16) {
-    let text =
-        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
-    parse_port_range(&text).unwrap_or((32768, 60999))
-}
-
-fn parse_port_range(text: &str) -> Option<(u16, u16)> {
-    let mut parts = text.split_whitespace().map(str::parse::<u16>);
-    Some((parts.next()?.ok()?, parts.next()?.ok()?))
-}
-
 /// CLOCK_BOOTTIME, the clock of `bpf_ktime_get_boot_ns()`.
 fn boot_time() -> Duration {
     let mut now = libc::timespec {
@@ -717,62 +571,6 @@ fn boot_time() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(protocol: u8, local_port: u16, remote_port: u16) -> FlowKey {
-        FlowKey {
-            protocol,
-            local_port,
-            remote_port,
-            ..FlowKey::default()
-        }
-    }
-
-    const EPHEMERAL: (u16, u16) = (32768, 60999);
-    const ACTIVE: Role = Role {
-        passive: false,
-        egress_first: true,
-    };
-    const PASSIVE: Role = Role {
-        passive: true,
-        egress_first: false,
-    };
-
-    #[test]
-    fn tcp_service_port_is_local_for_accepted_connections() {
-        let listening = HashSet::from([9977]);
-        let port =
-            |local, remote, role| service_port(&key(6, local, remote), role, &listening, EPHEMERAL);
-        // A socket older than the agent on a listening port: accepted.
-        assert_eq!(port(9977, 40000, &ACTIVE), Some(9977));
-        assert_eq!(port(40000, 3333, &ACTIVE), Some(3333));
-        // The kernel's passive flag decides even when the listener is gone.
-        assert_eq!(port(6000, 51000, &PASSIVE), Some(6000));
-        assert_eq!(port(51000, 6000, &ACTIVE), Some(6000));
-    }
-
-    #[test]
-    fn udp_service_port_uses_ephemeral_range_then_first_direction() {
-        let none = HashSet::new();
-        let port =
-            |local, remote, role| service_port(&key(17, local, remote), role, &none, EPHEMERAL);
-        // DNS client: local port ephemeral, remote 53, whatever was seen first.
-        assert_eq!(port(45000, 53, &PASSIVE), Some(53));
-        // DNS server: remote port ephemeral.
-        assert_eq!(port(53, 45000, &ACTIVE), Some(53));
-        // NTP 123 <-> 124: whoever sent first is the client.
-        assert_eq!(port(123, 124, &ACTIVE), Some(124));
-        assert_eq!(port(123, 124, &PASSIVE), Some(123));
-    }
-
-    #[test]
-    fn portless_protocols_have_no_port() {
-        let none = HashSet::new();
-        assert_eq!(service_port(&key(1, 0, 0), &ACTIVE, &none, EPHEMERAL), None);
-        assert_eq!(
-            service_port(&key(253, 0, 0), &ACTIVE, &none, EPHEMERAL),
-            None
-        );
-    }
 
     #[test]
     fn per_cpu_values_are_summed() {
@@ -795,11 +593,5 @@ mod tests {
         assert_eq!(traffic.sent_packets, 2);
         assert_eq!(traffic.received_packets, 4);
         assert!(egress_first);
-    }
-
-    #[test]
-    fn port_range_parses() {
-        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
-        assert_eq!(parse_port_range("x"), None);
     }
 }

@@ -1,0 +1,254 @@
+//! Who owns a socket: the owners of live sockets (from the kernel's record, else from
+//! sock_diag + /proc), the owners of folded sockets kept for their trailing packets, and the
+//! shared identities they point to.
+//!
+//! Bookkeeping only: it reads /proc and sock_diag but never a kernel map, deletes nothing in
+//! the kernel and knows nothing of flows, counters or names. The poller tells it which
+//! sockets were seen, folded or are gone.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bitsecure_common::{OWNER_UNKNOWN, SocketOwner};
+use log::{debug, warn};
+
+use crate::poller::{
+    identity::{self, ProcessIdentity},
+    sock_diag,
+};
+
+/// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
+const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
+/// How long the owner of a folded socket is remembered, for packets that trail its close
+/// (retransmitted FINs and their ACKs come within a few round trips). At 100,000 connections
+/// a minute that is ~50,000 small entries, the owner itself being shared (see
+/// [`Owners::intern`]); a packet later than this is counted as `unknown`.
+const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
+
+/// What is remembered of a folded socket.
+struct Retired {
+    owner: Arc<ProcessIdentity>,
+    passive: bool,
+    since: Instant,
+}
+
+/// The owners of sockets, by socket cookie.
+pub(super) struct Owners {
+    proc_root: PathBuf,
+    /// Resolved owners of live sockets; one shared identity per process.
+    owners: HashMap<u64, Arc<ProcessIdentity>>,
+    /// The identities in use, so thousands of sockets of one process share one.
+    identities: HashSet<Arc<ProcessIdentity>>,
+    /// Sockets already folded, for packets that trail their close.
+    retired: HashMap<u64, Retired>,
+    /// Failed owner lookups per socket cookie.
+    lookup_attempts: HashMap<u64, u8>,
+}
+
+impl Owners {
+    /// No owners known yet; process identities are read below `proc_root` (normally /proc).
+    pub(super) fn new(proc_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            owners: HashMap::new(),
+            identities: HashSet::new(),
+            retired: HashMap::new(),
+            lookup_attempts: HashMap::new(),
+        }
+    }
+
+    /// The owner of a live or recently folded socket; `None` while it is being looked up.
+    pub(super) fn owner_of(&self, cookie: u64) -> Option<&Arc<ProcessIdentity>> {
+        self.owners
+            .get(&cookie)
+            .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
+    }
+
+    /// Whether the socket was folded (and its owner is still remembered).
+    pub(super) fn is_retired(&self, cookie: u64) -> bool {
+        self.retired.contains_key(&cookie)
+    }
+
+    /// Whether a folded socket was a TCP listener or accepted by one.
+    pub(super) fn was_passive(&self, cookie: u64) -> bool {
+        self.retired
+            .get(&cookie)
+            .is_some_and(|retired| retired.passive)
+    }
+
+    /// Finds owners for sockets seen for the first time, those of the flows read
+    /// (`flow_cookies`) and those the kernel recorded (`sockets`): from the kernel's record
+    /// (created while the agent ran), else from sock_diag + /proc (older or accepted sockets).
+    /// Returns how many sockets were given up on as "unknown".
+    pub(super) fn resolve(
+        &mut self,
+        flow_cookies: impl Iterator<Item = u64>,
+        sockets: &HashMap<u64, SocketOwner>,
+    ) -> u64 {
+        let unresolved = self.resolve_from_kernel(flow_cookies, sockets);
+        if unresolved.is_empty() {
+            return 0;
+        }
+        self.resolve_from_proc(unresolved)
+    }
+
+    /// Takes the owners the kernel recorded; returns the sockets it knows no owner of.
+    fn resolve_from_kernel(
+        &mut self,
+        flow_cookies: impl Iterator<Item = u64>,
+        sockets: &HashMap<u64, SocketOwner>,
+    ) -> HashSet<u64> {
+        let mut unresolved = HashSet::new();
+        let unknown = ProcessIdentity::unknown();
+        for cookie in flow_cookies.chain(sockets.keys().copied()) {
+            let kernel_knows = sockets
+                .get(&cookie)
+                .is_some_and(|owner| owner.origin != OWNER_UNKNOWN);
+            match self.owner_of(cookie) {
+                // An accepted socket given up on may name its owner when it closes.
+                Some(owner) if **owner == unknown && kernel_knows => {}
+                Some(_) => continue,
+                None if unresolved.contains(&cookie) => continue,
+                None => {}
+            }
+            if let Some(owner) = sockets
+                .get(&cookie)
+                .filter(|owner| owner.origin != OWNER_UNKNOWN)
+            {
+                let recorded = Duration::from_nanos(owner.recorded_boot_ns);
+                let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
+                    .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
+                let identity = self.intern(identity);
+                self.owners.insert(cookie, identity);
+            } else {
+                unresolved.insert(cookie);
+            }
+        }
+        unresolved
+    }
+
+    /// Looks the `unresolved` sockets up in /proc; one not found for
+    /// [`OWNER_LOOKUP_ATTEMPTS`] polls is given up on as "unknown". Returns how many were.
+    fn resolve_from_proc(&mut self, unresolved: HashSet<u64>) -> u64 {
+        let mut given_up = 0;
+        let found = self.lookup_in_proc(&unresolved);
+        for cookie in unresolved {
+            if let Some(identity) = found.get(&cookie) {
+                let identity = self.intern(identity.clone());
+                self.owners.insert(cookie, identity);
+                self.lookup_attempts.remove(&cookie);
+                continue;
+            }
+            let attempts = self.lookup_attempts.entry(cookie).or_default();
+            *attempts += 1;
+            if *attempts >= OWNER_LOOKUP_ATTEMPTS {
+                debug!("socket {cookie:#x}: owner not found, counting it as unknown");
+                let unknown = self.intern(ProcessIdentity::unknown());
+                self.owners.insert(cookie, unknown);
+                self.lookup_attempts.remove(&cookie);
+                given_up += 1;
+            }
+        }
+        given_up
+    }
+
+    /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
+    fn lookup_in_proc(&self, wanted: &HashSet<u64>) -> HashMap<u64, ProcessIdentity> {
+        let sockets = match sock_diag::dump_sockets() {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                warn!("sock_diag failed, cannot attribute older sockets: {error}");
+                return HashMap::new();
+            }
+        };
+        let inodes: HashMap<u64, u64> = sockets
+            .iter()
+            // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
+            .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
+            .map(|socket| (socket.inode, socket.cookie))
+            .collect();
+        if inodes.is_empty() {
+            return HashMap::new();
+        }
+        let owners = match sock_diag::socket_inode_owners() {
+            Ok(owners) => owners,
+            Err(error) => {
+                warn!("cannot scan /proc for socket owners: {error}");
+                return HashMap::new();
+            }
+        };
+        inodes
+            .iter()
+            .filter_map(|(inode, cookie)| {
+                let pid = *owners.get(inode)?;
+                Some((
+                    *cookie,
+                    identity::read_identity(&self.proc_root, pid, None)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Forgets the owners of folded sockets older than [`RETIRED_OWNER_TTL`].
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.retired
+            .retain(|_, retired| now.duration_since(retired.since) < RETIRED_OWNER_TTL);
+    }
+
+    /// Moves the owners of the `folded` sockets (deleted from the kernel maps) to the
+    /// retired, for packets that trail their close.
+    pub(super) fn retire(
+        &mut self,
+        folded: &[u64],
+        sockets: &HashMap<u64, SocketOwner>,
+        now: Instant,
+    ) {
+        for cookie in folded {
+            if let Some(owner) = self.owners.remove(cookie) {
+                let passive = sockets
+                    .get(cookie)
+                    .is_some_and(|socket| socket.passive != 0);
+                self.retired.insert(
+                    *cookie,
+                    Retired {
+                        owner,
+                        passive,
+                        since: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Forgets what is known of sockets gone from the kernel maps (`flow_cookies`: the
+    /// sockets of the flows read), and the identities no socket refers to any more.
+    pub(super) fn forget_gone(
+        &mut self,
+        flow_cookies: impl Iterator<Item = u64>,
+        sockets: &HashMap<u64, SocketOwner>,
+    ) {
+        // Forget owners of sockets that have neither flows nor a kernel record any more.
+        let live: HashSet<u64> = flow_cookies.collect();
+        self.owners
+            .retain(|cookie, _| live.contains(cookie) || sockets.contains_key(cookie));
+        self.lookup_attempts
+            .retain(|cookie, _| live.contains(cookie));
+        // Identities no socket refers to any more.
+        self.identities
+            .retain(|identity| Arc::strong_count(identity) > 1);
+    }
+
+    /// The shared copy of `identity`.
+    fn intern(&mut self, identity: ProcessIdentity) -> Arc<ProcessIdentity> {
+        if let Some(shared) = self.identities.get(&identity) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(identity);
+        self.identities.insert(Arc::clone(&shared));
+        shared
+    }
+}
