@@ -3,14 +3,7 @@
 //!
 //! Test-only (compiled with `cfg(test)`); a fixture used by one file's tests stays there.
 
-use std::{
-    fs::{self, Permissions},
-    net::IpAddr,
-    os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::net::IpAddr;
 
 use super::{
     file::{BaselineError, parse},
@@ -20,51 +13,7 @@ use super::{
 };
 use crate::naming::App;
 
-/// A fresh directory under the system temporary directory, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "bitsecure-baseline-file-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&path).expect("create the temporary directory");
-        Self(path)
-    }
-
-    pub(crate) fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    /// The names in the directory, sorted.
-    pub(crate) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .expect("list the temporary directory")
-            .map(|entry| {
-                entry
-                    .expect("directory entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::set_permissions(&self.0, Permissions::from_mode(0o755));
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) use crate::fsutil::TempDir;
 
 pub(crate) fn stats(mean: f64, p95: f64, max: f64) -> RateStats {
     RateStats { mean, p95, max }
