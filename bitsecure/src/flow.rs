@@ -131,7 +131,7 @@ impl SeriesKey {
         Self {
             process: class.process.clone(),
             remote: remote_label(class.remote),
-            port: class.port.map(|port| port.to_string()).unwrap_or_default(),
+            port: port_label(class.port),
             protocol: protocol_label(class.protocol),
             app: class.app.as_str().to_owned(),
         }
@@ -161,6 +161,11 @@ impl SeriesKey {
 /// Canonical text of a remote address; IPv4-mapped IPv6 is shown as IPv4.
 pub fn remote_label(remote: IpAddr) -> String {
     remote.to_canonical().to_string()
+}
+
+/// The `port` label: the service port, empty for protocols without ports.
+pub fn port_label(port: Option<u16>) -> String {
+    port.map(|port| port.to_string()).unwrap_or_default()
 }
 
 /// The `protocol` label: a name for the common protocols, else the IP protocol number.

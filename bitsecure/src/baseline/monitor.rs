@@ -19,7 +19,7 @@ use super::{
     stats,
 };
 use crate::{
-    flow::{FlowDelta, SeriesKey, Traffic, protocol_label, remote_label},
+    flow::{FlowDelta, SeriesKey, Traffic, port_label, protocol_label, remote_label},
     naming::{App, Source},
 };
 
@@ -285,7 +285,7 @@ impl Monitor {
                     labels: SeriesKey {
                         process: rule.process.clone(),
                         remote: rule.remote.clone(),
-                        port: rule.port.map(|port| port.to_string()).unwrap_or_default(),
+                        port: port_label(rule.port),
                         protocol: rule.protocol.clone(),
                         app: rule.app.clone().unwrap_or_default(),
                     },

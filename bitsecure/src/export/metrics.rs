@@ -16,7 +16,7 @@ use crate::{
         monitor::RuleStatus,
         service::{BaselineReport, BaselineState},
     },
-    flow::SeriesKey,
+    flow::{SeriesKey, port_label},
     naming::EventCounts,
     poller::{KernelStats, PollReport, identity::ProcessIdentity},
 };
@@ -525,7 +525,7 @@ impl BaselineMetrics {
                 self.unexpected_first_seen.reset();
                 self.unexpected_last_seen.reset();
                 for entry in unexpected {
-                    let port = entry.port.map(|port| port.to_string()).unwrap_or_default();
+                    let port = port_label(entry.port);
                     let labels = [
                         entry.process.as_str(),
                         entry.remote.as_str(),
