@@ -1,6 +1,7 @@
 //! Agent configuration: TOML, every key optional, unknown keys rejected.
 //!
 //! The embedded default (`config/bitsecure.toml`) is the documentation of every key.
+//! Only reading and checking the settings lives here; what a setting does is its user's business.
 
 use std::{
     net::SocketAddr,

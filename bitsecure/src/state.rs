@@ -6,6 +6,9 @@
 //! The file (`agent-state.json` beside the baseline) is written atomically after every poll,
 //! so a `kill -9` leaves the previous or the new version, never half of one. A lock file next
 //! to it keeps two agents from sharing one set of pins.
+//!
+//! Only the file format and its lock live here; what to save is the agent's
+//! ([`crate::agent`]) and how to write it atomically [`crate::fsutil`]'s.
 
 use std::fs::{self, File};
 use std::io;

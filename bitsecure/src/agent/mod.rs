@@ -1,14 +1,14 @@
 //! The composition root: wires kernel, poller, export and baseline together and runs them.
 //!
-//! One poll loop ([`poll_loop`]) drives both commands that watch traffic: each poll's report
-//! goes to the exporter, and its flow deltas to a [`poll_loop::Consumer`] — the baseline
+//! One poll loop (`poll_loop`) drives both commands that watch traffic: each poll's report
+//! goes to the exporter, and its flow deltas to a `Consumer` — the baseline
 //! service for `bitsecure run`, a recorder for `bitsecure baseline record`. Nothing here parses
 //! packets, names metrics or matches rules; it only hands what one stage returns to the next.
 //!
-//! - [`setup`]: loading and attaching, pinned state, resuming a previous agent's counters.
-//! - [`poll_loop`]: the loop, and saving the state after every poll.
-//! - [`run`]: `bitsecure run` and `bitsecure uninstall`.
-//! - [`record`]: `bitsecure baseline record`.
+//! - `setup`: loading and attaching, pinned state, resuming a previous agent's counters.
+//! - `poll_loop`: the loop, and saving the state after every poll.
+//! - `run`: `bitsecure run` and `bitsecure uninstall`.
+//! - `record`: `bitsecure baseline record`.
 
 mod poll_loop;
 mod record;

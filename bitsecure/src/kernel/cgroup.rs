@@ -1,4 +1,5 @@
 //! Finding the cgroup v2 hierarchy the programs attach to.
+//! Reads `/proc/mounts` only; attaching is [`super::programs`]'s job.
 
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,9 @@
 //! in each direction ([`PayloadEvent`]). Here DNS answers fill the address → name map, the
 //! TLS server name and HTTP Host of connections this host opened name their remote, and the
 //! first bytes classify the flow. Payload bytes are looked at once and never kept.
+//!
+//! A producer: it answers the poller (a flow's app and name) and reports how many events it
+//! took in ([`EventCounts`]); it names no metric. The parsers under [`parse`] are pure.
 
 use std::{
     collections::HashMap,

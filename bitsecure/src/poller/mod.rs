@@ -459,7 +459,7 @@ impl Poller {
     }
 
     /// The names of `remotes` (the remotes with a series of their own): those their live flows
-    /// carry (at most [`MAX_NAMES_PER_REMOTE`] each) and what the name map says now.
+    /// carry (at most `MAX_NAMES_PER_REMOTE` each) and what the name map says now.
     pub fn names_of(&self, remotes: &[IpAddr]) -> Vec<(IpAddr, RemoteName)> {
         let now = Instant::now();
         let wanted: HashSet<IpAddr> = remotes.iter().copied().collect();
