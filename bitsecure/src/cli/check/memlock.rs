@@ -1,0 +1,131 @@
+//! The memlock check: on kernels before 5.11, is `RLIMIT_MEMLOCK` high enough for the maps
+//! this config sizes? Reads the limit and the CPU count; never raises the limit.
+
+use super::{Check, kernel::parse_kernel_release};
+
+/// Below this release the kernel charges BPF memory to `RLIMIT_MEMLOCK` (memcg accounting
+/// replaced it in 5.11).
+pub const MEMCG_ACCOUNTING_KERNEL: (u32, u32) = (5, 11);
+
+/// What the kernel maps of this configuration charge to `RLIMIT_MEMLOCK` on kernels before
+/// 5.11, in bytes, estimated like the kernel's hash map accounting: buckets, preallocated
+/// elements (per-CPU values for the flow map), and 1 MiB for the rest (programs, small maps).
+pub fn memlock_estimate(flow_capacity: u32, socket_capacity: u32, possible_cpus: u32) -> u64 {
+    const ELEMENT_HEADER: u64 = 48; // struct htab_elem, key rounded to 8 follows
+    const BUCKET: u64 = 16;
+    let buckets = |entries: u32| u64::from(entries.next_power_of_two()) * BUCKET;
+    let key = size_of::<bitsecure_common::FlowKey>() as u64;
+    let counters = size_of::<bitsecure_common::FlowCounters>() as u64;
+    let owner = size_of::<bitsecure_common::SocketOwner>() as u64;
+    let flows = u64::from(flow_capacity)
+        * (ELEMENT_HEADER + key.next_multiple_of(8) + 8 + counters * u64::from(possible_cpus))
+        + buckets(flow_capacity);
+    let sockets =
+        u64::from(socket_capacity) * (ELEMENT_HEADER + 8 + owner) + buckets(socket_capacity);
+    flows + sockets + (1 << 20)
+}
+
+/// On kernels before 5.11, the memlock limit (`None` = unlimited) against what the maps need.
+pub fn check_memlock(release: &str, memlock_limit: Option<u64>, needed: u64) -> Check {
+    let (major, minor) = MEMCG_ACCOUNTING_KERNEL;
+    let mib = |bytes: u64| bytes.div_ceil(1 << 20);
+    match parse_kernel_release(release) {
+        Some((found_major, found_minor, _)) if (found_major, found_minor) >= (major, minor) => {
+            Check::ok(
+                "memlock",
+                format!(
+                    "not limiting: since {major}.{minor} BPF memory is charged to the cgroup, not \
+                     RLIMIT_MEMLOCK"
+                ),
+            )
+        }
+        _ => match memlock_limit {
+            None => Check::ok("memlock", "RLIMIT_MEMLOCK is unlimited"),
+            Some(limit) if limit >= needed => Check::ok(
+                "memlock",
+                format!(
+                    "RLIMIT_MEMLOCK is {} MiB, the maps need about {} MiB",
+                    limit >> 20,
+                    mib(needed)
+                ),
+            ),
+            Some(limit) => Check::warn(
+                "memlock",
+                format!(
+                    "RLIMIT_MEMLOCK is {} KiB: before Linux {major}.{minor} the kernel charges BPF \
+                     maps to it, and the maps of this config need about {} MiB",
+                    limit >> 10,
+                    mib(needed)
+                ),
+                "`ulimit -l unlimited` before starting (systemd: LimitMEMLOCK=infinity), or lower \
+                 kernel.flow_capacity and kernel.socket_capacity",
+            ),
+        },
+    }
+}
+
+/// CPUs the kernel sizes per-CPU maps for (`/sys/devices/system/cpu/possible`, e.g. `0-7`).
+pub(super) fn possible_cpus() -> u32 {
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|text| parse_cpu_list(&text))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u32))
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8-11` or `0`.
+pub fn parse_cpu_list(text: &str) -> Option<u32> {
+    text.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((first, last)) => Some(last.parse::<u32>().ok()? + 1 - first.parse::<u32>().ok()?),
+            None => range.parse::<u32>().ok().map(|_| 1),
+        })
+        .sum()
+}
+
+/// The soft `RLIMIT_MEMLOCK` in bytes; `None` = unlimited (or unknown).
+pub(super) fn memlock_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass, which lives across the call.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } == 0;
+    (read && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::check::{
+        Status,
+        testing::{assert_status, fix},
+    };
+
+    #[test]
+    fn memlock_matters_only_before_5_11() {
+        let needed = memlock_estimate(65536, 65536, 2);
+        // ~20 MiB for the default capacities on 2 CPUs.
+        assert!((16 << 20..32 << 20).contains(&needed), "{needed}");
+        assert!(memlock_estimate(65536, 65536, 64) > needed);
+
+        assert_status(
+            &check_memlock("6.1.0-18-amd64", Some(64 << 10), needed),
+            Status::Ok,
+        );
+        let low = check_memlock("5.10.0-28-amd64", Some(8 << 20), needed);
+        assert_status(&low, Status::Warn);
+        assert!(low.message.contains("8192 KiB"), "{low}");
+        assert!(fix(&low).contains("LimitMEMLOCK=infinity"), "{low}");
+        assert_status(&check_memlock("5.10.0", None, needed), Status::Ok);
+        assert_status(&check_memlock("5.10.0", Some(1 << 30), needed), Status::Ok);
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-3,8-11"), Some(8));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+}
