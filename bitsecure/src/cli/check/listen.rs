@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::Check;
+use crate::poller::sock_diag::{self, TCP_LISTEN};
 
 /// What trying to listen on `agent.listen` found.
 #[derive(Debug)]
@@ -88,14 +89,13 @@ pub fn check_listen(listen: SocketAddr, probe: &ListenProbe) -> Check {
 /// Inodes of the listening TCP sockets on `port` in a `/proc/net/tcp` or `/proc/net/tcp6`
 /// text.
 pub fn listening_socket_inodes(proc_net_tcp: &str, port: u16) -> Vec<u64> {
-    const TCP_LISTEN: &str = "0A";
     proc_net_tcp
         .lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let local_port = fields.get(1)?.rsplit_once(':')?.1;
-            let listening = *fields.get(3)? == TCP_LISTEN;
+            let listening = u8::from_str_radix(fields.get(3)?, 16).ok()? == TCP_LISTEN;
             (listening && u16::from_str_radix(local_port, 16).ok()? == port)
                 .then(|| fields.get(9)?.parse().ok())
                 .flatten()
@@ -163,8 +163,8 @@ fn answers_as_bitsecure(listen: SocketAddr) -> bool {
     false
 }
 
-/// `pid N (comm)` of the processes holding a listening TCP socket on `port` (needs root to see
-/// other users' processes).
+/// `pid N (comm)` of the processes holding a listening TCP socket on `port`, in `/proc` order
+/// (needs root to see other users' processes).
 fn socket_owners(port: u16) -> Vec<String> {
     let inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
@@ -174,32 +174,17 @@ fn socket_owners(port: u16) -> Vec<String> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let targets: Vec<String> = inodes
-        .iter()
-        .map(|inode| format!("socket:[{inode}]"))
-        .collect();
-    let Ok(processes) = std::fs::read_dir("/proc") else {
+    let Ok(processes) = sock_diag::process_socket_inodes() else {
         return Vec::new();
     };
-    let mut owners = Vec::new();
-    for process in processes.flatten() {
-        let name = process.file_name();
-        let Some(pid) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(descriptors) = std::fs::read_dir(process.path().join("fd")) else {
-            continue;
-        };
-        let holds = descriptors.flatten().any(|descriptor| {
-            std::fs::read_link(descriptor.path())
-                .is_ok_and(|target| targets.iter().any(|t| target.as_os_str() == t.as_str()))
-        });
-        if holds {
-            let comm = std::fs::read_to_string(process.path().join("comm")).unwrap_or_default();
-            owners.push(format!("pid {pid} ({})", comm.trim()));
-        }
-    }
-    owners
+    processes
+        .filter_map(|(pid, mut sockets)| {
+            sockets.any(|inode| inodes.contains(&inode)).then(|| {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                format!("pid {pid} ({})", comm.trim())
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
