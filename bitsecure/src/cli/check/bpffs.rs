@@ -2,32 +2,13 @@
 //! mounts a bpffs (the agent does that itself, see [`crate::kernel::pins`]) and never creates or
 //! removes the pin directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Check;
-
-/// One line of `/proc/mounts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    pub target: PathBuf,
-    pub fstype: String,
-}
-
-/// The mounts of a `/proc/mounts` text, in mount order.
-pub fn parse_mounts(mounts: &str) -> Vec<Mount> {
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-            Some(Mount {
-                // /proc/mounts escapes spaces in paths as \040.
-                target: PathBuf::from(target.replace("\\040", " ")),
-                fstype: fstype.to_owned(),
-            })
-        })
-        .collect()
-}
+use crate::kernel::{
+    mounts::{Mount, parse_mounts},
+    pins::BPFFS_HOME,
+};
 
 /// The mount `path` is on: the one with the longest mount point above it (the latest of equal
 /// ones, which covers the earlier).
@@ -73,11 +54,11 @@ pub fn check_bpffs(mounts: &str, pin_path: &str, pin_dir_exists: bool) -> Check 
             }
             Check::ok("bpffs", message)
         }
-        // The agent mounts one there itself (see pinning.rs), as systemd does at boot.
-        _ if parent == Path::new("/sys/fs/bpf") => Check::ok(
+        // The agent mounts one there itself (see kernel::pins), as systemd does at boot.
+        _ if parent == Path::new(BPFFS_HOME) => Check::ok(
             "bpffs",
             format!(
-                "no bpffs at /sys/fs/bpf yet: the agent mounts one there when it starts, for \
+                "no bpffs at {BPFFS_HOME} yet: the agent mounts one there when it starts, for \
                  kernel.pin_path = {pin_path:?}"
             ),
         ),
