@@ -64,23 +64,15 @@ pub fn check_memlock(release: &str, memlock_limit: Option<u64>, needed: u64) -> 
     }
 }
 
-/// CPUs the kernel sizes per-CPU maps for (`/sys/devices/system/cpu/possible`, e.g. `0-7`).
+/// CPUs the kernel sizes per-CPU maps for, counted as the poller counts them when it reads
+/// the flow map's per-CPU values ([`aya::util::nr_cpus`], from
+/// `/sys/devices/system/cpu/possible`).
 pub(super) fn possible_cpus() -> u32 {
-    std::fs::read_to_string("/sys/devices/system/cpu/possible")
-        .ok()
-        .and_then(|text| parse_cpu_list(&text))
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u32))
-}
-
-/// The number of CPUs in a kernel CPU list such as `0-3,8-11` or `0`.
-pub fn parse_cpu_list(text: &str) -> Option<u32> {
-    text.trim()
-        .split(',')
-        .map(|range| match range.split_once('-') {
-            Some((first, last)) => Some(last.parse::<u32>().ok()? + 1 - first.parse::<u32>().ok()?),
-            None => range.parse::<u32>().ok().map(|_| 1),
+    aya::util::nr_cpus()
+        .map(|cpus| cpus as u32)
+        .unwrap_or_else(|_| {
+            std::thread::available_parallelism().map_or(1, |cpus| cpus.get() as u32)
         })
-        .sum()
 }
 
 /// The soft `RLIMIT_MEMLOCK` in bytes; `None` = unlimited (or unknown).
@@ -119,13 +111,5 @@ mod tests {
         assert!(fix(&low).contains("LimitMEMLOCK=infinity"), "{low}");
         assert_status(&check_memlock("5.10.0", None, needed), Status::Ok);
         assert_status(&check_memlock("5.10.0", Some(1 << 30), needed), Status::Ok);
-    }
-
-    #[test]
-    fn cpu_lists_parse() {
-        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
-        assert_eq!(parse_cpu_list("0"), Some(1));
-        assert_eq!(parse_cpu_list("0-3,8-11"), Some(8));
-        assert_eq!(parse_cpu_list("x"), None);
     }
 }

@@ -14,6 +14,13 @@ const NEEDED_CAPABILITIES: [(u32, &str); 3] = [
     (CAP_PERFMON, "CAP_PERFMON"),
 ];
 
+/// What the poller keeps after attaching ([`crate::kernel::caps::POLLER_CAPABILITIES`]), by
+/// name.
+const ATTRIBUTION_CAPABILITIES: [(u32, &str); 2] = [
+    (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
+    (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
+];
+
 /// CAP_BPF + CAP_NET_ADMIN + CAP_PERFMON, or CAP_SYS_ADMIN, in a `/proc/self/status` text.
 pub fn check_privileges(status: &str) -> Check {
     let grant = "run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (systemd: \
@@ -64,14 +71,11 @@ pub fn check_privileges(status: &str) -> Check {
 /// other users' processes that are older than the agent cannot be attributed.
 pub fn check_attribution_privileges(status: &str) -> Check {
     let effective = crate::kernel::caps::effective_from_status(status).unwrap_or(0);
-    let missing: Vec<&str> = [
-        (CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"),
-        (CAP_SYS_PTRACE, "CAP_SYS_PTRACE"),
-    ]
-    .iter()
-    .filter(|&&(cap, _)| effective & (1 << cap) == 0)
-    .map(|&(_, name)| name)
-    .collect();
+    let missing: Vec<&str> = ATTRIBUTION_CAPABILITIES
+        .iter()
+        .filter(|&&(cap, _)| effective & (1 << cap) == 0)
+        .map(|&(_, name)| name)
+        .collect();
     if missing.is_empty() {
         Check::ok(
             "attribution",
@@ -151,6 +155,15 @@ mod tests {
         assert_status(
             &check_attribution_privileges(&status_with_caps(both)),
             Status::Ok,
+        );
+    }
+
+    #[test]
+    fn attribution_checks_what_the_poller_keeps() {
+        use crate::kernel::caps::POLLER_CAPABILITIES;
+        assert_eq!(
+            ATTRIBUTION_CAPABILITIES.map(|(cap, _)| cap),
+            POLLER_CAPABILITIES
         );
     }
 }
