@@ -121,10 +121,7 @@ pub fn check_baseline(path: &Path, learn_seconds: f64, state: &BaselineState) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     fn scratch(name: &str) -> PathBuf {
         let dir =

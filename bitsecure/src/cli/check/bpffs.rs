@@ -91,10 +91,7 @@ pub fn check_bpffs(mounts: &str, pin_path: &str, pin_dir_exists: bool) -> Check 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     const MOUNTS_WITH_BPFFS: &str = "\
 sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0

@@ -53,10 +53,7 @@ pub fn check_cgroup(configured: &str, resolved: &Result<PathBuf, CgroupError>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
     use crate::kernel::cgroup;
 
     #[test]

@@ -20,10 +20,7 @@ pub fn check_config(origin: &str, loaded: &Result<Config, crate::config::ConfigE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     #[test]
     fn config_errors_fail_with_the_line() {

@@ -171,10 +171,7 @@ pub(super) fn read_kernel_config(release: &str) -> Result<(String, String), Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     #[test]
     fn kernel_release_parses() {

@@ -89,10 +89,7 @@ pub(super) fn memlock_limit() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     #[test]
     fn memlock_matters_only_before_5_11() {

@@ -207,10 +207,11 @@ pub fn run(config_path: Option<&Path>, origin: &str) -> usize {
     fails
 }
 
-/// What the tests of every section share.
+/// What the tests of every section share (`use crate::cli::check::testing::{...}`).
 #[cfg(test)]
 mod testing {
-    use super::{Check, Status};
+    use super::Check;
+    pub use super::Status;
 
     pub fn assert_status(check: &Check, status: Status) {
         assert_eq!(check.status, status, "{check}");

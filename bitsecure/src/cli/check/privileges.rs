@@ -98,10 +98,7 @@ pub fn check_attribution_privileges(status: &str) -> Check {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::check::{
-        Status,
-        testing::{assert_status, fix},
-    };
+    use crate::cli::check::testing::{Status, assert_status, fix};
 
     fn status_with_caps(caps: u64) -> String {
         format!(
