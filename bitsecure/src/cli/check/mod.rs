@@ -7,9 +7,11 @@
 //!
 //! One file per section of the report, in its order: [`config`], [`kernel`] (release, build
 //! options, BTF), [`cgroup`], [`bpffs`], [`privileges`] (and attribution), [`listen`],
-//! [`baseline`], [`memlock`]; each holds its checks, the reading of their real inputs and its
-//! tests. This file holds the report line ([`Check`]), the order of the checks ([`gather`]) and
-//! the printing ([`run`]). No check changes the host: they read, probe and report.
+//! [`baseline`], [`memlock`]. Each holds its checks, its tests, and the probes that take more
+//! than reading a file (the kernel config, the listen port, the baseline's directory, the
+//! memlock limit). This file holds the report line ([`Check`]), the order of the checks and the
+//! reading of their plain inputs ([`gather`]), and the printing ([`run`]). No check changes the
+//! host: they read, probe and report.
 
 pub mod baseline;
 pub mod bpffs;
