@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::mounts::parse_mounts;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cannot read /proc/mounts: {0}")]
@@ -22,12 +24,10 @@ pub enum CgroupError {
 ///
 /// Modern systems mount it at /sys/fs/cgroup; hybrid layouts at /sys/fs/cgroup/unified.
 pub fn cgroup2_mount_from(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_source, target, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        // /proc/mounts escapes spaces in paths as \040.
-        (fstype == "cgroup2").then(|| PathBuf::from(target.replace("\\040", " ")))
-    })
+    parse_mounts(mounts)
+        .into_iter()
+        .find(|mount| mount.fstype == "cgroup2")
+        .map(|mount| mount.target)
 }
 
 /// The directory to attach to: `configured` if given (must be inside the cgroup v2 mount),

@@ -165,8 +165,8 @@ pub fn remove(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Where bpffs lives by convention.
-const BPFFS_HOME: &str = "/sys/fs/bpf";
+/// Where bpffs lives by convention; the agent mounts one here when none is.
+pub const BPFFS_HOME: &str = "/sys/fs/bpf";
 
 /// `mount -t bpf bpf /sys/fs/bpf`.
 fn mount_bpffs() -> bool {

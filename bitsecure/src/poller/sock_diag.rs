@@ -17,8 +17,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// `SOCK_DIAG_BY_FAMILY` from `linux/sock_diag.h` (not in `libc`).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// Kernel TCP state number of a listening socket (`TCP_LISTEN`).
-const TCP_LISTEN: u8 = 10;
+/// Kernel TCP state number of a listening socket (`TCP_LISTEN`; `0A` in `/proc/net/tcp`).
+pub const TCP_LISTEN: u8 = 10;
 /// Receive buffer size: the kernel fills dump replies up to about 32 KiB, so this never truncates.
 const RECV_BUF_LEN: usize = 64 * 1024;
 
@@ -389,38 +389,14 @@ fn to_diag_socket(msg: &InetDiagMsg, protocol: u8) -> Option<DiagSocket> {
     })
 }
 
-/// Maps socket inode -> pid by scanning the `/proc/<pid>/fd/*` links of the form
-/// `socket:[INODE]`.
+/// Maps socket inode -> pid from the scan of [`process_socket_inodes`].
 ///
-/// Processes that vanish or cannot be read are skipped: such races are normal. Only an
-/// unreadable `/proc` is an error. A socket shared by several processes (inherited across
-/// `fork`, as with pre-forking servers) maps to the lowest pid, usually the parent.
+/// A socket shared by several processes (inherited across `fork`, as with pre-forking servers)
+/// maps to the lowest pid, usually the parent.
 pub fn socket_inode_owners() -> io::Result<HashMap<u64, u32>> {
     let mut owners = HashMap::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue; // not a process directory
-        };
-        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
+    for (pid, inodes) in process_socket_inodes()? {
+        for inode in inodes {
             owners
                 .entry(inode)
                 .and_modify(|owner: &mut u32| *owner = (*owner).min(pid))
@@ -428,6 +404,32 @@ pub fn socket_inode_owners() -> io::Result<HashMap<u64, u32>> {
         }
     }
     Ok(owners)
+}
+
+/// The one `/proc` scan for socket owners: every process, in `/proc` order, with the inodes of
+/// its sockets, the `/proc/<pid>/fd/*` links of the form `socket:[INODE]`. The links are read
+/// as the inner iterator is consumed, so a caller that found what it looks for reads no more.
+/// `bitsecure check` uses it too, to name who holds the listen port.
+///
+/// Processes that vanish or cannot be read are skipped: such races are normal. Only an
+/// unreadable `/proc` is an error.
+pub fn process_socket_inodes() -> io::Result<impl Iterator<Item = (u32, impl Iterator<Item = u64>)>>
+{
+    Ok(std::fs::read_dir("/proc")?.flatten().filter_map(|entry| {
+        // Not a process directory when not a number.
+        let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+        let inodes = fds.flatten().filter_map(|fd| {
+            let target = std::fs::read_link(fd.path()).ok()?;
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        });
+        Some((pid, inodes))
+    }))
 }
 
 #[cfg(test)]
