@@ -21,6 +21,9 @@ use crate::{
     poller::{KernelStats, PollReport, identity::ProcessIdentity},
 };
 
+/// The metric every agent exports from its start: how `bitsecure check` recognises one.
+pub const BUILD_INFO: &str = "bitsecure_build_info";
+
 pub struct Metrics {
     registry: Registry,
     pub traffic: TrafficMetrics,
@@ -35,10 +38,7 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
-            Opts::new(
-                "bitsecure_build_info",
-                "Always 1; labels tell the agent's version.",
-            ),
+            Opts::new(BUILD_INFO, "Always 1; labels tell the agent's version."),
             &["version"],
         )?;
         build_info

@@ -9,7 +9,10 @@ use std::{
 };
 
 use super::Check;
-use crate::poller::sock_diag::{self, TCP_LISTEN};
+use crate::{
+    export::metrics::BUILD_INFO,
+    poller::sock_diag::{self, TCP_LISTEN},
+};
 
 /// What trying to listen on `agent.listen` found.
 #[derive(Debug)]
@@ -118,7 +121,7 @@ pub fn probe_listen(listen: SocketAddr) -> ListenProbe {
 /// Whether `GET /metrics` at `listen` answers with `bitsecure_build_info`, within a few seconds
 /// (whatever holds the port may accept and never answer).
 fn answers_as_bitsecure(listen: SocketAddr) -> bool {
-    const MARKER: &[u8] = b"bitsecure_build_info";
+    const MARKER: &[u8] = BUILD_INFO.as_bytes();
     let mut address = listen;
     if address.ip().is_unspecified() {
         address.set_ip(match address.ip() {
