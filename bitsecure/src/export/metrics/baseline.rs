@@ -1,0 +1,289 @@
+//! The baseline metrics: unexpected traffic, and the rate, deviation, silence and cadence of
+//! every rule, from the baseline service's reports.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use super::register;
+use crate::{
+    baseline::{
+        monitor::RuleStatus,
+        service::{BaselineReport, BaselineState},
+    },
+    flow::{SeriesKey, port_label},
+};
+
+/// The comparison with the baseline: unexpected traffic and the state of every rule.
+pub struct BaselineMetrics {
+    pub rules: IntGauge,
+    pub loaded_timestamp: prometheus::Gauge,
+    pub reload_failures: IntCounter,
+    pub learning: IntGauge,
+    pub learning_remaining: prometheus::Gauge,
+    pub unexpected_sent_bytes: IntCounterVec,
+    pub unexpected_received_bytes: IntCounterVec,
+    pub unexpected_flows: IntGauge,
+    pub unexpected_first_seen: prometheus::GaugeVec,
+    pub unexpected_last_seen: prometheus::GaugeVec,
+    pub rule_rate: prometheus::GaugeVec,
+    pub rule_reference: prometheus::GaugeVec,
+    pub rule_deviation: prometheus::GaugeVec,
+    pub rule_silence_seconds: prometheus::GaugeVec,
+    pub rule_silence_ratio: prometheus::GaugeVec,
+    pub rule_expected_cadence: prometheus::GaugeVec,
+    pub rule_observed_cadence: prometheus::GaugeVec,
+}
+
+impl BaselineMetrics {
+    pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                registry,
+                prometheus::GaugeVec::new(Opts::new(name, help), labels)?,
+            )
+        };
+        // A rule's labels are as written in the baseline file (`app` is empty for a rule that
+        // matches any application).
+        const RULE_LABELS: [&str; 5] = SeriesKey::LABEL_NAMES;
+        let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
+        // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum.
+        let unexpected_labels = SeriesKey::LABEL_NAMES;
+        Ok(Self {
+            rules: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_rules",
+                    "Rules in the baseline in force.",
+                )?,
+            )?,
+            loaded_timestamp: register(
+                registry,
+                prometheus::Gauge::new(
+                    "bitsecure_baseline_loaded_timestamp_seconds",
+                    "When the baseline in force was loaded (Unix time); 0 if none.",
+                )?,
+            )?,
+            reload_failures: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_baseline_reload_failures_total",
+                    "Baseline loads that failed (bad file); the previous baseline stays in force.",
+                )?,
+            )?,
+            learning: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_learning",
+                    "1 while the agent learns a baseline (no baseline file yet), else 0.",
+                )?,
+            )?,
+            learning_remaining: register(
+                registry,
+                prometheus::Gauge::new(
+                    "bitsecure_baseline_learning_remaining_seconds",
+                    "Seconds of learning left before the agent writes the baseline and monitors.",
+                )?,
+            )?,
+            unexpected_sent_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_unexpected_sent_bytes_total",
+                        "L3 bytes sent by traffic no baseline rule matches; remote=\"other\" when the list is full.",
+                    ),
+                    &unexpected_labels,
+                )?,
+            )?,
+            unexpected_received_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_unexpected_received_bytes_total",
+                        "L3 bytes received by traffic no baseline rule matches; remote=\"other\" when the list is full.",
+                    ),
+                    &unexpected_labels,
+                )?,
+            )?,
+            unexpected_flows: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_unexpected_flows",
+                    "Traffic classes (process, remote, port, protocol, app) in the unexpected list.",
+                )?,
+            )?,
+            unexpected_first_seen: gauge_vec(
+                "bitsecure_unexpected_first_seen_timestamp_seconds",
+                "When a class in the unexpected list was first seen (Unix time).",
+                &unexpected_labels,
+            )?,
+            unexpected_last_seen: gauge_vec(
+                "bitsecure_unexpected_last_seen_timestamp_seconds",
+                "When a class in the unexpected list last had traffic (Unix time).",
+                &unexpected_labels,
+            )?,
+            rule_rate: gauge_vec(
+                "bitsecure_rule_rate_bytes_per_second",
+                "Current rate of a rule's traffic, averaged over one cadence (or 30 s).",
+                &with_direction,
+            )?,
+            rule_reference: gauge_vec(
+                "bitsecure_rule_reference_bytes_per_second",
+                "Expected rate of a rule now, from the recorded cycle profile (or the recorded mean).",
+                &with_direction,
+            )?,
+            rule_deviation: gauge_vec(
+                "bitsecure_rule_deviation_ratio",
+                "Current rate of a rule divided by its recorded p95 rate (1 = top of normal).",
+                &with_direction,
+            )?,
+            rule_silence_seconds: gauge_vec(
+                "bitsecure_rule_silence_seconds",
+                "Seconds since a rule last saw traffic.",
+                &RULE_LABELS,
+            )?,
+            rule_silence_ratio: gauge_vec(
+                "bitsecure_rule_silence_ratio",
+                "Silence divided by the rule's normal gap (its cadence): above 1 means quieter than normal.",
+                &RULE_LABELS,
+            )?,
+            rule_expected_cadence: gauge_vec(
+                "bitsecure_rule_expected_cadence_seconds",
+                "Recorded period of a periodic rule.",
+                &RULE_LABELS,
+            )?,
+            rule_observed_cadence: gauge_vec(
+                "bitsecure_rule_observed_cadence_seconds",
+                "Median interval between the rule's recent bursts.",
+                &RULE_LABELS,
+            )?,
+        })
+    }
+
+    /// A report of the baseline service: counters of this step's unexpected traffic, then the
+    /// gauges of where it stands.
+    pub(super) fn publish(&self, report: &BaselineReport) {
+        if let Some(loaded_at) = report.loaded_at {
+            self.reset_rules();
+            self.loaded_timestamp.set(loaded_at);
+        }
+        self.reload_failures.inc_by(report.reload_failures);
+        for increment in &report.unexpected_traffic {
+            let mut series = SeriesKey::of(&increment.key);
+            if !increment.listed {
+                // The list is full: keep the process and app, fold remote and port.
+                series = series.folded();
+            }
+            let labels = series.labels();
+            self.unexpected_sent_bytes
+                .with_label_values(&labels)
+                .inc_by(increment.traffic.sent_bytes);
+            self.unexpected_received_bytes
+                .with_label_values(&labels)
+                .inc_by(increment.traffic.received_bytes);
+        }
+        match &report.state {
+            BaselineState::Off => {
+                self.learning.set(0);
+                self.rules.set(0);
+            }
+            BaselineState::Learning { remaining_seconds } => {
+                self.learning.set(1);
+                self.learning_remaining.set(*remaining_seconds);
+            }
+            BaselineState::Monitoring {
+                rules,
+                unexpected,
+                statuses,
+            } => {
+                self.learning.set(0);
+                self.learning_remaining.set(0.0);
+                self.rules.set(*rules as i64);
+                self.unexpected_flows.set(unexpected.len() as i64);
+                // Rebuilt from the list, so accepted entries disappear from the gauges.
+                self.unexpected_first_seen.reset();
+                self.unexpected_last_seen.reset();
+                for entry in unexpected {
+                    let port = port_label(entry.port);
+                    let labels = [
+                        entry.process.as_str(),
+                        entry.remote.as_str(),
+                        port.as_str(),
+                        entry.protocol.as_str(),
+                        entry.app.as_str(),
+                    ];
+                    self.unexpected_first_seen
+                        .with_label_values(&labels)
+                        .set(entry.first_seen_unix);
+                    self.unexpected_last_seen
+                        .with_label_values(&labels)
+                        .set(entry.last_seen_unix);
+                }
+                for status in statuses {
+                    self.publish_rule(status);
+                }
+            }
+        }
+    }
+
+    fn publish_rule(&self, status: &RuleStatus) {
+        let rule = status.labels.labels();
+        let with =
+            |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
+        for (direction, rate, reference, deviation) in [
+            (
+                "sent",
+                status.sent_rate,
+                status.reference_sent,
+                status.sent_deviation,
+            ),
+            (
+                "received",
+                status.received_rate,
+                status.reference_received,
+                status.received_deviation,
+            ),
+        ] {
+            self.rule_rate.with_label_values(&with(direction)).set(rate);
+            if let Some(reference) = reference {
+                self.rule_reference
+                    .with_label_values(&with(direction))
+                    .set(reference);
+            }
+            if let Some(deviation) = deviation {
+                self.rule_deviation
+                    .with_label_values(&with(direction))
+                    .set(deviation);
+            }
+        }
+        self.rule_silence_seconds
+            .with_label_values(&rule)
+            .set(status.silence_seconds);
+        self.rule_silence_ratio
+            .with_label_values(&rule)
+            .set(status.silence_ratio);
+        if let Some(cadence) = status.expected_cadence {
+            self.rule_expected_cadence
+                .with_label_values(&rule)
+                .set(cadence);
+        }
+        if let Some(cadence) = status.observed_cadence {
+            self.rule_observed_cadence
+                .with_label_values(&rule)
+                .set(cadence);
+        }
+    }
+
+    /// Forgets every per-rule series (after a reload, rules may be gone).
+    fn reset_rules(&self) {
+        for gauge in [
+            &self.rule_rate,
+            &self.rule_reference,
+            &self.rule_deviation,
+            &self.rule_silence_seconds,
+            &self.rule_silence_ratio,
+            &self.rule_expected_cadence,
+            &self.rule_observed_cadence,
+        ] {
+            gauge.reset();
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The metric registry: one sub-struct per producer (poller, naming, baseline; traffic in
+//! [`super::traffic`]), each turning that producer's report into its metrics, in a file of its
+//! own. Names and labels here are a public API
+//! (dashboards and alerts use them); producers never see a metric handle.
+
+mod baseline;
+mod naming;
+mod poller;
+
+use prometheus::{Encoder as _, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use self::{baseline::BaselineMetrics, naming::NamingMetrics, poller::PollerMetrics};
+use super::{
+    api::{Api, BaselineView},
+    traffic::TrafficMetrics,
+};
+use crate::{
+    baseline::service::{BaselineReport, BaselineState},
+    poller::PollReport,
+};
+
+/// The metric every agent exports from its start: how `bitsecure check` recognises one.
+pub const BUILD_INFO: &str = "bitsecure_build_info";
+
+pub struct Metrics {
+    registry: Registry,
+    pub traffic: TrafficMetrics,
+    pub poller: PollerMetrics,
+    pub naming: NamingMetrics,
+    pub baseline: BaselineMetrics,
+    /// The JSON view of the baseline state (served at /api/...).
+    pub api: Api,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new(BUILD_INFO, "Always 1; labels tell the agent's version."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            traffic: TrafficMetrics::new(&registry)?,
+            poller: PollerMetrics::new(&registry)?,
+            naming: NamingMetrics::new(&registry)?,
+            baseline: BaselineMetrics::new(&registry)?,
+            api: Api::default(),
+            registry,
+        })
+    }
+
+    /// The text exposition format for /metrics.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        // TextEncoder only writes UTF-8.
+        let mut text = String::from_utf8_lossy(&buffer).into_owned();
+        self.traffic.render(&mut text);
+        Ok(text)
+    }
+
+    /// One poll of the kernel maps: its traffic, and what the poller saw on the way.
+    pub fn record_poll(&self, report: &PollReport) {
+        self.traffic.add(&report.deltas);
+        self.poller.record(report);
+        self.naming.record_events(&report.events);
+        self.naming.record_dropped(report.kernel.events_dropped);
+        self.naming.names.set(report.names as i64);
+    }
+
+    /// The baseline service's latest report: gauges, counters and the JSON view.
+    pub fn publish_baseline(&self, report: BaselineReport) {
+        self.baseline.publish(&report);
+        let BaselineReport { state, .. } = report;
+        let mode = state.name().to_owned();
+        let unexpected = match state {
+            BaselineState::Monitoring { unexpected, .. } => unexpected,
+            _ => Vec::new(),
+        };
+        self.api.set_view(BaselineView { mode, unexpected });
+    }
+
+    /// The JSON view last published.
+    pub fn baseline_view(&self) -> BaselineView {
+        self.api.view()
+    }
+}
+
+/// Registers a collector and hands it back.
+pub(super) fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
+}

@@ -1,0 +1,155 @@
+//! The poller's metrics: kernel maps, processes on the network, attribution, poll health.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+use super::register;
+use crate::poller::{KernelStats, PollReport, identity::ProcessIdentity};
+
+/// The poller's view of the kernel: maps, processes, attribution, its own health.
+pub struct PollerMetrics {
+    pub process_info: IntGaugeVec,
+    pub map_entries: IntGaugeVec,
+    pub map_capacity: IntGaugeVec,
+    pub map_insert_failures: IntCounterVec,
+    pub malformed_packets: IntCounter,
+    pub poll_duration: Histogram,
+    pub poll_errors: IntCounter,
+    pub closed_sockets: IntCounter,
+    pub unattributed_sockets: IntCounter,
+}
+
+impl PollerMetrics {
+    pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            process_info: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_process_info",
+                        "Always 1: executable path and systemd unit (or cgroup) of each process label.",
+                    ),
+                    &["process", "exe", "unit"],
+                )?,
+            )?,
+            map_entries: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_map_entries",
+                        "Entries in a kernel map at the last poll.",
+                    ),
+                    &["map"],
+                )?,
+            )?,
+            map_capacity: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new("bitsecure_map_capacity", "Maximum entries of a kernel map."),
+                    &["map"],
+                )?,
+            )?,
+            map_insert_failures: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_map_insert_failures_total",
+                        "Kernel map inserts that failed because the map was full: that traffic or owner was not recorded.",
+                    ),
+                    &["map"],
+                )?,
+            )?,
+            malformed_packets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_malformed_packets_total",
+                    "Packets whose headers could not be read; their bytes are counted under remote \"::\".",
+                )?,
+            )?,
+            poll_duration: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "bitsecure_poll_duration_seconds",
+                        "Time to read the kernel maps and update the flow table.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                    ]),
+                )?,
+            )?,
+            poll_errors: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_poll_errors_total",
+                    "Polls that failed to read the kernel maps (see the agent log).",
+                )?,
+            )?,
+            closed_sockets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_closed_sockets_total",
+                    "Closed sockets whose counters were folded into the totals and removed from the kernel maps.",
+                )?,
+            )?,
+            unattributed_sockets: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_unattributed_sockets_total",
+                    "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
+                )?,
+            )?,
+        })
+    }
+
+    /// The kernel maps' sizes; each map's insert failures start at 0, so a first failure is an
+    /// increase Prometheus can see.
+    pub fn set_map_capacities(&self, capacities: &[(&str, u32)]) {
+        for (map, capacity) in capacities {
+            self.map_capacity
+                .with_label_values(&[*map])
+                .set(i64::from(*capacity));
+            self.map_insert_failures.with_label_values(&[*map]);
+        }
+    }
+
+    pub(super) fn record(&self, report: &PollReport) {
+        for process in &report.new_processes {
+            self.add_process(process);
+        }
+        self.unattributed_sockets
+            .inc_by(report.unattributed_sockets);
+        self.closed_sockets.inc_by(report.folded_sockets as u64);
+        let KernelStats {
+            flow_insert_failures,
+            socket_insert_failures,
+            malformed_packets,
+            events_dropped: _,
+        } = report.kernel;
+        self.map_insert_failures
+            .with_label_values(&["flows"])
+            .inc_by(flow_insert_failures);
+        self.map_insert_failures
+            .with_label_values(&["sockets"])
+            .inc_by(socket_insert_failures);
+        self.malformed_packets.inc_by(malformed_packets);
+        self.map_entries
+            .with_label_values(&["flows"])
+            .set(report.flows as i64);
+        self.map_entries
+            .with_label_values(&["sockets"])
+            .set(report.sockets as i64);
+        self.poll_duration.observe(report.duration.as_secs_f64());
+    }
+
+    fn add_process(&self, identity: &ProcessIdentity) {
+        self.process_info
+            .with_label_values(&[
+                identity.name.as_str(),
+                identity.exe.as_deref().unwrap_or(""),
+                identity.unit.as_deref().unwrap_or(""),
+            ])
+            .set(1);
+    }
+}
