@@ -25,10 +25,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::util;
+use crate::{setup, util};
 
-/// Builds and packs; prints where the tarball is and how big it is.
+/// Sets up, builds and packs; prints where the tarball is and how big it is.
 pub fn run(root: &Path) -> anyhow::Result<()> {
+    setup::run(root)?;
     util::cargo(root, &["build", "--release", "--package", "bitsecure"])?;
     let binary = root.join("target/release/bitsecure");
     let version = binary_version(&binary)?;

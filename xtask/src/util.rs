@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -57,18 +57,35 @@ pub fn exec(mut command: Command) -> anyhow::Result<()> {
     Err(error).with_context(|| format!("cannot start {command:?}"))
 }
 
-/// Runs `cargo test ARGS`, passing its output through, and ends with one summary line over all
-/// test binaries ("N passed, N failed"), so the last line tells the whole run.
-pub fn cargo_test(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    cargo_test_with_env(root, args, &[])
+/// One `cargo test` run: its arguments (from `test` on) and extra environment variables.
+pub struct CargoTest<'a> {
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
 }
 
-/// [`cargo_test`] with extra environment variables.
-pub fn cargo_test_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+/// Runs the `cargo test` runs in order, passing their output through, until one fails; then
+/// prints one summary line over all the test binaries they ran ("summary: N passed, N
+/// failed"), so the last line tells the whole run.
+pub fn cargo_tests(root: &Path, runs: &[CargoTest<'_>]) -> anyhow::Result<()> {
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let result = runs
+        .iter()
+        .try_for_each(|run| cargo_test(root, run, &mut passed, &mut failed));
+    println!("summary: {passed} passed, {failed} failed");
+    result
+}
+
+/// Runs one `cargo test`, adding its "test result:" lines' counts to `passed` and `failed`.
+fn cargo_test(
+    root: &Path,
+    run: &CargoTest<'_>,
+    passed: &mut u64,
+    failed: &mut u64,
+) -> anyhow::Result<()> {
     let mut command = Command::new("cargo");
     command
-        .args(args)
-        .envs(env.iter().copied())
+        .args(run.args)
+        .envs(run.env.iter().copied())
         .current_dir(root)
         .stdout(Stdio::piped());
     let shown = format!("{command:?}");
@@ -76,23 +93,36 @@ pub fn cargo_test_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> 
         .spawn()
         .with_context(|| format!("cannot start {shown}"))?;
     let stdout = child.stdout.take().context("no stdout")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading cargo test output")?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
-            passed += count_before(result, " passed");
-            failed += count_before(result, " failed");
+            *passed += count_before(result, " passed");
+            *failed += count_before(result, " failed");
         }
     }
     let status = child
         .wait()
         .with_context(|| format!("waiting for {shown}"))?;
-    println!("summary: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
     Ok(())
+}
+
+/// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config, or
+/// `target/`).
+pub fn target_dir(root: &Path) -> anyhow::Result<PathBuf> {
+    let mut command = Command::new("cargo");
+    command
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .current_dir(root);
+    let metadata: serde_json::Value =
+        serde_json::from_str(&output(command)?).context("cargo metadata printed invalid JSON")?;
+    let dir = metadata["target_directory"]
+        .as_str()
+        .context("cargo metadata has no target_directory")?;
+    Ok(PathBuf::from(dir))
 }
 
 /// The number in front of `label` in a "test result:" line ("ok. 5 passed; 0 failed; ...").

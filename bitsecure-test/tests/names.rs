@@ -7,8 +7,6 @@
 //! applications are what each client was told to do; for the flood, the receiving socket's own
 //! count and the namespace's nftables counter.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
@@ -17,10 +15,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
-    Agent, GeneratorReport, Sample, TestCgroup, TestNet, eventually, free_port, install_generator,
-    install_rig, run_generator, scratch_dir, sh, spawn_until, sum_metric,
+use bitsecure_test::{
+    agent::{Agent, eventually},
+    cgroup::TestCgroup,
+    exposition::{Sample, sum_metric},
+    process::{GeneratorReport, free_port, run_generator, scratch_dir, sh, spawn_until},
+    testnet::TestNet,
 };
+
+use crate::{install_generator, install_rig};
 
 /// Panics (the test fails, it does not skip) unless `program` is on PATH.
 fn require_tool(program: &str, package: &str) {

@@ -2,22 +2,26 @@
 //! configured cgroup, full kernel maps and cardinality limits made visible, and a shutdown
 //! that detaches everything.
 
-mod support;
-
 use std::{
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
-use support::{
-    Agent, TestCgroup, TestNet, install_generator, run_generator, scratch_dir, traffic_by_process,
+use bitsecure_test::{
+    agent::{Agent, TEST_POLL_SECONDS, agent_binary},
+    cgroup::{TestCgroup, attached_programs, cgroup2_mount},
+    exposition::{Sample, traffic_by_process},
+    process::{require_root, run_generator, scratch_dir},
+    testnet::TestNet,
 };
+
+use crate::install_generator;
 
 fn agent_command(config_text: &str, name: &str) -> (Command, PathBuf) {
     let config = scratch_dir().join(name);
     std::fs::write(&config, config_text).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bitsecure"));
+    let mut command = Command::new(agent_binary());
     command.args(["run", "--config"]).arg(&config);
     (command, config)
 }
@@ -48,7 +52,7 @@ fn bad_config_is_refused_with_the_line_and_a_nonzero_exit() {
 
 #[test]
 fn taken_port_fails_before_touching_the_kernel() {
-    support::require_root();
+    require_root();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let (mut command, _) = agent_command(
@@ -79,19 +83,19 @@ fn missing_cgroup_path_is_a_clear_error() {
 
 #[test]
 fn shutdown_detaches_every_program() {
-    support::require_root();
-    let root_cgroup = support::cgroup2_mount();
-    let before = support::attached_programs(&root_cgroup);
+    require_root();
+    let root_cgroup = cgroup2_mount();
+    let before = attached_programs(&root_cgroup);
     let agent = Agent::start();
     assert_eq!(
-        support::attached_programs(&root_cgroup),
+        attached_programs(&root_cgroup),
         before + 5,
         "five programs attached"
     );
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
     assert_eq!(
-        support::attached_programs(&root_cgroup),
+        attached_programs(&root_cgroup),
         before,
         "programs left attached"
     );
@@ -137,14 +141,14 @@ fn watches_only_the_configured_cgroup() {
         std::thread::sleep(Duration::from_millis(250));
     }
     // The other process has had time to show up by now if it were wrongly counted.
-    std::thread::sleep(Duration::from_secs_f64(support::TEST_POLL_SECONDS * 3.0));
+    std::thread::sleep(Duration::from_secs_f64(TEST_POLL_SECONDS * 3.0));
     let by_process = traffic_by_process(&agent.scrape(), |labels| {
         labels.get("remote") == Some(&remote)
     });
     assert!(!by_process.contains_key("bsg-outside"), "{by_process:?}");
 }
 
-fn metric(samples: &[support::Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
+fn metric(samples: &[Sample], name: &str, label: Option<(&str, &str)>) -> f64 {
     samples
         .iter()
         .filter(|sample| sample.name == name)
@@ -237,7 +241,7 @@ fn cardinality_limit_folds_remotes_into_other_and_keeps_totals() {
             "500",
         ]));
         // Separate polls, so the first remote is admitted before the second appears.
-        std::thread::sleep(Duration::from_secs_f64(support::TEST_POLL_SECONDS * 3.0));
+        std::thread::sleep(Duration::from_secs_f64(TEST_POLL_SECONDS * 3.0));
     }
     let remotes = [v4.to_string(), v6.to_string(), "other".to_owned()];
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -278,16 +282,13 @@ fn cardinality_limit_folds_remotes_into_other_and_keeps_totals() {
 
 #[test]
 fn help_explains_the_commands() {
-    let output = Command::new(env!("CARGO_BIN_EXE_bitsecure"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let output = Command::new(agent_binary()).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
     for expected in ["run", "config", "Prometheus"] {
         assert!(help.contains(expected), "--help lacks {expected}: {help}");
     }
-    let output = Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+    let output = Command::new(agent_binary())
         .args(["config", "--default"])
         .output()
         .unwrap();

@@ -3,12 +3,11 @@
 //! test network namespace, and the agent's /metrics must match the nftables counters in the
 //! peer namespace.
 //!
-//! Tolerances: bytes ±1%, packets ±1%. With the offload settings of [`support::TestNet`]
-//! both are exact in practice (every packet of a flow passes its socket's cgroup hooks); the
-//! 1% leaves room for the few packets the cgroup hooks cannot see, e.g. an ACK re-sent by a
-//! TIME_WAIT socket, which the kernel sends from a socket no process owns.
-
-mod support;
+//! Tolerances: bytes ±1%, packets ±1%. With the offload settings of
+//! [`bitsecure_test::testnet::TestNet`] both are exact in practice (every packet of a flow
+//! passes its socket's cgroup hooks); the 1% leaves room for the few packets the cgroup hooks
+//! cannot see, e.g. an ACK re-sent by a TIME_WAIT socket, which the kernel sends from a socket
+//! no process owns.
 
 use std::{
     collections::BTreeMap,
@@ -17,15 +16,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
-    Agent, Exported, TestNet, install_generator, run_generator, spawn_until, tail, within,
+use bitsecure_test::{
+    agent::{Agent, TEST_POLL_SECONDS},
+    exposition::{Exported, traffic_by_process, within},
+    process::{run_generator, scratch_dir, spawn_until, tail},
+    testnet::TestNet,
 };
+
+use crate::install_generator;
 
 const TOLERANCE: f64 = 0.01;
 const SERVER: &str = "bsg-server";
 
 /// What to compare: the series of `process` towards `remote` with `protocol`, against the
-/// namespace counter `counter` (see [`support::COUNTED_PROTOCOLS`]).
+/// namespace counter `counter` (see [`bitsecure_test::testnet::COUNTED_PROTOCOLS`]).
 struct Expectation<'a> {
     process: &'a str,
     remote: IpAddr,
@@ -55,7 +59,7 @@ fn assert_matches_nftables(agent: &Agent, net: &TestNet, expected: &Expectation<
             sent_packets,
             received_packets,
         };
-        let by_process = support::traffic_by_process(&agent.scrape(), |labels| {
+        let by_process = traffic_by_process(&agent.scrape(), |labels| {
             labels.get("remote") == Some(&remote)
                 && labels.get("protocol").map(String::as_str) == Some(expected.protocol)
         });
@@ -386,7 +390,7 @@ fn socket_opened_before_the_agent_started() {
     let server = install_generator(SERVER);
     let net = net_with_server(&server);
     let generator = install_generator("bsg-early");
-    let go_file = support::scratch_dir().join(format!("go-{}", net.ns));
+    let go_file = scratch_dir().join(format!("go-{}", net.ns));
     let early = spawn_until(
         std::process::Command::new(&generator).args([
             "--timeout-secs",
@@ -440,7 +444,7 @@ fn accepted_connections_are_attributed_to_the_server_with_its_port() {
     );
     // Let the agent see the listener while its process is alive: that is when /proc can
     // tell its executable (a process that is gone is known only by its kernel comm).
-    std::thread::sleep(Duration::from_secs_f64(support::TEST_POLL_SECONDS * 3.0));
+    std::thread::sleep(Duration::from_secs_f64(TEST_POLL_SECONDS * 3.0));
     let client = install_generator("bsg-peer-client");
     // 10 rounds, each one upload and one download connection: 20 accepted connections.
     run_generator(net.command(&client).args([
@@ -514,7 +518,7 @@ fn loopback_tcp_inside_a_namespace() {
         let (received_packets, received_bytes) = net.loopback_counter("received");
         assert!(sent_bytes >= report.sent_bytes && received_bytes >= report.received_bytes);
         // The server's accepted sockets are labelled port 7000 too: leave them out.
-        let by_process = support::traffic_by_process(&agent.scrape(), |labels| {
+        let by_process = traffic_by_process(&agent.scrape(), |labels| {
             labels.get("remote").map(String::as_str) == Some("127.0.0.1")
                 && labels.get("port").map(String::as_str) == Some("7000")
                 && labels.get("process").map(String::as_str) != Some(SERVER)

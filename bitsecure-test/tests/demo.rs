@@ -10,8 +10,6 @@
 //!
 //! then interrupts the demo like Ctrl-C and checks that it cleaned up everything it started.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,8 +17,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitsecure::cli::client::{self as http_client, encode_query_value};
+use bitsecure_test::{
+    agent::agent_binary,
+    cgroup::cgroup2_mount,
+    process::{require_root, scratch_dir, sh},
+};
 use serde_json::Value;
-use support::{require_root, scratch_dir};
 
 const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
@@ -119,7 +121,7 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
             "--keep-running",
             "--agent",
         ])
-        .arg(env!("CARGO_BIN_EXE_bitsecure"))
+        .arg(agent_binary())
         .arg("--events")
         .arg(&events)
         .arg("--dir")
@@ -219,13 +221,13 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
     let output = demo.output();
     assert!(status.success(), "the demo failed ({status}):\n{output}");
     assert!(output.contains("cleaned up"), "{output}");
-    let namespaces = support::sh("ip", &["netns", "list"]);
+    let namespaces = sh("ip", &["netns", "list"]);
     assert!(
         !namespaces.contains("bsdemo-"),
         "namespaces left: {namespaces}"
     );
     assert!(
-        !support::cgroup2_mount().join("bsdemo").exists(),
+        !cgroup2_mount().join("bsdemo").exists(),
         "the demo's cgroup is left"
     );
     let survivors: Vec<String> = std::fs::read_dir("/proc")

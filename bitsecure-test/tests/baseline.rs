@@ -6,18 +6,21 @@
 //! goes silent past its cadence, `baseline accept` makes an entry expected, and a broken
 //! baseline file is refused while the last good one stays in force.
 
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
-use support::{
-    Agent, Sample, Spawned, TEST_POLL_SECONDS, TestCgroup, TestNet, install_generator,
-    run_generator, scratch_dir, spawn_until,
+use bitsecure_test::{
+    agent::{Agent, TEST_POLL_SECONDS, agent_binary},
+    cgroup::TestCgroup,
+    exposition::Sample,
+    process::{Spawned, run_generator, scratch_dir, spawn_until},
+    testnet::TestNet,
 };
+
+use crate::install_generator;
 
 /// Compressed job cycle of the miner.
 const MINER_EVERY_MS: u64 = 5000;
@@ -95,7 +98,7 @@ impl Drop for Rig {
 }
 
 fn bitsecure() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+    Command::new(agent_binary())
 }
 
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {

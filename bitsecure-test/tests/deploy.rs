@@ -41,7 +41,7 @@ esac
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("xtask has a parent")
+        .expect("bitsecure-test has a parent")
         .to_path_buf()
 }
 

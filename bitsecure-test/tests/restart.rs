@@ -4,17 +4,20 @@
 //! exactly what nftables counted in the peer namespace for the whole run. Also: pins left by
 //! an incompatible agent are discarded, and `bitsecure uninstall` detaches everything.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{
-    Agent, Exported, TestCgroup, TestNet, install_generator, scratch_dir, spawn_until,
-    traffic_by_process,
+use bitsecure_test::{
+    agent::{Agent, agent_binary},
+    cgroup::{TestCgroup, attached_programs},
+    exposition::{Exported, traffic_by_process},
+    process::{scratch_dir, spawn_until},
+    testnet::TestNet,
 };
+
+use crate::install_generator;
 
 /// The tests share bpffs and cgroup attachments: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -67,11 +70,11 @@ impl Setup {
 
     /// Programs attached to the test cgroup, as the kernel lists them.
     fn attached(&self) -> usize {
-        support::attached_programs(&self.cgroup.path)
+        attached_programs(&self.cgroup.path)
     }
 
     fn uninstall(&self) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+        Command::new(agent_binary())
             .arg("uninstall")
             .arg("--config")
             .arg(self.config_file())

@@ -1,8 +1,8 @@
-//! The rig's world on this machine: one network namespace per remote service (pool, monitor,
-//! infrastructure, an outside host) joined to the host by a veth pair, a cgroup for the rig's
-//! own programs (the only thing the demo agent watches), and every process the demo started.
-//! Dropping the lab stops the processes and removes the cgroup and namespaces; a lab left over
-//! by a killed demo is cleaned up when the next one starts.
+//! The rig's world on this machine: one network lab ([`NetLab`]: a namespace joined to the host
+//! by a veth pair) per remote site (pool, monitor, infrastructure, an outside host), a cgroup
+//! for the rig's own programs (the only thing the demo agent watches), and every process the
+//! demo started. Dropping the lab stops the processes and removes the cgroup and namespaces; a
+//! lab left over by a killed demo is cleaned up when the next one starts.
 
 use std::fs;
 use std::io::{BufRead as _, BufReader};
@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
+use bitsecure_test::lab::{NetLab, Subnet};
 
 /// Prefix of every namespace, veth and cgroup the demo creates.
 pub const PREFIX: &str = "bsdemo";
@@ -34,41 +35,35 @@ pub fn site_address(site: &str) -> Ipv4Addr {
 pub struct Lab {
     pub dir: PathBuf,
     pub cgroup: PathBuf,
+    /// One namespace + veth pair per remote site; removed when the lab is dropped, after
+    /// the processes stop.
+    sites: Vec<NetLab>,
     processes: Vec<(String, Child)>,
 }
 
 impl Lab {
     pub fn create(dir: &Path) -> Result<Self> {
-        remove_leftovers();
+        remove_leftover_cgroup();
         fs::create_dir_all(dir.join("bin"))?;
         fs::create_dir_all(dir.join("logs"))?;
         let cgroup = bitsecure::kernel::cgroup::resolve_attach_path("")?.join(PREFIX);
-        let lab = Self {
+        let mut lab = Self {
             dir: dir.to_owned(),
             cgroup: cgroup.clone(),
+            sites: Vec::new(),
             processes: Vec::new(),
         };
         fs::create_dir(&cgroup).with_context(|| format!("cannot create {}", cgroup.display()))?;
         for (site, subnet) in SITES {
-            let (netns, veth) = (format!("{PREFIX}-{site}"), format!("{PREFIX}-{site}"));
-            let host = format!("10.77.{subnet}.1/24");
-            let remote = format!("10.77.{subnet}.2/24");
-            run("ip", &["netns", "add", &netns])?;
-            run(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
-                ],
-            )?;
-            run("ip", &["addr", "add", &host, "dev", &veth])?;
-            run("ip", &["link", "set", &veth, "up"])?;
-            for args in [
-                &["addr", "add", &remote, "dev", "eth0"][..],
-                &["link", "set", "eth0", "up"],
-                &["link", "set", "lo", "up"],
-            ] {
-                run("ip", &[&["netns", "exec", &netns, "ip"][..], args].concat())?;
-            }
+            let name = format!("{PREFIX}-{site}");
+            let addresses = Subnet {
+                host: Ipv4Addr::new(10, 77, subnet, 1).into(),
+                peer: site_address(site).into(),
+                prefix_len: 24,
+            };
+            // A leftover namespace of a killed demo goes first (see NetLab::create).
+            lab.sites
+                .push(NetLab::create(&name, &name, "eth0", &[addresses])?);
         }
         Ok(lab)
     }
@@ -87,11 +82,14 @@ impl Lab {
     /// its `ready` line. Remote programs are not watched, so their name does not matter.
     pub fn start_at_site(&mut self, site: &str, name: &str, args: &[&str]) -> Result<()> {
         let program = std::env::current_exe().context("cannot find the rig binary")?;
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", &format!("{PREFIX}-{site}")])
-            .arg(program)
-            .args(args);
+        let namespace = format!("{PREFIX}-{site}");
+        let lab = self
+            .sites
+            .iter()
+            .find(|lab| lab.namespace() == namespace)
+            .with_context(|| format!("no site {site}"))?;
+        let mut command = lab.command(program);
+        command.args(args);
         self.spawn(name, command, true)
     }
 
@@ -196,7 +194,8 @@ impl Drop for Lab {
         for (_, child) in self.processes.drain(..).rev() {
             terminate(child);
         }
-        remove_leftovers();
+        remove_leftover_cgroup();
+        // Then the sites' namespaces and veth pairs go, with anything still running in them.
     }
 }
 
@@ -215,23 +214,8 @@ fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Removes the namespaces (their veths go with them) and the cgroup, killing what is left in it.
-fn remove_leftovers() {
-    for (site, _) in SITES {
-        let netns = format!("{PREFIX}-{site}");
-        if Path::new("/run/netns").join(&netns).exists() {
-            // Servers in the namespace keep it alive: kill them first.
-            if let Ok(pids) = Command::new("ip").args(["netns", "pids", &netns]).output() {
-                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                        // SAFETY: kill(2) with a pid read from the namespace; no memory involved.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-            let _ = run("ip", &["netns", "del", &netns]);
-        }
-    }
+/// Removes the rig's cgroup, killing what is left in it (e.g. by a killed demo).
+fn remove_leftover_cgroup() {
     let Ok(cgroup) =
         bitsecure::kernel::cgroup::resolve_attach_path("").map(|mount| mount.join(PREFIX))
     else {
@@ -243,7 +227,7 @@ fn remove_leftovers() {
                 .lines()
                 .filter_map(|pid| pid.parse::<libc::pid_t>().ok())
             {
-                // SAFETY: as above.
+                // SAFETY: kill(2) with a pid read from the cgroup; no memory involved.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
@@ -255,19 +239,4 @@ fn remove_leftovers() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-}
-
-fn run(program: &str, args: &[&str]) -> Result<()> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("cannot run {program}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }

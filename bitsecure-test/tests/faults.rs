@@ -15,8 +15,6 @@
 //!
 //! The kill tests print how the kills fell (`--nocapture`).
 
-mod support;
-
 use std::{
     collections::VecDeque,
     ffi::{CString, OsStr, OsString},
@@ -32,13 +30,18 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use support::{
-    Agent, Sample, Spawned, TestCgroup, TestNet, free_port, install_generator, require_root,
-    run_generator, scratch_dir, spawn_until, sum_metric, tail, traffic_by_process,
+use bitsecure_test::{
+    agent::{Agent, agent_binary},
+    cgroup::TestCgroup,
+    exposition::{Sample, sum_metric, traffic_by_process},
+    process::{Spawned, free_port, require_root, run_generator, scratch_dir, spawn_until, tail},
+    testnet::TestNet,
 };
 
+use crate::install_generator;
+
 fn bitsecure() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_bitsecure"))
+    Command::new(agent_binary())
 }
 
 /// An empty directory of its own for one test.

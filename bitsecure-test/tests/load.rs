@@ -7,7 +7,7 @@
 //! keep its memory bounded.
 //!
 //! Numbers (connection rate, map occupancy, peak RSS, series, scrape time) are printed on
-//! stderr: `cargo test -p bitsecure --test load -- --test-threads=1 --nocapture`.
+//! stderr: `cargo xtask test -- load:: --test-threads=1 --nocapture`.
 //!
 //! Memory bound: [`RSS_BOUND`]. The agent's memory should be bounded by its configuration —
 //! kernel map capacities (the poller's per-socket state), `metrics.max_series` (exported
@@ -17,8 +17,6 @@
 //! is steady (after [`STEADY_AFTER`]), the peak RSS may grow by at most
 //! [`STEADY_GROWTH_BOUND`] (allocator slack), not with every connection closed.
 
-mod support;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -27,10 +25,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{
-    Agent, Sample, TestCgroup, TestNet, eventually, install_generator, run_generator, sh,
-    sum_metric, tail, traffic_by_process, within,
+use bitsecure_test::{
+    agent::{Agent, eventually},
+    cgroup::TestCgroup,
+    exposition::{Exported, Sample, parse_exposition, sum_metric, traffic_by_process, within},
+    process::{GeneratorReport, run_generator, sh, tail},
+    testnet::TestNet,
 };
+
+use crate::install_generator;
 
 const TOLERANCE: f64 = 0.01;
 /// Peak RSS (VmHWM) the agent may reach under either load; see the module docs.
@@ -85,7 +88,7 @@ fn run_watched(
     agent: &Agent,
     mut command: Command,
     watch: &mut MapWatch,
-) -> (support::GeneratorReport, Duration) {
+) -> (GeneratorReport, Duration) {
     let runner = thread::spawn(move || {
         let start = Instant::now();
         let report = run_generator(&mut command);
@@ -103,7 +106,7 @@ fn run_watched(
 }
 
 /// Traffic of `process` with `protocol`, over every remote (folded ones included).
-fn process_traffic(samples: &[Sample], process: &str, protocol: &str) -> support::Exported {
+fn process_traffic(samples: &[Sample], process: &str, protocol: &str) -> Exported {
     traffic_by_process(samples, |labels| {
         labels.get("protocol").map(String::as_str) == Some(protocol)
     })
@@ -198,7 +201,7 @@ fn hundred_thousand_short_connections_per_minute() {
             && within(mine.sent_packets, sent_packets, TOLERANCE)
             && within(mine.received_packets, received_packets, TOLERANCE);
         if matches && closed >= connections as f64 && entries < 100.0 {
-            let truth = support::Exported {
+            let truth = Exported {
                 sent_bytes,
                 received_bytes,
                 sent_packets,
@@ -426,7 +429,7 @@ fn fifty_thousand_remotes_fold_at_the_series_cap() {
     let start = Instant::now();
     let text = agent.try_get("/metrics").expect("agent answers /metrics");
     let scrape_time = start.elapsed();
-    let samples = support::parse_exposition(&text);
+    let samples = parse_exposition(&text);
     let mut per_metric: BTreeMap<&str, BTreeSet<_>> = BTreeMap::new();
     for sample in &samples {
         if [

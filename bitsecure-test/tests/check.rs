@@ -2,8 +2,6 @@
 //! (privileges pass, a bpffs is mounted in a private mount namespace); fails, never skips,
 //! without it.
 
-mod support;
-
 use std::{
     ffi::CString,
     io::{Read as _, Write as _},
@@ -13,7 +11,10 @@ use std::{
     process::{Command, Output},
 };
 
-use support::{require_root, scratch_dir};
+use bitsecure_test::{
+    agent::agent_binary,
+    process::{require_root, scratch_dir},
+};
 
 /// A directory of its own for one test.
 fn test_dir(name: &str) -> PathBuf {
@@ -48,7 +49,7 @@ fn write_config(dir: &Path, port: u16, kernel: &str) -> PathBuf {
 }
 
 fn bitsecure() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bitsecure"));
+    let mut command = Command::new(agent_binary());
     command.env_remove("BITSECURE_CONFIG");
     command
 }

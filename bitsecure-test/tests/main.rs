@@ -1,0 +1,35 @@
+//! BitSecure's privileged integration tests, in one test binary: the real agent binary loads the
+//! real programs and is checked against independent counts, next to lints of the shipped
+//! Prometheus, Grafana and systemd files that need the tools `cargo xtask setup` installs.
+//!
+//! They need root and fail (never skip) when they cannot run. The agent binary is not built by
+//! `cargo test -p bitsecure-test`: `cargo xtask test` builds it first (see
+//! [`bitsecure_test::agent::agent_binary`]). One module:
+//! `cargo xtask test -- accounting::` (or `cargo test -p bitsecure-test -- accounting::`).
+
+mod accounting;
+mod agent_lifecycle;
+mod baseline;
+mod check;
+mod demo;
+mod deploy;
+mod faults;
+mod grafana_dashboard;
+mod load;
+mod names;
+mod prometheus_rules;
+mod restart;
+
+use std::path::PathBuf;
+
+use bitsecure_test::process::install_as;
+
+/// Copies the traffic generator to `name` (≤ 15 bytes, so the kernel comm is exactly `name`).
+fn install_generator(name: &str) -> PathBuf {
+    install_as(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), name)
+}
+
+/// Copies the simulated rig's programs (`bitsecure-rig`) to `name`, as [`install_generator`].
+fn install_rig(name: &str) -> PathBuf {
+    install_as(env!("CARGO_BIN_EXE_bitsecure-rig"), name)
+}
