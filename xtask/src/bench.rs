@@ -29,17 +29,7 @@ pub struct Args {
 
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     setup::run(root)?;
-    util::cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "--package",
-            "bitsecure",
-            "--package",
-            "bitsecure-test",
-        ],
-    )?;
+    util::build_release(root, &["bitsecure", "bitsecure-test"])?;
     let target = util::target_dir(root)?;
     let release = target.join("release");
     let mut command = Command::new(release.join("bitsecure-bench"));

@@ -30,11 +30,12 @@ use crate::{setup, util};
 /// Sets up, builds and packs; prints where the tarball is and how big it is.
 pub fn run(root: &Path) -> anyhow::Result<()> {
     setup::run(root)?;
-    util::cargo(root, &["build", "--release", "--package", "bitsecure"])?;
-    let binary = root.join("target/release/bitsecure");
+    util::build_release(root, &["bitsecure"])?;
+    let target = util::target_dir(root)?;
+    let binary = target.join("release/bitsecure");
     let version = binary_version(&binary)?;
     let name = format!("bitsecure-{version}-{}-linux-gnu", std::env::consts::ARCH);
-    let dist = root.join("target/dist");
+    let dist = target.join("dist");
     let stage = dist.join(&name);
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot remove {}", stage.display()))?;

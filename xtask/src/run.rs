@@ -13,7 +13,7 @@ pub struct Args {
 
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     setup::run(root)?;
-    util::cargo(root, &["build", "--release", "--package", "bitsecure"])?;
+    util::build_release(root, &["bitsecure"])?;
     let agent = util::target_dir(root)?.join("release/bitsecure");
     let mut command = Command::new(&agent);
     command.arg("run").args(&args.args);

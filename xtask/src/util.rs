@@ -110,6 +110,15 @@ fn cargo_test(
     Ok(())
 }
 
+/// Builds `packages` in release mode; their binaries are in `target_dir(root)/release`.
+pub fn build_release(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let mut args = vec!["build", "--release"];
+    for package in packages {
+        args.extend(["--package", package]);
+    }
+    cargo(root, &args)
+}
+
 /// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config, or
 /// `target/`).
 pub fn target_dir(root: &Path) -> anyhow::Result<PathBuf> {
