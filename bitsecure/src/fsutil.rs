@@ -14,13 +14,17 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-/// Whether [`write_atomically`] keeps the previous version of a file as `<file>.bak`.
+/// Whose file [`write_atomically`] replaces, which decides how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backup {
-    /// Keep it (files a person edits: a bad edit can be undone).
-    Keep,
-    /// Do not (files the agent rewrites every poll).
-    None,
+pub enum FileKind {
+    /// A file a person edits (the baseline): its previous version is kept as `<file>.bak`, so a
+    /// bad edit can be undone, and a symbolic link to it is followed (the link stays, its
+    /// target is replaced).
+    Edited,
+    /// A file only the agent writes (its state, rewritten every poll): no backup, and a
+    /// symbolic link in its place is replaced, never followed — a planted link must not
+    /// redirect a privileged write.
+    AgentOwned,
 }
 
 /// A failed atomic write; the previous file is intact.
@@ -72,32 +76,37 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Replaces `path` with `text` so that a crash leaves either the old or the new file, never a
-/// mix: the text goes to a temporary file in the same directory, which is flushed to disk and
-/// renamed over `path`, then the directory is flushed. If `path` exists, its previous content
-/// is first kept as `<path>.bak` with [`Backup::Keep`] (replaced the same way), and the new
-/// file gets its permissions. A symbolic link is followed (the link stays, its target is replaced). On error
-/// the previous file is intact and no temporary file is left behind.
-pub fn write_atomically(path: &Path, bytes: &[u8], backup: Backup) -> Result<(), WriteError> {
-    let failed = |_: &Path, action: String, source| WriteError { action, source };
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file, never
+/// a mix: the bytes go to a temporary file in the same directory, which is flushed to disk and
+/// renamed over `path`, then the directory is flushed. The new file gets the permissions of the
+/// one it replaces; what else happens depends on the [`FileKind`]. On error the previous file
+/// is intact and no temporary file is left behind.
+pub fn write_atomically(path: &Path, bytes: &[u8], kind: FileKind) -> Result<(), WriteError> {
+    let failed = |action: String, source| WriteError { action, source };
     let target = match fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_symlink() => fs::canonicalize(path)
-            .map_err(|e| failed(path, "follow the symbolic link".to_owned(), e))?,
+        Ok(metadata) if metadata.file_type().is_symlink() && kind == FileKind::Edited => {
+            fs::canonicalize(path).map_err(|e| failed("follow the symbolic link".to_owned(), e))?
+        }
         _ => path.to_path_buf(),
     };
-    let permissions = match fs::metadata(&target) {
+    // An agent-owned path that is a link: the link itself is replaced, with default permissions.
+    let inspected = match kind {
+        FileKind::Edited => fs::metadata(&target),
+        FileKind::AgentOwned => fs::symlink_metadata(&target),
+    };
+    let permissions = match inspected {
+        Ok(metadata) if metadata.file_type().is_symlink() => None,
         Ok(metadata) if metadata.is_dir() => {
             return Err(failed(
-                path,
                 "write it".to_owned(),
                 io::Error::new(io::ErrorKind::IsADirectory, "it is a directory"),
             ));
         }
         Ok(metadata) => Some(metadata.permissions()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(failed(path, "inspect it".to_owned(), e)),
+        Err(e) => return Err(failed("inspect it".to_owned(), e)),
     };
-    if let (Some(permissions), Backup::Keep) = (&permissions, backup) {
+    if let (Some(permissions), FileKind::Edited) = (&permissions, kind) {
         let mut backup_name = OsString::from(target.file_name().unwrap_or_default());
         backup_name.push(".bak");
         let backup_path = target.with_file_name(backup_name);
@@ -107,14 +116,13 @@ pub fn write_atomically(path: &Path, bytes: &[u8], backup: Backup) -> Result<(),
         })
         .map_err(|(action, e)| {
             failed(
-                path,
                 format!("keep a backup as {}: {action}", backup_path.display()),
                 e,
             )
         })?;
     }
     replace_file(&target, permissions.as_ref(), |file| file.write_all(bytes))
-        .map_err(|(action, e)| failed(path, action, e))
+        .map_err(|(action, e)| failed(action, e))
 }
 
 /// Writes a temporary file next to `target` with `fill`, flushes it and renames it over
@@ -273,10 +281,29 @@ mod tests {
     fn without_backup_only_the_file_remains() {
         let dir = TempDir::new("fsutil-nobak");
         let path = dir.join("agent-state.json");
-        write_atomically(&path, b"{}", Backup::None).expect("first");
-        write_atomically(&path, b"{\"a\":1}", Backup::None).expect("second");
+        write_atomically(&path, b"{}", FileKind::AgentOwned).expect("first");
+        write_atomically(&path, b"{\"a\":1}", FileKind::AgentOwned).expect("second");
         assert_eq!(fs::read(&path).expect("read"), b"{\"a\":1}");
         assert_eq!(dir.names(), ["agent-state.json"]);
+    }
+
+    #[test]
+    fn an_agent_owned_file_replaces_a_planted_link_and_leaves_its_target_alone() {
+        let dir = TempDir::new("fsutil-link");
+        let victim = dir.join("victim");
+        fs::write(&victim, "precious\n").expect("write");
+        let path = dir.join("agent-state.json");
+        std::os::unix::fs::symlink(&victim, &path).expect("symlink");
+        write_atomically(&path, b"{}", FileKind::AgentOwned).expect("write");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious\n");
+        assert!(
+            !fs::symlink_metadata(&path)
+                .expect("lstat")
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&path).expect("read"), b"{}");
+        assert_eq!(dir.names(), ["agent-state.json", "victim"]);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::{
     flow::{SeriesKey, Traffic},
-    fsutil::{self, Backup},
+    fsutil::{self, FileKind},
 };
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -145,9 +145,11 @@ impl StateFile {
             path: shown.clone(),
             source,
         })?;
-        fsutil::write_atomically(&self.path, &text, Backup::None).map_err(|error| StateError::Io {
-            path: shown,
-            source: io::Error::new(error.source.kind(), error.to_string()),
+        fsutil::write_atomically(&self.path, &text, FileKind::AgentOwned).map_err(|error| {
+            StateError::Io {
+                path: shown,
+                source: io::Error::new(error.source.kind(), error.to_string()),
+            }
         })
     }
 

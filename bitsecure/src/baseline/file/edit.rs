@@ -10,7 +10,7 @@ use std::{collections::HashMap, path::Path};
 use super::{error::BaselineError, parse, render::write_rule, validate::validate_rule};
 use crate::{
     baseline::model::{Rule, RuleIdentity},
-    fsutil::{self, Backup},
+    fsutil::{self, FileKind},
 };
 
 /// Appends rules to an existing file's text, keeping everything already there byte for byte
@@ -152,7 +152,7 @@ fn set_positions(table: &mut toml_edit::Table, next: &mut isize) {
 /// Replaces `path` with `text` atomically, keeping the previous version as `<path>.bak`
 /// ([`fsutil::write_atomically`]); on error the previous file is intact.
 pub fn write_atomically(path: &Path, text: &str) -> Result<(), BaselineError> {
-    fsutil::write_atomically(path, text.as_bytes(), Backup::Keep).map_err(|error| {
+    fsutil::write_atomically(path, text.as_bytes(), FileKind::Edited).map_err(|error| {
         BaselineError::Write {
             path: path.to_path_buf(),
             action: error.action,
