@@ -4,6 +4,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, mpsc},
     thread,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -24,7 +25,7 @@ use crate::{
     config::Config,
     export::{metrics::Metrics, server},
     flow::FlowDelta,
-    kernel::{KernelLogger, caps, cgroup, pins},
+    kernel::{AttachedPrograms, KernelLogger, caps, cgroup, pins},
     state::{self, StateFile},
 };
 
@@ -77,6 +78,19 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     metrics.publish_baseline(report);
     let mut monitoring = Monitoring(baseline);
 
+    // The guard checks every poll interval that the programs are still attached and
+    // re-attaches them; it keeps the two capabilities that takes, and owns the programs (they
+    // detach when it returns, unless pinned).
+    let (stop_guard, guard_stops) = mpsc::channel::<()>();
+    let guard_thread = {
+        let metrics = Arc::clone(&metrics);
+        let interval = config.poll_interval();
+        thread::Builder::new()
+            .name("guard".into())
+            .spawn(move || guard(programs, &metrics, interval, &guard_stops))
+            .context("cannot start the guard thread")?
+    };
+
     // Attached: from here on the poller needs only to read other processes' /proc entries,
     // and the HTTP side (this thread) needs nothing. The poller thread inherits the narrowed
     // set; this thread then drops the rest.
@@ -102,7 +116,8 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     };
     caps::restrict_thread_to(&[]).context("cannot drop capabilities")?;
     info!(
-        "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the rest none"
+        "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the guard \
+         CAP_NET_ADMIN and CAP_BPF, the rest none"
     );
     let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics)));
     let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
@@ -124,7 +139,10 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     if poll_thread.join().is_err() {
         warn!("the poller thread panicked");
     }
-    drop(programs);
+    drop(stop_guard);
+    if guard_thread.join().is_err() {
+        warn!("the guard thread panicked");
+    }
     if config.kernel.pin_path.is_empty() {
         info!("programs detached; bye");
     } else {
@@ -135,6 +153,27 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The guard thread: checks the programs' attachments every `interval` (see
+/// [`AttachedPrograms::check_and_repair`]) until `stop` closes, then drops the programs.
+fn guard(
+    mut programs: AttachedPrograms,
+    metrics: &Metrics,
+    interval: Duration,
+    stop: &mpsc::Receiver<()>,
+) {
+    if let Err(error) = caps::restrict_thread_to(&caps::GUARD_CAPABILITIES) {
+        warn!("guard thread: cannot drop capabilities: {error}");
+    }
+    loop {
+        metrics.record_attachments(&programs.check_and_repair());
+        match stop.recv_timeout(interval) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    drop(programs);
 }
 
 /// `bitsecure uninstall`: removes the pins (the programs detach, the maps go) and the state.

@@ -20,6 +20,9 @@ pub const CAP_BPF: u32 = 39;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 /// CAP_SYS_PTRACE: readlink `/proc/<pid>/fd/*` and `/proc/<pid>/exe` of other users' processes.
 pub const CAP_SYS_PTRACE: u32 = 19;
+/// What the guard thread keeps: asking the kernel which programs run on the cgroup
+/// (CAP_NET_ADMIN) and re-attaching ours (CAP_BPF, CAP_NET_ADMIN).
+pub const GUARD_CAPABILITIES: [u32; 2] = [CAP_NET_ADMIN, CAP_BPF];
 /// What the poller keeps.
 pub const POLLER_CAPABILITIES: [u32; 2] = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE];
 

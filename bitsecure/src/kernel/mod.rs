@@ -4,6 +4,7 @@
 //! dropping privileges afterwards ([`caps`]). What the map contents mean is the poller's
 //! business.
 
+pub mod attachment;
 pub mod batch;
 pub mod caps;
 pub mod cgroup;
@@ -12,6 +13,6 @@ pub mod pins;
 pub mod programs;
 
 pub use programs::{
-    AttachedPrograms, KernelLogger, KernelMaps, MapCapacities, check_kernel_version,
+    AttachedPrograms, KernelLogger, KernelMaps, MapCapacities, ProgramCheck, check_kernel_version,
     load_and_attach,
 };

@@ -4,6 +4,7 @@
 
 use std::{
     fs::File,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -12,15 +13,18 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Map, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, Program, SockOps,
         links::{FdLink, PinnedLink},
     },
     util::KernelVersion,
 };
 use bitsecure_common::map_names;
-use log::{debug, info};
+use log::{debug, info, warn};
 
-use crate::kernel::pins::PinDir;
+use crate::kernel::{
+    attachment::{self, Finding},
+    pins::PinDir,
+};
 
 /// The compiled programs, built by build.rs from `bitsecure-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bitsecure"));
@@ -51,11 +55,152 @@ pub struct KernelMaps {
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 pub struct AttachedPrograms {
-    // Never read. Dropping the links detaches them; pinned links stay attached (their pins
-    // hold them) until `bitsecure uninstall`. The object owns the programs.
-    _links: Vec<FdLink>,
-    _pinned: Vec<PinnedLink>,
-    _ebpf: Ebpf,
+    cgroup: PathBuf,
+    cgroup_dir: File,
+    slots: Vec<Slot>,
+    // The object owns the programs; re-attaching takes them from here.
+    ebpf: Ebpf,
+}
+
+/// One program and where it is attached.
+struct Slot {
+    name: &'static str,
+    /// `enum bpf_attach_type`, for the query.
+    attach_type: u32,
+    /// The program the agent attached (or kept attached): the id the kernel must list.
+    attached_id: u32,
+    /// This agent's own copy, attached when the program has to be re-attached.
+    own_id: u32,
+    /// Where the link is pinned (with `kernel.pin_path`).
+    pin: Option<PathBuf>,
+    // Never read. Dropping a link detaches it unless it is pinned; pinned links stay attached
+    // (their pins hold them) until `bitsecure uninstall`.
+    _link: Held,
+}
+
+#[expect(
+    dead_code,
+    reason = "held for their drop: closing the fd detaches an unpinned link"
+)]
+enum Held {
+    Fd(FdLink),
+    Pinned(PinnedLink),
+}
+
+/// One program at one check: is it attached, and did the agent have to re-attach it?
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramCheck {
+    pub program: &'static str,
+    /// Attached after this check (after re-attaching it if needed). False when the kernel
+    /// could not be asked.
+    pub attached: bool,
+    /// It was gone and the agent attached it again.
+    pub reattached: bool,
+}
+
+impl AttachedPrograms {
+    /// Checks that every program is attached to the cgroup as the agent left it, and
+    /// re-attaches those that are gone (see [`crate::kernel::attachment`] for what a detach
+    /// looks like). Logs a warning for each one found missing. Needs CAP_NET_ADMIN (and
+    /// CAP_BPF to re-attach).
+    pub fn check_and_repair(&mut self) -> Vec<ProgramCheck> {
+        let mut checks = Vec::with_capacity(self.slots.len());
+        for index in 0..self.slots.len() {
+            checks.push(self.check_one(index));
+        }
+        checks
+    }
+
+    fn check_one(&mut self, index: usize) -> ProgramCheck {
+        let slot = &self.slots[index];
+        let name = slot.name;
+        let finding = match self.finding(slot) {
+            Ok(finding) => finding,
+            Err(error) => {
+                warn!(
+                    "cannot check that {name} is attached to {}: {error}",
+                    self.cgroup.display()
+                );
+                return ProgramCheck {
+                    program: name,
+                    attached: false,
+                    reattached: false,
+                };
+            }
+        };
+        if finding == Finding::Attached {
+            return ProgramCheck {
+                program: name,
+                attached: true,
+                reattached: false,
+            };
+        }
+        let found = finding.describe();
+        let result = self.reattach(index).and_then(|()| {
+            let slot = &self.slots[index];
+            match self.finding(slot)? {
+                Finding::Attached => Ok(()),
+                still => bail!("after re-attaching, it is still {}", still.describe()),
+            }
+        });
+        match result {
+            Ok(()) => {
+                warn!(
+                    "{name} was {found} on cgroup {} (someone with root detached or replaced                      it; traffic since the last poll was not counted); re-attached it",
+                    self.cgroup.display()
+                );
+                ProgramCheck {
+                    program: name,
+                    attached: true,
+                    reattached: true,
+                }
+            }
+            Err(error) => {
+                warn!(
+                    "{name} was {found} on cgroup {} (someone with root detached or replaced                      it); re-attaching failed: {error:#}; its traffic is not counted until                      the agent restarts",
+                    self.cgroup.display()
+                );
+                ProgramCheck {
+                    program: name,
+                    attached: false,
+                    reattached: false,
+                }
+            }
+        }
+    }
+
+    fn finding(&self, slot: &Slot) -> std::io::Result<Finding> {
+        let ids = attachment::attached_program_ids(self.cgroup_dir.as_fd(), slot.attach_type)?;
+        Ok(Finding::of(slot.attached_id, &ids))
+    }
+
+    /// Attaches this agent's copy of the program again; with pins, its new link replaces the
+    /// pin of the detached one, so a restart keeps it and `bitsecure uninstall` removes it.
+    fn reattach(&mut self, index: usize) -> anyhow::Result<()> {
+        let name = self.slots[index].name;
+        let link = attach_link(&mut self.ebpf, name, &self.cgroup_dir)?;
+        let slot = &mut self.slots[index];
+        slot._link =
+            match &slot.pin {
+                None => Held::Fd(link),
+                Some(path) => {
+                    match std::fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(error) => {
+                            return Err(error).with_context(|| {
+                                format!("cannot remove the detached link's pin {}", path.display())
+                            });
+                        }
+                    }
+                    Held::Pinned(link.pin(path).with_context(|| {
+                        format!("cannot pin the new link at {}", path.display())
+                    })?)
+                }
+            };
+        slot.attached_id = slot.own_id;
+        Ok(())
+    }
 }
 
 /// Map sizes chosen by the config.
@@ -109,53 +254,25 @@ pub fn load_and_attach(
     let logger = KernelLogger::init(&mut ebpf).context("kernel log ring buffer missing")?;
     let cgroup_dir = File::open(cgroup)
         .with_context(|| format!("cannot open cgroup directory {}", cgroup.display()))?;
-    let mut attached = Attacher {
+    let mut attacher = Attacher {
         cgroup,
         pins,
-        links: Vec::new(),
-        pinned: Vec::new(),
+        slots: Vec::new(),
     };
     if let Some(pins) = pins {
         // Links of another cgroup (the config changed) would count traffic we no longer watch.
         let wanted: Vec<PathBuf> = ALL_PROGRAMS
             .iter()
-            .map(|name| pins.link(name, cgroup))
+            .map(|(name, _)| pins.link(name, cgroup))
             .collect::<Result<_, _>>()?;
         pins.remove_links(|path| !wanted.iter().any(|want| want == path))?;
     }
-
-    for (name, attach_type) in [
-        (EGRESS, CgroupSkbAttachType::Egress),
-        (INGRESS, CgroupSkbAttachType::Ingress),
-    ] {
-        let program: &mut CgroupSkb = program_mut(&mut ebpf, name)?;
-        program
-            .load()
-            .with_context(|| format!("kernel rejected program {name}"))?;
-        attached.attach(name, program.info()?.tag(), || {
-            // With bpf links (5.7+) programs always stack; other agents' programs keep running.
-            let link = program.attach(&cgroup_dir, attach_type, CgroupAttachMode::Single)?;
-            Ok(FdLink::try_from(program.take_link(link)?)?)
+    for (name, attach_type) in ALL_PROGRAMS {
+        let (tag, own_id) = load_program(&mut ebpf, name)?;
+        attacher.attach(name, attach_type, tag, own_id, || {
+            attach_link(&mut ebpf, name, &cgroup_dir)
         })?;
     }
-    for name in [SOCK_CREATE, SOCK_RELEASE] {
-        let program: &mut CgroupSock = program_mut(&mut ebpf, name)?;
-        program
-            .load()
-            .with_context(|| format!("kernel rejected program {name}"))?;
-        attached.attach(name, program.info()?.tag(), || {
-            let link = program.attach(&cgroup_dir, CgroupAttachMode::Single)?;
-            Ok(FdLink::try_from(program.take_link(link)?)?)
-        })?;
-    }
-    let program: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS)?;
-    program
-        .load()
-        .with_context(|| format!("kernel rejected program {SOCK_OPS}"))?;
-    attached.attach(SOCK_OPS, program.info()?.tag(), || {
-        let link = program.attach(&cgroup_dir, CgroupAttachMode::Single)?;
-        Ok(FdLink::try_from(program.take_link(link)?)?)
-    })?;
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,
@@ -168,16 +285,61 @@ pub fn load_and_attach(
         },
         event_bytes: capacities.event_bytes,
     };
-    let Attacher { links, pinned, .. } = attached;
+    let slots = attacher.slots;
     Ok((
         AttachedPrograms {
-            _links: links,
-            _pinned: pinned,
-            _ebpf: ebpf,
+            cgroup: cgroup.to_owned(),
+            cgroup_dir,
+            slots,
+            ebpf,
         },
         maps,
         logger,
     ))
+}
+
+/// Loads one program into the kernel: its tag and id.
+fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<(u64, u32)> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?;
+    let loaded = match program {
+        Program::CgroupSkb(program) => program.load(),
+        Program::CgroupSock(program) => program.load(),
+        Program::SockOps(program) => program.load(),
+        _ => bail!("program {name} has an unexpected type"),
+    };
+    loaded.with_context(|| format!("kernel rejected program {name}"))?;
+    let info = program.info()?;
+    Ok((info.tag(), info.id()))
+}
+
+/// Attaches a loaded program to the cgroup with a new bpf link. With bpf links (5.7+)
+/// programs always stack; other agents' programs keep running.
+fn attach_link(ebpf: &mut Ebpf, name: &str, cgroup_dir: &File) -> anyhow::Result<FdLink> {
+    Ok(match name {
+        EGRESS | INGRESS => {
+            let attach_type = if name == EGRESS {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
+            let program: &mut CgroupSkb = program_mut(ebpf, name)?;
+            let link = program.attach(cgroup_dir, attach_type, CgroupAttachMode::Single)?;
+            FdLink::try_from(program.take_link(link)?)?
+        }
+        SOCK_CREATE | SOCK_RELEASE => {
+            let program: &mut CgroupSock = program_mut(ebpf, name)?;
+            let link = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+            FdLink::try_from(program.take_link(link)?)?
+        }
+        SOCK_OPS => {
+            let program: &mut SockOps = program_mut(ebpf, name)?;
+            let link = program.attach(cgroup_dir, CgroupAttachMode::Single)?;
+            FdLink::try_from(program.take_link(link)?)?
+        }
+        _ => bail!("no program {name}"),
+    })
 }
 
 /// The maps pinned (with `kernel.pin_path`).
@@ -188,63 +350,91 @@ pub const PINNED_MAPS: [&str; 4] = [
     map_names::EVENTS,
 ];
 
-/// Every program, in attach order.
-const ALL_PROGRAMS: [&str; 5] = [EGRESS, INGRESS, SOCK_CREATE, SOCK_RELEASE, SOCK_OPS];
+/// Every program with its attach type, in attach order.
+const ALL_PROGRAMS: [(&str, u32); 5] = [
+    (EGRESS, attachment::ATTACH_EGRESS),
+    (INGRESS, attachment::ATTACH_INGRESS),
+    (SOCK_CREATE, attachment::ATTACH_SOCK_CREATE),
+    (SOCK_RELEASE, attachment::ATTACH_SOCK_RELEASE),
+    (SOCK_OPS, attachment::ATTACH_SOCK_OPS),
+];
 
 /// Attaches programs, pinning their links when asked to.
 struct Attacher<'a> {
     cgroup: &'a Path,
     pins: Option<&'a PinDir>,
-    links: Vec<FdLink>,
-    pinned: Vec<PinnedLink>,
+    slots: Vec<Slot>,
 }
 
 impl Attacher<'_> {
     fn attach(
         &mut self,
-        name: &str,
+        name: &'static str,
+        attach_type: u32,
         tag: u64,
+        own_id: u32,
         attach: impl FnOnce() -> anyhow::Result<FdLink>,
     ) -> anyhow::Result<()> {
         let attach = || {
             attach().with_context(|| format!("cannot attach {name} to {}", self.cgroup.display()))
         };
-        let Some(pins) = self.pins else {
-            self.links.push(attach()?);
-            return Ok(());
+        let (attached_id, pin_path, link) = match self.pins {
+            None => (own_id, None, Held::Fd(attach()?)),
+            Some(pins) => {
+                let path = pins.link(name, self.cgroup)?;
+                let previous = PinnedLink::from_pin(&path).ok().map(FdLink::from);
+                let kept = previous
+                    .as_ref()
+                    .and_then(attached_program)
+                    .filter(|(_, previous_tag)| *previous_tag == tag);
+                match (previous, kept) {
+                    (Some(previous), Some((program_id, _))) => {
+                        // The same program is attached already and counting into the same
+                        // maps: keep it. (Were it detached meanwhile, the first check
+                        // re-attaches ours.)
+                        debug!("{name}: keeping the pinned link of the previous agent");
+                        (program_id, Some(path), Held::Fd(previous))
+                    }
+                    (previous, _) => {
+                        // A different program (another agent version): attach the new one,
+                        // then let the old go, so no packet is missed in between.
+                        let link = attach()?;
+                        if previous.is_some() {
+                            std::fs::remove_file(&path).with_context(|| {
+                                format!("cannot remove the stale pin {}", path.display())
+                            })?;
+                            info!("{name}: replaced the program a previous agent had attached");
+                        }
+                        let pinned = pin(link, name, &path)?;
+                        (own_id, Some(path), Held::Pinned(pinned))
+                    }
+                }
+            }
         };
-        let path = pins.link(name, self.cgroup)?;
-        let previous = PinnedLink::from_pin(&path).ok().map(FdLink::from);
-        if let Some(previous) = &previous
-            && attached_tag(previous) == Some(tag)
-        {
-            // The same program is attached already and counting into the same maps: keep it.
-            debug!("{name}: keeping the pinned link of the previous agent");
-            return Ok(());
-        }
-        // A different program (another agent version): attach the new one, then let the old
-        // go, so no packet is missed in between.
-        let link = attach()?;
-        if previous.is_some() {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("cannot remove the stale pin {}", path.display()))?;
-            info!("{name}: replaced the program a previous agent had attached");
-        }
-        let pinned = link
-            .pin(&path)
-            .with_context(|| format!("cannot pin {name}'s link at {}", path.display()))?;
-        self.pinned.push(pinned);
+        self.slots.push(Slot {
+            name,
+            attach_type,
+            attached_id,
+            own_id,
+            pin: pin_path,
+            _link: link,
+        });
         Ok(())
     }
 }
 
-/// The tag (hash of the instructions) of the program behind a link.
-fn attached_tag(link: &FdLink) -> Option<u64> {
+fn pin(link: FdLink, name: &str, path: &Path) -> anyhow::Result<PinnedLink> {
+    link.pin(path)
+        .with_context(|| format!("cannot pin {name}'s link at {}", path.display()))
+}
+
+/// The id and tag (hash of the instructions) of the program behind a link.
+fn attached_program(link: &FdLink) -> Option<(u32, u64)> {
     let id = link.info().ok()?.program_id();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|program| program.id() == id)
-        .map(|program| program.tag())
+        .map(|program| (id, program.tag()))
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut T>

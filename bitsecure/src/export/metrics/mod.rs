@@ -16,6 +16,7 @@ use super::{
 };
 use crate::{
     baseline::service::{BaselineReport, BaselineState},
+    kernel::ProgramCheck,
     poller::PollReport,
 };
 
@@ -70,6 +71,11 @@ impl Metrics {
         self.naming.record_events(&report.events);
         self.naming.record_dropped(report.kernel.events_dropped);
         self.naming.names.set(report.names as i64);
+    }
+
+    /// One check that the kernel programs are attached (the guard thread's, every poll interval).
+    pub fn record_attachments(&self, checks: &[ProgramCheck]) {
+        self.poller.record_attachments(checks);
     }
 
     /// The baseline service's latest report: gauges, counters and the JSON view.

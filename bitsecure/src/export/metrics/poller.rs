@@ -5,6 +5,7 @@ use prometheus::{
 };
 
 use super::register;
+use crate::kernel::ProgramCheck;
 use crate::poller::{KernelStats, PollReport, identity::ProcessIdentity};
 
 /// The poller's view of the kernel: maps, processes, attribution, its own health.
@@ -18,6 +19,8 @@ pub struct PollerMetrics {
     pub poll_errors: IntCounter,
     pub closed_sockets: IntCounter,
     pub unattributed_sockets: IntCounter,
+    pub programs_attached: IntGaugeVec,
+    pub program_reattachments: IntCounterVec,
 }
 
 impl PollerMetrics {
@@ -100,7 +103,40 @@ impl PollerMetrics {
                     "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
                 )?,
             )?,
+            programs_attached: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_programs_attached",
+                        "1 if the agent's kernel program is attached to the watched cgroup at the last check. 0: it was detached or replaced (by someone with root) and could not be re-attached, so part of the traffic is not counted; see the agent log, and restart the agent.",
+                    ),
+                    &["program"],
+                )?,
+            )?,
+            program_reattachments: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_program_reattachments_total",
+                        "Times the agent found its kernel program detached or replaced on the watched cgroup and attached it again. Traffic between the detach and the re-attachment was not counted; someone with root did it: find out who (the agent log says what was found).",
+                    ),
+                    &["program"],
+                )?,
+            )?,
         })
+    }
+
+    /// One check of the programs' attachments.
+    pub fn record_attachments(&self, checks: &[ProgramCheck]) {
+        for check in checks {
+            self.programs_attached
+                .with_label_values(&[check.program])
+                .set(i64::from(check.attached));
+            // Created at 0 on the first check, so a first re-attachment is an increase.
+            self.program_reattachments
+                .with_label_values(&[check.program])
+                .inc_by(u64::from(check.reattached));
+        }
     }
 
     /// The kernel maps' sizes; each map's insert failures start at 0, so a first failure is an
@@ -151,5 +187,36 @@ impl PollerMetrics {
                 identity.unit.as_deref().unwrap_or(""),
             ])
             .set(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reattached_program_counts_and_stays_attached() {
+        let metrics = PollerMetrics::new(&Registry::new()).unwrap();
+        let check = |attached, reattached| ProgramCheck {
+            program: "count_egress",
+            attached,
+            reattached,
+        };
+        metrics.record_attachments(&[check(true, false)]);
+        let reattachments = || {
+            metrics
+                .program_reattachments
+                .with_label_values(&["count_egress"])
+                .get()
+        };
+        assert_eq!(reattachments(), 0);
+        metrics.record_attachments(&[check(true, true)]);
+        assert_eq!(reattachments(), 1);
+        metrics.record_attachments(&[check(false, false)]);
+        let attached = metrics
+            .programs_attached
+            .with_label_values(&["count_egress"])
+            .get();
+        assert_eq!((attached, reattachments()), (0, 1));
     }
 }
