@@ -341,8 +341,9 @@ fn closed_sockets_are_folded_out_of_the_kernel_maps_without_losing_bytes() {
     }
 }
 
-/// After attaching, the thread serving HTTP holds no capability at all and the poller only the
-/// two it needs to read other processes' /proc entries — read from the kernel's own view of
+/// After attaching, the thread serving HTTP holds no capability at all, the poller only the
+/// two it needs to read other processes' /proc entries and the guard the two it needs to check
+/// and re-attach the programs — read from the kernel's own view of
 /// the running agent.
 #[test]
 fn capabilities_are_dropped_after_attaching() {
@@ -376,7 +377,9 @@ fn capabilities_are_dropped_after_attaching() {
         assert_eq!(field(&main, key), 0, "main (HTTP) thread {key}\n{main}");
     }
     let poller_caps = (1u64 << 2) | (1u64 << 19); // CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE
+    let guard_caps = (1u64 << 12) | (1u64 << 39); // CAP_NET_ADMIN, CAP_BPF
     let mut poller_seen = false;
+    let mut guard_seen = false;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let path = task.unwrap().path();
         let text = status(path.join("status").display().to_string());
@@ -387,12 +390,20 @@ fn capabilities_are_dropped_after_attaching() {
             .trim_start_matches("Name:")
             .trim();
         let effective = field(&text, "CapEff:");
+        let allowed = if name == "guard" {
+            guard_caps
+        } else {
+            poller_caps
+        };
         assert_eq!(
-            field(&text, "CapBnd:") & !poller_caps,
+            field(&text, "CapBnd:") & !allowed,
             0,
             "{name}: bounding set\n{text}"
         );
-        if name == "poller" {
+        if name == "guard" {
+            guard_seen = true;
+            assert_eq!(effective, guard_caps, "guard\n{text}");
+        } else if name == "poller" {
             poller_seen = true;
             assert_eq!(effective, poller_caps, "poller\n{text}");
         } else {
@@ -400,6 +411,7 @@ fn capabilities_are_dropped_after_attaching() {
         }
     }
     assert!(poller_seen, "no poller thread in /proc/{pid}/task");
+    assert!(guard_seen, "no guard thread in /proc/{pid}/task");
 
     // The narrowed agent still attributes traffic (the /proc path for sockets older than the
     // agent runs under these capabilities in accounting.rs).

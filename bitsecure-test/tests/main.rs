@@ -19,6 +19,7 @@ mod load;
 mod names;
 mod prometheus_rules;
 mod restart;
+mod tamper;
 
 use std::path::PathBuf;
 
