@@ -173,7 +173,8 @@ fn a_detached_program_is_reported_and_reattached() {
     }
     let log = agent.log_text();
     assert!(
-        log.contains("count_egress was detached: no program runs there")
+        log.contains("count_egress is no longer attached to cgroup")
+            && log.contains("(no program of this attach type runs there)")
             && log.contains("re-attached it"),
         "{log}"
     );

@@ -110,12 +110,12 @@ impl Finding {
         match self {
             Self::Attached => "attached".to_owned(),
             Self::Missing { others } if others.is_empty() => {
-                "detached: no program runs there".to_owned()
+                "no program of this attach type runs there".to_owned()
             }
             Self::Missing { others } => {
                 let ids: Vec<String> = others.iter().map(u32::to_string).collect();
                 format!(
-                    "detached: only other programs run there (ids {}); one may have replaced it",
+                    "only other programs run there, ids {}; one may be a look-alike put in its place",
                     ids.join(", ")
                 )
             }

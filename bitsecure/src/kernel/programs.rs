@@ -146,7 +146,9 @@ impl AttachedPrograms {
         match result {
             Ok(()) => {
                 warn!(
-                    "{name} was {found} on cgroup {} (someone with root detached or replaced                      it; traffic since the last poll was not counted); re-attached it",
+                    "{name} is no longer attached to cgroup {} ({found}): someone with root \
+                     detached or replaced it, and what it counts was not counted since; \
+                     re-attached it",
                     self.cgroup.display()
                 );
                 ProgramCheck {
@@ -157,7 +159,9 @@ impl AttachedPrograms {
             }
             Err(error) => {
                 warn!(
-                    "{name} was {found} on cgroup {} (someone with root detached or replaced                      it); re-attaching failed: {error:#}; its traffic is not counted until                      the agent restarts",
+                    "{name} is no longer attached to cgroup {} ({found}): someone with root \
+                     detached or replaced it; re-attaching failed: {error:#}; what it counts \
+                     is not counted until the agent restarts",
                     self.cgroup.display()
                 );
                 ProgramCheck {
