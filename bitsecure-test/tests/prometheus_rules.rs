@@ -16,6 +16,7 @@ const ALERTS: &[&str] = &[
     "BitSecureKernelMapNearFull",
     "BitSecureFlowsDropped",
     "BitSecureBaselineReloadFailed",
+    "BitSecureProgramDetached",
 ];
 
 fn prometheus_dir() -> PathBuf {
