@@ -224,7 +224,8 @@ fn a_program_put_in_place_of_ours_is_not_taken_for_ours() {
     let log = agent.log_text();
     assert!(
         log.contains(&format!(
-            "count_ingress was detached: only other programs run there (ids {impostor_id})"
+            "count_ingress is no longer attached to cgroup {cgroup_path} (only other programs \
+             run there, ids {impostor_id}; one may be a look-alike"
         )),
         "{log}"
     );
