@@ -4,9 +4,14 @@
 //! `/proc/<pid>/exe` of other users' processes to find who owns a socket
 //! ([`POLLER_CAPABILITIES`]).
 //!
-//! Capabilities are per thread in Linux. The agent narrows every set (bounding set included)
-//! to the poller's two before starting the poller thread, which inherits them, and then clears
-//! the main thread's, which serves HTTP: the network-facing code holds no capability at all.
+//! Checking that the programs are still attached, and re-attaching them, needs CAP_NET_ADMIN
+//! and CAP_BPF ([`GUARD_CAPABILITIES`]): a thread of its own (the guard) keeps those two and
+//! parses nothing that comes from the network.
+//!
+//! Capabilities are per thread in Linux. The agent starts the guard thread (which narrows
+//! itself), narrows every set (bounding set included) to the poller's two before starting the
+//! poller thread, which inherits them, and then clears the main thread's, which serves HTTP:
+//! the network-facing code holds no capability at all.
 
 use thiserror::Error;
 
