@@ -82,14 +82,28 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     // re-attaches them; it keeps the two capabilities that takes, and owns the programs (they
     // detach when it returns, unless pinned).
     let (stop_guard, guard_stops) = mpsc::channel::<()>();
+    let (narrowed, guard_narrowed) = mpsc::sync_channel::<Result<(), caps::CapsError>>(1);
     let guard_thread = {
         let metrics = Arc::clone(&metrics);
         let interval = config.poll_interval();
         thread::Builder::new()
             .name("guard".into())
-            .spawn(move || guard(programs, &metrics, interval, &guard_stops))
+            .spawn(move || {
+                // Narrowed before it does anything else; the agent does not run with a guard
+                // that kept everything.
+                let dropped = caps::restrict_thread_to(&caps::GUARD_CAPABILITIES);
+                let ok = dropped.is_ok();
+                let _ = narrowed.send(dropped);
+                if ok {
+                    guard(programs, &metrics, interval, &guard_stops);
+                }
+            })
             .context("cannot start the guard thread")?
     };
+    guard_narrowed
+        .recv()
+        .context("the guard thread ended before it started")?
+        .context("cannot drop the guard thread's capabilities")?;
 
     // Attached: from here on the poller needs only to read other processes' /proc entries,
     // and the HTTP side (this thread) needs nothing. The poller thread inherits the narrowed
@@ -155,7 +169,8 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The guard thread: checks the programs' attachments every `interval` (see
+/// The guard thread (already narrowed to [`caps::GUARD_CAPABILITIES`]): checks the programs'
+/// attachments every `interval` (see
 /// [`AttachedPrograms::check_and_repair`]) until `stop` closes, then drops the programs.
 fn guard(
     mut programs: AttachedPrograms,
@@ -163,9 +178,6 @@ fn guard(
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
-    if let Err(error) = caps::restrict_thread_to(&caps::GUARD_CAPABILITIES) {
-        warn!("guard thread: cannot drop capabilities: {error}");
-    }
     loop {
         metrics.record_attachments(&programs.check_and_repair());
         match stop.recv_timeout(interval) {
