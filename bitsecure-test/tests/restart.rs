@@ -10,10 +10,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bitsecure_test::{
-    agent::{Agent, agent_binary},
+    agent::{Agent, TEST_POLL_SECONDS, agent_binary},
     cgroup::{TestCgroup, attached_programs},
-    exposition::{Exported, traffic_by_process},
-    process::{scratch_dir, spawn_until},
+    exposition::{Exported, sum_metric, traffic_by_process},
+    process::{run_generator, scratch_dir, spawn_until},
     testnet::TestNet,
 };
 
@@ -294,4 +294,94 @@ fn kill_9_at_any_moment_leaves_a_valid_state_file() {
             .unwrap_or_else(|error| panic!("round {round}: half a state file ({error})"));
         assert_eq!(parsed["format_version"], 1, "round {round}");
     }
+}
+
+/// The series cap (`metrics.max_series`) counts the series a previous agent exported: after a
+/// restart at the cap, a new series folds into `other` instead of getting its own.
+#[test]
+fn a_restart_at_the_series_cap_keeps_the_cap() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::new("cap");
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-cap-server");
+    let peer = net.peer_v4;
+    for port in [5000, 5001, 5002] {
+        net.spawn_server(&server, &["serve", "--udp", &format!("{peer}:{port}")]);
+    }
+    let process = "bsg-rs-cap";
+    let sender = install_generator(process);
+    let send = |port: u16| {
+        run_generator(setup.cgroup.command(&sender).args([
+            "udp",
+            "--to",
+            &format!("{peer}:{port}"),
+            "--datagrams",
+            "20",
+            "--size",
+            "200",
+        ]));
+    };
+    let config = format!("{}[metrics]\nmax_series = 2\n", setup.config(4096));
+    // The series of `process` and their ports, once the agent has polled.
+    let series_of = |agent: &Agent| -> Vec<(String, String)> {
+        let mut series: Vec<(String, String)> = agent
+            .scrape()
+            .into_iter()
+            .filter(|sample| {
+                sample.name == "bitsecure_sent_bytes_total"
+                    && sample.labels.get("process").map(String::as_str) == Some(process)
+            })
+            .map(|sample| {
+                (
+                    sample.labels["remote"].clone(),
+                    sample.labels["port"].clone(),
+                )
+            })
+            .collect();
+        series.sort();
+        series
+    };
+    let settle = || std::thread::sleep(Duration::from_secs_f64(TEST_POLL_SECONDS * 4.0));
+
+    let first = Agent::start_with(&config);
+    send(5000);
+    send(5001);
+    settle();
+    let peer_text = peer.to_string();
+    assert_eq!(
+        series_of(&first),
+        [
+            (peer_text.clone(), "5000".to_owned()),
+            (peer_text.clone(), "5001".to_owned())
+        ],
+        "{}",
+        first.log_text()
+    );
+    assert!(first.stop().success());
+
+    let second = Agent::start_with(&config);
+    settle();
+    let samples = second.scrape();
+    assert_eq!(
+        sum_metric(&samples, "bitsecure_traffic_series", &[]),
+        2.0,
+        "the restored series count toward the cap"
+    );
+    send(5002);
+    settle();
+    assert_eq!(
+        series_of(&second),
+        [
+            (peer_text.clone(), "5000".to_owned()),
+            (peer_text, "5001".to_owned()),
+            ("other".to_owned(), String::new())
+        ],
+        "a new series after a restart at the cap folds into other\n{}",
+        second.log_text()
+    );
+    let folded = sum_metric(&second.scrape(), "bitsecure_folded_flows_total", &[]);
+    assert!(folded >= 1.0, "folded flows: {folded}");
+    second.stop();
 }

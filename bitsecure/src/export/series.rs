@@ -15,6 +15,7 @@ use crate::flow::{ClassKey, FlowDelta, SeriesKey, Traffic};
 pub struct FlowTable {
     max_remotes: usize,
     max_series: usize,
+    /// Canonical addresses (IPv4-mapped IPv6 as IPv4).
     admitted_remotes: HashSet<IpAddr>,
     /// The series this agent made (their totals are the exporter's; only membership counts
     /// here, for the cap).
@@ -49,7 +50,7 @@ impl FlowTable {
             let mut key = SeriesKey::of(&ClassKey::of(delta));
             let known = self.series.contains(&key);
             let room = self.series.len() < self.max_series;
-            if !self.admitted_remotes.contains(&delta.remote) || (!known && !room) {
+            if !self.admitted_remotes.contains(&delta.remote.to_canonical()) || (!known && !room) {
                 key = key.folded();
                 folded += 1;
             }
@@ -68,8 +69,9 @@ impl FlowTable {
         }
         let mut candidates: HashMap<IpAddr, u64> = HashMap::new();
         for delta in deltas {
-            if !self.admitted_remotes.contains(&delta.remote) && !delta.traffic.is_zero() {
-                *candidates.entry(delta.remote).or_default() += delta.traffic.total_bytes();
+            let remote = delta.remote.to_canonical();
+            if !self.admitted_remotes.contains(&remote) && !delta.traffic.is_zero() {
+                *candidates.entry(remote).or_default() += delta.traffic.total_bytes();
             }
         }
         let mut candidates: Vec<_> = candidates.into_iter().collect();
@@ -89,13 +91,19 @@ impl FlowTable {
         self.series.is_empty()
     }
 
-    /// Whether `remote` (as in [`FlowDelta::remote`]) has series of its own, i.e. is not
-    /// folded into `other`.
-    pub fn has_own_series(&self, remote: IpAddr) -> bool {
-        self.admitted_remotes.contains(&remote)
+    /// Takes back a series a previous agent exported (from the agent state), so the limits
+    /// count it: a restart does not start the cap from zero while the old series are still
+    /// exported. Its remote keeps its own series while `max_remotes` has room.
+    pub fn restore(&mut self, key: &SeriesKey) {
+        if let Ok(remote) = key.remote.parse::<IpAddr>()
+            && self.admitted_remotes.len() < self.max_remotes
+        {
+            self.admitted_remotes.insert(remote.to_canonical());
+        }
+        self.series.insert(key.clone());
     }
 
-    /// The remotes with series of their own.
+    /// The remotes with series of their own (canonical: IPv4-mapped IPv6 as IPv4).
     pub fn remotes_with_own_series(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.admitted_remotes.iter().copied()
     }
@@ -152,6 +160,11 @@ mod tests {
             }
             assert_eq!(self.table.len(), self.totals.len());
             applied
+        }
+
+        fn restore(&mut self, key: SeriesKey) {
+            self.table.restore(&key);
+            self.totals.entry(key).or_default();
         }
 
         fn series(&self) -> &HashMap<SeriesKey, Traffic> {
@@ -242,6 +255,34 @@ mod tests {
                 .sent_bytes,
             17
         );
+    }
+
+    #[test]
+    fn restored_series_count_toward_the_limits() {
+        let mut table = Counted::new(10, 2);
+        for port in ["1", "2"] {
+            table.restore(SeriesKey {
+                process: "miner".into(),
+                remote: "10.0.0.1".into(),
+                port: port.into(),
+                protocol: "tcp".into(),
+                app: "unknown".into(),
+            });
+        }
+        assert_eq!(table.table.len(), 2);
+        // A restored series keeps counting under its own labels (the IPv4-mapped form of its
+        // address, as the kernel reports it, is the same remote)...
+        let mapped = IpAddr::V6(std::net::Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        let applied = table.apply(&[FlowDelta {
+            remote: mapped,
+            ..delta("miner", "10.0.0.1", Some(1), 6, 5)
+        }]);
+        assert_eq!(applied.folded, 0);
+        assert_eq!(applied.increments[0].0.remote, "10.0.0.1");
+        // ...and the cap is reached: a new series folds.
+        let applied = table.apply(&[delta("miner", "10.0.0.1", Some(3), 6, 5)]);
+        assert_eq!(applied.folded, 1);
+        assert_eq!(applied.increments[0].0.remote, OTHER_REMOTE);
     }
 
     #[test]

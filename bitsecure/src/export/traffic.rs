@@ -98,10 +98,13 @@ impl TrafficMetrics {
         self.series.set(state.table.len() as i64);
     }
 
-    /// Continues a series of a previous agent.
+    /// Continues a series of a previous agent (it counts toward the limits, as before the
+    /// restart).
     pub fn restore(&self, key: &SeriesKey, traffic: &Traffic) {
         if let Ok(mut state) = self.state.lock() {
             state.totals.entry(key.clone()).or_default().add(traffic);
+            state.table.restore(key);
+            self.series.set(state.table.len() as i64);
         }
     }
 

@@ -468,7 +468,7 @@ impl Poller {
             let Some(name) = &accounted.name else {
                 continue;
             };
-            let remote = IpAddr::V6(Ipv6Addr::from(key.remote_addr));
+            let remote = IpAddr::V6(Ipv6Addr::from(key.remote_addr)).to_canonical();
             if wanted.contains(&remote) {
                 let of_remote = names.entry(remote).or_default();
                 if of_remote.len() < MAX_NAMES_PER_REMOTE {
