@@ -13,13 +13,8 @@ use bitsecure_test::{
     process::{run, scratch_dir, sh},
 };
 
-const PROGRAMS: [&str; 5] = [
-    "count_egress",
-    "count_ingress",
-    "record_owner",
-    "mark_released",
-    "mark_passive",
-];
+/// The agent's programs, by the names the agent gives them.
+const PROGRAMS: [&str; 5] = bitsecure::kernel::programs::PROGRAM_NAMES;
 
 /// Attachments of one cgroup are shared state: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());

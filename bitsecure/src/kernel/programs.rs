@@ -39,6 +39,8 @@ pub const INGRESS: &str = "count_ingress";
 pub const SOCK_CREATE: &str = "record_owner";
 pub const SOCK_RELEASE: &str = "mark_released";
 pub const SOCK_OPS: &str = "mark_passive";
+/// Every program name, in attach order (the `program` label of the attachment metrics).
+pub const PROGRAM_NAMES: [&str; 5] = [EGRESS, INGRESS, SOCK_CREATE, SOCK_RELEASE, SOCK_OPS];
 
 /// The maps the agent reads, taken out of the loaded object.
 pub struct KernelMaps {

@@ -41,13 +41,8 @@ const LOOPBACK_PORT: u16 = 25202;
 const AGENT_LISTEN: &str = "127.0.0.1:19977";
 /// Remote ports of the synthetic flows: one flow per port.
 const FLOW_PORTS: std::ops::Range<u16> = 20000..30000;
-const PROGRAMS: [&str; 5] = [
-    "count_egress",
-    "count_ingress",
-    "record_owner",
-    "mark_released",
-    "mark_passive",
-];
+/// The agent's programs, by the names the agent gives them.
+const PROGRAMS: [&str; 5] = bitsecure::kernel::programs::PROGRAM_NAMES;
 const BPF_STATS: &str = "kernel.bpf_stats_enabled";
 /// Prefix of the benchmark's namespace; the rest of its name is the pid of the run.
 const NETNS_PREFIX: &str = "bsbench";
