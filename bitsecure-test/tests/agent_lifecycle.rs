@@ -10,7 +10,7 @@ use std::{
 
 use bitsecure_test::{
     agent::{Agent, TEST_POLL_SECONDS, agent_binary},
-    cgroup::{TestCgroup, attached_programs, cgroup2_mount},
+    cgroup::{TestCgroup, attached_programs},
     exposition::{Sample, traffic_by_process},
     process::{require_root, run_generator, scratch_dir},
     testnet::TestNet,
@@ -84,21 +84,14 @@ fn missing_cgroup_path_is_a_clear_error() {
 #[test]
 fn shutdown_detaches_every_program() {
     require_root();
-    let root_cgroup = cgroup2_mount();
-    let before = attached_programs(&root_cgroup);
-    let agent = Agent::start();
-    assert_eq!(
-        attached_programs(&root_cgroup),
-        before + 5,
-        "five programs attached"
-    );
+    // A cgroup of its own: agents of tests running at the same time attach to the root.
+    let cgroup = TestCgroup::new("shutdown");
+    assert_eq!(attached_programs(&cgroup.path), 0);
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    assert_eq!(attached_programs(&cgroup.path), 5, "five programs attached");
     let status = agent.stop();
     assert!(status.success(), "agent exit status {status}");
-    assert_eq!(
-        attached_programs(&root_cgroup),
-        before,
-        "programs left attached"
-    );
+    assert_eq!(attached_programs(&cgroup.path), 0, "programs left attached");
 }
 
 #[test]

@@ -78,32 +78,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     metrics.publish_baseline(report);
     let mut monitoring = Monitoring(baseline);
 
-    // The guard checks every poll interval that the programs are still attached and
-    // re-attaches them; it keeps the two capabilities that takes, and owns the programs (they
-    // detach when it returns, unless pinned).
-    let (stop_guard, guard_stops) = mpsc::channel::<()>();
-    let (narrowed, guard_narrowed) = mpsc::sync_channel::<Result<(), caps::CapsError>>(1);
-    let guard_thread = {
-        let metrics = Arc::clone(&metrics);
-        let interval = config.poll_interval();
-        thread::Builder::new()
-            .name("guard".into())
-            .spawn(move || {
-                // Narrowed before it does anything else; the agent does not run with a guard
-                // that kept everything.
-                let dropped = caps::restrict_thread_to(&caps::GUARD_CAPABILITIES);
-                let ok = dropped.is_ok();
-                let _ = narrowed.send(dropped);
-                if ok {
-                    guard(programs, &metrics, interval, &guard_stops);
-                }
-            })
-            .context("cannot start the guard thread")?
-    };
-    guard_narrowed
-        .recv()
-        .context("the guard thread ended before it started")?
-        .context("cannot drop the guard thread's capabilities")?;
+    let (stop_guard, guard_thread) = spawn_guard(programs, &metrics, config.poll_interval())?;
 
     // Attached: from here on the poller needs only to read other processes' /proc entries,
     // and the HTTP side (this thread) needs nothing. The poller thread inherits the narrowed
@@ -167,6 +142,38 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts the guard thread: it checks every poll interval that the programs are still
+/// attached and re-attaches them; it keeps the two capabilities that takes and owns the
+/// programs (they detach when it returns, unless pinned). Returns once the guard has narrowed
+/// its capabilities; dropping the sender stops it.
+fn spawn_guard(
+    programs: AttachedPrograms,
+    metrics: &Arc<Metrics>,
+    interval: Duration,
+) -> anyhow::Result<(mpsc::Sender<()>, thread::JoinHandle<()>)> {
+    let (stop_guard, guard_stops) = mpsc::channel::<()>();
+    let (narrowed, guard_narrowed) = mpsc::sync_channel::<Result<(), caps::CapsError>>(1);
+    let metrics = Arc::clone(metrics);
+    let guard_thread = thread::Builder::new()
+        .name("guard".into())
+        .spawn(move || {
+            // Narrowed before it does anything else: the agent does not run with a guard that
+            // kept everything.
+            let dropped = caps::restrict_thread_to(&caps::GUARD_CAPABILITIES);
+            let ok = dropped.is_ok();
+            let _ = narrowed.send(dropped);
+            if ok {
+                guard(programs, &metrics, interval, &guard_stops);
+            }
+        })
+        .context("cannot start the guard thread")?;
+    guard_narrowed
+        .recv()
+        .context("the guard thread ended before it started")?
+        .context("cannot drop the guard thread's capabilities")?;
+    Ok((stop_guard, guard_thread))
 }
 
 /// The guard thread (already narrowed to [`caps::GUARD_CAPABILITIES`]): checks the programs'
