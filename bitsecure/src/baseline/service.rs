@@ -331,7 +331,7 @@ mod tests {
         ] {
             assert!(text.contains(&expected), "missing {expected:?} in\n{text}");
         }
-        let unexpected = metrics.baseline_view().unexpected;
+        let unexpected = metrics.api.view().unexpected;
         assert_eq!(unexpected.len(), 1);
         assert_eq!(unexpected[0].name.as_deref(), Some("pool.example.org"));
     }

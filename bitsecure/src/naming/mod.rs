@@ -49,15 +49,6 @@ pub struct EventCounts {
     pub dns_unparsable: u64,
 }
 
-impl EventCounts {
-    pub fn add(&mut self, other: &EventCounts) {
-        self.dns += other.dns;
-        self.payload += other.payload;
-        self.dns_ok += other.dns_ok;
-        self.dns_unparsable += other.dns_unparsable;
-    }
-}
-
 /// What the first payloads of a flow told so far.
 #[derive(Debug, Default)]
 struct FlowInsight {

@@ -294,8 +294,10 @@ impl Poller {
                 Accounting::Deferred => report.deferred_flows += 1,
                 Accounting::Unchanged => {}
                 Accounting::Delta(delta) => {
-                    if self.reported_processes.insert((*owner).clone()) {
+                    // Looked up before cloning: this runs for every flow with new traffic.
+                    if !self.reported_processes.contains(&*owner) {
                         report_new_process(&owner);
+                        self.reported_processes.insert((*owner).clone());
                         report.new_processes.push((*owner).clone());
                     }
                     report.deltas.push(delta);

@@ -89,11 +89,6 @@ impl Metrics {
         };
         self.api.set_view(BaselineView { mode, unexpected });
     }
-
-    /// The JSON view last published.
-    pub fn baseline_view(&self) -> BaselineView {
-        self.api.view()
-    }
 }
 
 /// Registers a collector and hands it back.
