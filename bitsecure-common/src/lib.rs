@@ -6,8 +6,12 @@
 
 /// Map names, as the kernel side declares them and the agent looks them up.
 pub mod map_names {
-    /// Per-CPU hash: [`FlowKey`](crate::FlowKey) → [`FlowCounters`](crate::FlowCounters).
+    /// Per-CPU hash: [`FlowKey`](crate::FlowKey) → [`FlowCounters`](crate::FlowCounters), for
+    /// connected sockets (one remote each).
     pub const FLOWS: &str = "FLOWS";
+    /// Per-CPU hash like `FLOWS`, for the peers of sockets that talk to many (listeners'
+    /// handshakes, unconnected UDP, raw and the kernel's control sockets).
+    pub const PEERS: &str = "PEERS";
     /// Hash: socket cookie (`u64`) → [`SocketOwner`](crate::SocketOwner).
     pub const SOCKETS: &str = "SOCKETS";
     /// Per-CPU array of `u64` event counters, indexed by [`Stat`](crate::Stat).
@@ -61,6 +65,18 @@ pub mod protocol {
 
 /// Default capacity of the `FLOWS` map (entries; the agent may override it at load time).
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
+/// Default capacity of the `PEERS` map (entries; the agent may override it at load time).
+pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
+/// Flags of the `FLOWS` map: `BPF_F_NO_PREALLOC`. An element the agent deletes is freed only
+/// after every program that may hold it has finished, never handed to another flow while a
+/// program on another CPU still adds to it; and memory is taken as connections come.
+pub const FLOW_MAP_FLAGS: u32 = 1;
+/// Flags of the `PEERS` map: none, so preallocated. Anyone who can send packets adds peers: a
+/// map that allocated per peer would let a flood drain the kernel's atomic per-CPU memory,
+/// and `FLOWS` inserts (new connections) would fail with it (measured: 626 failed in one
+/// flood). A preallocated element may be reused while a program still adds to it: only an
+/// idle peer (folded) racing its own next packet, one packet's bytes on another peer.
+pub const PEER_MAP_FLAGS: u32 = 0;
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
 pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
 
@@ -182,17 +198,21 @@ pub enum Stat {
     MalformedPackets = 2,
     /// Events not handed over because the `EVENTS` ring buffer was full.
     EventsDropped = 3,
+    /// Packets of a new peer of a many-peer socket counted without their remote (in the
+    /// socket's remote-less `FLOWS` entry) because `PEERS` was full.
+    PeerInsertFailed = 4,
 }
 
 impl Stat {
     /// Number of entries of the `STATS` array.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 5;
     /// All stats, in index order.
     pub const ALL: [Stat; Self::COUNT as usize] = [
         Stat::FlowInsertFailed,
         Stat::SocketInsertFailed,
         Stat::MalformedPackets,
         Stat::EventsDropped,
+        Stat::PeerInsertFailed,
     ];
 }
 

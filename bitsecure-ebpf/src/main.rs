@@ -1,7 +1,12 @@
 //! BitSecure kernel programs.
 //!
 //! - `count_egress` / `count_ingress` (cgroup_skb): add every packet of a socket to its
-//!   [`FlowKey`] counters, in L3 wire bytes.
+//!   [`FlowKey`] counters, in L3 wire bytes: in `FLOWS` for a connected socket (one remote),
+//!   in `PEERS` for a socket that talks to many (a listener's handshakes, unconnected UDP, raw
+//!   and the kernel's control sockets). Anyone who can send packets can make a listener or an
+//!   unconnected socket grow peers; kept apart, a flood of them cannot crowd connected
+//!   sockets out of `FLOWS`, and when `PEERS` is full a new peer's packets are still counted,
+//!   against its socket without the remote.
 //! - `record_owner` (cgroup/sock_create): remember which process created a socket, in process
 //!   context, so even a socket that lives for a millisecond is attributed.
 //! - `mark_released` (cgroup/sock_release): stamp the socket as closed so the agent can fold its
@@ -36,16 +41,24 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use bitsecure_common::{
-    DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS,
-    DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD, EVENT_PAYLOAD_MAX, FlowCounters, FlowKey,
-    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
-    protocol,
+    DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
+    DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
+    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, OWNER_FROM_CREATE,
+    OWNER_FROM_RELEASE, OWNER_UNKNOWN, PEER_MAP_FLAGS, PayloadEvent, SocketOwner, Stat, protocol,
 };
 
-/// Per-flow counters (bytes are L3 wire bytes, packets are wire packets), one slot per CPU.
+/// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
+/// packets), one slot per CPU; also the remote-less entry of a many-peer socket whose new
+/// peer found `PEERS` full.
 #[map]
 static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+    PerCpuHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, FLOW_MAP_FLAGS);
+
+/// Per-peer counters of sockets that talk to many peers, as in `FLOWS`. The agent folds
+/// entries that went idle.
+#[map]
+static PEERS: PerCpuHashMap<FlowKey, FlowCounters> =
+    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, PEER_MAP_FLAGS);
 
 /// Socket cookie → the process that created (or closed) the socket.
 #[map]
@@ -226,7 +239,19 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     };
 
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
-    let Some(counters) = add_to_flow(&info.key, direction, wire_bytes, segments as u64) else {
+    let packets = segments as u64;
+    let counters = if has_one_remote(skb) {
+        add_to_flow(&FLOWS, &info.key, direction, wire_bytes, packets)
+    } else {
+        let counters = add_to_flow(&PEERS, &info.key, direction, wire_bytes, packets);
+        if counters.is_none() {
+            count_without_remote(&info.key, direction, wire_bytes, packets);
+            return;
+        }
+        counters
+    };
+    let Some(counters) = counters else {
+        bump(Stat::FlowInsertFailed);
         return;
     };
     // The common case, a flow whose first payloads are past, costs this one test; the rest
@@ -366,14 +391,47 @@ fn hand_over(
     }
 }
 
-/// Adds a packet to its flow; returns this CPU's counters of the flow (None if the map is full).
+/// Whether the packet's socket is connected: it has a remote port, so all its packets go to
+/// one remote. Listeners, unconnected UDP, raw sockets and the kernel's control sockets (RSTs,
+/// ICMP errors) have none. `__sk_buff.sk` is the socket the hook runs for (a listener for its
+/// handshakes).
+#[inline(always)]
+fn has_one_remote(skb: *const __sk_buff) -> bool {
+    // SAFETY: a context read; the verifier allows the socket fields read below once the
+    // pointer is checked for null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    // SAFETY: checked for null; dst_port is a sock_common field, readable for any socket.
+    !sk.is_null() && unsafe { (*sk).dst_port } != 0
+}
+
+/// Counts a packet of a many-peer socket whose new peer found `PEERS` full: in the socket's
+/// remote-less `FLOWS` entry (one per socket and local port), so its bytes still count for the
+/// socket's process. Its payload is not inspected.
+#[inline(never)]
+fn count_without_remote(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
+    bump(Stat::PeerInsertFailed);
+    let socket_key = FlowKey {
+        cookie: key.cookie,
+        local_port: key.local_port,
+        protocol: key.protocol,
+        ..FlowKey::default()
+    };
+    if add_to_flow(&FLOWS, &socket_key, direction, bytes, packets).is_none() {
+        bump(Stat::FlowInsertFailed);
+    }
+}
+
+/// Adds a packet to its flow in `map`; returns this CPU's counters of the flow (None if the
+/// map is full).
+#[inline(always)]
 fn add_to_flow(
+    map: &PerCpuHashMap<FlowKey, FlowCounters>,
     key: &FlowKey,
     direction: u8,
     bytes: u64,
     packets: u64,
 ) -> Option<*mut FlowCounters> {
-    let counters = match FLOWS.get_ptr_mut(key) {
+    let counters = match map.get_ptr_mut(key) {
         Some(counters) => counters,
         None => {
             let fresh = FlowCounters {
@@ -381,14 +439,8 @@ fn add_to_flow(
                 ..FlowCounters::default()
             };
             // BPF_NOEXIST: if another CPU raced us to insert, its entry is as good as ours.
-            let _ = FLOWS.insert(key, fresh, BPF_NOEXIST.into());
-            match FLOWS.get_ptr_mut(key) {
-                Some(counters) => counters,
-                None => {
-                    bump(Stat::FlowInsertFailed);
-                    return None;
-                }
-            }
+            let _ = map.insert(key, fresh, BPF_NOEXIST.into());
+            map.get_ptr_mut(key)?
         }
     };
     // SAFETY: pointer from a successful lookup of this CPU's slot; no other CPU writes it.

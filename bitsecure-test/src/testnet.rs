@@ -135,7 +135,12 @@ impl TestNet {
             "    oifname \"lo\" ip daddr 127.0.0.1 tcp dport {LOOPBACK_PORT} counter name host_sent_loopback\n"
         );
         rules += "  }\n}\n";
-        let rules_file = scratch_dir().join(format!("{}.nft", self.ns));
+        self.nft_script("counters", &rules);
+    }
+
+    /// Runs the nftables script `rules` in the namespace (`tag` names its file).
+    fn nft_script(&self, tag: &str, rules: &str) {
+        let rules_file = scratch_dir().join(format!("{}-{tag}.nft", self.ns));
         std::fs::write(&rules_file, rules).expect("write nft rules");
         sh(
             "ip",
@@ -212,6 +217,40 @@ impl TestNet {
                 && !route.contains(" via "),
             "{address} is not routed straight into the test veth {}: {route}",
             self.lab.host_if()
+        );
+    }
+
+    /// Counts, on their own, the IPv4 TCP packets between the host and the peer namespace
+    /// that have `port` as source or destination port (a server's traffic, whichever side it
+    /// is on): read them with [`TestNet::counter`]`(direction, "port{port}")`.
+    pub fn count_tcp_port(&self, port: u16) {
+        let h4 = self.host_v4;
+        let name = format!("port{port}");
+        let mut rules = format!(
+            "add counter inet bitsecure_test host_sent_{name}\n\
+             add counter inet bitsecure_test host_received_{name}\n"
+        );
+        for side in ["sport", "dport"] {
+            rules += &format!(
+                "add rule inet bitsecure_test input ip saddr {h4} tcp {side} {port} counter name host_sent_{name}\n\
+                 add rule inet bitsecure_test output ip daddr {h4} tcp {side} {port} counter name host_received_{name}\n"
+            );
+        }
+        self.nft_script(&name, &rules);
+    }
+
+    /// Routes the IPv4 block `block`/`prefix_len` from the host to the peer, where it is
+    /// local (an AnyIP route): the host can talk to any address of it, and what it sends there
+    /// reaches the namespace's nftables input hook. Gone with the veth pair on drop.
+    pub fn route_block_to_peer(&self, block: Ipv4Addr, prefix_len: u8) {
+        let cidr = format!("{block}/{prefix_len}");
+        sh(
+            "ip",
+            &["route", "replace", &cidr, "via", &self.peer_v4.to_string()],
+        );
+        sh(
+            "ip",
+            &["-n", &self.ns, "route", "add", "local", &cidr, "dev", "lo"],
         );
     }
 

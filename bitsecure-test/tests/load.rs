@@ -29,7 +29,7 @@ use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
     exposition::{Exported, Sample, parse_exposition, sum_metric, traffic_by_process, within},
-    process::{GeneratorReport, run_generator, sh, tail},
+    process::{GeneratorReport, run_generator, tail},
     testnet::TestNet,
 };
 
@@ -51,6 +51,7 @@ const MIB: f64 = 1024.0 * 1024.0;
 #[derive(Debug, Default)]
 struct MapWatch {
     max_flows: f64,
+    max_peers: f64,
     max_sockets: f64,
     scrapes: usize,
     /// (time since the load started, VmHWM in bytes), one per second.
@@ -63,10 +64,11 @@ impl MapWatch {
         let value = |name: &str, map: &str| sum_metric(samples, name, &[("map", map)]);
         self.scrapes += 1;
         self.max_flows = self.max_flows.max(value("bitsecure_map_entries", "flows"));
+        self.max_peers = self.max_peers.max(value("bitsecure_map_entries", "peers"));
         self.max_sockets = self
             .max_sockets
             .max(value("bitsecure_map_entries", "sockets"));
-        for map in ["flows", "sockets"] {
+        for map in ["flows", "peers", "sockets"] {
             let failures = value("bitsecure_map_insert_failures_total", map);
             let entries = value("bitsecure_map_entries", map);
             let capacity = value("bitsecure_map_capacity", map);
@@ -224,10 +226,11 @@ fn hundred_thousand_short_connections_per_minute() {
     eprintln!(
         "churn: {connections} connections in {:.1} s = {per_minute:.0}/min; agent {mine:?}; \
          nftables {truth:?}; unknown {unknown:?}; closed sockets {closed}; map entries at most {} flows, {} \
-         sockets ({} scrapes), {entries} flows at the end; agent peak RSS {:.1} MiB ({:.1} \
+         peers, {} sockets ({} scrapes), {entries} flows at the end; agent peak RSS {:.1} MiB ({:.1} \
          MiB after start)",
         elapsed.as_secs_f64(),
         watch.max_flows,
+        watch.max_peers,
         watch.max_sockets,
         watch.scrapes,
         rss as f64 / MIB,
@@ -353,19 +356,11 @@ fn a_flow_map_too_small_for_the_churn_reports_every_packet_it_missed() {
     assert!(agent.is_running(), "the agent died");
 }
 
-/// A /16 of remote addresses behind the peer: routed to it from the host, local to the
-/// namespace (an AnyIP route), so every datagram reaches the namespace's nftables input hook.
-/// Keyed by pid, outside the 10.200/9 of [`TestNet`] and the demo's 10.77/16.
+/// A /16 of remote addresses behind the peer ([`TestNet::route_block_to_peer`]), keyed by
+/// pid, outside the 10.200/9 of [`TestNet`] and the demo's 10.77/16.
 fn remote_block(net: &TestNet) -> Ipv4Addr {
     let block = Ipv4Addr::new(10, 100 + (std::process::id() % 100) as u8, 0, 0);
-    let cidr = format!("{block}/16");
-    let peer = net.peer_v4.to_string();
-    // Gone with the veth pair when the TestNet is dropped.
-    sh("ip", &["route", "replace", &cidr, "via", &peer]);
-    sh(
-        "ip",
-        &["-n", &net.ns, "route", "add", "local", &cidr, "dev", "lo"],
-    );
+    net.route_block_to_peer(block, 16);
     block
 }
 
@@ -481,11 +476,12 @@ fn fifty_thousand_remotes_fold_at_the_series_cap() {
         "spray: {REMOTES} remotes in {:.2} s; agent {mine:?}; folded flow updates {folded}; \
          traffic series per metric {} ({own_remotes} remotes of their own, {other_series} \
          \"other\"), bitsecure_traffic_series {exported}; map entries at most {} flows, {} \
-         sockets; one /metrics scrape at the cap: {:.1} ms, {} bytes, {} samples; agent peak \
+         peers, {} sockets; one /metrics scrape at the cap: {:.1} ms, {} bytes, {} samples; agent peak \
          RSS {:.1} MiB ({:.1} MiB after start)",
         elapsed.as_secs_f64(),
         sent_series.len(),
         watch.max_flows,
+        watch.max_peers,
         watch.max_sockets,
         scrape_time.as_secs_f64() * 1000.0,
         text.len(),

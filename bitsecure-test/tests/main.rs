@@ -10,6 +10,7 @@
 mod accounting;
 mod agent_lifecycle;
 mod baseline;
+mod blinding;
 mod check;
 mod demo;
 mod deploy;

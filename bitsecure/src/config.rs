@@ -99,6 +99,7 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     pub flow_capacity: u32,
+    pub peer_capacity: u32,
     pub socket_capacity: u32,
     /// bpffs directory where the maps and program links are pinned, so that counting goes on
     /// while the agent restarts; empty = no pinning (everything goes when the agent exits).
@@ -126,6 +127,7 @@ impl Default for KernelConfig {
     fn default() -> Self {
         Self {
             flow_capacity: bitsecure_common::DEFAULT_FLOW_CAPACITY,
+            peer_capacity: bitsecure_common::DEFAULT_PEER_CAPACITY,
             socket_capacity: bitsecure_common::DEFAULT_SOCKET_CAPACITY,
             pin_path: DEFAULT_PIN_PATH.to_owned(),
         }
@@ -191,6 +193,7 @@ impl Config {
         }
         for (key, value) in [
             ("kernel.flow_capacity", self.kernel.flow_capacity),
+            ("kernel.peer_capacity", self.kernel.peer_capacity),
             ("kernel.socket_capacity", self.kernel.socket_capacity),
         ] {
             if !(64..=16 * 1024 * 1024).contains(&value) {

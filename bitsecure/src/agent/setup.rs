@@ -16,7 +16,9 @@ use crate::{
     poller::Poller,
     state::{self, AgentState, SavedSeries, StateError, StateFile},
 };
-use bitsecure_common::{FlowCounters, FlowKey, SocketOwner, Stat, map_names};
+use bitsecure_common::{
+    FLOW_MAP_FLAGS, FlowCounters, FlowKey, PEER_MAP_FLAGS, SocketOwner, Stat, map_names,
+};
 
 /// Pinned kernel state and the agent's own state file (with `kernel.pin_path`).
 pub struct Persistence {
@@ -36,18 +38,28 @@ pub fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> 
             key_size: size_of::<FlowKey>() as u32,
             value_size: size_of::<FlowCounters>() as u32,
             max_entries: config.kernel.flow_capacity,
+            flags: FLOW_MAP_FLAGS,
+        },
+        MapShape {
+            name: map_names::PEERS,
+            key_size: size_of::<FlowKey>() as u32,
+            value_size: size_of::<FlowCounters>() as u32,
+            max_entries: config.kernel.peer_capacity,
+            flags: PEER_MAP_FLAGS,
         },
         MapShape {
             name: map_names::SOCKETS,
             key_size: size_of::<u64>() as u32,
             value_size: size_of::<SocketOwner>() as u32,
             max_entries: config.kernel.socket_capacity,
+            flags: 0,
         },
         MapShape {
             name: map_names::STATS,
             key_size: size_of::<u32>() as u32,
             value_size: size_of::<u64>() as u32,
             max_entries: Stat::COUNT,
+            flags: 0,
         },
         // A ring buffer has no keys or values; its size is its capacity.
         MapShape {
@@ -55,6 +67,7 @@ pub fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> 
             key_size: 0,
             value_size: 0,
             max_entries: config.names.ring_buffer_bytes,
+            flags: 0,
         },
     ];
     let (pins, found) = PinDir::open(Path::new(&config.kernel.pin_path), &shapes)?;
@@ -149,6 +162,7 @@ pub fn attach(
 ) -> anyhow::Result<(AttachedPrograms, Poller, KernelLogger)> {
     let capacities = MapCapacities {
         flows: config.kernel.flow_capacity,
+        peers: config.kernel.peer_capacity,
         sockets: config.kernel.socket_capacity,
         event_bytes: config.names.ring_buffer_bytes,
     };
@@ -157,9 +171,11 @@ pub fn attach(
         &capacities,
         persistence.map(|persistence| &persistence.pins),
     )?;
-    metrics
-        .poller
-        .set_map_capacities(&[("flows", capacities.flows), ("sockets", capacities.sockets)]);
+    metrics.poller.set_map_capacities(&[
+        ("flows", capacities.flows),
+        ("peers", capacities.peers),
+        ("sockets", capacities.sockets),
+    ]);
     metrics
         .traffic
         .set_limits(config.metrics.max_remotes, config.metrics.max_series);

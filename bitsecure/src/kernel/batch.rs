@@ -1,4 +1,6 @@
-//! Batched map reads and deletes (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux 5.6+).
+//! Batched map reads and deletes (`BPF_MAP_LOOKUP_BATCH`, `BPF_MAP_DELETE_BATCH`, Linux 5.6+),
+//! and the read-and-delete of one entry that folding an idle flow needs
+//! (`BPF_MAP_LOOKUP_AND_DELETE_ELEM` on hash maps, Linux 5.14+).
 //!
 //! aya 0.14 has no batch API; iterating a 10,000-entry map key by key costs two syscalls per
 //! entry, a batch read costs one per few thousand. Keys and values are `aya::Pod` types, read
@@ -12,6 +14,12 @@ use std::{
 
 use aya::Pod;
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+/// `ENOTSUPP` (kernel-internal, leaks to user space): what Linux 5.10–5.13 answer to
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` on hash maps.
+const ENOTSUPP: i32 = 524;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries requested per syscall.
@@ -31,15 +39,26 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+/// The element member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
     // SAFETY: attr is a valid, fully initialised bpf_attr prefix for this command; the kernel
     // reads/writes only the buffers it points to, which the callers keep alive and sized.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
             cmd,
-            attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as libc::c_uint,
+            attr as *mut A,
+            size_of::<A>() as libc::c_uint,
         )
     };
     if ret < 0 {
@@ -122,6 +141,42 @@ pub fn delete_keys<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes `key` from a hash map and returns its value as it was when removed (per-CPU maps:
+/// `cpus` values), so nothing added between a read and the delete is lost. `None` if the key
+/// was not there. Before Linux 5.14 (no lookup-and-delete on hash maps) it reads, then
+/// deletes: a packet counted in between is lost.
+pub fn lookup_and_delete<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    cpus: usize,
+) -> io::Result<Option<Vec<V>>> {
+    let value_stride = size_of::<V>().next_multiple_of(8);
+    let mut values = vec![0u8; value_stride * cpus];
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: std::ptr::from_ref(key) as u64,
+        value: values.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    let mut result = bpf(BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr);
+    if matches!(&result, Err(error) if matches!(error.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)))
+    {
+        result = bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).and_then(|()| {
+            let mut delete = ElemAttr { value: 0, ..attr };
+            bpf(BPF_MAP_DELETE_ELEM, &mut delete)
+        });
+    }
+    match result {
+        Ok(()) => Ok(Some(
+            (0..cpus)
+                .map(|cpu| read_pod::<V>(&values[cpu * value_stride..]))
+                .collect(),
+        )),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 fn read_pod<T: Pod>(bytes: &[u8]) -> T {

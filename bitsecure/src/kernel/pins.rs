@@ -3,7 +3,7 @@
 //! restarts, and the next agent picks the same maps up. `bitsecure uninstall` removes the pins,
 //! which detaches the programs and frees the maps.
 //!
-//! Layout of the pin directory: one file per map (`FLOWS`, `SOCKETS`, `STATS`) and one per
+//! Layout of the pin directory: one file per map (`FLOWS`, `PEERS`, `SOCKETS`, `STATS`, `EVENTS`) and one per
 //! link, `link-<program>-<cgroup inode>`, so links of another cgroup are recognised as stale.
 
 use std::fs;
@@ -34,6 +34,8 @@ pub struct MapShape {
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
+    /// `map_flags` (e.g. `BPF_F_NO_PREALLOC`).
+    pub flags: u32,
 }
 
 /// What was found in the pin directory.
@@ -140,11 +142,21 @@ impl PinDir {
             Ok(info) => info,
             Err(error) => return Some(format!("map {} unreadable: {error}", shape.name)),
         };
-        let found = (info.key_size(), info.value_size(), info.max_entries());
-        let wanted = (shape.key_size, shape.value_size, shape.max_entries);
+        let found = (
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        let wanted = (
+            shape.key_size,
+            shape.value_size,
+            shape.max_entries,
+            shape.flags,
+        );
         (found != wanted).then(|| {
             format!(
-                "map {} has (key, value, capacity) {found:?}, this agent needs {wanted:?}",
+                "map {} has (key, value, capacity, flags) {found:?}, this agent needs {wanted:?}",
                 shape.name
             )
         })

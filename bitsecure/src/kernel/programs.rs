@@ -44,7 +44,10 @@ pub const PROGRAM_NAMES: [&str; 5] = [EGRESS, INGRESS, SOCK_CREATE, SOCK_RELEASE
 
 /// The maps the agent reads, taken out of the loaded object.
 pub struct KernelMaps {
+    /// Connected sockets' flows.
     pub flows: MapData,
+    /// The peers of sockets that talk to many.
+    pub peers: MapData,
     pub sockets: MapData,
     pub stats: MapData,
     /// DNS responses and first payloads of flows ([`bitsecure_common::PayloadEvent`]).
@@ -212,6 +215,7 @@ impl AttachedPrograms {
 /// Map sizes chosen by the config.
 pub struct MapCapacities {
     pub flows: u32,
+    pub peers: u32,
     pub sockets: u32,
     /// Size of the `EVENTS` ring buffer in bytes.
     pub event_bytes: u32,
@@ -244,6 +248,7 @@ pub fn load_and_attach(
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries(map_names::FLOWS, capacities.flows)
+        .map_max_entries(map_names::PEERS, capacities.peers)
         .map_max_entries(map_names::SOCKETS, capacities.sockets)
         .map_max_entries(map_names::EVENTS, capacities.event_bytes);
     if let Some(pins) = pins {
@@ -282,6 +287,7 @@ pub fn load_and_attach(
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,
+        peers: take_map(&mut ebpf, map_names::PEERS)?,
         sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
         stats: take_map(&mut ebpf, map_names::STATS)?,
         events: match ebpf.take_map(map_names::EVENTS) {
@@ -349,8 +355,9 @@ fn attach_link(ebpf: &mut Ebpf, name: &str, cgroup_dir: &File) -> anyhow::Result
 }
 
 /// The maps pinned (with `kernel.pin_path`).
-pub const PINNED_MAPS: [&str; 4] = [
+pub const PINNED_MAPS: [&str; 5] = [
     map_names::FLOWS,
+    map_names::PEERS,
     map_names::SOCKETS,
     map_names::STATS,
     map_names::EVENTS,

@@ -8,6 +8,13 @@
 //! its bytes stay in the kernel counter until the owner is found, so nothing is lost or
 //! attributed twice.
 //!
+//! Two kernel maps hold flows: `FLOWS` for connected sockets (an entry lives as long as its
+//! socket) and `PEERS` for the peers of sockets that talk to many (listeners, unconnected UDP,
+//! raw and control sockets), where anyone who can send packets can add entries. Peer entries
+//! are folded once idle, whatever their socket; a listener's handshake with a peer is
+//! accounted in the series of the connection it accepted (same addresses and ports), so a
+//! server has one series per service, not a second one for its handshakes.
+//!
 //! This file owns the poll itself (read → attribute → account → fold → report), the kernel
 //! maps, what was accounted for of each kernel flow, the payload events handed to naming and
 //! the kernel statistics. Who owns a socket is `owners.rs`'s business, the `port` label
@@ -45,6 +52,15 @@ pub use service_port::{Role, service_port};
 /// Most names exported per remote address in `bitsecure_remote_info` (a CDN address serves
 /// many names; each new connection could add one).
 const MAX_NAMES_PER_REMOTE: usize = 8;
+/// Polls a TCP peer entry (a listener's handshake) waits for the connection it belongs to
+/// before it is accounted on its own: the accepted socket's first packet comes right after
+/// the handshake, unless neither side speaks.
+const HANDSHAKE_WAIT_POLLS: u8 = 2;
+/// Idle polls after which a peer entry is folded.
+const PEER_IDLE_POLLS: u32 = 2;
+/// A peer entry whose application was recognised is kept this long idle: folded and seen
+/// again, its application would be decided anew from a payload in mid-conversation.
+const RECOGNISED_PEER_IDLE: Duration = Duration::from_secs(60);
 
 /// What the poller has accounted for of one kernel flow; decided once, so a flow's series
 /// never changes.
@@ -58,11 +74,32 @@ struct Accounted {
     /// Known from the flow's own first bytes or the name map when it started; looked up again
     /// while unknown. Kept for the flow's life, so an expiring DNS entry does not rename it.
     name: Option<RemoteName>,
+    /// A listener's handshake accounted in the series of the connection it accepted.
+    merged: bool,
+    /// Polls in a row without new traffic.
+    idle_polls: u32,
+}
+
+impl Accounted {
+    /// The attributed delta of `traffic`, new in this flow since the last poll.
+    fn delta(&self, key: &FlowKey, owner: &ProcessIdentity, traffic: Traffic) -> FlowDelta {
+        FlowDelta {
+            process: owner.name.clone(),
+            exe: owner.exe.clone(),
+            new_flow: self.counters == Traffic::default(),
+            remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
+            port: self.port,
+            protocol: key.protocol,
+            app: self.app,
+            name: self.name.clone(),
+            traffic,
+        }
+    }
 }
 
 /// One read of the kernel's flow and socket maps.
 struct Snapshot {
-    /// Every kernel flow.
+    /// Every kernel flow: those of `FLOWS` first, then those of `PEERS`.
     flows: Vec<KernelFlow>,
     /// The kernel's record of each socket, by cookie.
     sockets: HashMap<u64, SocketOwner>,
@@ -75,13 +112,26 @@ impl Snapshot {
     }
 }
 
-/// One entry of the kernel's flow map, its per-CPU counters summed.
+/// One entry of the kernel's flow maps, its per-CPU counters summed.
 struct KernelFlow {
     key: FlowKey,
     /// Cumulative counters.
     traffic: Traffic,
     /// Some CPU saw the flow's first packet leave this host.
     egress_first: bool,
+    /// From `PEERS` only (a socket connected after talking unconnected has its flow in both
+    /// maps: one `FLOWS` entry, the sum of both).
+    peer: bool,
+}
+
+/// Where a TCP peer entry (a listener's handshake, or a control socket's reply) is accounted.
+enum Handshake {
+    /// In the series of the connected flow with the same addresses and ports.
+    Connection(FlowKey),
+    /// Not yet: that connection may still show up.
+    Wait,
+    /// On its own socket's series.
+    Own,
 }
 
 /// What accounting one attributed flow gave.
@@ -114,16 +164,23 @@ pub struct Poller {
     /// Most payload events one [`Poller::read_events`] takes: about a ring buffer's worth.
     events_per_ring: usize,
     ephemeral_ports: (u16, u16),
+    /// Polls each unmatched TCP peer entry has waited for its connection.
+    handshakes_waiting: HashMap<FlowKey, u8>,
+    /// Idle polls after which a peer entry with a recognised application is folded.
+    recognised_peer_idle_polls: u32,
 }
 
 /// One poll's outcome, for logs and tests.
 #[derive(Debug, Default)]
 pub struct PollReport {
-    /// Entries read from the kernel's flow and socket maps.
+    /// Entries read from the kernel's flow, peer and socket maps.
     pub flows: usize,
+    pub peers: usize,
     pub sockets: usize,
     /// Closed sockets folded and deleted from the kernel maps.
     pub folded_sockets: usize,
+    /// Idle peer entries folded and deleted from the kernel map.
+    pub folded_peers: usize,
     /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
     /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
@@ -153,6 +210,8 @@ pub struct KernelStats {
     pub malformed_packets: u64,
     /// Payload events dropped: the ring buffer was full.
     pub events_dropped: u64,
+    /// Packets of new peers counted without their remote: the peer map was full.
+    pub peer_insert_failures: u64,
 }
 
 impl Poller {
@@ -171,6 +230,10 @@ impl Poller {
             reported_processes: HashSet::new(),
             events_per_ring,
             ephemeral_ports: service_port::read_ephemeral_port_range(),
+            handshakes_waiting: HashMap::new(),
+            recognised_peer_idle_polls: (RECOGNISED_PEER_IDLE.as_secs_f64()
+                / poll_interval.as_secs_f64().max(0.001))
+            .ceil() as u32,
         })
     }
 
@@ -218,6 +281,8 @@ impl Poller {
                     port: flow.port,
                     app: App::parse(&flow.app).unwrap_or(App::Unknown),
                     name: flow.name.clone(),
+                    merged: false,
+                    idle_polls: 0,
                 },
             );
         }
@@ -237,8 +302,10 @@ impl Poller {
         // counters are read (except for a packet racing this read: that flow waits a poll).
         let events = self.read_events();
         let snapshot = self.read_snapshot()?;
+        let peers = snapshot.flows.iter().filter(|flow| flow.peer).count();
         let mut report = PollReport {
-            flows: snapshot.flows.len(),
+            flows: snapshot.flows.len() - peers,
+            peers,
             sockets: snapshot.sockets.len(),
             unattributed_sockets: self
                 .owners
@@ -248,6 +315,7 @@ impl Poller {
         };
         self.account(&snapshot, started, &mut report);
         self.forget_gone_flows(&snapshot, started);
+        report.folded_peers = self.fold_idle_peers(&snapshot, &mut report.deltas)?;
         report.names = self.naming.len();
         report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
         report.kernel = self.read_kernel_stats()?;
@@ -255,20 +323,37 @@ impl Poller {
         Ok(report)
     }
 
-    /// Reads the kernel's flow map, then its socket map.
+    /// Reads the kernel's flow map, its peer map, then its socket map.
     fn read_snapshot(&self) -> anyhow::Result<Snapshot> {
-        let flows =
-            batch::lookup_all::<FlowKey, FlowCounters>(self.maps.flows.fd().as_fd(), self.cpus)?
-                .into_iter()
-                .map(|(key, per_cpu)| {
-                    let (traffic, egress_first) = sum_per_cpu(&per_cpu);
-                    KernelFlow {
-                        key,
-                        traffic,
-                        egress_first,
-                    }
-                })
-                .collect();
+        let read = |map: &aya::maps::MapData, peer: bool| -> anyhow::Result<Vec<KernelFlow>> {
+            Ok(
+                batch::lookup_all::<FlowKey, FlowCounters>(map.fd().as_fd(), self.cpus)?
+                    .into_iter()
+                    .map(|(key, per_cpu)| {
+                        let (traffic, egress_first) = sum_per_cpu(&per_cpu);
+                        KernelFlow {
+                            key,
+                            traffic,
+                            egress_first,
+                            peer,
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let mut flows = read(&self.maps.flows, false)?;
+        let connected: HashMap<FlowKey, usize> = flows
+            .iter()
+            .enumerate()
+            .map(|(index, flow)| (flow.key, index))
+            .collect();
+        for peer in read(&self.maps.peers, true)? {
+            match connected.get(&peer.key) {
+                // The socket was connected after talking unconnected: one flow, both entries.
+                Some(&index) => flows[index].traffic.add(&peer.traffic),
+                None => flows.push(peer),
+            }
+        }
         // Sockets after flows: every flow read has its socket's record (created at socket(2),
         // accept or release, before the flow's packets) in this snapshot.
         let sockets = batch::lookup_all::<u64, SocketOwner>(self.maps.sockets.fd().as_fd(), 1)?
@@ -283,14 +368,33 @@ impl Poller {
         // The listening ports only decide the port of new TCP flows: dumped at most once per
         // poll, and only when such a flow appears.
         let mut listening_ports = None;
+        let connections = connections_by_endpoints(snapshot);
+        let mut waiting = HashMap::new();
+        // Connected flows come first: a handshake is accounted after its connection.
         for flow in &snapshot.flows {
+            let connection = match self.handshake(flow, &connections) {
+                Handshake::Own => None,
+                Handshake::Connection(key) => Some(key),
+                Handshake::Wait => {
+                    let waited = self.handshakes_waiting.get(&flow.key).copied().unwrap_or(0);
+                    waiting.insert(flow.key, waited + 1);
+                    report.deferred_flows += 1;
+                    continue;
+                }
+            };
             // A flow whose owner is not known yet is not advanced: its bytes wait in the
             // kernel counter.
             let Some(owner) = self.owners.owner_of(flow.key.cookie).cloned() else {
                 report.deferred_flows += 1;
                 continue;
             };
-            match self.account_flow(flow, &owner, &snapshot.sockets, &mut listening_ports, now) {
+            let accounting = match connection {
+                Some(connection) => self.account_handshake(flow, &connection, &owner),
+                None => {
+                    self.account_flow(flow, &owner, &snapshot.sockets, &mut listening_ports, now)
+                }
+            };
+            match accounting {
                 Accounting::Deferred => report.deferred_flows += 1,
                 Accounting::Unchanged => {}
                 Accounting::Delta(delta) => {
@@ -304,6 +408,61 @@ impl Poller {
                 }
             }
         }
+        self.handshakes_waiting = waiting;
+    }
+
+    /// Where a flow seen for the first time is accounted: a TCP peer entry (a listener's
+    /// handshake, a control socket's reply) in the series of the connection with the same
+    /// addresses and ports, once that is accounted; other flows (and flows already accounted,
+    /// see [`Accounted::merged`]) on their own.
+    fn handshake(&self, flow: &KernelFlow, connections: &HashMap<Endpoints, FlowKey>) -> Handshake {
+        if !flow.peer
+            || flow.key.protocol != bitsecure_common::protocol::TCP
+            || self.last_seen.contains_key(&flow.key)
+        {
+            return Handshake::Own;
+        }
+        match connections.get(&Endpoints::of(&flow.key)) {
+            Some(connection) if self.last_seen.contains_key(connection) => {
+                Handshake::Connection(*connection)
+            }
+            // Its application is still being decided.
+            Some(_) => Handshake::Wait,
+            None if self.handshakes_waiting.get(&flow.key).copied().unwrap_or(0)
+                < HANDSHAKE_WAIT_POLLS =>
+            {
+                Handshake::Wait
+            }
+            None => Handshake::Own,
+        }
+    }
+
+    /// Accounts a listener's handshake, seen for the first time, in the series of the
+    /// connection it accepted (already accounted). The owner stays the listener's: it knew
+    /// its process while the process ran, an accepted socket may learn it only at close.
+    fn account_handshake(
+        &mut self,
+        flow: &KernelFlow,
+        connection: &FlowKey,
+        owner: &ProcessIdentity,
+    ) -> Accounting {
+        let Some(series) = self.last_seen.get(connection) else {
+            return Accounting::Deferred;
+        };
+        let accounted = Accounted {
+            counters: flow.traffic,
+            merged: true,
+            idle_polls: 0,
+            ..series.clone()
+        };
+        let mut delta = accounted.delta(&flow.key, owner, flow.traffic);
+        // The connection is the flow; its handshake is not another.
+        delta.new_flow = false;
+        self.last_seen.insert(flow.key, accounted);
+        if flow.traffic.is_zero() {
+            return Accounting::Unchanged;
+        }
+        Accounting::Delta(delta)
     }
 
     /// Advances one attributed flow to its kernel counters and returns what is new. A flow
@@ -323,26 +482,18 @@ impl Poller {
                 None => return Accounting::Deferred,
             },
         };
-        let previous = accounted.counters;
-        let new = flow.traffic.since(&previous);
-        accounted.counters = flow.traffic;
+        let new = flow.traffic.since(&accounted.counters);
         if new.is_zero() {
+            accounted.idle_polls += 1;
             return Accounting::Unchanged;
         }
+        accounted.idle_polls = 0;
         if accounted.name.is_none() {
             accounted.name = self.naming.name_of_address(remote_address(&flow.key), now);
         }
-        Accounting::Delta(FlowDelta {
-            process: owner.name.clone(),
-            exe: owner.exe.clone(),
-            new_flow: previous == Traffic::default(),
-            remote: IpAddr::V6(Ipv6Addr::from(flow.key.remote_addr)),
-            port: accounted.port,
-            protocol: flow.key.protocol,
-            app: accounted.app,
-            name: accounted.name.clone(),
-            traffic: new,
-        })
+        let delta = accounted.delta(&flow.key, owner, new);
+        accounted.counters = flow.traffic;
+        Accounting::Delta(delta)
     }
 
     /// What is decided once for a flow seen for the first time: its application, service
@@ -373,7 +524,55 @@ impl Poller {
             port,
             app,
             name: self.naming.name_of(key, now),
+            merged: false,
+            idle_polls: 0,
         })
+    }
+
+    /// Folds the peer entries idle for long enough: each is read and deleted in one step, and
+    /// what it counted since the last read (a packet racing the fold) goes into `deltas`.
+    /// Returns how many were folded.
+    fn fold_idle_peers(
+        &mut self,
+        snapshot: &Snapshot,
+        deltas: &mut Vec<FlowDelta>,
+    ) -> anyhow::Result<usize> {
+        let idle: Vec<FlowKey> = snapshot
+            .flows
+            .iter()
+            .filter(|flow| flow.peer)
+            .filter(|flow| {
+                self.last_seen.get(&flow.key).is_some_and(|accounted| {
+                    let limit = if accounted.app == App::Unknown || accounted.merged {
+                        PEER_IDLE_POLLS
+                    } else {
+                        self.recognised_peer_idle_polls
+                    };
+                    accounted.idle_polls >= limit
+                })
+            })
+            .map(|flow| flow.key)
+            .collect();
+        let unknown = ProcessIdentity::unknown();
+        for key in &idle {
+            let Some(accounted) = self.last_seen.remove(key) else {
+                continue;
+            };
+            let per_cpu = batch::lookup_and_delete::<FlowKey, FlowCounters>(
+                self.maps.peers.fd().as_fd(),
+                key,
+                self.cpus,
+            )?;
+            let Some(per_cpu) = per_cpu else { continue };
+            let (last, _) = sum_per_cpu(&per_cpu);
+            let racing = last.since(&accounted.counters);
+            if !racing.is_zero() {
+                let owner = self.owners.owner_of(key.cookie);
+                let owner = owner.map_or(&unknown, |owner| &**owner);
+                deltas.push(accounted.delta(key, owner, racing));
+            }
+        }
+        Ok(idle.len())
     }
 
     /// Forgets what the poller and naming keep of flows gone from the kernel map.
@@ -404,7 +603,9 @@ impl Poller {
                     && self.last_seen.contains_key(key)
             })
             .collect();
+        // A flow may have entries in both maps (see [`KernelFlow::peer`]).
         batch::delete_keys(self.maps.flows.fd().as_fd(), &flow_keys)?;
+        batch::delete_keys(self.maps.peers.fd().as_fd(), &flow_keys)?;
         let cookies: Vec<u64> = closed.iter().copied().collect();
         batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
         for key in &flow_keys {
@@ -518,6 +719,13 @@ impl Poller {
                     stats.socket_insert_failures += new;
                 }
                 Stat::MalformedPackets => stats.malformed_packets += new,
+                Stat::PeerInsertFailed => {
+                    warn!(
+                        "{new} packets of new peers counted without their remote (remote=\"::\"): \
+                         the kernel peer map is full (a flood of peers?)"
+                    );
+                    stats.peer_insert_failures += new;
+                }
                 Stat::EventsDropped => {
                     warn!(
                         "{new} payload events dropped: the kernel ring buffer was full \
@@ -529,6 +737,44 @@ impl Poller {
         }
         Ok(stats)
     }
+}
+
+/// The addresses and ports of a flow, without its socket: a listener's handshake with a peer
+/// and the connection it accepted have the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Endpoints {
+    remote_addr: [u8; 16],
+    local_port: u16,
+    remote_port: u16,
+}
+
+impl Endpoints {
+    fn of(key: &FlowKey) -> Self {
+        Self {
+            remote_addr: key.remote_addr,
+            local_port: key.local_port,
+            remote_port: key.remote_port,
+        }
+    }
+}
+
+/// The connected TCP flows of a snapshot by their endpoints; built only when some TCP peer
+/// entry needs it.
+fn connections_by_endpoints(snapshot: &Snapshot) -> HashMap<Endpoints, FlowKey> {
+    let tcp = bitsecure_common::protocol::TCP;
+    if !snapshot
+        .flows
+        .iter()
+        .any(|flow| flow.peer && flow.key.protocol == tcp)
+    {
+        return HashMap::new();
+    }
+    snapshot
+        .flows
+        .iter()
+        .filter(|flow| !flow.peer && flow.key.protocol == tcp)
+        .map(|flow| (Endpoints::of(&flow.key), flow.key))
+        .collect()
 }
 
 /// Logs a process seen on the network for the first time.

@@ -41,6 +41,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod dns;
+mod flood;
 
 /// TTL / hop limit of raw IP echo requests sent by `raw`.
 const REQUEST_HOPS: u8 = 200;
@@ -109,6 +110,12 @@ enum Command {
     /// Receives UDP datagrams on ADDR and counts them: prints `ready` once bound, ends after the
     /// first datagram once none came for the idle time.
     UdpSink(UdpSinkArgs),
+    /// TCP SYNs from N spoofed IPv4 sources at a listener (raw socket, needs CAP_NET_RAW),
+    /// without waiting for anything; the report counts whole IP packets.
+    SynFlood(flood::SynFloodArgs),
+    /// N UDP clients, each its own socket (its own port), send one datagram each to an echo
+    /// server and wait for the echo.
+    UdpClients(flood::UdpClientsArgs),
 }
 
 #[derive(Args)]
@@ -374,6 +381,8 @@ fn main() {
         Command::Spray(args) => spray(args),
         Command::DnsFlood(args) => dns::flood(args),
         Command::UdpSink(args) => udp_sink(args, timeout),
+        Command::SynFlood(args) => flood::syn_flood(args),
+        Command::UdpClients(args) => flood::udp_clients(args),
     })
 }
 

@@ -9,7 +9,8 @@ pub const MEMCG_ACCOUNTING_KERNEL: (u32, u32) = (5, 11);
 
 /// What the kernel maps of this configuration charge to `RLIMIT_MEMLOCK` on kernels before
 /// 5.11, in bytes, estimated like the kernel's hash map accounting: buckets, preallocated
-/// elements (per-CPU values for the flow map), and 1 MiB for the rest (programs, small maps).
+/// elements (per-CPU values for the flow maps; charged in full even without preallocation), and
+/// 1 MiB for the rest (programs, small maps). `flow_capacity`: of the flow and peer maps.
 pub fn memlock_estimate(flow_capacity: u32, socket_capacity: u32, possible_cpus: u32) -> u64 {
     const ELEMENT_HEADER: u64 = 48; // struct htab_elem, key rounded to 8 follows
     const BUCKET: u64 = 16;
@@ -58,7 +59,7 @@ pub fn check_memlock(release: &str, memlock_limit: Option<u64>, needed: u64) -> 
                     mib(needed)
                 ),
                 "`ulimit -l unlimited` before starting (systemd: LimitMEMLOCK=infinity), or lower \
-                 kernel.flow_capacity and kernel.socket_capacity",
+                 kernel.flow_capacity, kernel.peer_capacity and kernel.socket_capacity",
             ),
         },
     }

@@ -173,7 +173,8 @@ pub fn gather(config_path: Option<&Path>, origin: &str, mut report: impl FnMut(C
     ));
 
     let needed = memlock_estimate(
-        config.kernel.flow_capacity,
+        // The flow and peer maps have the same elements.
+        config.kernel.flow_capacity + config.kernel.peer_capacity,
         config.kernel.socket_capacity,
         possible_cpus(),
     );

@@ -18,6 +18,7 @@ pub struct PollerMetrics {
     pub poll_duration: Histogram,
     pub poll_errors: IntCounter,
     pub closed_sockets: IntCounter,
+    pub folded_peers: IntCounter,
     pub unattributed_sockets: IntCounter,
     pub programs_attached: IntGaugeVec,
     pub program_reattachments: IntCounterVec,
@@ -58,7 +59,7 @@ impl PollerMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "bitsecure_map_insert_failures_total",
-                        "Kernel map inserts that failed because the map was full: that traffic or owner was not recorded.",
+                        "Kernel map inserts that failed because the map was full: that traffic or owner was not recorded (map=\"peers\": the packets of a new peer were counted without their remote, under remote=\"::\").",
                     ),
                     &["map"],
                 )?,
@@ -67,7 +68,7 @@ impl PollerMetrics {
                 registry,
                 IntCounter::new(
                     "bitsecure_malformed_packets_total",
-                    "Packets whose headers could not be read; their bytes are counted under remote \"::\".",
+                    "Packets whose headers could not be read; their bytes are counted under remote \"::\" (as are new peers' packets while the kernel peer map is full).",
                 )?,
             )?,
             poll_duration: register(
@@ -94,6 +95,13 @@ impl PollerMetrics {
                 IntCounter::new(
                     "bitsecure_closed_sockets_total",
                     "Closed sockets whose counters were folded into the totals and removed from the kernel maps.",
+                )?,
+            )?,
+            folded_peers: register(
+                registry,
+                IntCounter::new(
+                    "bitsecure_folded_peers_total",
+                    "Idle peer entries (of listeners, unconnected UDP, raw sockets) whose counters were folded into the totals and removed from the kernel peer map.",
                 )?,
             )?,
             unattributed_sockets: register(
@@ -162,6 +170,7 @@ impl PollerMetrics {
             socket_insert_failures,
             malformed_packets,
             events_dropped: _,
+            peer_insert_failures,
         } = report.kernel;
         self.map_insert_failures
             .with_label_values(&["flows"])
@@ -169,13 +178,20 @@ impl PollerMetrics {
         self.map_insert_failures
             .with_label_values(&["sockets"])
             .inc_by(socket_insert_failures);
+        self.map_insert_failures
+            .with_label_values(&["peers"])
+            .inc_by(peer_insert_failures);
         self.malformed_packets.inc_by(malformed_packets);
         self.map_entries
             .with_label_values(&["flows"])
             .set(report.flows as i64);
         self.map_entries
+            .with_label_values(&["peers"])
+            .set(report.peers as i64);
+        self.map_entries
             .with_label_values(&["sockets"])
             .set(report.sockets as i64);
+        self.folded_peers.inc_by(report.folded_peers as u64);
         self.poll_duration.observe(report.duration.as_secs_f64());
     }
 
