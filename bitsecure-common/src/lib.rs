@@ -67,16 +67,15 @@ pub mod protocol {
 pub const DEFAULT_FLOW_CAPACITY: u32 = 65_536;
 /// Default capacity of the `PEERS` map (entries; the agent may override it at load time).
 pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
-/// Flags of the `FLOWS` map: `BPF_F_NO_PREALLOC`. An element the agent deletes is freed only
-/// after every program that may hold it has finished, never handed to another flow while a
-/// program on another CPU still adds to it; and memory is taken as connections come.
-pub const FLOW_MAP_FLAGS: u32 = 1;
-/// Flags of the `PEERS` map: none, so preallocated. Anyone who can send packets adds peers: a
-/// map that allocated per peer would let a flood drain the kernel's atomic per-CPU memory,
-/// and `FLOWS` inserts (new connections) would fail with it (measured: 626 failed in one
-/// flood). A preallocated element may be reused while a program still adds to it: only an
-/// idle peer (folded) racing its own next packet, one packet's bytes on another peer.
-pub const PEER_MAP_FLAGS: u32 = 0;
+/// Flags of the `FLOWS` and `PEERS` maps: none, so their elements are preallocated. Anyone
+/// who can send packets adds peers, and a map that allocates per new entry takes the kernel's
+/// atomic per-CPU memory in softirq context: under a SYN flood such maps (`BPF_F_NO_PREALLOC`)
+/// failed 626 and 1,440 `FLOWS` inserts of new connections in two runs, their packets lost.
+/// A preallocated element may be handed to a new entry while a program on another CPU still
+/// adds to it; the agent deletes only entries nothing should be sending to any more (sockets
+/// closed a grace period ago, TCP connections once they reached CLOSE, peers idle for two
+/// polls), so at worst one packet racing its own fold lands on another entry.
+pub const FLOW_MAP_FLAGS: u32 = 0;
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
 pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
 
@@ -175,7 +174,8 @@ pub struct SocketOwner {
     pub cgroup_id: u64,
     /// `bpf_ktime_get_boot_ns()` when the owner was recorded.
     pub recorded_boot_ns: u64,
-    /// `bpf_ktime_get_boot_ns()` when the socket was released; 0 while it is open.
+    /// `bpf_ktime_get_boot_ns()` when the socket was done: released, or for a tracked TCP
+    /// connection ([`SocketOwner::tcp_tracked`]) when it reached CLOSE; 0 while it is open.
     pub released_boot_ns: u64,
     /// `comm` of the creating thread, NUL-padded.
     pub comm: [u8; 16],
@@ -183,7 +183,11 @@ pub struct SocketOwner {
     pub origin: u8,
     /// 1 for a TCP listener or a connection it accepted: the local port is the service port.
     pub passive: u8,
-    pub _pad: [u8; 6],
+    /// 1 for a TCP connection established while the agent ran: the kernel reports its state
+    /// changes, so it is done when it reaches CLOSE (after its last retransmitted FIN, or
+    /// when its listener closes before accepting it), not when its descriptor is released.
+    pub tcp_tracked: u8,
+    pub _pad: [u8; 5],
 }
 
 /// Indexes into the `STATS` per-CPU array.

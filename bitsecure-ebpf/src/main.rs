@@ -13,8 +13,10 @@
 //!   counters and free the entries; for sockets the agent never saw created (accepted sockets,
 //!   sockets older than the agent) the closing process is recorded as owner.
 //! - `mark_passive` (sock_ops): flag TCP listeners and the connections they accept, so the
-//!   agent labels them with the local (service) port even after the listener is gone.
-//!
+//!   agent labels them with the local (service) port even after the listener is gone; and
+//!   stamp a TCP connection as closed when it reaches CLOSE, which for a connection that
+//!   still retransmits its FIN comes after its release, and for one its listener never
+//!   accepted comes without one.
 //!
 //! The counting programs also hand two kinds of payload bytes to the agent through a ring
 //! buffer, for naming remotes and classifying applications: every DNS message received from
@@ -28,7 +30,9 @@
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_LISTEN_CB,
+        __sk_buff, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -44,7 +48,7 @@ use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
     DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
     EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, OWNER_FROM_CREATE,
-    OWNER_FROM_RELEASE, OWNER_UNKNOWN, PEER_MAP_FLAGS, PayloadEvent, SocketOwner, Stat, protocol,
+    OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat, protocol,
 };
 
 /// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
@@ -58,7 +62,7 @@ static FLOWS: PerCpuHashMap<FlowKey, FlowCounters> =
 /// entries that went idle.
 #[map]
 static PEERS: PerCpuHashMap<FlowKey, FlowCounters> =
-    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, PEER_MAP_FLAGS);
+    PerCpuHashMap::with_max_entries(DEFAULT_PEER_CAPACITY, FLOW_MAP_FLAGS);
 
 /// Socket cookie → the process that created (or closed) the socket.
 #[map]
@@ -134,7 +138,11 @@ pub fn mark_released(ctx: SockContext) -> i32 {
                 // Accepted socket: the process closing it is its best known owner.
                 fill_owner(&mut *owner, OWNER_FROM_RELEASE);
             }
-            (*owner).released_boot_ns = now;
+            // A tracked TCP connection lives on after its descriptor (FIN retransmissions):
+            // it is done when it reaches CLOSE (see track_tcp).
+            if (*owner).tcp_tracked == 0 {
+                (*owner).released_boot_ns = now;
+            }
         },
         None => {
             // Socket older than the agent: the process closing it is its best known owner.
@@ -149,30 +157,73 @@ pub fn mark_released(ctx: SockContext) -> i32 {
     SOCK_ALLOW
 }
 
+/// TCP roles and ends: marks listeners and the connections they accept as passive (the local
+/// port is the service port), and has the kernel report the state changes of every
+/// connection established while the agent runs, so its end is when it reaches CLOSE — after
+/// its last retransmitted FIN, or when its listener closes before accepting it — not when its
+/// descriptor is released.
 #[sock_ops]
 pub fn mark_passive(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
-    if op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        // SAFETY: ctx.ops is the sock_ops context; the helper reads the socket's cookie.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-        match SOCKETS.get_ptr_mut(cookie) {
-            // SAFETY: pointer from a successful map lookup.
-            Some(owner) => unsafe { (*owner).passive = 1 },
-            None => {
-                // An accepted socket: no socket(2) call, and softirq context, so no owner yet.
-                let owner = SocketOwner {
-                    // SAFETY: helper without memory arguments.
-                    recorded_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-                    passive: 1,
-                    ..SocketOwner::default()
-                };
-                if SOCKETS.insert(cookie, owner, BPF_NOEXIST.into()).is_err() {
-                    bump(Stat::SocketInsertFailed);
-                }
+    if op == BPF_SOCK_OPS_STATE_CB {
+        if ctx.arg(1) == BPF_TCP_CLOSE {
+            mark_tcp_closed(&ctx);
+        }
+        return SOCK_OPS_OK;
+    }
+    let passive = op == BPF_SOCK_OPS_TCP_LISTEN_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
+    let established =
+        op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB;
+    if !passive && !established {
+        return SOCK_OPS_OK;
+    }
+    // SAFETY: ctx.ops is the sock_ops context; the helper reads the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let tracked = match SOCKETS.get_ptr_mut(cookie) {
+        // SAFETY: pointer from a successful map lookup.
+        Some(owner) => unsafe {
+            (*owner).passive |= passive as u8;
+            (*owner).tcp_tracked |= established as u8;
+            true
+        },
+        // An accepted socket: no socket(2) call, and softirq context, so no owner yet.
+        None if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let owner = SocketOwner {
+                // SAFETY: helper without memory arguments.
+                recorded_boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+                passive: 1,
+                tcp_tracked: 1,
+                ..SocketOwner::default()
+            };
+            let inserted = SOCKETS.insert(cookie, owner, BPF_NOEXIST.into()).is_ok();
+            if !inserted {
+                bump(Stat::SocketInsertFailed);
+            }
+            inserted
+        }
+        // A connection of a socket older than the agent: done when released, as before.
+        None => false,
+    };
+    if established && tracked {
+        // Only a socket with a record is tracked: its end must have somewhere to go.
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
+    SOCK_OPS_OK
+}
+
+/// Stamps a tracked TCP connection as done: it reached CLOSE.
+#[inline(never)]
+fn mark_tcp_closed(ctx: &SockOpsContext) {
+    // SAFETY: ctx.ops is the sock_ops context; the helper reads the socket's cookie.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if let Some(owner) = SOCKETS.get_ptr_mut(cookie) {
+        // SAFETY: pointer from a successful map lookup; the helper reads the boot clock.
+        unsafe {
+            if (*owner).tcp_tracked != 0 && (*owner).released_boot_ns == 0 {
+                (*owner).released_boot_ns = bpf_ktime_get_boot_ns();
             }
         }
     }
-    SOCK_OPS_OK
 }
 
 /// Records the current process as the owner of `cookie`. Runs in process context only.

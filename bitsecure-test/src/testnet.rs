@@ -139,7 +139,7 @@ impl TestNet {
     }
 
     /// Runs the nftables script `rules` in the namespace (`tag` names its file).
-    fn nft_script(&self, tag: &str, rules: &str) {
+    pub fn nft_script(&self, tag: &str, rules: &str) {
         let rules_file = scratch_dir().join(format!("{}-{tag}.nft", self.ns));
         std::fs::write(&rules_file, rules).expect("write nft rules");
         sh(

@@ -380,3 +380,90 @@ fn a_recorded_server_has_one_rule_per_service() {
     assert_eq!(rules[0]["port"].as_integer(), Some(PORT.into()), "{text}");
     assert_eq!(rules[0]["app"].as_str(), Some("http"), "{text}");
 }
+
+/// A connection whose process exits while its peer has gone dark: the kernel keeps
+/// retransmitting its data and FIN for about 100 s (`tcp_orphan_retries`), long after the
+/// descriptor was released. Every retransmission is its process's — nothing `unknown` — and
+/// its entries go once the connection is done.
+#[test]
+fn a_connection_retransmitting_to_a_peer_gone_dark_stays_with_its_process() {
+    const PORT: u16 = 7200;
+    let mut net = TestNet::new();
+    net.count_tcp_port(PORT);
+    let server = install_generator("bsg-dark-server");
+    let target = format!("{}:{PORT}", net.peer_v4);
+    net.spawn_server(&server, &["serve", "--tcp", &target]);
+    let cgroup = TestCgroup::new("dark-peer");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let client = install_generator("bsg-dark-client");
+    let go_file = scratch_dir().join(format!("dark-peer-{}.go", net.ns));
+    let mut holder = spawn_until(
+        cgroup.command(&client).args([
+            "--timeout-secs",
+            "2",
+            "hold",
+            "--connect",
+            &target,
+            "--upload",
+            "100000",
+            "--go-file",
+            go_file.to_str().unwrap(),
+        ]),
+        "connected",
+    );
+    // The peer goes dark: what the host sends is counted (priority 0), then dropped.
+    net.nft_script(
+        "dark",
+        &format!(
+            "table inet bitsecure_dark {{\n  chain input {{\n    type filter hook input \
+             priority 10; policy accept;\n    ip saddr {} tcp dport {PORT} drop\n  }}\n}}\n",
+            net.host_v4
+        ),
+    );
+    std::fs::write(&go_file, "").unwrap();
+    // The watchdog ends the process 2 s into its upload: the socket is released with data
+    // and a FIN unacknowledged.
+    let _ = holder.child.wait();
+    let released = Instant::now();
+    let port_counter = format!("port{PORT}");
+    let socket_gone = || {
+        let sockets = bitsecure_test::process::sh("ss", &["-Htn", "dst", &target]);
+        sockets.trim().is_empty()
+    };
+    let (mine, lived) = eventually(&agent, 200, |samples| {
+        let by_process = traffic_by_process(samples, |labels| {
+            labels.get("remote") == Some(&net.peer_v4.to_string())
+                && labels.get("protocol").map(String::as_str) == Some("tcp")
+        });
+        let unknown = by_process.get("unknown").copied().unwrap_or_default();
+        assert_eq!(
+            unknown,
+            Exported::default(),
+            "late packets counted as unknown, {:?} after the release",
+            released.elapsed()
+        );
+        let mine = by_process
+            .get("bsg-dark-client")
+            .copied()
+            .unwrap_or_default();
+        let truth = truth(&net, &port_counter);
+        let entries = sum_metric(samples, "bitsecure_map_entries", &[("map", "flows")]);
+        let lived = released.elapsed();
+        if socket_gone() && mine == truth && entries == 0.0 {
+            Ok((mine, lived))
+        } else {
+            Err(format!(
+                "{lived:?} after the release: agent {mine:?} vs nftables {truth:?}; socket \
+                 gone: {}; {entries} flow entries",
+                socket_gone()
+            ))
+        }
+    });
+    eprintln!("dark peer: retransmitted for about {lived:?} after the release; agent {mine:?}");
+    // Long enough to outlast a socket folded at its release plus the 30 s its owner is
+    // remembered.
+    assert!(
+        lived > Duration::from_secs(45),
+        "the connection was done {lived:?} after its release: too soon to test late packets"
+    );
+}

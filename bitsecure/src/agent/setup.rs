@@ -16,9 +16,7 @@ use crate::{
     poller::Poller,
     state::{self, AgentState, SavedSeries, StateError, StateFile},
 };
-use bitsecure_common::{
-    FLOW_MAP_FLAGS, FlowCounters, FlowKey, PEER_MAP_FLAGS, SocketOwner, Stat, map_names,
-};
+use bitsecure_common::{FLOW_MAP_FLAGS, FlowCounters, FlowKey, SocketOwner, Stat, map_names};
 
 /// Pinned kernel state and the agent's own state file (with `kernel.pin_path`).
 pub struct Persistence {
@@ -45,7 +43,7 @@ pub fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> 
             key_size: size_of::<FlowKey>() as u32,
             value_size: size_of::<FlowCounters>() as u32,
             max_entries: config.kernel.peer_capacity,
-            flags: PEER_MAP_FLAGS,
+            flags: FLOW_MAP_FLAGS,
         },
         MapShape {
             name: map_names::SOCKETS,

@@ -610,6 +610,7 @@ impl Poller {
         batch::delete_keys(self.maps.sockets.fd().as_fd(), &cookies)?;
         for key in &flow_keys {
             self.last_seen.remove(key);
+            self.owners.linger(key.cookie, now);
         }
         self.owners.retire(&cookies, &snapshot.sockets, now);
         self.owners

@@ -23,17 +23,26 @@ use crate::poller::{
 
 /// Polls an unattributed socket is given to be found in /proc before it counts as "unknown".
 const OWNER_LOOKUP_ATTEMPTS: u8 = 3;
-/// How long the owner of a folded socket is remembered, for packets that trail its close
-/// (retransmitted FINs and their ACKs come within a few round trips). At 100,000 connections
+/// How long the owner of a folded socket is remembered, for packets that trail its close. A
+/// TCP connection established while the agent runs is folded only once it reached CLOSE, so
+/// nothing trails it; this is for the others (UDP, connections older than the agent), whose
+/// retransmitted FINs and their ACKs come within a few round trips. At 100,000 connections
 /// a minute that is ~50,000 small entries, the owner itself being shared (see
-/// [`Owners::intern`]); a packet later than this is counted as `unknown`.
+/// [`Owners::intern`]).
 const RETIRED_OWNER_TTL: Duration = Duration::from_secs(30);
+/// How long after its latest late packet the owner of a folded socket whose packets still
+/// trail in is remembered: longer than TCP's longest retransmission interval (120 s), so a
+/// FIN retransmitted to a peer gone dark is never counted as `unknown`.
+const LINGERING_OWNER_TTL: Duration = Duration::from_secs(130);
 
 /// What is remembered of a folded socket.
 struct Retired {
     owner: Arc<ProcessIdentity>,
     passive: bool,
+    /// When it was folded, or when its latest late packet was.
     since: Instant,
+    /// Late packets came: remembered for [`LINGERING_OWNER_TTL`].
+    lingering: bool,
 }
 
 /// The owners of sockets, by socket cookie.
@@ -193,10 +202,25 @@ impl Owners {
             .collect()
     }
 
-    /// Forgets the owners of folded sockets older than [`RETIRED_OWNER_TTL`].
+    /// Forgets the owners of folded sockets older than [`RETIRED_OWNER_TTL`] (or, with late
+    /// packets, [`LINGERING_OWNER_TTL`]).
     pub(super) fn expire(&mut self, now: Instant) {
-        self.retired
-            .retain(|_, retired| now.duration_since(retired.since) < RETIRED_OWNER_TTL);
+        self.retired.retain(|_, retired| {
+            let ttl = if retired.lingering {
+                LINGERING_OWNER_TTL
+            } else {
+                RETIRED_OWNER_TTL
+            };
+            now.duration_since(retired.since) < ttl
+        });
+    }
+
+    /// A folded socket had late packets: its owner is kept [`LINGERING_OWNER_TTL`] from now.
+    pub(super) fn linger(&mut self, cookie: u64, now: Instant) {
+        if let Some(retired) = self.retired.get_mut(&cookie) {
+            retired.since = now;
+            retired.lingering = true;
+        }
     }
 
     /// Moves the owners of the `folded` sockets (deleted from the kernel maps) to the
@@ -218,6 +242,7 @@ impl Owners {
                         owner,
                         passive,
                         since: now,
+                        lingering: false,
                     },
                 );
             }
