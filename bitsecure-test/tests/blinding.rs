@@ -2,7 +2,10 @@
 //! listener in the watched cgroup — a SYN flood from 100,000 spoofed sources, thousands of
 //! accepted connections, a UDP server answering thousands of client ports — must neither fill
 //! the flow map nor hide a new connection opened meanwhile; and a server's handshakes are
-//! accounted in its connections' series, so a recording of it has one rule per service.
+//! accounted in its connections' series, so a recording of it has one rule per service. A
+//! connection retransmitting to a peer gone dark long after its process closed it stays its
+//! process's, and a server in a network namespace of its own (a container) is attributed
+//! whether its sockets are older or newer than the agent.
 //!
 //! Truth is nftables in the peer namespace, per port ([`TestNet::count_tcp_port`]). Numbers
 //! (map occupancy, overflow, agent memory) are printed on stderr:
@@ -10,6 +13,7 @@
 
 use std::{
     net::Ipv4Addr,
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -466,4 +470,103 @@ fn a_connection_retransmitting_to_a_peer_gone_dark_stays_with_its_process() {
         lived > Duration::from_secs(45),
         "the connection was done {lived:?} after its release: too soon to test late packets"
     );
+}
+
+/// A server in a network namespace of its own (a container), in the watched cgroup: the
+/// agent's sock_diag cannot see its sockets, `/proc/<pid>/net` of its namespace can.
+fn server_in_another_namespace(sockets_before_agent: bool) {
+    const PORT: u16 = 5300;
+    const UPLOAD: u64 = 40_000_000;
+    let mut net = TestNet::new();
+    let cgroup = TestCgroup::new("netns-server");
+    let name = if sockets_before_agent {
+        "bsg-ns-early"
+    } else {
+        "bsg-ns-late"
+    };
+    let server = install_generator(name);
+    let tcp = format!("{}:{PORT}", net.peer_v4);
+    let start_server = |net: &mut TestNet| {
+        // The cgroup first (the shell), then the namespace (`ip netns exec` execs the server).
+        let mut command = cgroup.command(Path::new("ip"));
+        command
+            .args(["netns", "exec", &net.ns])
+            .arg(&server)
+            .args(["serve", "--tcp", &tcp, "--udp", &tcp]);
+        spawn_until(&mut command, "ready")
+    };
+    let (agent, _server) = if sockets_before_agent {
+        let server = start_server(&mut net);
+        let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+        (agent, server)
+    } else {
+        let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+        (agent, start_server(&mut net))
+    };
+    let client = install_generator("bsg-ns-client");
+    run_generator(Command::new(&client).args([
+        "tcp",
+        "--connect",
+        &tcp,
+        "--upload",
+        &UPLOAD.to_string(),
+    ]));
+    run_generator(Command::new(&client).args([
+        "udp",
+        "--to",
+        &tcp,
+        "--datagrams",
+        "2000",
+        "--size",
+        "1200",
+    ]));
+    // The server's view: what the host sent, it received.
+    let mirrored = |protocol| {
+        let host = truth(&net, protocol);
+        Exported {
+            sent_bytes: host.received_bytes,
+            received_bytes: host.sent_bytes,
+            sent_packets: host.received_packets,
+            received_packets: host.sent_packets,
+        }
+    };
+    const TOLERANCE: f64 = 0.005;
+    let near = |agent: &Exported, truth: &Exported| {
+        within(agent.sent_bytes, truth.sent_bytes, TOLERANCE)
+            && within(agent.received_bytes, truth.received_bytes, TOLERANCE)
+            && within(agent.sent_packets, truth.sent_packets, TOLERANCE)
+            && within(agent.received_packets, truth.received_packets, TOLERANCE)
+    };
+    let (tcp, udp) = eventually(&agent, 30, |samples| {
+        let tcp = (traffic_of(samples, name, "tcp"), mirrored("tcp"));
+        let udp = (traffic_of(samples, name, "udp"), mirrored("udp"));
+        let unknown = (
+            traffic_of(samples, "unknown", "tcp"),
+            traffic_of(samples, "unknown", "udp"),
+        );
+        if near(&tcp.0, &tcp.1) && near(&udp.0, &udp.1) {
+            Ok((tcp, udp))
+        } else {
+            Err(format!(
+                "{name}: TCP agent {:?} vs nftables {:?}; UDP agent {:?} vs nftables {:?}; \
+                 unknown {unknown:?}",
+                tcp.0, tcp.1, udp.0, udp.1
+            ))
+        }
+    });
+    assert!(tcp.1.received_bytes >= UPLOAD);
+    eprintln!(
+        "{name}: TCP agent {:?} vs nftables {:?}; UDP agent {:?} vs nftables {:?}",
+        tcp.0, tcp.1, udp.0, udp.1
+    );
+}
+
+#[test]
+fn a_server_in_another_namespace_with_sockets_older_than_the_agent_is_attributed() {
+    server_in_another_namespace(true);
+}
+
+#[test]
+fn a_server_in_another_namespace_with_sockets_newer_than_the_agent_is_attributed() {
+    server_in_another_namespace(false);
 }

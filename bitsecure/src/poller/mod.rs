@@ -44,6 +44,7 @@ use crate::{
 
 pub mod identity;
 mod owners;
+pub mod proc_net;
 mod service_port;
 pub mod sock_diag;
 
@@ -307,9 +308,10 @@ impl Poller {
             flows: snapshot.flows.len() - peers,
             peers,
             sockets: snapshot.sockets.len(),
-            unattributed_sockets: self
-                .owners
-                .resolve(snapshot.flow_cookies(), &snapshot.sockets),
+            unattributed_sockets: self.owners.resolve(
+                snapshot.flows.iter().map(|flow| &flow.key),
+                &snapshot.sockets,
+            ),
             events,
             ..PollReport::default()
         };

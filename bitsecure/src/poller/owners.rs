@@ -13,11 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{OWNER_UNKNOWN, SocketOwner};
+use bitsecure_common::{FlowKey, OWNER_UNKNOWN, SocketOwner};
 use log::{debug, warn};
 
 use crate::poller::{
     identity::{self, ProcessIdentity},
+    proc_net::NamespaceSockets,
     sock_diag,
 };
 
@@ -93,16 +94,16 @@ impl Owners {
     /// (`flow_cookies`) and those the kernel recorded (`sockets`): from the kernel's record
     /// (created while the agent ran), else from sock_diag + /proc (older or accepted sockets).
     /// Returns how many sockets were given up on as "unknown".
-    pub(super) fn resolve(
+    pub(super) fn resolve<'a>(
         &mut self,
-        flow_cookies: impl Iterator<Item = u64>,
+        flows: impl Iterator<Item = &'a FlowKey> + Clone,
         sockets: &HashMap<u64, SocketOwner>,
     ) -> u64 {
-        let unresolved = self.resolve_from_kernel(flow_cookies, sockets);
+        let unresolved = self.resolve_from_kernel(flows.clone().map(|key| key.cookie), sockets);
         if unresolved.is_empty() {
             return 0;
         }
-        self.resolve_from_proc(unresolved)
+        self.resolve_from_proc(unresolved, flows)
     }
 
     /// Takes the owners the kernel recorded; returns the sockets it knows no owner of.
@@ -142,9 +143,13 @@ impl Owners {
 
     /// Looks the `unresolved` sockets up in /proc; one not found for
     /// [`OWNER_LOOKUP_ATTEMPTS`] polls is given up on as "unknown". Returns how many were.
-    fn resolve_from_proc(&mut self, unresolved: HashSet<u64>) -> u64 {
+    fn resolve_from_proc<'a>(
+        &mut self,
+        unresolved: HashSet<u64>,
+        flows: impl Iterator<Item = &'a FlowKey>,
+    ) -> u64 {
         let mut given_up = 0;
-        let found = self.lookup_in_proc(&unresolved);
+        let found = self.lookup_in_proc(&unresolved, flows);
         for cookie in unresolved {
             if let Some(identity) = found.get(&cookie) {
                 let identity = self.intern(identity.clone());
@@ -165,8 +170,13 @@ impl Owners {
         given_up
     }
 
-    /// sock_diag gives cookie → inode, /proc/*/fd gives inode → pid.
-    fn lookup_in_proc(&self, wanted: &HashSet<u64>) -> HashMap<u64, ProcessIdentity> {
+    /// sock_diag gives cookie → inode for the agent's network namespace, the endpoints of
+    /// the flows in `/proc/<pid>/net` for the others; `/proc/*/fd` gives inode → pid.
+    fn lookup_in_proc<'a>(
+        &self,
+        wanted: &HashSet<u64>,
+        flows: impl Iterator<Item = &'a FlowKey>,
+    ) -> HashMap<u64, ProcessIdentity> {
         let sockets = match sock_diag::dump_sockets() {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -174,12 +184,29 @@ impl Owners {
                 return HashMap::new();
             }
         };
-        let inodes: HashMap<u64, u64> = sockets
+        let mut inodes: HashMap<u64, u64> = sockets
             .iter()
             // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
             .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
             .map(|socket| (socket.inode, socket.cookie))
             .collect();
+        let found: HashSet<u64> = inodes.values().copied().collect();
+        let mut elsewhere = flows
+            .filter(|key| wanted.contains(&key.cookie) && !found.contains(&key.cookie))
+            .peekable();
+        if elsewhere.peek().is_some() {
+            match NamespaceSockets::read(&self.proc_root) {
+                Ok(namespaces) if !namespaces.is_empty() => {
+                    for key in elsewhere {
+                        if let Some(inode) = namespaces.find(key) {
+                            inodes.entry(inode).or_insert(key.cookie);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => warn!("cannot read the sockets of other network namespaces: {error}"),
+            }
+        }
         if inodes.is_empty() {
             return HashMap::new();
         }

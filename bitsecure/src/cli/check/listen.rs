@@ -8,10 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bitsecure_common::protocol;
+
 use super::Check;
 use crate::{
     export::metrics::BUILD_INFO,
-    poller::sock_diag::{self, TCP_LISTEN},
+    poller::{
+        proc_net,
+        sock_diag::{self, TCP_LISTEN},
+    },
 };
 
 /// What trying to listen on `agent.listen` found.
@@ -92,17 +97,9 @@ pub fn check_listen(listen: SocketAddr, probe: &ListenProbe) -> Check {
 /// Inodes of the listening TCP sockets on `port` in a `/proc/net/tcp` or `/proc/net/tcp6`
 /// text.
 pub fn listening_socket_inodes(proc_net_tcp: &str, port: u16) -> Vec<u64> {
-    proc_net_tcp
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields.get(1)?.rsplit_once(':')?.1;
-            let listening = u8::from_str_radix(fields.get(3)?, 16).ok()? == TCP_LISTEN;
-            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
-                .then(|| fields.get(9)?.parse().ok())
-                .flatten()
-        })
+    proc_net::parse_table(proc_net_tcp, protocol::TCP)
+        .filter(|socket| socket.state == TCP_LISTEN && socket.local_port == port)
+        .map(|socket| socket.inode)
         .collect()
 }
 
