@@ -478,12 +478,12 @@ fn server_in_another_namespace(sockets_before_agent: bool) {
     const PORT: u16 = 5300;
     const UPLOAD: u64 = 40_000_000;
     let mut net = TestNet::new();
-    let cgroup = TestCgroup::new("netns-server");
     let name = if sockets_before_agent {
         "bsg-ns-early"
     } else {
         "bsg-ns-late"
     };
+    let cgroup = TestCgroup::new(name);
     let server = install_generator(name);
     let tcp = format!("{}:{PORT}", net.peer_v4);
     let start_server = |net: &mut TestNet| {
@@ -569,4 +569,83 @@ fn a_server_in_another_namespace_with_sockets_older_than_the_agent_is_attributed
 #[test]
 fn a_server_in_another_namespace_with_sockets_newer_than_the_agent_is_attributed() {
     server_in_another_namespace(false);
+}
+
+/// A connection that waits in the listen backlog (its client's data with it) for 3 s before
+/// its server accepts it: no process holds it yet, so no /proc entry names its owner. Its
+/// listener's process, the one to accept it, is named, rather than `unknown` after the
+/// lookups run out — in the agent's network namespace and in another.
+fn connection_accepted_late(server_in_other_namespace: bool) {
+    const PORT: u16 = 5310;
+    let net = TestNet::new();
+    let name = if server_in_other_namespace {
+        "bsg-late-ns"
+    } else {
+        "bsg-late-host"
+    };
+    let cgroup = TestCgroup::new(name);
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let server = install_generator(name);
+    let (listen, mut command) = if server_in_other_namespace {
+        let mut command = cgroup.command(Path::new("ip"));
+        command.args(["netns", "exec", &net.ns]).arg(&server);
+        (format!("{}:{PORT}", net.peer_v4), command)
+    } else {
+        (format!("{}:{PORT}", net.host_v4), cgroup.command(&server))
+    };
+    command.args([
+        "--timeout-secs",
+        "60",
+        "tcp-serve",
+        "--listen",
+        &listen,
+        "--connections",
+        "1",
+        // Six polls of TEST_POLL_SECONDS: twice the lookups after which an owner is given up.
+        "--accept-after-ms",
+        "3000",
+    ]);
+    let server = spawn_until(&mut command, "ready");
+    let client = install_generator("bsg-late-client");
+    let mut client = if server_in_other_namespace {
+        Command::new(&client)
+    } else {
+        net.command(&client)
+    };
+    run_generator(client.args(["tcp", "--connect", &listen, "--upload", "100000"]));
+    server.finish();
+    let host = truth(&net, "tcp");
+    let expected = if server_in_other_namespace {
+        // The server's view: what the host sent, it received.
+        Exported {
+            sent_bytes: host.received_bytes,
+            received_bytes: host.sent_bytes,
+            sent_packets: host.received_packets,
+            received_packets: host.sent_packets,
+        }
+    } else {
+        host
+    };
+    let mine = eventually(&agent, 20, |samples| {
+        let mine = traffic_of(samples, name, "tcp");
+        let unknown = traffic_of(samples, "unknown", "tcp");
+        if mine == expected && unknown == Exported::default() {
+            Ok(mine)
+        } else {
+            Err(format!(
+                "server: agent {mine:?} vs nftables {expected:?}; unknown {unknown:?}"
+            ))
+        }
+    });
+    assert!(mine.received_bytes >= 100_000);
+}
+
+#[test]
+fn a_connection_accepted_late_is_its_listeners() {
+    connection_accepted_late(false);
+}
+
+#[test]
+fn a_connection_accepted_late_by_a_server_in_another_namespace_is_its_listeners() {
+    connection_accepted_late(true);
 }

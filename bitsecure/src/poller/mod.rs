@@ -304,6 +304,7 @@ impl Poller {
         let events = self.read_events();
         let snapshot = self.read_snapshot()?;
         let peers = snapshot.flows.iter().filter(|flow| flow.peer).count();
+        self.adopt_accepted_connections(&snapshot);
         let mut report = PollReport {
             flows: snapshot.flows.len() - peers,
             peers,
@@ -411,6 +412,41 @@ impl Poller {
             }
         }
         self.handshakes_waiting = waiting;
+    }
+
+    /// Gives each connection a listener accepted, or has yet to accept, the owner of that
+    /// listener, known from the handshake it counted with the same endpoints: that is the
+    /// process that accepts it (nothing in /proc names one before), in whatever network
+    /// namespace, and by socket, so two containers listening on one port are not confused.
+    fn adopt_accepted_connections(&mut self, snapshot: &Snapshot) {
+        let tcp = bitsecure_common::protocol::TCP;
+        let handshakes: HashMap<Endpoints, u64> = snapshot
+            .flows
+            .iter()
+            .filter(|flow| flow.peer && flow.key.protocol == tcp)
+            .map(|flow| (Endpoints::of(&flow.key), flow.key.cookie))
+            .collect();
+        if handshakes.is_empty() {
+            return;
+        }
+        let unknown = ProcessIdentity::unknown();
+        for flow in snapshot.flows.iter().filter(|flow| !flow.peer) {
+            let cookie = flow.key.cookie;
+            let accepted = snapshot.sockets.get(&cookie).is_some_and(|socket| {
+                socket.passive != 0 && socket.origin == bitsecure_common::OWNER_UNKNOWN
+            });
+            if !accepted || self.owners.owner_of(cookie).is_some() {
+                continue;
+            }
+            let listener_owner = handshakes
+                .get(&Endpoints::of(&flow.key))
+                .and_then(|listener| self.owners.owner_of(*listener))
+                .filter(|owner| ***owner != unknown)
+                .cloned();
+            if let Some(owner) = listener_owner {
+                self.owners.adopt(cookie, owner);
+            }
+        }
     }
 
     /// Where a flow seen for the first time is accounted: a TCP peer entry (a listener's

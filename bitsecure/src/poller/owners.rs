@@ -18,7 +18,7 @@ use log::{debug, warn};
 
 use crate::poller::{
     identity::{self, ProcessIdentity},
-    proc_net::NamespaceSockets,
+    proc_net::SocketsByEndpoint,
     sock_diag,
 };
 
@@ -76,6 +76,13 @@ impl Owners {
         self.owners
             .get(&cookie)
             .or_else(|| self.retired.get(&cookie).map(|retired| &retired.owner))
+    }
+
+    /// Gives a socket whose owner is being looked up the owner found another way (an
+    /// accepted connection, its listener's).
+    pub(super) fn adopt(&mut self, cookie: u64, owner: Arc<ProcessIdentity>) {
+        self.lookup_attempts.remove(&cookie);
+        self.owners.insert(cookie, owner);
     }
 
     /// Whether the socket was folded (and its owner is still remembered).
@@ -170,8 +177,9 @@ impl Owners {
         given_up
     }
 
-    /// sock_diag gives cookie → inode for the agent's network namespace, the endpoints of
-    /// the flows in `/proc/<pid>/net` for the others; `/proc/*/fd` gives inode → pid.
+    /// sock_diag gives cookie → inode for the agent's network namespace; a socket it does
+    /// not list with a file (another namespace's, or a connection not accepted yet) is found
+    /// by its flow's endpoints ([`SocketsByEndpoint`]); `/proc/*/fd` gives inode → pid.
     fn lookup_in_proc<'a>(
         &self,
         wanted: &HashSet<u64>,
@@ -184,27 +192,25 @@ impl Owners {
                 return HashMap::new();
             }
         };
+        // Socket cookie → inode.
         let mut inodes: HashMap<u64, u64> = sockets
             .iter()
             // TIME_WAIT and SYN_RECV entries have no file (inode 0) and no owner.
             .filter(|socket| socket.inode != 0 && wanted.contains(&socket.cookie))
-            .map(|socket| (socket.inode, socket.cookie))
+            .map(|socket| (socket.cookie, socket.inode))
             .collect();
-        let found: HashSet<u64> = inodes.values().copied().collect();
-        let mut elsewhere = flows
-            .filter(|key| wanted.contains(&key.cookie) && !found.contains(&key.cookie))
-            .peekable();
-        if elsewhere.peek().is_some() {
-            match NamespaceSockets::read(&self.proc_root) {
-                Ok(namespaces) if !namespaces.is_empty() => {
-                    for key in elsewhere {
-                        if let Some(inode) = namespaces.find(key) {
-                            inodes.entry(inode).or_insert(key.cookie);
-                        }
-                    }
+        let by_endpoint: Vec<&FlowKey> = flows
+            .filter(|key| wanted.contains(&key.cookie) && !inodes.contains_key(&key.cookie))
+            .collect();
+        if !by_endpoint.is_empty() {
+            let mut known = SocketsByEndpoint::from_diag(&sockets);
+            if let Err(error) = known.add_other_namespaces(&self.proc_root) {
+                warn!("cannot read the sockets of other network namespaces: {error}");
+            }
+            for key in by_endpoint {
+                if let Some(inode) = known.find(key) {
+                    inodes.entry(key.cookie).or_insert(inode);
                 }
-                Ok(_) => {}
-                Err(error) => warn!("cannot read the sockets of other network namespaces: {error}"),
             }
         }
         if inodes.is_empty() {
@@ -219,7 +225,7 @@ impl Owners {
         };
         inodes
             .iter()
-            .filter_map(|(inode, cookie)| {
+            .filter_map(|(cookie, inode)| {
                 let pid = *owners.get(inode)?;
                 Some((
                     *cookie,

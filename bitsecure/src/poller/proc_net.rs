@@ -4,7 +4,8 @@
 //! sock_diag answers for the agent's own namespace only, and entering another one (`setns`)
 //! needs CAP_SYS_ADMIN, which the hardened service does not have. The `/proc/<pid>/net` files
 //! list the sockets of `<pid>`'s namespace with their inode, readable from here. They carry no
-//! socket cookie, so a socket is found by its endpoints (see [`NamespaceSockets::find`]).
+//! socket cookie, so a socket is found by its endpoints (see [`SocketsByEndpoint::find`]),
+//! among those of every namespace, the agent's own (from sock_diag) included.
 
 use std::{
     collections::HashSet,
@@ -14,6 +15,8 @@ use std::{
 };
 
 use bitsecure_common::{FlowKey, protocol};
+
+use crate::poller::sock_diag::DiagSocket;
 
 /// One socket as a `/proc/<pid>/net` file lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +33,34 @@ pub struct ProcNetSocket {
     pub inode: u64,
 }
 
-/// The sockets of every network namespace but the agent's.
+/// Sockets with a file, to find a flow's socket by its endpoints.
 #[derive(Debug, Default)]
-pub struct NamespaceSockets(Vec<ProcNetSocket>);
+pub struct SocketsByEndpoint(Vec<ProcNetSocket>);
 
-impl NamespaceSockets {
-    /// Reads them below `proc_root` (normally `/proc`): one process per namespace.
-    pub fn read(proc_root: &Path) -> io::Result<Self> {
+impl SocketsByEndpoint {
+    /// The sockets of the agent's own namespace, as sock_diag reported them.
+    pub fn from_diag(sockets: &[DiagSocket]) -> Self {
+        Self(
+            sockets
+                .iter()
+                .filter(|socket| socket.inode != 0)
+                .map(|socket| ProcNetSocket {
+                    protocol: socket.protocol,
+                    state: socket.state,
+                    local_port: socket.local.port(),
+                    remote_addr: mapped(socket.remote.ip()),
+                    remote_port: socket.remote.port(),
+                    inode: socket.inode,
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds the sockets of every other network namespace, read below `proc_root` (normally
+    /// `/proc`): one process per namespace.
+    pub fn add_other_namespaces(&mut self, proc_root: &Path) -> io::Result<()> {
         let own = namespace_of(&proc_root.join("self"));
         let mut seen = HashSet::new();
-        let mut sockets = Vec::new();
         for entry in std::fs::read_dir(proc_root)?.flatten() {
             let Some(pid) = entry
                 .file_name()
@@ -63,25 +84,19 @@ impl NamespaceSockets {
                 ("udp6", protocol::UDP),
             ] {
                 if let Ok(text) = std::fs::read_to_string(process.join("net").join(file)) {
-                    sockets.extend(
-                        text.lines()
-                            .skip(1)
-                            .filter_map(|line| parse(line, protocol)),
-                    );
+                    self.0.extend(parse_table(&text, protocol));
                 }
             }
         }
-        Ok(Self(sockets))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        Ok(())
     }
 
     /// The inode of the one socket a flow can belong to: the connected socket with its
-    /// endpoints, else the listener or unconnected socket on its local port. `None` when no
-    /// socket or more than one (the same endpoints in two namespaces) matches: a guess could
-    /// credit one container's traffic to another.
+    /// endpoints, else the listener or unconnected socket on its local port — for a
+    /// connection its listener has not accepted yet (no file of its own), the listener, whose
+    /// process is the one to accept it. `None` when no socket or more than one (the same
+    /// endpoints in two namespaces) matches: a guess could credit one container's traffic to
+    /// another.
     pub fn find(&self, key: &FlowKey) -> Option<u64> {
         let same_socket = |socket: &&ProcNetSocket| {
             socket.protocol == key.protocol && socket.local_port == key.local_port
@@ -164,13 +179,18 @@ fn endpoint(text: &str) -> Option<([u8; 16], u16)> {
         16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)),
         _ => return None,
     };
-    let mapped = match address {
-        // Unspecified stays all zeros, as the kernel keys an unconnected socket's remote.
+    Some((mapped(address), port))
+}
+
+/// An address as [`FlowKey::remote_addr`] holds it: IPv4 mapped into IPv6, except the
+/// unspecified address, all zeros as the kernel keys an unconnected socket's remote.
+fn mapped(address: IpAddr) -> [u8; 16] {
+    match address {
         IpAddr::V4(v4) if v4.is_unspecified() => Ipv6Addr::UNSPECIFIED,
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
-    };
-    Some((mapped.octets(), port))
+    }
+    .octets()
 }
 
 #[cfg(test)]
@@ -229,7 +249,7 @@ mod tests {
             remote_port,
             inode,
         };
-        let mut sockets = NamespaceSockets(vec![
+        let mut sockets = SocketsByEndpoint(vec![
             socket("0.0.0.0", 5201, 0, 1),
             socket("10.0.0.2", 5201, 40000, 2),
         ]);

@@ -174,6 +174,10 @@ struct TcpServeArgs {
     /// Number of connections to accept and serve before exiting.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
     connections: u64,
+    /// Milliseconds to wait before the first accept: connections (and what their clients
+    /// send) wait in the listen backlog meanwhile.
+    #[arg(long, default_value_t = 0)]
+    accept_after_ms: u64,
 }
 
 #[derive(Args)]
@@ -672,6 +676,7 @@ fn tcp_serve(args: &TcpServeArgs, timeout: Duration) -> Result<()> {
     let listener = TcpListener::bind(args.listen)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     announce("ready")?;
+    thread::sleep(Duration::from_millis(args.accept_after_ms));
     thread::scope(|scope| {
         let mut handlers = Vec::new();
         for i in 0..args.connections {
