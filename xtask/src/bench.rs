@@ -6,7 +6,12 @@
 //! agent) needs bpf-linker, which `setup` installs, so xtask cannot depend on it. Its options
 //! are repeated here, so `cargo xtask bench --help` shows them, and passed on by name.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::Context as _;
 
 use crate::{setup, util};
 
@@ -25,6 +30,10 @@ pub struct Args {
     /// Smoke test: 1 repetition, 2 s runs and a 10 s CPU window (overrides the above).
     #[arg(long)]
     quick: bool,
+    /// A git revision (e.g. HEAD~1) whose agent is built too: its programs' run times are
+    /// measured alternately with this build's, in the same run, and reported side by side.
+    #[arg(long, value_name = "REV")]
+    compare: Option<String>,
 }
 
 pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
@@ -44,5 +53,42 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
     if args.quick {
         command.arg("--quick");
     }
+    if let Some(revision) = &args.compare {
+        command
+            .arg("--compare-agent")
+            .arg(build_revision(root, &target.join("bench"), revision)?);
+    }
     util::exec(command)
+}
+
+/// Builds the agent of git `revision` in a worktree under `bench_dir`; returns its path.
+fn build_revision(root: &Path, bench_dir: &Path, revision: &str) -> anyhow::Result<PathBuf> {
+    let source = bench_dir.join("compare-src");
+    // A fresh checkout of the revision (the previous one, if any, goes first).
+    let _ = Command::new("git")
+        .args(["worktree", "remove", "--force"])
+        .arg(&source)
+        .current_dir(root)
+        .status();
+    let _ = std::fs::remove_dir_all(&source);
+    let mut worktree = Command::new("git");
+    worktree
+        .args(["worktree", "add", "--detach"])
+        .arg(&source)
+        .arg(revision)
+        .current_dir(root);
+    util::status(worktree).with_context(|| format!("cannot check out {revision}"))?;
+    // Its own target directory, kept between runs; the linker from this checkout's setup.
+    let target = bench_dir.join("compare-target");
+    let path = std::env::join_paths(std::iter::once(root.join(".tools/bin")).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))?;
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--release", "--package", "bitsecure"])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("PATH", path)
+        .current_dir(&source);
+    util::status(build).with_context(|| format!("cannot build the agent of {revision}"))?;
+    Ok(target.join("release/bitsecure"))
 }

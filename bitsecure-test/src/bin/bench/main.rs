@@ -29,7 +29,7 @@ use clap::Parser;
 
 use crate::{
     agent::{Agent, spawn_logged, wait_for_log},
-    measure::{WORKLOADS, Workload, measure_agent_at_scale, program_stats},
+    measure::{WORKLOADS, Workload, measure_agent_at_scale, program_runs},
     report::{Row, write_report},
 };
 
@@ -73,6 +73,10 @@ struct Args {
     /// Where the config, logs and report.md go (`cargo xtask bench`: target/bench).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// An earlier build of the agent: its programs' run times are measured alternately with
+    /// those of --agent, in the same run, and reported side by side.
+    #[arg(long, value_name = "PATH")]
+    compare_agent: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -106,7 +110,6 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     let mut lab = Lab::create(&out)?;
     lab.start_iperf_servers(&out)?;
     let mut samples = vec![(Vec::new(), Vec::new()); WORKLOADS.len()];
-    let mut runs: HashMap<&str, (u64, u64)> = HashMap::new();
     for rep in 1..=repetitions {
         // Alternate which half goes first (ABBA), so a drift of the shared machine during the
         // run does not always favour the same side.
@@ -133,32 +136,45 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     }
 
     // BPF stats cost two clock reads per program run, so they are on only for this separate
-    // measurement, never while throughput is compared.
-    progress("program run times (BPF stats on)");
-    let agent = start_agent()?;
-    run("sysctl", &["-w", &format!("{BPF_STATS}=1")])?;
-    let before = program_stats(agent.pid)?;
-    for workload in WORKLOADS {
-        workload.measure(seconds)?;
+    // measurement, never while throughput is compared. With an earlier build to compare, the
+    // two builds take turns (ABBA), as the throughput runs do.
+    let builds: Vec<&Path> = std::iter::once(agent_bin.as_path())
+        .chain(args.compare_agent.as_deref())
+        .collect();
+    let mut runs: Vec<HashMap<&str, (u64, u64)>> = vec![HashMap::new(); builds.len()];
+    let stat_rounds = if builds.len() > 1 { repetitions } else { 1 };
+    for round in 1..=stat_rounds {
+        let mut order: Vec<usize> = (0..builds.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for build in order {
+            progress(&format!(
+                "program run times (BPF stats on), round {round}/{stat_rounds}, {}",
+                builds[build].display()
+            ));
+            let agent = Agent::start(builds[build], &config, &out.join("agent.log"))?;
+            program_runs(&agent, seconds, &mut runs[build])?;
+            agent.stop()?;
+        }
     }
-    let after = program_stats(agent.pid)?;
-    run("sysctl", &["-w", &format!("{BPF_STATS}=0")])?;
-    for (id, (name, time, count)) in after {
-        let (_, time0, count0) = before.get(&id).copied().unwrap_or_default();
-        let total = runs.entry(name).or_default();
-        *total = (
-            total.0 + time.saturating_sub(time0),
-            total.1 + count.saturating_sub(count0),
-        );
-    }
-    agent.stop()?;
 
     let mut rows: Vec<Row> = WORKLOADS.iter().zip(&samples).map(Workload::row).collect();
-    rows.extend(PROGRAMS.iter().map(|name| {
+    let average = |runs: &HashMap<&str, (u64, u64)>, name: &str| {
         let (time, count) = runs.get(name).copied().unwrap_or_default();
-        let average = (count > 0).then(|| time as f64 / count as f64);
-        Row::limit(&format!("{name} (ns/run, {count} runs)"), average, 100.0)
+        ((count > 0).then(|| time as f64 / count as f64), count)
+    };
+    rows.extend(PROGRAMS.iter().map(|name| {
+        let (value, count) = average(&runs[0], name);
+        Row::limit(&format!("{name} (ns/run, {count} runs)"), value, 100.0)
     }));
+    if let Some(earlier) = runs.get(1) {
+        rows.extend(
+            PROGRAMS
+                .iter()
+                .map(|name| Row::versus(name, average(earlier, name).0, average(&runs[0], name).0)),
+        );
+    }
     rows.extend(measure_agent_at_scale(&start_agent, cpu_window)?);
     drop(lab);
     write_report(&rows, &out, repetitions, seconds, cpu_window)

@@ -15,7 +15,7 @@ use bitsecure_test::process::run;
 use serde_json::Value;
 
 use crate::{
-    AGENT_LISTEN, FLOW_PORTS, HOST_ADDR, LOOPBACK_PORT, NS_ADDR, PROGRAMS, VETH_PORT,
+    AGENT_LISTEN, BPF_STATS, FLOW_PORTS, HOST_ADDR, LOOPBACK_PORT, NS_ADDR, PROGRAMS, VETH_PORT,
     agent::Agent,
     command, progress,
     report::{Row, median, spread},
@@ -103,6 +103,32 @@ impl Workload {
     }
 }
 
+/// Runs every workload once with BPF stats on and adds each program's run time and run count
+/// (of `agent`'s programs) to `runs`.
+pub fn program_runs(
+    agent: &Agent,
+    seconds: u32,
+    runs: &mut HashMap<&'static str, (u64, u64)>,
+) -> anyhow::Result<()> {
+    run("sysctl", &["-w", &format!("{BPF_STATS}=1")])?;
+    let measured = (|| {
+        let before = program_stats(agent.pid)?;
+        for workload in WORKLOADS {
+            workload.measure(seconds)?;
+        }
+        anyhow::Ok((before, program_stats(agent.pid)?))
+    })();
+    run("sysctl", &["-w", &format!("{BPF_STATS}=0")])?;
+    let (before, after) = measured?;
+    for (id, (name, time, count)) in after {
+        let (_, time0, count0) = before.get(&id).copied().unwrap_or_default();
+        let total = runs.entry(name).or_default();
+        total.0 += time.saturating_sub(time0);
+        total.1 += count.saturating_sub(count0);
+    }
+    Ok(())
+}
+
 /// Our programs' `id -> (name, run_time_ns, run_cnt)`, from `bpftool prog show`.
 pub fn program_stats(pid: u32) -> anyhow::Result<HashMap<u64, (&'static str, u64, u64)>> {
     let text = run("bpftool", &["prog", "show", "--json"])?;
@@ -176,7 +202,7 @@ pub fn measure_agent_at_scale(
         Row::limit("Agent peak RSS, VmHWM (MB)", Some(peak), 50.0),
         Row::limit("Agent RSS at the end, VmRSS (MB)", Some(current), 50.0),
         Row {
-            metric: "Flows in the agent's map at the end".into(),
+            metric: "Flows in the agent's maps at the end".into(),
             with: flows.to_string(),
             target: format!(">= {wanted}"),
             pass: Some(flows >= wanted),
@@ -195,7 +221,8 @@ fn send_round(socket: &UdpSocket) {
     thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
 }
 
-/// `bitsecure_map_entries{map="flows"}` from the agent's /metrics.
+/// Flows in the agent's kernel maps, from its /metrics: `bitsecure_map_entries` of the flow
+/// map and (where there is one) the peer map, which holds an unconnected socket's remotes.
 fn scrape_flow_entries() -> anyhow::Result<f64> {
     let mut stream = TcpStream::connect(AGENT_LISTEN).context("cannot reach the agent")?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -204,14 +231,25 @@ fn scrape_flow_entries() -> anyhow::Result<f64> {
     stream
         .read_to_string(&mut response)
         .context("cannot read /metrics")?;
-    let value = response
+    let values: Vec<f64> = response
         .lines()
-        .find_map(|line| line.strip_prefix("bitsecure_map_entries{map=\"flows\"} "))
-        .context("/metrics has no bitsecure_map_entries{map=\"flows\"}")?;
-    value
-        .trim()
-        .parse()
-        .context("bad bitsecure_map_entries value")
+        .filter_map(|line| {
+            ["flows", "peers"].iter().find_map(|map| {
+                line.strip_prefix(&format!("bitsecure_map_entries{{map=\"{map}\"}} "))
+            })
+        })
+        .map(|value| {
+            value
+                .trim()
+                .parse()
+                .context("bad bitsecure_map_entries value")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    ensure!(
+        !values.is_empty(),
+        "/metrics has no bitsecure_map_entries{{map=\"flows\"}}"
+    );
+    Ok(values.iter().sum())
 }
 
 /// utime + stime of `pid`, in clock ticks.

@@ -50,6 +50,21 @@ impl Row {
             ..Self::default()
         }
     }
+
+    /// A program's run time in an earlier build (`without` column) and this one (`with`):
+    /// this one may cost at most 5% more.
+    pub fn versus(program: &str, earlier: Option<f64>, this: Option<f64>) -> Self {
+        let ratio = earlier.zip(this).map(|(earlier, this)| this / earlier);
+        let format = |value: Option<f64>| value.map_or("n/a".into(), |value| format!("{value:.2}"));
+        Self {
+            metric: format!("{program}, earlier build -> this build (ns/run)"),
+            without: format(earlier),
+            with: format(this),
+            ratio: ratio.map_or("n/a".into(), |ratio| format!("{ratio:.3}")),
+            target: "<= 1.05".into(),
+            pass: ratio.map(|ratio| ratio <= 1.05),
+        }
+    }
 }
 
 /// Prints the report and writes it to `out/report.md`; fails if a value is missing.
