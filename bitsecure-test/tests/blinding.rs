@@ -649,3 +649,70 @@ fn a_connection_accepted_late_is_its_listeners() {
 fn a_connection_accepted_late_by_a_server_in_another_namespace_is_its_listeners() {
     connection_accepted_late(true);
 }
+
+/// A connection its server never accepts: the server exits with it (and its client's data) in
+/// the backlog. No process ever released it, yet it is done — TCP CLOSE when its listener
+/// closes — so it is folded like any closed socket; its bytes are its listener's process's.
+#[test]
+fn a_connection_never_accepted_is_folded_when_its_listener_closes() {
+    const PORT: u16 = 5320;
+    let net = TestNet::new();
+    let name = "bsg-no-accept";
+    let cgroup = TestCgroup::new(name);
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let server = install_generator(name);
+    let listen = format!("{}:{PORT}", net.host_v4);
+    // The watchdog ends the server after 2 s, long before it would accept.
+    let server = spawn_until(
+        cgroup.command(&server).args([
+            "--timeout-secs",
+            "2",
+            "tcp-serve",
+            "--listen",
+            &listen,
+            "--connections",
+            "1",
+            "--accept-after-ms",
+            "60000",
+        ]),
+        "ready",
+    );
+    let client = install_generator("bsg-no-client");
+    // Reset when the listener goes: its failure is expected.
+    let output = net
+        .command(&client)
+        .args([
+            "--timeout-secs",
+            "20",
+            "tcp",
+            "--connect",
+            &listen,
+            "--upload",
+            "100000",
+        ])
+        .output()
+        .expect("run the client");
+    assert!(!output.status.success(), "the connection was served");
+    // It ends by its watchdog, a failure by design.
+    let mut server = server;
+    let _ = server.child.wait();
+    let expected = truth(&net, "tcp");
+    // What the backlogged socket's receive window took before the reset.
+    assert!(
+        expected.received_bytes >= 10_000,
+        "the client sent too little: {expected:?}"
+    );
+    eventually(&agent, 20, |samples| {
+        let mine = traffic_of(samples, name, "tcp");
+        let unknown = traffic_of(samples, "unknown", "tcp");
+        let entries = sum_metric(samples, "bitsecure_map_entries", &[("map", "flows")]);
+        if mine == expected && unknown == Exported::default() && entries == 0.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "server: agent {mine:?} vs nftables {expected:?}; unknown {unknown:?}; \
+                 {entries} flow entries left"
+            ))
+        }
+    });
+}

@@ -78,7 +78,7 @@ pub fn write_report(
     let report = format!(
         "# BitSecure overhead benchmark\n\n{}\nThroughput and packet rate: medians (min-max) of \
          {reps} interleaved runs (alternating which side goes first) without / with the agent, {secs} s each. Program run times: \
-         averages over one extra with-agent run of each workload, the only time kernel.bpf_stats_enabled=1 (it adds two clock reads per run, included in these figures). CPU and memory: agent \
+         averages over one extra with-agent run of each workload (with an earlier build to compare, one per repetition, the two builds in turns), the only time kernel.bpf_stats_enabled=1 (it adds two clock reads per run, included in these figures). CPU and memory: agent \
          with 10,000 live flows, CPU over {window} s, MB = 10^6 bytes.\n",
         table(rows)
     );
