@@ -155,6 +155,11 @@ impl TestNet {
         );
     }
 
+    /// The host side of the veth pair.
+    pub fn host_interface(&self) -> &str {
+        self.lab.host_if()
+    }
+
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &Path) -> Command {
         self.lab.command(program)

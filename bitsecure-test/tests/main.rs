@@ -21,6 +21,7 @@ mod names;
 mod prometheus_rules;
 mod restart;
 mod tamper;
+mod wire;
 
 use std::path::PathBuf;
 

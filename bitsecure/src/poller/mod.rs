@@ -22,7 +22,7 @@
 //! `sock_diag.rs`'s: this file only calls them.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv6Addr},
     os::fd::{AsFd as _, AsRawFd as _},
     path::PathBuf,
@@ -38,12 +38,17 @@ use crate::{
     kernel::batch,
     naming::App,
     naming::{AppDecision, EventCounts, Naming, remote_address},
-    poller::{identity::ProcessIdentity, owners::Owners},
+    poller::{
+        identity::ProcessIdentity,
+        owners::Owners,
+        packet_sockets::{PacketSocketClass, PacketSockets},
+    },
     state::SeenFlow,
 };
 
 pub mod identity;
 mod owners;
+pub mod packet_sockets;
 pub mod proc_net;
 mod service_port;
 pub mod sock_diag;
@@ -169,6 +174,7 @@ pub struct Poller {
     handshakes_waiting: HashMap<FlowKey, u8>,
     /// Idle polls after which a peer entry with a recognised application is folded.
     recognised_peer_idle_polls: u32,
+    packet_sockets: PacketSockets,
 }
 
 /// One poll's outcome, for logs and tests.
@@ -182,6 +188,8 @@ pub struct PollReport {
     pub folded_sockets: usize,
     /// Idle peer entries folded and deleted from the kernel map.
     pub folded_peers: usize,
+    /// Packet and raw sockets on the host, per holder and protocol.
+    pub packet_sockets: BTreeMap<PacketSocketClass, usize>,
     /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
     /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
@@ -227,6 +235,7 @@ impl Poller {
             last_seen: HashMap::new(),
             naming,
             owners: Owners::new(PathBuf::from("/proc")),
+            packet_sockets: PacketSockets::new(PathBuf::from("/proc")),
             last_stats: [0; Stat::COUNT as usize],
             reported_processes: HashSet::new(),
             events_per_ring,
@@ -322,6 +331,7 @@ impl Poller {
         report.names = self.naming.len();
         report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
         report.kernel = self.read_kernel_stats()?;
+        report.packet_sockets = self.packet_sockets.poll();
         report.duration = started.elapsed();
         Ok(report)
     }

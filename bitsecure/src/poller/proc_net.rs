@@ -11,7 +11,7 @@ use std::{
     collections::HashSet,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use bitsecure_common::{FlowKey, protocol};
@@ -60,21 +60,8 @@ impl SocketsByEndpoint {
     /// `/proc`): one process per namespace.
     pub fn add_other_namespaces(&mut self, proc_root: &Path) -> io::Result<()> {
         let own = namespace_of(&proc_root.join("self"));
-        let mut seen = HashSet::new();
-        for entry in std::fs::read_dir(proc_root)?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            let process = proc_root.join(pid.to_string());
-            // Processes that vanish or hide their namespace are skipped: normal races.
-            let Some(namespace) = namespace_of(&process) else {
-                continue;
-            };
-            if Some(&namespace) == own.as_ref() || !seen.insert(namespace) {
+        for process in namespace_processes(proc_root)? {
+            if namespace_of(&process) == own {
                 continue;
             }
             for (file, protocol) in [
@@ -125,6 +112,30 @@ impl SocketsByEndpoint {
             _ => None,
         }
     }
+}
+
+/// One process directory below `proc_root` per network namespace on the host, the agent's
+/// own namespace first (through `self`). Processes that vanish or hide their namespace are
+/// skipped: normal races.
+pub fn namespace_processes(proc_root: &Path) -> io::Result<Vec<PathBuf>> {
+    let own = proc_root.join("self");
+    let mut seen: HashSet<String> = namespace_of(&own).into_iter().collect();
+    let mut processes = vec![own];
+    for entry in std::fs::read_dir(proc_root)?.flatten() {
+        if entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+            .is_none()
+        {
+            continue;
+        }
+        let process = entry.path();
+        if namespace_of(&process).is_some_and(|namespace| seen.insert(namespace)) {
+            processes.push(process);
+        }
+    }
+    Ok(processes)
 }
 
 /// The network namespace of a process (`net:[inode]`).

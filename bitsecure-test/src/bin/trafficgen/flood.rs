@@ -133,7 +133,7 @@ fn syn_packet(
 }
 
 /// The Internet checksum (RFC 1071) over the concatenated `parts` (each of even length).
-fn checksum(parts: &[&[u8]]) -> u16 {
+pub(super) fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for part in parts {
         for word in part.chunks(2) {

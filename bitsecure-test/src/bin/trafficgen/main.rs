@@ -42,6 +42,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod dns;
 mod flood;
+mod packet;
 
 /// TTL / hop limit of raw IP echo requests sent by `raw`.
 const REQUEST_HOPS: u8 = 200;
@@ -116,6 +117,9 @@ enum Command {
     /// N UDP clients, each its own socket (its own port), send one datagram each to an echo
     /// server and wait for the echo.
     UdpClients(flood::UdpClientsArgs),
+    /// F hand-built Ethernet/IPv4/UDP frames through an AF_PACKET socket on IF (below every
+    /// socket hook), then holds the socket open until killed (prints `ready`).
+    PacketSend(packet::PacketSendArgs),
 }
 
 #[derive(Args)]
@@ -367,7 +371,11 @@ fn main() {
     // Servers run until killed; `hold` starts the watchdog once its go-file appears.
     if !matches!(
         cli.command,
-        Command::Serve(_) | Command::DnsServe(_) | Command::Hold(_) | Command::Periodic(_)
+        Command::Serve(_)
+            | Command::DnsServe(_)
+            | Command::Hold(_)
+            | Command::Periodic(_)
+            | Command::PacketSend(_)
     ) {
         start_watchdog(timeout);
     }
@@ -387,6 +395,7 @@ fn main() {
         Command::UdpSink(args) => udp_sink(args, timeout),
         Command::SynFlood(args) => flood::syn_flood(args),
         Command::UdpClients(args) => flood::udp_clients(args),
+        Command::PacketSend(args) => packet::packet_send(args),
     })
 }
 

@@ -22,6 +22,7 @@ pub struct PollerMetrics {
     pub unattributed_sockets: IntCounter,
     pub programs_attached: IntGaugeVec,
     pub program_reattachments: IntCounterVec,
+    pub packet_sockets: IntGaugeVec,
 }
 
 impl PollerMetrics {
@@ -111,6 +112,18 @@ impl PollerMetrics {
                     "Sockets whose owning process could not be determined (their traffic is process=\"unknown\").",
                 )?,
             )?,
+            packet_sockets: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_packet_sockets",
+                        "Packet (AF_PACKET: whole frames, below every socket hook, so never in the \
+                         traffic counters) and raw IP sockets open on the host, in any network \
+                         namespace, per holding process and protocol (EtherType or IP protocol).",
+                    ),
+                    &["process", "exe", "kind", "protocol"],
+                )?,
+            )?,
             programs_attached: register(
                 registry,
                 IntGaugeVec::new(
@@ -192,6 +205,18 @@ impl PollerMetrics {
             .with_label_values(&["sockets"])
             .set(report.sockets as i64);
         self.folded_peers.inc_by(report.folded_peers as u64);
+        // The sockets open now: holders gone since the last poll disappear.
+        self.packet_sockets.reset();
+        for (class, count) in &report.packet_sockets {
+            self.packet_sockets
+                .with_label_values(&[
+                    class.process.as_str(),
+                    class.exe.as_str(),
+                    class.kind.as_str(),
+                    class.protocol.as_str(),
+                ])
+                .set(*count as i64);
+        }
         self.poll_duration.observe(report.duration.as_secs_f64());
     }
 

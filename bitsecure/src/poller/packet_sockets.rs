@@ -1,0 +1,211 @@
+//! Who holds a packet socket (AF_PACKET) or a raw IP socket, in every network namespace.
+//!
+//! A packet socket sends and receives whole frames below IP: what it sends never passes the
+//! cgroup hooks, so no byte of it is in the flow counters (a DHCP client needs one; so do
+//! BPFDoor-style backdoors and frame-level exfiltration tools). A raw IP socket builds its own
+//! IP headers. Neither is hidden by counting less; both are listed with their process, read from
+//! `/proc/<pid>/net/{packet,raw,raw6}` of one process per namespace (AF_PACKET sockets never run
+//! the cgroup socket hooks), and the holders from the `/proc/*/fd` scan, done again only when a
+//! socket not seen before appears.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use log::warn;
+
+use crate::flow::protocol_label;
+use crate::poller::{
+    identity::{self, ProcessIdentity},
+    proc_net::{self, namespace_processes},
+    sock_diag,
+};
+
+/// One kind of socket below the transport layer, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// AF_PACKET: whole link-layer frames.
+    Packet,
+    /// AF_INET/AF_INET6 SOCK_RAW: hand-built IP packets of one protocol.
+    Raw,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Packet => "packet",
+            Kind::Raw => "raw",
+        }
+    }
+}
+
+/// What is exported per holder: its process, the kind of socket and the protocol (an
+/// EtherType for a packet socket, an IP protocol for a raw one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PacketSocketClass {
+    pub process: String,
+    pub exe: String,
+    pub kind: Kind,
+    pub protocol: String,
+}
+
+/// One socket as `/proc/net/{packet,raw,raw6}` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    kind: Kind,
+    protocol: String,
+    inode: u64,
+}
+
+/// The inventory, kept between polls so the `/proc` scan runs only for new sockets.
+pub struct PacketSockets {
+    proc_root: PathBuf,
+    /// Holder of each socket seen (`None`: no process holds it any more, or it was not found).
+    holders: HashMap<u64, Option<ProcessIdentity>>,
+}
+
+impl PacketSockets {
+    pub fn new(proc_root: PathBuf) -> Self {
+        Self {
+            proc_root,
+            holders: HashMap::new(),
+        }
+    }
+
+    /// The packet and raw sockets on the host now, counted per holder and protocol.
+    pub fn poll(&mut self) -> BTreeMap<PacketSocketClass, usize> {
+        let listed = match list(&self.proc_root) {
+            Ok(listed) => listed,
+            Err(error) => {
+                warn!("cannot list packet and raw sockets: {error}");
+                return BTreeMap::new();
+            }
+        };
+        if listed
+            .iter()
+            .any(|socket| !self.holders.contains_key(&socket.inode))
+        {
+            self.find_holders(&listed);
+        }
+        self.holders
+            .retain(|inode, _| listed.iter().any(|socket| socket.inode == *inode));
+        let mut classes = BTreeMap::new();
+        for socket in &listed {
+            let holder = self.holders.get(&socket.inode).cloned().flatten();
+            let holder = holder.unwrap_or_else(ProcessIdentity::unknown);
+            let class = PacketSocketClass {
+                process: holder.name,
+                exe: holder.exe.unwrap_or_default(),
+                kind: socket.kind,
+                protocol: socket.protocol.clone(),
+            };
+            *classes.entry(class).or_default() += 1;
+        }
+        classes
+    }
+
+    /// Maps every listed socket's inode to its process (one `/proc/*/fd` scan).
+    fn find_holders(&mut self, listed: &[Listed]) {
+        let owners = match sock_diag::socket_inode_owners() {
+            Ok(owners) => owners,
+            Err(error) => {
+                warn!("cannot scan /proc for packet socket holders: {error}");
+                return;
+            }
+        };
+        for socket in listed {
+            let holder = owners
+                .get(&socket.inode)
+                .and_then(|pid| identity::read_identity(&self.proc_root, *pid, None));
+            self.holders.insert(socket.inode, holder);
+        }
+    }
+}
+
+/// The protocol a raw socket table is read as (its lines carry their own protocol).
+const IPPROTO_RAW: u8 = 255;
+
+/// Every packet and raw socket of every network namespace, read below `proc_root`.
+fn list(proc_root: &Path) -> std::io::Result<Vec<Listed>> {
+    let mut listed = Vec::new();
+    for process in namespace_processes(proc_root)? {
+        let net = process.join("net");
+        if let Ok(text) = std::fs::read_to_string(net.join("packet")) {
+            listed.extend(parse_packet_table(&text));
+        }
+        for file in ["raw", "raw6"] {
+            if let Ok(text) = std::fs::read_to_string(net.join(file)) {
+                // A raw socket's "local port" is its IP protocol number.
+                listed.extend(
+                    proc_net::parse_table(&text, IPPROTO_RAW).map(|socket| Listed {
+                        kind: Kind::Raw,
+                        protocol: protocol_label(socket.local_port as u8),
+                        inode: socket.inode,
+                    }),
+                );
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// `/proc/net/packet`: `sk RefCnt Type Proto Iface R Rmem User Inode`, Proto the EtherType in
+/// hex (host order).
+fn parse_packet_table(text: &str) -> impl Iterator<Item = Listed> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let ethertype = u16::from_str_radix(fields.get(3)?, 16).ok()?;
+        let inode = fields.get(8)?.parse().ok().filter(|inode| *inode != 0)?;
+        Some(Listed {
+            kind: Kind::Packet,
+            protocol: ethertype_name(ethertype),
+            inode,
+        })
+    })
+}
+
+/// The EtherTypes a packet socket usually asks for by name, others in hex.
+fn ethertype_name(ethertype: u16) -> String {
+    match ethertype {
+        0x0003 => "all".into(),
+        0x0800 => "ipv4".into(),
+        0x0806 => "arp".into(),
+        0x86dd => "ipv6".into(),
+        0x88cc => "lldp".into(),
+        0 => "none".into(),
+        other => format!("0x{other:04x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packet_table_lines_give_kind_ethertype_and_inode() {
+        let text = "\
+sk               RefCnt Type Proto  Iface R Rmem   User   Inode
+ffff8880046e6000 3      3    0003   2     1 0      0      31337
+ffff8880046e7000 3      2    0800   0     1 0      101    4242
+ffff8880046e8000 3      3    88b5   2     1 0      0      0
+";
+        let listed: Vec<Listed> = parse_packet_table(text).collect();
+        assert_eq!(
+            listed,
+            [
+                Listed {
+                    kind: Kind::Packet,
+                    protocol: "all".into(),
+                    inode: 31337
+                },
+                Listed {
+                    kind: Kind::Packet,
+                    protocol: "ipv4".into(),
+                    inode: 4242
+                },
+            ]
+        );
+        assert_eq!(ethertype_name(0x88b5), "0x88b5");
+    }
+}
