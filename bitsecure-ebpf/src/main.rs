@@ -28,6 +28,8 @@
 #![no_std]
 #![no_main]
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{
     bindings::{
         __sk_buff, BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
@@ -84,6 +86,9 @@ const SOCK_ALLOW: i32 = 1;
 const SOCK_OPS_OK: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
+/// Address families of `bpf_sock.family`.
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const ETH_P_IPV6: u16 = 0x86DD;
 /// Packets of a flow per direction (and CPU) searched for its first payload: the handshake
 /// and a few more.
@@ -273,7 +278,7 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     };
     // __sk_buff.protocol holds the big-endian 16-bit EtherType.
     let l3_protocol = u16::from_be(l3_protocol as u16);
-    let info = match read_headers(ctx, l3_protocol, direction, cookie, segments > 1) {
+    let mut info = match read_headers(ctx, l3_protocol, direction, cookie, segments > 1) {
         Some(info) => info,
         None => {
             bump(Stat::MalformedPackets);
@@ -291,7 +296,11 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
 
     let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
     let packets = segments as u64;
-    let counters = if has_one_remote(skb) {
+    let connected = has_one_remote(skb);
+    if connected && info.key.protocol == protocol::TCP {
+        use_socket_endpoints(skb, &mut info.key);
+    }
+    let counters = if connected {
         add_to_flow(&FLOWS, &info.key, direction, wire_bytes, packets)
     } else {
         let counters = add_to_flow(&PEERS, &info.key, direction, wire_bytes, packets);
@@ -453,6 +462,51 @@ fn has_one_remote(skb: *const __sk_buff) -> bool {
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     // SAFETY: checked for null; dst_port is a sock_common field, readable for any socket.
     !sk.is_null() && unsafe { (*sk).dst_port } != 0
+}
+
+/// Keys a TCP packet by its socket's endpoints, not its header's: what the application
+/// connected to, before any NAT on this host (an OUTPUT DNAT or REDIRECT rewrites what leaves,
+/// and the replies come back rewritten to the original), so a connection is one flow. TCP only:
+/// a connected UDP socket may still `sendto` another address, and that packet is its own.
+#[inline(always)]
+fn use_socket_endpoints(skb: *const __sk_buff, key: &mut FlowKey) {
+    // SAFETY: a context read; the socket fields below are read once it is checked for null.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: sock_common fields, readable for any socket. Each is loaded once, volatile and
+    // unconditionally: the verifier forbids pointer arithmetic on a socket, so no load may
+    // take an address the compiler picked by branch (or merged into a wider load).
+    let (family, ipv4, ipv6, local_port, remote_port) = unsafe {
+        (
+            read_volatile(&raw const (*sk).family),
+            read_volatile(&raw const (*sk).dst_ip4),
+            [
+                read_volatile(&raw const (*sk).dst_ip6[0]),
+                read_volatile(&raw const (*sk).dst_ip6[1]),
+                read_volatile(&raw const (*sk).dst_ip6[2]),
+                read_volatile(&raw const (*sk).dst_ip6[3]),
+            ],
+            read_volatile(&raw const (*sk).src_port),
+            read_volatile(&raw const (*sk).dst_port),
+        )
+    };
+    let mut remote = [0u8; 16];
+    if family == AF_INET {
+        remote[10] = 0xff;
+        remote[11] = 0xff;
+        remote[12..16].copy_from_slice(&ipv4.to_ne_bytes());
+    } else if family == AF_INET6 {
+        for (chunk, word) in remote.chunks_exact_mut(4).zip(ipv6) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        return;
+    }
+    key.remote_addr = remote;
+    key.local_port = local_port as u16;
+    key.remote_port = u16::from_be(remote_port);
 }
 
 /// Counts a packet of a many-peer socket whose new peer found `PEERS` full: in the socket's

@@ -2,11 +2,15 @@
 //! hooks is not counted as flows, so it must show some other way. A packet socket (AF_PACKET)
 //! sending hand-built frames, and a raw IP socket in another network namespace, are listed
 //! with the process that holds them (`bitsecure_packet_sockets`), and go when it closes them.
+//! A connection through NAT on this host is one flow, to the address the client asked for.
+
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use bitsecure_test::{
     agent::{Agent, eventually},
-    exposition::{Sample, sum_metric},
-    process::spawn_until,
+    cgroup::TestCgroup,
+    exposition::{Exported, Sample, sum_metric, traffic_by_process},
+    process::{run_generator, scratch_dir, sh, spawn_until},
     testnet::TestNet,
 };
 
@@ -97,4 +101,100 @@ fn sender_exe_label(agent: &Agent) -> String {
             .and_then(|sample| sample.labels.get("exe").cloned())
             .ok_or_else(|| "bsg-pkt-sender not listed".to_owned())
     })
+}
+
+/// An nftables table in the host's namespace, deleted on drop.
+struct HostNftTable(String);
+
+impl Drop for HostNftTable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .status();
+    }
+}
+
+/// An OUTPUT DNAT rule sends a connection to an address nobody has to the server in the test
+/// namespace, as a Docker published port or a Kubernetes ClusterIP does: what leaves carries
+/// the translated address, what comes back the original. The connection is one flow, keyed by
+/// the address the client connected to, and equals nftables' count of it.
+#[test]
+fn a_connection_through_output_nat_is_one_flow_to_the_address_asked_for() {
+    const PORT: u16 = 7300;
+    let mut net = TestNet::new();
+    net.count_tcp_port(PORT);
+    let server = install_generator("bsg-nat-server");
+    net.spawn_server(
+        &server,
+        &["serve", "--tcp", &format!("{}:{PORT}", net.peer_v4)],
+    );
+    // A service address from the benchmarking range, keyed by pid; routed to the peer so the
+    // connect finds a route before the DNAT rewrites it.
+    let service = Ipv4Addr::new(198, 18, (std::process::id() % 250) as u8, 7);
+    sh(
+        "ip",
+        &[
+            "route",
+            "replace",
+            &format!("{service}/32"),
+            "via",
+            &net.peer_v4.to_string(),
+        ],
+    );
+    let table = HostNftTable(format!("bitsecure_nat_{}", std::process::id()));
+    let rules = scratch_dir().join(format!("{}.nft", table.0));
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip {} {{\n  chain output {{\n    type nat hook output priority -100; policy \
+             accept;\n    ip daddr {service} tcp dport {PORT} dnat to {}:{PORT}\n  }}\n}}\n",
+            table.0, net.peer_v4
+        ),
+    )
+    .unwrap();
+    sh("nft", &["-f", rules.to_str().unwrap()]);
+    let cgroup = TestCgroup::new("nat-client");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let client = install_generator("bsg-natted");
+    run_generator(cgroup.command(&client).args([
+        "tcp",
+        "--connect",
+        &format!("{service}:{PORT}"),
+        "--upload",
+        "1000000",
+        "--download",
+        "1000000",
+    ]));
+    let _ = std::process::Command::new("ip")
+        .args(["route", "del", &format!("{service}/32")])
+        .status();
+    let (sent_packets, sent_bytes) = net.counter("sent", &format!("port{PORT}"));
+    let (received_packets, received_bytes) = net.counter("received", &format!("port{PORT}"));
+    let truth = Exported {
+        sent_bytes,
+        received_bytes,
+        sent_packets,
+        received_packets,
+    };
+    let service = service.to_string();
+    eventually(&agent, 15, |samples| {
+        let remotes: BTreeSet<&str> = samples
+            .iter()
+            .filter(|sample| sample.name == "bitsecure_sent_bytes_total")
+            .filter(|sample| sample.labels.get("process").map(String::as_str) == Some("bsg-natted"))
+            .filter_map(|sample| sample.labels.get("remote").map(String::as_str))
+            .collect();
+        let mine = traffic_by_process(samples, |labels| labels.get("remote") == Some(&service))
+            .get("bsg-natted")
+            .copied()
+            .unwrap_or_default();
+        if remotes == BTreeSet::from([service.as_str()]) && mine == truth {
+            Ok(())
+        } else {
+            Err(format!(
+                "bsg-natted: remotes {remotes:?} (want only {service}); to {service}: agent \
+                 {mine:?} vs nftables {truth:?}"
+            ))
+        }
+    });
 }
