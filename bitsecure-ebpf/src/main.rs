@@ -505,7 +505,11 @@ fn use_socket_endpoints(skb: *const __sk_buff, key: &mut FlowKey) {
         return;
     }
     key.remote_addr = remote;
-    key.local_port = local_port as u16;
+    // A socket reaching CLOSE gives its local port back (the RST of a close with unread data
+    // leaves after that): then the header's port, which is the same one, stands.
+    if local_port != 0 {
+        key.local_port = local_port as u16;
+    }
     key.remote_port = u16::from_be(remote_port);
 }
 
