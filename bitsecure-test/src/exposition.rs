@@ -67,6 +67,28 @@ pub struct Exported {
     pub received_packets: u64,
 }
 
+impl Exported {
+    /// The same traffic seen from the other end: what one side sent, the other received.
+    pub fn seen_from_the_other_end(self) -> Self {
+        Self {
+            sent_bytes: self.received_bytes,
+            received_bytes: self.sent_bytes,
+            sent_packets: self.received_packets,
+            received_packets: self.sent_packets,
+        }
+    }
+}
+
+/// Traffic of `process` with `protocol`, over every remote (folded ones included).
+pub fn process_traffic(samples: &[Sample], process: &str, protocol: &str) -> Exported {
+    traffic_by_process(samples, |labels| {
+        labels.get("protocol").map(String::as_str) == Some(protocol)
+    })
+    .get(process)
+    .copied()
+    .unwrap_or_default()
+}
+
 /// Sums the traffic counters per process over the series that match `filter`.
 pub fn traffic_by_process(
     samples: &[Sample],

@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::{
+    exposition::Exported,
     lab::{NetLab, Subnet},
     process::{Spawned, require_root, scratch_dir, sh, spawn_until},
 };
@@ -285,6 +286,18 @@ impl TestNet {
                 .unwrap_or_else(|| panic!("{name}: {text}"))
         };
         (number("packets"), number("bytes"))
+    }
+
+    /// The counter pair `host_{sent,received}_{protocol}` as the host's traffic.
+    pub fn traffic(&self, protocol: &str) -> Exported {
+        let (sent_packets, sent_bytes) = self.counter("sent", protocol);
+        let (received_packets, received_bytes) = self.counter("received", protocol);
+        Exported {
+            sent_bytes,
+            received_bytes,
+            sent_packets,
+            received_packets,
+        }
     }
 
     /// The `loopback` counter: what a client in the namespace sent to / received from

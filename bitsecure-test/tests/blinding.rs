@@ -22,7 +22,7 @@ use std::{
 use bitsecure_test::{
     agent::{Agent, TEST_POLL_SECONDS, agent_binary, eventually},
     cgroup::TestCgroup,
-    exposition::{Exported, Sample, sum_metric, traffic_by_process, within},
+    exposition::{Exported, Sample, process_traffic, sum_metric, traffic_by_process, within},
     process::{GeneratorReport, run_generator, scratch_dir, spawn_until, tail},
     testnet::TestNet,
 };
@@ -53,28 +53,6 @@ fn spoofed_sources(net: &TestNet) -> Ipv4Addr {
 /// Runs a generator in a thread; returns its report when joined.
 fn in_background(mut command: Command) -> thread::JoinHandle<GeneratorReport> {
     thread::spawn(move || run_generator(&mut command))
-}
-
-/// Traffic of `process` over every remote, with `protocol`.
-fn traffic_of(samples: &[Sample], process: &str, protocol: &str) -> Exported {
-    traffic_by_process(samples, |labels| {
-        labels.get("protocol").map(String::as_str) == Some(protocol)
-    })
-    .get(process)
-    .copied()
-    .unwrap_or_default()
-}
-
-/// nftables' count of a counter pair: what the host sent and received.
-fn truth(net: &TestNet, counter: &str) -> Exported {
-    let (sent_packets, sent_bytes) = net.counter("sent", counter);
-    let (received_packets, received_bytes) = net.counter("received", counter);
-    Exported {
-        sent_bytes,
-        received_bytes,
-        sent_packets,
-        received_packets,
-    }
 }
 
 fn close_to(agent: &Exported, truth: &Exported) -> bool {
@@ -223,11 +201,11 @@ fn a_syn_flood_neither_fills_the_flow_map_nor_hides_a_new_connection() {
     assert_eq!(clients.packets_received, u64::from(UDP_CLIENTS));
 
     // The new connection: exactly what nftables saw on its port, all of it its process's.
-    let new_connection = truth(&net, &format!("port{NEW_CONNECTION_PORT}"));
+    let new_connection = net.traffic(&format!("port{NEW_CONNECTION_PORT}"));
     assert!(new_connection.sent_bytes >= report.sent_bytes);
     let mine = eventually(&agent, 30, |samples| {
         watch(samples);
-        let mine = traffic_of(samples, "bsg-newcomer", "tcp");
+        let mine = process_traffic(samples, "bsg-newcomer", "tcp");
         if mine == new_connection {
             Ok(mine)
         } else {
@@ -243,12 +221,12 @@ fn a_syn_flood_neither_fills_the_flow_map_nor_hides_a_new_connection() {
     let (listener_tcp, listener_udp, peers_left) = eventually(&agent, 60, |samples| {
         watch(samples);
         let tcp = (
-            traffic_of(samples, "bsg-flooded", "tcp"),
-            truth(&net, &format!("port{LISTEN_PORT}")),
+            process_traffic(samples, "bsg-flooded", "tcp"),
+            net.traffic(&format!("port{LISTEN_PORT}")),
         );
         let udp = (
-            traffic_of(samples, "bsg-flooded", "udp"),
-            truth(&net, "udp"),
+            process_traffic(samples, "bsg-flooded", "udp"),
+            net.traffic("udp"),
         );
         let peers = sum_metric(samples, "bitsecure_map_entries", &[("map", "peers")]);
         // A SYN-ACK carrying a SYN cookie belongs to no socket, so no cgroup program sees it:
@@ -450,7 +428,7 @@ fn a_connection_retransmitting_to_a_peer_gone_dark_stays_with_its_process() {
             .get("bsg-dark-client")
             .copied()
             .unwrap_or_default();
-        let truth = truth(&net, &port_counter);
+        let truth = net.traffic(&port_counter);
         let entries = sum_metric(samples, "bitsecure_map_entries", &[("map", "flows")]);
         let lived = released.elapsed();
         if socket_gone() && mine == truth && entries == 0.0 {
@@ -521,15 +499,7 @@ fn server_in_another_namespace(sockets_before_agent: bool) {
         "1200",
     ]));
     // The server's view: what the host sent, it received.
-    let mirrored = |protocol| {
-        let host = truth(&net, protocol);
-        Exported {
-            sent_bytes: host.received_bytes,
-            received_bytes: host.sent_bytes,
-            sent_packets: host.received_packets,
-            received_packets: host.sent_packets,
-        }
-    };
+    let mirrored = |protocol| net.traffic(protocol).seen_from_the_other_end();
     const TOLERANCE: f64 = 0.005;
     let near = |agent: &Exported, truth: &Exported| {
         within(agent.sent_bytes, truth.sent_bytes, TOLERANCE)
@@ -538,11 +508,11 @@ fn server_in_another_namespace(sockets_before_agent: bool) {
             && within(agent.received_packets, truth.received_packets, TOLERANCE)
     };
     let (tcp, udp) = eventually(&agent, 30, |samples| {
-        let tcp = (traffic_of(samples, name, "tcp"), mirrored("tcp"));
-        let udp = (traffic_of(samples, name, "udp"), mirrored("udp"));
+        let tcp = (process_traffic(samples, name, "tcp"), mirrored("tcp"));
+        let udp = (process_traffic(samples, name, "udp"), mirrored("udp"));
         let unknown = (
-            traffic_of(samples, "unknown", "tcp"),
-            traffic_of(samples, "unknown", "udp"),
+            process_traffic(samples, "unknown", "tcp"),
+            process_traffic(samples, "unknown", "udp"),
         );
         if near(&tcp.0, &tcp.1) && near(&udp.0, &udp.1) {
             Ok((tcp, udp))
@@ -614,21 +584,16 @@ fn connection_accepted_late(server_in_other_namespace: bool) {
     };
     run_generator(client.args(["tcp", "--connect", &listen, "--upload", "100000"]));
     server.finish();
-    let host = truth(&net, "tcp");
+    let host = net.traffic("tcp");
     let expected = if server_in_other_namespace {
         // The server's view: what the host sent, it received.
-        Exported {
-            sent_bytes: host.received_bytes,
-            received_bytes: host.sent_bytes,
-            sent_packets: host.received_packets,
-            received_packets: host.sent_packets,
-        }
+        host.seen_from_the_other_end()
     } else {
         host
     };
     let mine = eventually(&agent, 20, |samples| {
-        let mine = traffic_of(samples, name, "tcp");
-        let unknown = traffic_of(samples, "unknown", "tcp");
+        let mine = process_traffic(samples, name, "tcp");
+        let unknown = process_traffic(samples, "unknown", "tcp");
         if mine == expected && unknown == Exported::default() {
             Ok(mine)
         } else {
@@ -696,15 +661,15 @@ fn a_connection_never_accepted_is_folded_when_its_listener_closes() {
     // It ends by its watchdog, a failure by design.
     let mut server = server;
     let _ = server.child.wait();
-    let expected = truth(&net, "tcp");
+    let expected = net.traffic("tcp");
     // What the backlogged socket's receive window took before the reset.
     assert!(
         expected.received_bytes >= 10_000,
         "the client sent too little: {expected:?}"
     );
     eventually(&agent, 20, |samples| {
-        let mine = traffic_of(samples, name, "tcp");
-        let unknown = traffic_of(samples, "unknown", "tcp");
+        let mine = process_traffic(samples, name, "tcp");
+        let unknown = process_traffic(samples, "unknown", "tcp");
         let entries = sum_metric(samples, "bitsecure_map_entries", &[("map", "flows")]);
         if mine == expected && unknown == Exported::default() && entries == 0.0 {
             Ok(())

@@ -28,7 +28,9 @@ use std::{
 use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
-    exposition::{Exported, Sample, parse_exposition, sum_metric, traffic_by_process, within},
+    exposition::{
+        Exported, Sample, parse_exposition, process_traffic, sum_metric, traffic_by_process, within,
+    },
     process::{GeneratorReport, run_generator, tail},
     testnet::TestNet,
 };
@@ -105,16 +107,6 @@ fn run_watched(
         thread::sleep(Duration::from_secs(1));
     }
     runner.join().expect("generator thread")
-}
-
-/// Traffic of `process` with `protocol`, over every remote (folded ones included).
-fn process_traffic(samples: &[Sample], process: &str, protocol: &str) -> Exported {
-    traffic_by_process(samples, |labels| {
-        labels.get("protocol").map(String::as_str) == Some(protocol)
-    })
-    .get(process)
-    .copied()
-    .unwrap_or_default()
 }
 
 /// 100,000 short TCP connections a minute (the target rate, paced, for 90 s), each: connect, send a

@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
-    exposition::{Exported, Sample, sum_metric, traffic_by_process},
+    exposition::{Sample, sum_metric, traffic_by_process},
     process::{run_generator, scratch_dir, sh, spawn_until},
     testnet::TestNet,
 };
@@ -168,14 +168,7 @@ fn a_connection_through_output_nat_is_one_flow_to_the_address_asked_for() {
     let _ = std::process::Command::new("ip")
         .args(["route", "del", &format!("{service}/32")])
         .status();
-    let (sent_packets, sent_bytes) = net.counter("sent", &format!("port{PORT}"));
-    let (received_packets, received_bytes) = net.counter("received", &format!("port{PORT}"));
-    let truth = Exported {
-        sent_bytes,
-        received_bytes,
-        sent_packets,
-        received_packets,
-    };
+    let truth = net.traffic(&format!("port{PORT}"));
     let service = service.to_string();
     eventually(&agent, 15, |samples| {
         let remotes: BTreeSet<&str> = samples

@@ -9,7 +9,7 @@
 //! socket not seen before appears.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -88,8 +88,8 @@ impl PacketSockets {
         {
             self.find_holders(&listed);
         }
-        self.holders
-            .retain(|inode, _| listed.iter().any(|socket| socket.inode == *inode));
+        let open: HashSet<u64> = listed.iter().map(|socket| socket.inode).collect();
+        self.holders.retain(|inode, _| open.contains(inode));
         let mut classes = BTreeMap::new();
         for socket in &listed {
             let holder = self.holders.get(&socket.inode).cloned().flatten();

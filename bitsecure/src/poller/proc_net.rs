@@ -59,11 +59,8 @@ impl SocketsByEndpoint {
     /// Adds the sockets of every other network namespace, read below `proc_root` (normally
     /// `/proc`): one process per namespace.
     pub fn add_other_namespaces(&mut self, proc_root: &Path) -> io::Result<()> {
-        let own = namespace_of(&proc_root.join("self"));
-        for process in namespace_processes(proc_root)? {
-            if namespace_of(&process) == own {
-                continue;
-            }
+        // The first is the agent's own namespace.
+        for process in namespace_processes(proc_root)?.into_iter().skip(1) {
             for (file, protocol) in [
                 ("tcp", protocol::TCP),
                 ("tcp6", protocol::TCP),
