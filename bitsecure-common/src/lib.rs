@@ -18,6 +18,18 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     /// Ring buffer of [`PayloadEvent`](crate::PayloadEvent)s.
     pub const EVENTS: &str = "EVENTS";
+    /// Per-CPU hash: ifindex (`u32`) → [`InterfaceCounters`](crate::InterfaceCounters), one
+    /// entry per watched interface of the agent's network namespace, inserted by the agent.
+    pub const INTERFACES: &str = "INTERFACES";
+}
+
+/// Names of the kernel programs' global constants, set by the agent at load time.
+pub mod global_names {
+    /// `u64`: the cookie of the agent's network namespace (`SO_NETNS_COOKIE`), whose
+    /// interfaces the `INTERFACES` map watches; 0 when the kernel cannot tell a packet's
+    /// namespace in a cgroup_skb program (before 6.15): then every namespace's packets count
+    /// for the interface with their ifindex.
+    pub const WATCHED_NETNS_COOKIE: &str = "WATCHED_NETNS_COOKIE";
 }
 
 /// IP protocol numbers and their names: the one table the kernel (which protocols have
@@ -76,6 +88,8 @@ pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
 /// closed a grace period ago, TCP connections once they reached CLOSE, peers idle for two
 /// polls), so at worst one packet racing its own fold lands on another entry.
 pub const FLOW_MAP_FLAGS: u32 = 0;
+/// Capacity of the `INTERFACES` map: interfaces watched at once.
+pub const INTERFACE_CAPACITY: u32 = 256;
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
 pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
 
@@ -141,6 +155,28 @@ pub struct FlowCounters {
     /// payload this CPU has handed over as an [`EVENT_FIRST_PAYLOAD`] event (or tried to).
     pub sampled: u8,
     pub _pad: [u8; 6],
+}
+
+/// What crossed one interface (one CPU's share), in L3 wire bytes and wire packets like
+/// [`FlowCounters`]: everything the interface carried (IPv4 and IPv6, counted by the tc
+/// programs) and what the socket programs attributed to a socket. The difference is traffic
+/// no socket hook saw: packet sockets, forwarding, tunnels' outer headers, packets no socket
+/// took.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub wire_tx_bytes: u64,
+    pub wire_rx_bytes: u64,
+    pub wire_tx_packets: u64,
+    pub wire_rx_packets: u64,
+    pub attributed_tx_bytes: u64,
+    pub attributed_rx_bytes: u64,
+    pub attributed_tx_packets: u64,
+    pub attributed_rx_packets: u64,
+    /// Bytes before the IP header in the tc programs' view (14 on Ethernet, 0 on IP-only
+    /// devices such as WireGuard or tun), written by the agent.
+    pub link_header_len: u32,
+    pub _pad: [u8; 4],
 }
 
 /// The first bytes of a packet's payload, handed to the agent through the `EVENTS` ring buffer.
@@ -223,6 +259,7 @@ impl Stat {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketOwner>() == 56);
+const _: () = assert!(core::mem::size_of::<InterfaceCounters>() == 72);
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + EVENT_PAYLOAD_MAX);
 // The kernel's ring buffer reserves 8-byte aligned records.
 const _: () = assert!(core::mem::align_of::<PayloadEvent>() <= 8);
@@ -238,6 +275,8 @@ mod pod {
     unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PayloadEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::InterfaceCounters {}
 }
 
 #[cfg(test)]

@@ -18,6 +18,12 @@
 //!   still retransmits its FIN comes after its release, and for one its listener never
 //!   accepted comes without one.
 //!
+//! - `count_interface_egress` / `count_interface_ingress` (tc, TCX where the kernel has it):
+//!   count every IPv4/IPv6 packet crossing each watched interface of the agent's network
+//!   namespace, in the same L3 wire bytes; the socket programs add what they attributed to the
+//!   same per-interface entry. The difference is what no socket hook saw: frames of packet
+//!   sockets, forwarded packets, packets no socket took.
+//!
 //! The counting programs also hand two kinds of payload bytes to the agent through a ring
 //! buffer, for naming remotes and classifying applications: every DNS message received from
 //! port 53, and the first payload of each flow in each direction (looked for in its first
@@ -38,19 +44,20 @@ use aya_ebpf::{
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_get_current_uid_gid, generated::bpf_get_socket_cookie,
+        bpf_get_current_uid_gid, generated::bpf_get_netns_cookie, generated::bpf_get_socket_cookie,
         generated::bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes,
     },
-    macros::{cgroup_skb, cgroup_sock, map, sock_ops},
+    macros::{cgroup_skb, cgroup_sock, classifier, map, sock_ops},
     maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{SkBuffContext, SockContext, SockOpsContext},
+    programs::{SkBuffContext, SockContext, SockOpsContext, TcContext, sk_buff::SkBuff},
 };
 use aya_log_ebpf::warn;
 use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
     DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
-    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, OWNER_FROM_CREATE,
-    OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat, protocol,
+    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, INTERFACE_CAPACITY,
+    InterfaceCounters, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent,
+    SocketOwner, Stat, protocol,
 };
 
 /// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
@@ -78,12 +85,25 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
 
+/// What crossed each watched interface, and what of it the socket programs attributed.
+#[map]
+static INTERFACES: PerCpuHashMap<u32, InterfaceCounters> =
+    PerCpuHashMap::with_max_entries(INTERFACE_CAPACITY, 0);
+
+/// The agent's network namespace (see `bitsecure_common::global_names`); 0: do not check.
+#[unsafe(no_mangle)]
+static WATCHED_NETNS_COOKIE: u64 = 0;
+
 /// cgroup_skb: 1 lets the packet through. These programs never return anything else.
 const SKB_PASS: i32 = 1;
 /// cgroup/sock: 1 lets the socket operation proceed.
 const SOCK_ALLOW: i32 = 1;
 /// sock_ops: the return value is only read by ops that ask a question; 1 = "ok".
 const SOCK_OPS_OK: u32 = 1;
+/// tc/TCX: go on with the next program or filter, as if this one were not there.
+const TC_NEXT: i32 = -1;
+/// Longest link-layer header the tc programs step over.
+const MAX_LINK_HEADER: u32 = 64;
 
 const ETH_P_IP: u16 = 0x0800;
 /// Address families of `bpf_sock.family`.
@@ -117,6 +137,18 @@ pub fn count_egress(ctx: SkBuffContext) -> i32 {
 pub fn count_ingress(ctx: SkBuffContext) -> i32 {
     count_packet(&ctx, DIRECTION_INGRESS);
     SKB_PASS
+}
+
+#[classifier]
+pub fn count_interface_egress(ctx: TcContext) -> i32 {
+    count_on_interface(&ctx, DIRECTION_EGRESS);
+    TC_NEXT
+}
+
+#[classifier]
+pub fn count_interface_ingress(ctx: TcContext) -> i32 {
+    count_on_interface(&ctx, DIRECTION_INGRESS);
+    TC_NEXT
 }
 
 #[cgroup_sock(sock_create)]
@@ -264,21 +296,24 @@ struct PacketInfo {
 fn count_packet(ctx: &SkBuffContext, direction: u8) {
     let skb: *mut __sk_buff = ctx.skb.skb;
     // SAFETY: skb is the context pointer the kernel passed in; these are plain context reads.
-    let (len, gso_segs, l3_protocol, ifindex) =
-        unsafe { ((*skb).len, (*skb).gso_segs, (*skb).protocol, (*skb).ifindex) };
+    let (len, gso_segs, gso_size, l3_protocol, ifindex) = unsafe {
+        (
+            (*skb).len,
+            (*skb).gso_segs,
+            (*skb).gso_size,
+            (*skb).protocol,
+            (*skb).ifindex,
+        )
+    };
     // SAFETY: as above; the helper reads the cookie of skb->sk.
     let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
 
-    // A GSO/GRO packet stands for `gso_segs` wire packets, each carrying its own headers.
+    // A GSO/GRO packet stands for several wire packets, each carrying its own headers.
     // Loopback is the exception: it never segments, it carries the super-packet as is.
-    let segments = if gso_segs > 1 && ifindex != LOOPBACK_IFINDEX {
-        gso_segs
-    } else {
-        1
-    };
+    let segmented = (gso_segs > 1 || gso_size != 0) && ifindex != LOOPBACK_IFINDEX;
     // __sk_buff.protocol holds the big-endian 16-bit EtherType.
     let l3_protocol = u16::from_be(l3_protocol as u16);
-    let mut info = match read_headers(ctx, l3_protocol, direction, cookie, segments > 1) {
+    let mut info = match read_headers(ctx, l3_protocol, direction, cookie, segmented) {
         Some(info) => info,
         None => {
             bump(Stat::MalformedPackets);
@@ -294,18 +329,27 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
         }
     };
 
-    let wire_bytes = len as u64 + (segments as u64 - 1) * info.header_len as u64;
-    let packets = segments as u64;
+    let segments = if segmented {
+        wire_segments(len, gso_segs, gso_size, info.header_len)
+    } else {
+        1
+    };
+    let wire = Wire {
+        bytes: len as u64 + (segments as u64 - 1) * info.header_len as u64,
+        packets: segments as u64,
+    };
     let connected = has_one_remote(skb);
     if connected && info.key.protocol == protocol::TCP {
         use_socket_endpoints(skb, &mut info.key);
     }
     let counters = if connected {
-        add_to_flow(&FLOWS, &info.key, direction, wire_bytes, packets)
+        add_to_flow(&FLOWS, &info.key, direction, &wire)
     } else {
-        let counters = add_to_flow(&PEERS, &info.key, direction, wire_bytes, packets);
+        let counters = add_to_flow(&PEERS, &info.key, direction, &wire);
         if counters.is_none() {
-            count_without_remote(&info.key, direction, wire_bytes, packets);
+            if count_without_remote(&info.key, direction, &wire) && ifindex != LOOPBACK_IFINDEX {
+                attribute_to_interface(skb, ifindex, direction, &wire);
+            }
             return;
         }
         counters
@@ -314,6 +358,9 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
         bump(Stat::FlowInsertFailed);
         return;
     };
+    if ifindex != LOOPBACK_IFINDEX {
+        attribute_to_interface(skb, ifindex, direction, &wire);
+    }
     // The common case, a flow whose first payloads are past, costs this one test; the rest
     // is a separate function so it does not weigh on the registers of this path.
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
@@ -326,6 +373,128 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
         };
         inspect_payload(ctx, &info, &packet, counters);
     }
+}
+
+/// What one packet (or GSO/GRO super-packet) was on the wire.
+struct Wire {
+    /// L3 bytes: every segment's IP and transport headers and its payload.
+    bytes: u64,
+    packets: u64,
+}
+
+/// The wire packets a segmented (GSO/GRO) packet of `len` L3 bytes stands for. Drivers that
+/// merge received packets (virtio-net, tun/tap with vnet headers, LRO) may leave `gso_segs`
+/// at 0 with only `gso_size` set: then the count follows from the payload and `gso_size`.
+#[inline(always)]
+fn wire_segments(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> u32 {
+    if gso_segs != 0 {
+        return gso_segs;
+    }
+    if gso_size == 0 || len <= header_len {
+        return 1;
+    }
+    (len - header_len).div_ceil(gso_size)
+}
+
+/// Adds what a socket program attributed to the interface the packet crossed, if the agent
+/// watches it (an interface of its own network namespace; loopback is never watched).
+#[inline(never)]
+fn attribute_to_interface(skb: *mut __sk_buff, ifindex: u32, direction: u8, wire: &Wire) {
+    // SAFETY: a read of a constant the loader may have set.
+    let watched_netns = unsafe { read_volatile(&WATCHED_NETNS_COOKIE) };
+    // With no cookie set this is dead code the verifier removes, so kernels without the
+    // helper for cgroup_skb (before 6.15) still load the program.
+    // SAFETY: the helper reads the network namespace of the packet's socket.
+    if watched_netns != 0 && unsafe { bpf_get_netns_cookie(skb.cast()) } != watched_netns {
+        return;
+    }
+    if let Some(interface) = INTERFACES.get_ptr_mut(ifindex) {
+        // SAFETY: this CPU's slot of an entry from a successful lookup in this program run.
+        unsafe {
+            if direction == DIRECTION_EGRESS {
+                (*interface).attributed_tx_bytes += wire.bytes;
+                (*interface).attributed_tx_packets += wire.packets;
+            } else {
+                (*interface).attributed_rx_bytes += wire.bytes;
+                (*interface).attributed_rx_packets += wire.packets;
+            }
+        }
+    }
+}
+
+/// Counts an IPv4 or IPv6 packet crossing a watched interface, in the bytes and packets the
+/// socket programs count (so that what they attributed can be taken from it exactly).
+/// VLAN-tagged frames belong to the VLAN device, which has its own entry.
+#[inline(always)]
+fn count_on_interface(ctx: &TcContext, direction: u8) {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    // SAFETY: skb is the context pointer the kernel passed in; these are plain context reads.
+    let (len, gso_segs, gso_size, l3_protocol, ifindex, vlan_present) = unsafe {
+        (
+            (*skb).len,
+            (*skb).gso_segs,
+            (*skb).gso_size,
+            u16::from_be((*skb).protocol as u16),
+            (*skb).ifindex,
+            (*skb).vlan_present,
+        )
+    };
+    if vlan_present != 0 || (l3_protocol != ETH_P_IP && l3_protocol != ETH_P_IPV6) {
+        return;
+    }
+    let Some(interface) = INTERFACES.get_ptr_mut(ifindex) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of an entry from a successful lookup in this program run.
+    let link_header_len = unsafe { (*interface).link_header_len };
+    if link_header_len > MAX_LINK_HEADER || len <= link_header_len {
+        return;
+    }
+    let l3_len = len - link_header_len;
+    let mut wire = Wire {
+        bytes: l3_len as u64,
+        packets: 1,
+    };
+    if gso_segs > 1 || gso_size != 0 {
+        let header_len = segment_header_len(ctx, link_header_len, l3_protocol).unwrap_or(0);
+        let segments = wire_segments(l3_len, gso_segs, gso_size, header_len);
+        wire.bytes += (segments as u64 - 1) * header_len as u64;
+        wire.packets = segments as u64;
+    }
+    // SAFETY: as above.
+    unsafe {
+        if direction == DIRECTION_EGRESS {
+            (*interface).wire_tx_bytes += wire.bytes;
+            (*interface).wire_tx_packets += wire.packets;
+        } else {
+            (*interface).wire_rx_bytes += wire.bytes;
+            (*interface).wire_rx_packets += wire.packets;
+        }
+    }
+}
+
+/// The IP and transport header length every segment of a segmented packet repeats, as
+/// [`read_headers`] finds it, for a packet whose IP header starts at `l3_offset`.
+#[inline(never)]
+fn segment_header_len(ctx: &TcContext, l3_offset: u32, l3_protocol: u16) -> Option<u32> {
+    let l3_offset = l3_offset as usize;
+    let (protocol, l4_offset) = if l3_protocol == ETH_P_IP {
+        let header: [u8; 20] = load(&ctx.skb, l3_offset)?;
+        (header[9], ((header[0] & 0x0f) as usize) * 4)
+    } else {
+        let header: [u8; 40] = load(&ctx.skb, l3_offset)?;
+        let (protocol, offset, _) = skip_ipv6_extensions(&ctx.skb, l3_offset, header[6])?;
+        (protocol, offset)
+    };
+    let transport = match protocol {
+        protocol::TCP => {
+            let data_offset: [u8; 2] = load(&ctx.skb, l3_offset + l4_offset + 12)?;
+            ((data_offset[0] >> 4) as u32) * 4
+        }
+        _ if protocol::has_ports(protocol) => 8,
+        _ => 0,
+    };
+    Some(l4_offset as u32 + transport)
 }
 
 /// What [`inspect_payload`] needs of a packet besides its headers (one argument: BPF
@@ -381,7 +550,7 @@ fn inspect_payload(
     }
     let payload_offset = match protocol {
         protocol::UDP => l4_offset + 8,
-        protocol::TCP => match load::<[u8; 2]>(ctx, l4_offset as usize + 12) {
+        protocol::TCP => match load::<[u8; 2]>(&ctx.skb, l4_offset as usize + 12) {
             Some(data_offset) => l4_offset + ((data_offset[0] >> 4) as u32) * 4,
             None => return,
         },
@@ -517,7 +686,7 @@ fn use_socket_endpoints(skb: *const __sk_buff, key: &mut FlowKey) {
 /// remote-less `FLOWS` entry (one per socket and local port), so its bytes still count for the
 /// socket's process. Its payload is not inspected.
 #[inline(never)]
-fn count_without_remote(key: &FlowKey, direction: u8, bytes: u64, packets: u64) {
+fn count_without_remote(key: &FlowKey, direction: u8, wire: &Wire) -> bool {
     bump(Stat::PeerInsertFailed);
     let socket_key = FlowKey {
         cookie: key.cookie,
@@ -525,9 +694,11 @@ fn count_without_remote(key: &FlowKey, direction: u8, bytes: u64, packets: u64) 
         protocol: key.protocol,
         ..FlowKey::default()
     };
-    if add_to_flow(&FLOWS, &socket_key, direction, bytes, packets).is_none() {
+    let counted = add_to_flow(&FLOWS, &socket_key, direction, wire).is_some();
+    if !counted {
         bump(Stat::FlowInsertFailed);
     }
+    counted
 }
 
 /// Adds a packet to its flow in `map`; returns this CPU's counters of the flow (None if the
@@ -537,8 +708,7 @@ fn add_to_flow(
     map: &PerCpuHashMap<FlowKey, FlowCounters>,
     key: &FlowKey,
     direction: u8,
-    bytes: u64,
-    packets: u64,
+    wire: &Wire,
 ) -> Option<*mut FlowCounters> {
     let counters = match map.get_ptr_mut(key) {
         Some(counters) => counters,
@@ -555,11 +725,11 @@ fn add_to_flow(
     // SAFETY: pointer from a successful lookup of this CPU's slot; no other CPU writes it.
     unsafe {
         if direction == DIRECTION_EGRESS {
-            (*counters).tx_bytes += bytes;
-            (*counters).tx_packets += packets;
+            (*counters).tx_bytes += wire.bytes;
+            (*counters).tx_packets += wire.packets;
         } else {
-            (*counters).rx_bytes += bytes;
-            (*counters).rx_packets += packets;
+            (*counters).rx_bytes += wire.bytes;
+            (*counters).rx_packets += wire.packets;
         }
     }
     Some(counters)
@@ -589,7 +759,7 @@ fn read_headers(
         ..FlowKey::default()
     };
     let (protocol, l4_offset, fragment_tail) = if l3_protocol == ETH_P_IP {
-        let header: [u8; 20] = load(ctx, 0)?;
+        let header: [u8; 20] = load(&ctx.skb, 0)?;
         let ihl = ((header[0] & 0x0f) as usize) * 4;
         // A non-first fragment carries no transport header.
         let fragment_offset = u16::from_be_bytes([header[6] & 0x1f, header[7]]);
@@ -603,11 +773,11 @@ fn read_headers(
         key.remote_addr[12..16].copy_from_slice(&header[remote..remote + 4]);
         (header[9], ihl, fragment_offset != 0)
     } else if l3_protocol == ETH_P_IPV6 {
-        let header: [u8; 40] = load(ctx, 0)?;
+        let header: [u8; 40] = load(&ctx.skb, 0)?;
         let remote = if direction == DIRECTION_EGRESS { 24 } else { 8 };
         key.remote_addr
             .copy_from_slice(&header[remote..remote + 16]);
-        let (protocol, offset, fragment_tail) = skip_ipv6_extensions(ctx, header[6])?;
+        let (protocol, offset, fragment_tail) = skip_ipv6_extensions(&ctx.skb, 0, header[6])?;
         (protocol, offset, fragment_tail)
     } else {
         return None;
@@ -618,7 +788,7 @@ fn read_headers(
     let mut transport_offset = 0;
     if !fragment_tail && protocol::has_ports(protocol) {
         transport_offset = l4_offset as u32;
-        let ports: [u8; 4] = load(ctx, l4_offset)?;
+        let ports: [u8; 4] = load(&ctx.skb, l4_offset)?;
         let source = u16::from_be_bytes([ports[0], ports[1]]);
         let destination = u16::from_be_bytes([ports[2], ports[3]]);
         (key.local_port, key.remote_port) = if direction == DIRECTION_EGRESS {
@@ -630,7 +800,7 @@ fn read_headers(
         header_len += if protocol == protocol::TCP && segmented {
             // Two bytes, not one: for a 1-byte read LLVM turns the bounds check into a form
             // (`data_end > ptr`) the verifier does not accept as covering the byte.
-            let data_offset: [u8; 2] = load(ctx, l4_offset + 12)?;
+            let data_offset: [u8; 2] = load(&ctx.skb, l4_offset + 12)?;
             ((data_offset[0] >> 4) as u32) * 4
         } else {
             8
@@ -643,21 +813,22 @@ fn read_headers(
     })
 }
 
-/// Walks IPv6 extension headers; returns (transport protocol, its offset, non-first fragment).
+/// Walks the extension headers of the IPv6 header at `l3_offset`; returns (transport
+/// protocol, its offset from the IPv6 header, non-first fragment).
 #[inline(always)]
-fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize, bool)> {
+fn skip_ipv6_extensions(skb: &SkBuff, l3_offset: usize, first: u8) -> Option<(u8, usize, bool)> {
     let mut next = first;
     let mut offset = 40usize;
     let mut fragment_tail = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
-                let ext: [u8; 2] = load(ctx, offset)?;
+                let ext: [u8; 2] = load(skb, l3_offset + offset)?;
                 next = ext[0];
                 offset += (ext[1] as usize + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let ext: [u8; 4] = load(ctx, offset)?;
+                let ext: [u8; 4] = load(skb, l3_offset + offset)?;
                 next = ext[0];
                 fragment_tail = u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0;
                 offset += 8;
@@ -673,15 +844,15 @@ fn skip_ipv6_extensions(ctx: &SkBuffContext, first: u8) -> Option<(u8, usize, bo
 /// IP and transport headers are nearly always in the linear part of the skb, where a direct,
 /// bounds-checked read is far cheaper than a helper call; otherwise `bpf_skb_load_bytes`.
 #[inline(always)]
-fn load<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Option<T> {
-    let skb = ctx.skb.skb;
+fn load<T: Copy>(skb_ref: &SkBuff, offset: usize) -> Option<T> {
+    let skb = skb_ref.skb;
     // SAFETY: plain reads of the context's data pointers.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
     if start + offset + core::mem::size_of::<T>() <= end {
         // SAFETY: the range was just checked to lie within the packet's linear data.
         return Some(unsafe { core::ptr::read_unaligned((start + offset) as *const T) });
     }
-    ctx.load::<T>(offset).ok()
+    skb_ref.load::<T>(offset).ok()
 }
 
 #[cfg(not(test))]

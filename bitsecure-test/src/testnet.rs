@@ -156,6 +156,23 @@ impl TestNet {
         );
     }
 
+    /// Turns IPv6 off on both ends of the veth pair: no neighbour discovery or MLD crosses it.
+    pub fn disable_ipv6(&self) {
+        let setting = |interface: &str| format!("net.ipv6.conf.{interface}.disable_ipv6=1");
+        sh("sysctl", &["-qw", &setting(self.lab.host_if())]);
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "sysctl",
+                "-qw",
+                &setting(self.lab.peer_if()),
+            ],
+        );
+    }
+
     /// The host side of the veth pair.
     pub fn host_interface(&self) -> &str {
         self.lab.host_if()

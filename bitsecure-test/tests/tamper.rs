@@ -336,3 +336,59 @@ impl Drop for RemovePins {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The id of the agent's TCX link on the interface with `ifindex` for `direction`
+/// (`egress`/`ingress`), from the link descriptors the agent holds (`/proc/<pid>/fdinfo`:
+/// other agents of parallel tests watch the interface too, and Debian's bpftool does not
+/// decode TCX links).
+fn interface_link_of(agent: &Agent, ifindex: u64, direction: &str) -> Option<u64> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid())).ok()?;
+    fdinfo.filter_map(Result::ok).find_map(|entry| {
+        let text = std::fs::read_to_string(entry.path()).ok()?;
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(":\t"))
+                .map(str::trim)
+        };
+        (field("link_type") == Some("tcx")
+            && field("ifindex")?.parse::<u64>().ok() == Some(ifindex)
+            && field("attach_type")?.ends_with(&format!("({direction})")))
+        .then(|| field("link_id")?.parse().ok())?
+    })
+}
+
+/// Root detaching the interface counting program from an interface (the way around the
+/// unattributed-bytes counter) is noticed and undone: the re-attachment is counted, and the
+/// interface is counted again.
+#[test]
+fn a_detached_interface_program_is_reported_and_reattached() {
+    let net = bitsecure_test::testnet::TestNet::new();
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    let ifindex: u64 = std::fs::read_to_string(format!("/sys/class/net/{interface}/ifindex"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let program = "count_interface_egress";
+    let link = eventually(&agent, 10, |_| {
+        interface_link_of(&agent, ifindex, "egress")
+            .ok_or_else(|| format!("no egress link of the agent on {interface}"))
+    });
+    let before = eventually(&agent, 10, |samples| {
+        value(samples, "bitsecure_program_reattachments_total", program)
+            .ok_or_else(|| format!("{program}: no re-attachment counter yet"))
+    });
+    sh("bpftool", &["link", "detach", "id", &link.to_string()]);
+    let after = wait_noticed(&agent, program, before);
+    assert_eq!(after, before + 1.0, "one detach, one re-attachment");
+    let relinked = interface_link_of(&agent, ifindex, "egress").expect("a new link");
+    assert_ne!(relinked, link);
+    assert!(
+        agent.log_text().contains(&format!(
+            "the interface counting programs were detached from {interface}"
+        )),
+        "{}",
+        agent.log_text()
+    );
+}

@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
-    exposition::{Sample, sum_metric, traffic_by_process},
+    exposition::{Sample, sum_metric, traffic_by_process, within},
     process::{run_generator, scratch_dir, sh, spawn_until},
     testnet::TestNet,
 };
@@ -190,4 +190,233 @@ fn a_connection_through_output_nat_is_one_flow_to_the_address_asked_for() {
             ))
         }
     });
+}
+
+/// `metric{interface, direction}` (`bitsecure_interface_bytes_total` or
+/// `bitsecure_unattributed_bytes_total`), once the agent watches the interface.
+fn interface_counter(
+    samples: &[Sample],
+    metric: &str,
+    interface: &str,
+    direction: &str,
+) -> Option<u64> {
+    samples
+        .iter()
+        .find(|sample| {
+            sample.name == metric
+                && sample.labels.get("interface").map(String::as_str) == Some(interface)
+                && sample.labels.get("direction").map(String::as_str) == Some(direction)
+        })
+        .map(|sample| sample.value as u64)
+}
+
+/// Both counters of `interface` in both directions: [sent, received] of (interface bytes,
+/// unattributed bytes); waits until the agent watches it.
+fn interface_counters(agent: &Agent, interface: &str) -> [(u64, u64); 2] {
+    eventually(agent, 15, |samples| {
+        let read = |direction| -> Option<(u64, u64)> {
+            Some((
+                interface_counter(
+                    samples,
+                    "bitsecure_interface_bytes_total",
+                    interface,
+                    direction,
+                )?,
+                interface_counter(
+                    samples,
+                    "bitsecure_unattributed_bytes_total",
+                    interface,
+                    direction,
+                )?,
+            ))
+        };
+        match (read("sent"), read("received")) {
+            (Some(sent), Some(received)) => Ok([sent, received]),
+            _ => Err(format!("interface {interface} is not watched")),
+        }
+    })
+}
+
+/// Frames a packet socket sends (4 MiB of hand-built Ethernet/IPv4/UDP) pass no socket hook,
+/// but they cross the interface: its unattributed bytes rise by exactly their IP bytes, which
+/// the namespace's nftables counted.
+#[test]
+fn frames_of_a_packet_socket_are_unattributed_bytes_of_their_interface() {
+    const FRAMES: u32 = 4096;
+    let net = TestNet::new();
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    let [(_, unattributed_before), _] = interface_counters(&agent, &interface);
+    let sender = install_generator("bsg-pkt-unattr");
+    let _sender = spawn_until(
+        std::process::Command::new(&sender).args([
+            "packet-send",
+            "--interface",
+            &interface,
+            "--from",
+            &net.host_v4.to_string(),
+            "--to",
+            &net.peer_v4.to_string(),
+            "--frames",
+            &FRAMES.to_string(),
+            "--size",
+            "1000",
+        ]),
+        "ready",
+    );
+    // Only the frames are UDP from the host in this namespace.
+    let (frames, frame_bytes) = net.counter("sent", "udp");
+    assert_eq!(frames, u64::from(FRAMES), "nftables saw {frames} frames");
+    assert_eq!(frame_bytes, u64::from(FRAMES) * (20 + 8 + 1000));
+    eventually(&agent, 15, |samples| {
+        let unattributed = interface_counter(
+            samples,
+            "bitsecure_unattributed_bytes_total",
+            &interface,
+            "sent",
+        )
+        .unwrap_or(0)
+            - unattributed_before;
+        if within(unattributed, frame_bytes, 0.005) {
+            Ok(())
+        } else {
+            Err(format!(
+                "unattributed bytes sent on {interface}: {unattributed}, the frames: {frame_bytes}"
+            ))
+        }
+    });
+    // The process that sent them is listed as holding a packet socket.
+    eventually(&agent, 15, |samples| {
+        match held(samples, "bsg-pkt-unattr", "packet", "ipv4") {
+            1.0 => Ok(()),
+            n => Err(format!("{n} packet sockets listed for bsg-pkt-unattr")),
+        }
+    });
+}
+
+/// The attacker's way around the interface counters: a packet socket with
+/// PACKET_QDISC_BYPASS hands its frames straight to the driver, past every tc program. Its
+/// frames are not in the interface totals, but the socket is listed with its process like any
+/// other packet socket.
+#[test]
+fn frames_that_bypass_the_qdisc_still_leave_their_packet_socket_listed() {
+    let net = TestNet::new();
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    interface_counters(&agent, &interface);
+    let sender = install_generator("bsg-pkt-bypass");
+    let _sender = spawn_until(
+        std::process::Command::new(&sender).args([
+            "packet-send",
+            "--interface",
+            &interface,
+            "--from",
+            &net.host_v4.to_string(),
+            "--to",
+            &net.peer_v4.to_string(),
+            "--frames",
+            "1000",
+            "--qdisc-bypass",
+        ]),
+        "ready",
+    );
+    let (frames, _) = net.counter("sent", "udp");
+    assert_eq!(frames, 1000, "the frames reached the namespace");
+    eventually(&agent, 15, |samples| {
+        match held(samples, "bsg-pkt-bypass", "packet", "ipv4") {
+            1.0 => Ok(()),
+            n => Err(format!("{n} packet sockets listed for bsg-pkt-bypass")),
+        }
+    });
+}
+
+/// Everything sent and received through sockets is attributed: TCP both ways and UDP leave
+/// nothing unattributed on the interface, whose totals are exactly nftables' count of it.
+/// IPv6 is off on the link: the kernel answers neighbour discovery itself, with no socket
+/// taking the solicitations, so they would be unattributed received bytes (as they are on any
+/// IPv6 network: a trickle, which the README describes).
+#[test]
+fn socket_traffic_leaves_nothing_unattributed() {
+    let mut net = TestNet::new();
+    net.disable_ipv6();
+    let server = install_generator("bsg-unattr-srv");
+    net.spawn_server(
+        &server,
+        &[
+            "serve",
+            "--tcp",
+            &format!("{}:7400", net.peer_v4),
+            "--udp",
+            &format!("{}:7401", net.peer_v4),
+        ],
+    );
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    let before = interface_counters(&agent, &interface);
+    let tcp_before = net.traffic("tcp");
+    let udp_before = net.traffic("udp");
+    let client = install_generator("bsg-unattr-cli");
+    run_generator(std::process::Command::new(&client).args([
+        "tcp",
+        "--connect",
+        &format!("{}:7400", net.peer_v4),
+        "--upload",
+        "3000000",
+        "--download",
+        "3000000",
+    ]));
+    run_generator(std::process::Command::new(&client).args([
+        "udp",
+        "--to",
+        &format!("{}:7401", net.peer_v4),
+        "--datagrams",
+        "500",
+        "--size",
+        "1200",
+    ]));
+    let (tcp, udp) = (net.traffic("tcp"), net.traffic("udp"));
+    let sent = tcp.sent_bytes - tcp_before.sent_bytes + udp.sent_bytes - udp_before.sent_bytes;
+    let received = tcp.received_bytes - tcp_before.received_bytes + udp.received_bytes
+        - udp_before.received_bytes;
+    // Once the interface totals hold all of it, and two more polls for anything held back.
+    eventually(&agent, 15, |samples| {
+        let grown = |direction, index: usize| {
+            interface_counter(
+                samples,
+                "bitsecure_interface_bytes_total",
+                &interface,
+                direction,
+            )
+            .unwrap_or(0)
+                - before[index].0
+        };
+        let (out, into) = (grown("sent", 0), grown("received", 1));
+        if out >= sent && into >= received {
+            Ok(())
+        } else {
+            Err(format!(
+                "interface {interface}: sent {out} of {sent}, received {into} of {received}"
+            ))
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after = interface_counters(&agent, &interface);
+    let [(out, unattributed_out), (into, unattributed_in)] = after;
+    assert_eq!(
+        (
+            unattributed_out - before[0].1,
+            unattributed_in - before[1].1
+        ),
+        (0, 0),
+        "unattributed (sent, received) on {interface}; interface bytes grew by ({}, {}), \
+         nftables counted ({sent}, {received})",
+        out - before[0].0,
+        into - before[1].0,
+    );
+    // Nothing but the test's traffic crossed it, and all of it was counted.
+    assert_eq!(
+        (out - before[0].0, into - before[1].0),
+        (sent, received),
+        "interface bytes grown (sent, received) vs nftables' count"
+    );
 }

@@ -8,6 +8,7 @@ pub mod attachment;
 pub mod batch;
 pub mod caps;
 pub mod cgroup;
+pub mod interfaces;
 pub mod mounts;
 pub mod pins;
 pub mod programs;

@@ -1,4 +1,5 @@
-//! Loading the embedded eBPF programs and attaching them to a cgroup v2 directory.
+//! Loading the embedded eBPF programs and attaching them to a cgroup v2 directory (the socket
+//! programs) and to the network interfaces ([`crate::kernel::interfaces`]).
 //!
 //! Dropping [`AttachedPrograms`] detaches every program that is not pinned.
 
@@ -18,11 +19,12 @@ use aya::{
     },
     util::KernelVersion,
 };
-use bitsecure_common::map_names;
+use bitsecure_common::{global_names, map_names};
 use log::{debug, info, warn};
 
 use crate::kernel::{
     attachment::{self, Finding},
+    interfaces::{self, INTERFACE_EGRESS, INTERFACE_INGRESS, InterfaceWatch},
     pins::PinDir,
 };
 
@@ -54,6 +56,9 @@ pub struct KernelMaps {
     pub events: RingBuf<MapData>,
     /// Size of `events` in bytes.
     pub event_bytes: u32,
+    /// What crossed each watched interface (the agent's own handle; the guard inserts and
+    /// removes the entries).
+    pub interfaces: MapData,
 }
 
 /// The kernel's log records (aya-log), read by the agent and passed to the `log` crate.
@@ -63,7 +68,9 @@ pub struct AttachedPrograms {
     cgroup: PathBuf,
     cgroup_dir: File,
     slots: Vec<Slot>,
-    // The object owns the programs; re-attaching takes them from here.
+    interfaces: InterfaceWatch,
+    // The object owns the programs; re-attaching takes them from here. Declared last: the
+    // links above are dropped (detached) first.
     ebpf: Ebpf,
 }
 
@@ -109,9 +116,19 @@ impl AttachedPrograms {
     /// looks like). Logs a warning for each one found missing. Needs CAP_NET_ADMIN (and
     /// CAP_BPF to re-attach).
     pub fn check_and_repair(&mut self) -> Vec<ProgramCheck> {
-        let mut checks = Vec::with_capacity(self.slots.len());
+        let mut checks = Vec::with_capacity(self.slots.len() + 2);
         for index in 0..self.slots.len() {
             checks.push(self.check_one(index));
+        }
+        // The interface programs: detached when someone detached them from an interface
+        // and they could not be put back (a new interface that cannot be watched is logged).
+        let interfaces = self.interfaces.check(&mut self.ebpf);
+        for program in [INTERFACE_EGRESS, INTERFACE_INGRESS] {
+            checks.push(ProgramCheck {
+                program,
+                attached: interfaces.lost == 0,
+                reattached: interfaces.reattached > 0,
+            });
         }
         checks
     }
@@ -251,6 +268,16 @@ pub fn load_and_attach(
         .map_max_entries(map_names::PEERS, capacities.peers)
         .map_max_entries(map_names::SOCKETS, capacities.sockets)
         .map_max_entries(map_names::EVENTS, capacities.event_bytes);
+    let netns_cookie = interfaces::watched_netns_cookie();
+    if let Some(cookie) = &netns_cookie {
+        loader.override_global(global_names::WATCHED_NETNS_COOKIE, cookie, true);
+    } else {
+        info!(
+            "this kernel cannot tell a packet's network namespace to the socket programs \
+             (Linux 6.15+): interface totals may take in other namespaces' packets that use \
+             the same interface index"
+        );
+    }
     if let Some(pins) = pins {
         // EVENTS too: programs kept attached across a restart go on writing to it.
         for name in PINNED_MAPS {
@@ -284,6 +311,13 @@ pub fn load_and_attach(
             attach_link(&mut ebpf, name, &cgroup_dir)
         })?;
     }
+    // Attached to each interface by the first check (the guard's).
+    for name in [INTERFACE_EGRESS, INTERFACE_INGRESS] {
+        load_program(&mut ebpf, name)?;
+    }
+    let interface_map = take_map(&mut ebpf, map_names::INTERFACES)?;
+    let interface_map_id = interface_map.info()?.id();
+    let interfaces = InterfaceWatch::new(interface_map)?;
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,
@@ -296,6 +330,8 @@ pub fn load_and_attach(
             None => bail!("map {} missing from the eBPF object", map_names::EVENTS),
         },
         event_bytes: capacities.event_bytes,
+        interfaces: MapData::from_id(interface_map_id)
+            .context("cannot open the interface map a second time")?,
     };
     let slots = attacher.slots;
     Ok((
@@ -303,6 +339,7 @@ pub fn load_and_attach(
             cgroup: cgroup.to_owned(),
             cgroup_dir,
             slots,
+            interfaces,
             ebpf,
         },
         maps,
@@ -319,6 +356,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<(u64, u32)> {
         Program::CgroupSkb(program) => program.load(),
         Program::CgroupSock(program) => program.load(),
         Program::SockOps(program) => program.load(),
+        Program::SchedClassifier(program) => program.load(),
         _ => bail!("program {name} has an unexpected type"),
     };
     loaded.with_context(|| format!("kernel rejected program {name}"))?;
@@ -355,12 +393,13 @@ fn attach_link(ebpf: &mut Ebpf, name: &str, cgroup_dir: &File) -> anyhow::Result
 }
 
 /// The maps pinned (with `kernel.pin_path`).
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     map_names::FLOWS,
     map_names::PEERS,
     map_names::SOCKETS,
     map_names::STATS,
     map_names::EVENTS,
+    map_names::INTERFACES,
 ];
 
 /// Every program with its attach type, in attach order.

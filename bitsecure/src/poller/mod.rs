@@ -40,6 +40,7 @@ use crate::{
     naming::{AppDecision, EventCounts, Naming, remote_address},
     poller::{
         identity::ProcessIdentity,
+        interfaces::{InterfaceDelta, InterfaceTotals},
         owners::Owners,
         packet_sockets::{PacketSocketClass, PacketSockets},
     },
@@ -47,6 +48,7 @@ use crate::{
 };
 
 pub mod identity;
+pub mod interfaces;
 mod owners;
 pub mod packet_sockets;
 pub mod proc_net;
@@ -175,6 +177,7 @@ pub struct Poller {
     /// Idle polls after which a peer entry with a recognised application is folded.
     recognised_peer_idle_polls: u32,
     packet_sockets: PacketSockets,
+    interface_totals: InterfaceTotals,
 }
 
 /// One poll's outcome, for logs and tests.
@@ -190,6 +193,8 @@ pub struct PollReport {
     pub folded_peers: usize,
     /// Packet and raw sockets on the host, per holder and protocol.
     pub packet_sockets: BTreeMap<PacketSocketClass, usize>,
+    /// What crossed each watched interface, and what of it no socket accounted for.
+    pub interfaces: Vec<InterfaceDelta>,
     /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
     /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
@@ -236,6 +241,7 @@ impl Poller {
             naming,
             owners: Owners::new(PathBuf::from("/proc")),
             packet_sockets: PacketSockets::new(PathBuf::from("/proc")),
+            interface_totals: InterfaceTotals::default(),
             last_stats: [0; Stat::COUNT as usize],
             reported_processes: HashSet::new(),
             events_per_ring,
@@ -332,6 +338,9 @@ impl Poller {
         report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
         report.kernel = self.read_kernel_stats()?;
         report.packet_sockets = self.packet_sockets.poll();
+        report.interfaces = self
+            .interface_totals
+            .poll(&self.maps.interfaces, self.cpus)?;
         report.duration = started.elapsed();
         Ok(report)
     }

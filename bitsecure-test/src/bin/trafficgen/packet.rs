@@ -32,6 +32,10 @@ pub struct PacketSendArgs {
     /// UDP payload bytes per frame.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u16).range(0..=1400))]
     size: u16,
+    /// Hand the frames straight to the driver (PACKET_QDISC_BYPASS), past the qdisc layer and
+    /// every tc program on the interface: an attacker's way around the interface counters.
+    #[arg(long)]
+    qdisc_bypass: bool,
 }
 
 pub fn packet_send(args: &PacketSendArgs) -> Result<()> {
@@ -49,6 +53,24 @@ pub fn packet_send(args: &PacketSendArgs) -> Result<()> {
     }
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    if args.qdisc_bypass {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            set == 0,
+            "PACKET_QDISC_BYPASS: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     // SAFETY: sockaddr_ll is plain data; zero is a valid start.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = libc::AF_PACKET as u16;

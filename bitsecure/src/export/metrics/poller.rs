@@ -23,6 +23,8 @@ pub struct PollerMetrics {
     pub programs_attached: IntGaugeVec,
     pub program_reattachments: IntCounterVec,
     pub packet_sockets: IntGaugeVec,
+    pub interface_bytes: IntCounterVec,
+    pub unattributed_bytes: IntCounterVec,
 }
 
 impl PollerMetrics {
@@ -124,6 +126,30 @@ impl PollerMetrics {
                     &["process", "exe", "kind", "protocol"],
                 )?,
             )?,
+            interface_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_interface_bytes_total",
+                        "IP bytes (L3, GSO/GRO-corrected, as the traffic counters count them) that \
+                         crossed a network interface of the agent's namespace, whatever sent them.",
+                    ),
+                    &["interface", "direction"],
+                )?,
+            )?,
+            unattributed_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_unattributed_bytes_total",
+                        "Of bitsecure_interface_bytes_total, what no socket accounted for, so no \
+                         process: sent: frames of packet sockets, forwarded or NAT-ed packets, \
+                         tunnels' outer headers; received: also packets no socket took (scans of \
+                         closed ports, dropped or broadcast packets). Reported a poll late.",
+                    ),
+                    &["interface", "direction"],
+                )?,
+            )?,
             programs_attached: register(
                 registry,
                 IntGaugeVec::new(
@@ -216,6 +242,24 @@ impl PollerMetrics {
                     class.protocol.as_str(),
                 ])
                 .set(*count as i64);
+        }
+        for delta in &report.interfaces {
+            for (direction, bytes, unattributed) in [
+                ("sent", delta.sent_bytes, delta.unattributed_sent_bytes),
+                (
+                    "received",
+                    delta.received_bytes,
+                    delta.unattributed_received_bytes,
+                ),
+            ] {
+                let labels = [delta.interface.as_str(), direction];
+                self.interface_bytes
+                    .with_label_values(&labels)
+                    .inc_by(bytes);
+                self.unattributed_bytes
+                    .with_label_values(&labels)
+                    .inc_by(unattributed);
+            }
         }
         self.poll_duration.observe(report.duration.as_secs_f64());
     }

@@ -1,0 +1,424 @@
+//! The interfaces whose every packet is counted (the tc programs), so that what no socket hook
+//! saw shows as the difference: every interface of the agent's network namespace except
+//! loopback (whose packets are all between local sockets) and the ports of another device
+//! (bridge ports, bond slaves: their host traffic crosses the master, which is watched).
+//!
+//! Interfaces come and go (containers, VPNs, test veths): each check lists them again, gives
+//! new ones an `INTERFACES` entry and the two tc programs (TCX links from Linux 6.6, a clsact
+//! qdisc filter before), drops what went away, and re-attaches a program someone detached.
+//! The links are not pinned: they go with the agent, and the next agent attaches its own.
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, PerCpuHashMap, PerCpuValues},
+    programs::{SchedClassifier, TcAttachType, links::Link as _, tc},
+    util::KernelVersion,
+};
+use bitsecure_common::{INTERFACE_CAPACITY, InterfaceCounters};
+use log::{debug, info, warn};
+
+/// The tc program names in the object.
+pub const INTERFACE_EGRESS: &str = "count_interface_egress";
+pub const INTERFACE_INGRESS: &str = "count_interface_ingress";
+
+/// `ARPHRD_*` link types (linux/if_arp.h) whose IP header offset is known, with that offset.
+const LINK_HEADERS: [(u32, u32); 5] = [
+    (1, 14),    // ARPHRD_ETHER: Ethernet (VLAN tags are out of band or belong to the VLAN device)
+    (65534, 0), // ARPHRD_NONE: WireGuard, tun
+    (768, 0),   // ARPHRD_TUNNEL: ipip
+    (769, 0),   // ARPHRD_TUNNEL6: ip6ip6
+    (776, 0),   // ARPHRD_SIT
+];
+const ARPHRD_LOOPBACK: u32 = 772;
+
+/// One interface as `/sys/class/net` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    name: String,
+    ifindex: u32,
+    /// Bytes before the IP header; `None`: a link type the tc programs cannot read.
+    link_header_len: Option<u32>,
+    /// A port of another device (it has a `master`).
+    enslaved: bool,
+}
+
+/// One watched interface: its name and the two links (dropped: detached).
+struct Watched {
+    name: String,
+    egress: tc::SchedClassifierLink,
+    ingress: tc::SchedClassifierLink,
+}
+
+/// What one check found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InterfaceCheck {
+    /// Interfaces watched after the check.
+    pub watched: usize,
+    /// New interfaces that could not be watched (attaching failed, or the map is full).
+    pub unwatched: Vec<String>,
+    /// Watched interfaces whose program someone detached, and that got it back.
+    pub reattached: usize,
+    /// Watched interfaces whose program someone detached, and re-attaching failed.
+    pub lost: usize,
+}
+
+/// The watched interfaces, their links and their `INTERFACES` entries.
+pub struct InterfaceWatch {
+    map: PerCpuHashMap<MapData, u32, InterfaceCounters>,
+    watched: HashMap<u32, Watched>,
+    sys_class_net: PathBuf,
+    cpus: usize,
+    /// Link types already reported as not watchable, so the log says it once.
+    reported: HashMap<String, u32>,
+}
+
+impl InterfaceWatch {
+    pub fn new(map: MapData) -> anyhow::Result<Self> {
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
+        Ok(Self {
+            map: PerCpuHashMap::try_from(Map::PerCpuHashMap(map))?,
+            watched: HashMap::new(),
+            sys_class_net: PathBuf::from("/sys/class/net"),
+            cpus,
+            reported: HashMap::new(),
+        })
+    }
+
+    /// Lists the interfaces and brings the watch in line: new ones attached, gone ones
+    /// dropped, detached programs re-attached. Needs CAP_NET_ADMIN and CAP_BPF.
+    pub fn check(&mut self, ebpf: &mut Ebpf) -> InterfaceCheck {
+        let listed = match list(&self.sys_class_net) {
+            Ok(listed) => listed,
+            Err(error) => {
+                warn!("cannot list the network interfaces: {error:#}");
+                return InterfaceCheck {
+                    watched: self.watched.len(),
+                    ..InterfaceCheck::default()
+                };
+            }
+        };
+        let mut check = InterfaceCheck::default();
+        let wanted: Vec<(&Listed, u32)> = listed
+            .iter()
+            .filter(|interface| !interface.enslaved)
+            .filter_map(|interface| match interface.link_header_len {
+                Some(len) => Some((interface, len)),
+                None => {
+                    self.report_unwatchable(interface);
+                    None
+                }
+            })
+            .collect();
+        // Gone (or renamed, or a new device reusing the index): drop the entry and the links.
+        let stale: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(ifindex, watched)| {
+                !wanted
+                    .iter()
+                    .any(|(listed, _)| listed.ifindex == **ifindex && listed.name == watched.name)
+            })
+            .map(|(ifindex, _)| *ifindex)
+            .collect();
+        for ifindex in stale {
+            if let Some(watched) = self.watched.remove(&ifindex) {
+                debug!("interface {} is gone: no longer watched", watched.name);
+            }
+            let _ = self.map.remove(&ifindex);
+        }
+        for (interface, link_header_len) in wanted {
+            match self.watched.get(&interface.ifindex) {
+                Some(_) if self.still_attached(ebpf, interface) => {}
+                Some(_) => {
+                    // Someone detached a program: attach both again (the entry stays).
+                    self.watched.remove(&interface.ifindex);
+                    match attach_both(ebpf, &interface.name) {
+                        Ok((egress, ingress)) => {
+                            warn!(
+                                "the interface counting programs were detached from {}: \
+                                 someone with root did it, and what crossed it meanwhile was \
+                                 not counted; attached them again",
+                                interface.name
+                            );
+                            check.reattached += 1;
+                            self.insert_watched(interface, egress, ingress);
+                        }
+                        Err(error) => {
+                            warn!(
+                                "the interface counting programs were detached from {}, and \
+                                 re-attaching them failed: {error:#}",
+                                interface.name
+                            );
+                            check.lost += 1;
+                        }
+                    }
+                }
+                None => match self.watch(ebpf, interface, link_header_len) {
+                    Ok(()) => info!("watching interface {}", interface.name),
+                    Err(error) => {
+                        warn!("cannot watch interface {}: {error:#}", interface.name);
+                        check.unwatched.push(interface.name.clone());
+                    }
+                },
+            }
+        }
+        check.watched = self.watched.len();
+        check
+    }
+
+    fn watch(
+        &mut self,
+        ebpf: &mut Ebpf,
+        interface: &Listed,
+        link_header_len: u32,
+    ) -> anyhow::Result<()> {
+        if self.watched.len() >= INTERFACE_CAPACITY as usize {
+            anyhow::bail!("{INTERFACE_CAPACITY} interfaces are watched already");
+        }
+        // The entry first: counting starts on both sides once the programs run.
+        let entry = InterfaceCounters {
+            link_header_len,
+            ..InterfaceCounters::default()
+        };
+        let values = PerCpuValues::try_from(vec![entry; self.cpus])?;
+        // An entry left by a previous agent (pinned map) keeps its counters.
+        if self.map.get(&interface.ifindex, 0).is_err() {
+            self.map.insert(interface.ifindex, values, 0)?;
+        }
+        let (egress, ingress) = attach_both(ebpf, &interface.name)?;
+        self.insert_watched(interface, egress, ingress);
+        Ok(())
+    }
+
+    fn insert_watched(
+        &mut self,
+        interface: &Listed,
+        egress: tc::SchedClassifierLink,
+        ingress: tc::SchedClassifierLink,
+    ) {
+        self.watched.insert(
+            interface.ifindex,
+            Watched {
+                name: interface.name.clone(),
+                egress,
+                ingress,
+            },
+        );
+    }
+
+    /// Whether both programs are still attached to the interface. Only TCX links can be
+    /// asked; a clsact filter (before 6.6) is taken as attached.
+    fn still_attached(&self, ebpf: &Ebpf, interface: &Listed) -> bool {
+        if !tcx_supported() {
+            return true;
+        }
+        [
+            (INTERFACE_EGRESS, TcAttachType::Egress),
+            (INTERFACE_INGRESS, TcAttachType::Ingress),
+        ]
+        .iter()
+        .all(|(name, attach_type)| {
+            let Some(own_id) = program_id(ebpf, name) else {
+                return false;
+            };
+            match SchedClassifier::query_tcx(&interface.name, *attach_type) {
+                Ok((_, programs)) => programs.iter().any(|program| program.id() == own_id),
+                // Gone between the listing and the query: the next check drops it.
+                Err(_) => true,
+            }
+        })
+    }
+
+    fn report_unwatchable(&mut self, interface: &Listed) {
+        if self
+            .reported
+            .insert(interface.name.clone(), interface.ifindex)
+            != Some(interface.ifindex)
+        {
+            info!(
+                "interface {} has a link type the interface counters cannot read: what crosses \
+                 it outside sockets is not measured",
+                interface.name
+            );
+        }
+    }
+
+    /// The names of the watched interfaces, by ifindex.
+    pub fn names(&self) -> HashMap<u32, String> {
+        self.watched
+            .iter()
+            .map(|(ifindex, watched)| (*ifindex, watched.name.clone()))
+            .collect()
+    }
+}
+
+impl Drop for InterfaceWatch {
+    fn drop(&mut self) {
+        for (ifindex, watched) in self.watched.drain() {
+            let _ = self.map.remove(&ifindex);
+            let Watched {
+                egress, ingress, ..
+            } = watched;
+            let _ = egress.detach();
+            let _ = ingress.detach();
+        }
+    }
+}
+
+fn tcx_supported() -> bool {
+    kernel_at_least(6, 6)
+}
+
+fn kernel_at_least(major: u8, minor: u8) -> bool {
+    KernelVersion::current().is_ok_and(|current| current >= KernelVersion::new(major, minor, 0))
+}
+
+fn program_id(ebpf: &Ebpf, name: &str) -> Option<u32> {
+    ebpf.program(name)?.info().ok().map(|info| info.id())
+}
+
+/// Attaches both tc programs to `interface`.
+fn attach_both(
+    ebpf: &mut Ebpf,
+    interface: &str,
+) -> anyhow::Result<(tc::SchedClassifierLink, tc::SchedClassifierLink)> {
+    if !tcx_supported() {
+        // EEXIST: the qdisc is there already (another tool's, or ours from before).
+        if let Err(error) = tc::qdisc_add_clsact(interface)
+            && !matches!(&error, tc::TcError::IoError(io) if io.kind() == std::io::ErrorKind::AlreadyExists)
+        {
+            debug!("clsact on {interface}: {error}");
+        }
+    }
+    let egress = attach_one(ebpf, INTERFACE_EGRESS, interface, TcAttachType::Egress)?;
+    let ingress = attach_one(ebpf, INTERFACE_INGRESS, interface, TcAttachType::Ingress)?;
+    Ok((egress, ingress))
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &str,
+    interface: &str,
+    attach_type: TcAttachType,
+) -> anyhow::Result<tc::SchedClassifierLink> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))?;
+    let link = program
+        .attach(interface, attach_type)
+        .with_context(|| format!("cannot attach {name} to {interface}"))?;
+    Ok(program.take_link(link)?)
+}
+
+/// Every interface of this network namespace.
+fn list(sys_class_net: &Path) -> anyhow::Result<Vec<Listed>> {
+    let mut listed = Vec::new();
+    for entry in std::fs::read_dir(sys_class_net)
+        .with_context(|| format!("cannot read {}", sys_class_net.display()))?
+    {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let dir = entry.path();
+        let number = |file: &str| -> Option<u32> {
+            std::fs::read_to_string(dir.join(file))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        // Gone between the listing and the reads: skipped.
+        let (Some(ifindex), Some(link_type)) = (number("ifindex"), number("type")) else {
+            continue;
+        };
+        if link_type == ARPHRD_LOOPBACK {
+            continue;
+        }
+        listed.push(Listed {
+            name,
+            ifindex,
+            link_header_len: LINK_HEADERS
+                .iter()
+                .find(|(known, _)| *known == link_type)
+                .map(|(_, len)| *len),
+            enslaved: dir.join("master").exists(),
+        });
+    }
+    listed.sort_by_key(|interface| interface.ifindex);
+    Ok(listed)
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14), for
+/// the socket programs to tell this namespace's packets from others'. `None` when the kernel
+/// cannot give it, or its cgroup_skb programs cannot compare it (the helper came in 6.15).
+pub fn watched_netns_cookie() -> Option<u64> {
+    if !kernel_at_least(6, 15) {
+        return None;
+    }
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (result == 0 && cookie != 0).then_some(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_interface(root: &Path, name: &str, ifindex: u32, link_type: u32, master: bool) {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ifindex"), format!("{ifindex}\n")).unwrap();
+        std::fs::write(dir.join("type"), format!("{link_type}\n")).unwrap();
+        if master {
+            std::fs::write(dir.join("master"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn lists_interfaces_but_loopback_with_their_link_header() {
+        let root = std::env::temp_dir().join(format!("bitsecure-ifaces-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        fake_interface(&root, "lo", 1, ARPHRD_LOOPBACK, false);
+        fake_interface(&root, "eth0", 2, 1, false);
+        fake_interface(&root, "wg0", 5, 65534, false);
+        fake_interface(&root, "veth1", 4, 1, true);
+        fake_interface(&root, "ib0", 3, 32, false);
+        let listed = list(&root).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+        let summary: Vec<(&str, u32, Option<u32>, bool)> = listed
+            .iter()
+            .map(|l| (l.name.as_str(), l.ifindex, l.link_header_len, l.enslaved))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("eth0", 2, Some(14), false),
+                ("ib0", 3, None, false),
+                ("veth1", 4, Some(14), true),
+                ("wg0", 5, Some(0), false),
+            ]
+        );
+    }
+}
