@@ -18,7 +18,7 @@
 //!   still retransmits its FIN comes after its release, and for one its listener never
 //!   accepted comes without one.
 //!
-//! - `count_interface_egress` / `count_interface_ingress` (tc, TCX where the kernel has it):
+//! - `iface_egress` / `iface_ingress` (tc, TCX where the kernel has it):
 //!   count every IPv4/IPv6 packet crossing each watched interface of the agent's network
 //!   namespace, in the same L3 wire bytes; the socket programs add what they attributed to the
 //!   same per-interface entry. The difference is what no socket hook saw: frames of packet
@@ -140,13 +140,13 @@ pub fn count_ingress(ctx: SkBuffContext) -> i32 {
 }
 
 #[classifier]
-pub fn count_interface_egress(ctx: TcContext) -> i32 {
+pub fn iface_egress(ctx: TcContext) -> i32 {
     count_on_interface(&ctx, DIRECTION_EGRESS);
     TC_NEXT
 }
 
 #[classifier]
-pub fn count_interface_ingress(ctx: TcContext) -> i32 {
+pub fn iface_ingress(ctx: TcContext) -> i32 {
     count_on_interface(&ctx, DIRECTION_INGRESS);
     TC_NEXT
 }

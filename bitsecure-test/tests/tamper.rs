@@ -370,7 +370,7 @@ fn a_detached_interface_program_is_reported_and_reattached() {
         .trim()
         .parse()
         .unwrap();
-    let program = "count_interface_egress";
+    let program = "iface_egress";
     let link = eventually(&agent, 10, |_| {
         interface_link_of(&agent, ifindex, "egress")
             .ok_or_else(|| format!("no egress link of the agent on {interface}"))

@@ -25,8 +25,8 @@ use bitsecure_common::{INTERFACE_CAPACITY, InterfaceCounters};
 use log::{debug, info, warn};
 
 /// The tc program names in the object.
-pub const INTERFACE_EGRESS: &str = "count_interface_egress";
-pub const INTERFACE_INGRESS: &str = "count_interface_ingress";
+pub const INTERFACE_EGRESS: &str = "iface_egress";
+pub const INTERFACE_INGRESS: &str = "iface_ingress";
 
 /// `ARPHRD_*` link types (linux/if_arp.h) whose IP header offset is known, with that offset.
 const LINK_HEADERS: [(u32, u32); 5] = [

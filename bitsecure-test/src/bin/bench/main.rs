@@ -42,7 +42,19 @@ const AGENT_LISTEN: &str = "127.0.0.1:19977";
 /// Remote ports of the synthetic flows: one flow per port.
 const FLOW_PORTS: std::ops::Range<u16> = 20000..30000;
 /// The agent's programs, by the names the agent gives them.
-const PROGRAMS: [&str; 5] = bitsecure::kernel::programs::PROGRAM_NAMES;
+const PROGRAMS: [&str; 7] = {
+    let [egress, ingress, create, release, sock_ops] = bitsecure::kernel::programs::PROGRAM_NAMES;
+    use bitsecure::kernel::interfaces::{INTERFACE_EGRESS, INTERFACE_INGRESS};
+    [
+        egress,
+        ingress,
+        create,
+        release,
+        sock_ops,
+        INTERFACE_EGRESS,
+        INTERFACE_INGRESS,
+    ]
+};
 const BPF_STATS: &str = "kernel.bpf_stats_enabled";
 /// Prefix of the benchmark's namespace; the rest of its name is the pid of the run.
 const NETNS_PREFIX: &str = "bsbench";
