@@ -420,3 +420,152 @@ fn socket_traffic_leaves_nothing_unattributed() {
         "interface bytes grown (sent, received) vs nftables' count"
     );
 }
+
+/// A tunnel (VXLAN here; this kernel has no WireGuard): a process's bytes are its bytes inside
+/// the tunnel, on the tunnel's interface; the encapsulated packets on the interface below are
+/// sent by the tunnel's kernel socket on behalf of the inner one, which the socket hooks do not
+/// see, so all of them — inner bytes and tunnel headers — are that interface's unattributed
+/// bytes. Known gap: a tunnel GSO super-packet is counted with its outer headers repeated per
+/// segment but not its inner ones (the tc program cannot see where the inner headers end), so
+/// the interface total is ~5 % short of nftables' count of a bulk transfer's outer packets.
+#[test]
+fn a_tunnels_outer_packets_are_unattributed_on_the_interface_below() {
+    let mut net = TestNet::new();
+    net.disable_ipv6();
+    let index = std::process::id() % 1000;
+    let (tunnel_host, tunnel_peer) = (format!("bsvx{index}h"), "bsvxp".to_owned());
+    let inner = Ipv4Addr::new(10, 199, (index % 250) as u8, 1);
+    let inner_peer = Ipv4Addr::new(10, 199, (index % 250) as u8, 2);
+    let vni = (5000 + index).to_string();
+    let port = (40_000 + index).to_string();
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &tunnel_host,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "remote",
+            &net.peer_v4.to_string(),
+            "local",
+            &net.host_v4.to_string(),
+            "dstport",
+            &port,
+            "dev",
+            net.host_interface(),
+        ],
+    );
+    let _tunnel = DeleteLink(tunnel_host.clone());
+    sh(
+        "ip",
+        &["addr", "add", &format!("{inner}/24"), "dev", &tunnel_host],
+    );
+    sh("ip", &["link", "set", &tunnel_host, "up"]);
+    sh(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "link",
+            "add",
+            &tunnel_peer,
+            "type",
+            "vxlan",
+            "id",
+            &vni,
+            "remote",
+            &net.host_v4.to_string(),
+            "local",
+            &net.peer_v4.to_string(),
+            "dstport",
+            &port,
+        ],
+    );
+    sh(
+        "ip",
+        &[
+            "-n",
+            &net.ns,
+            "addr",
+            "add",
+            &format!("{inner_peer}/24"),
+            "dev",
+            &tunnel_peer,
+        ],
+    );
+    sh("ip", &["-n", &net.ns, "link", "set", &tunnel_peer, "up"]);
+    for (namespace, interface) in [(None, tunnel_host.as_str()), (Some(&net.ns), "bsvxp")] {
+        let setting = format!("net.ipv6.conf.{interface}.disable_ipv6=1");
+        match namespace {
+            None => sh("sysctl", &["-qw", &setting]),
+            Some(ns) => sh("ip", &["netns", "exec", ns, "sysctl", "-qw", &setting]),
+        };
+    }
+    let server = install_generator("bsg-vxlan-srv");
+    net.spawn_server(&server, &["serve", "--tcp", &format!("{inner_peer}:7500")]);
+    let agent = Agent::start();
+    let below = net.host_interface().to_owned();
+    let before = interface_counters(&agent, &below);
+    let tunnel_before = interface_counters(&agent, &tunnel_host);
+    // Outer packets: UDP from the host to the tunnel port (nothing else sends UDP here).
+    let outer_before = net.traffic("udp");
+    let client = install_generator("bsg-vxlan-cli");
+    run_generator(std::process::Command::new(&client).args([
+        "tcp",
+        "--connect",
+        &format!("{inner_peer}:7500"),
+        "--upload",
+        "3000000",
+    ]));
+    let outer = net.traffic("udp");
+    let outer_sent = outer.sent_bytes - outer_before.sent_bytes;
+    let (out, unattributed_out, tunnel_out) = eventually(&agent, 15, |samples| {
+        let grown = |interface: &str, metric: &str, base: u64| {
+            interface_counter(samples, metric, interface, "sent").unwrap_or(0) - base
+        };
+        let out = grown(&below, "bitsecure_interface_bytes_total", before[0].0);
+        let unattributed = grown(&below, "bitsecure_unattributed_bytes_total", before[0].1);
+        let tunnel = grown(
+            &tunnel_host,
+            "bitsecure_interface_bytes_total",
+            tunnel_before[0].0,
+        );
+        if within(unattributed, outer_sent, 0.06) && unattributed == out {
+            Ok((out, unattributed, tunnel))
+        } else {
+            Err(format!(
+                "{below}: unattributed sent {unattributed} of the {outer_sent} outer bytes"
+            ))
+        }
+    });
+    let process = traffic_by_process(&agent.scrape(), |_| true)
+        .get("bsg-vxlan-cli")
+        .copied()
+        .unwrap_or_default();
+    println!(
+        "tunnel: {tunnel_out} B inside ({} B the process's), {outer_sent} B outer on {below} \
+         (+{:.1} %)",
+        process.sent_bytes,
+        (outer_sent as f64 / tunnel_out as f64 - 1.0) * 100.0
+    );
+    assert_eq!(unattributed_out, out, "nothing on {below} was a socket's");
+    assert!(within(unattributed_out, outer_sent, 0.06));
+    assert_eq!(
+        process.sent_bytes, tunnel_out,
+        "inside: the process's bytes"
+    );
+}
+
+/// An interface of the root namespace, deleted on drop.
+struct DeleteLink(String);
+
+impl Drop for DeleteLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}

@@ -104,6 +104,9 @@ pub struct KernelConfig {
     /// bpffs directory where the maps and program links are pinned, so that counting goes on
     /// while the agent restarts; empty = no pinning (everything goes when the agent exits).
     pub pin_path: String,
+    /// Interfaces whose every packet is counted, as names or patterns with `*` (loopback and
+    /// ports of another device never are); empty = none.
+    pub interfaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -130,6 +133,7 @@ impl Default for KernelConfig {
             peer_capacity: bitsecure_common::DEFAULT_PEER_CAPACITY,
             socket_capacity: bitsecure_common::DEFAULT_SOCKET_CAPACITY,
             pin_path: DEFAULT_PIN_PATH.to_owned(),
+            interfaces: vec!["*".to_owned()],
         }
     }
 }
@@ -205,6 +209,19 @@ impl Config {
             return Err(format!(
                 "kernel.pin_path = {pin_path:?}: must be an absolute path in a bpffs (e.g. \"{DEFAULT_PIN_PATH}\") or empty"
             ));
+        }
+        for pattern in &self.kernel.interfaces {
+            // IFNAMSIZ: names are at most 15 bytes; a pattern may add `*`s.
+            let name_bytes = pattern.bytes().filter(|byte| *byte != b'*').count();
+            if pattern.is_empty()
+                || name_bytes > 15
+                || pattern.contains(['/', ' ', '\t', '\n', ':'])
+            {
+                return Err(format!(
+                    "kernel.interfaces: {pattern:?} is not an interface name or pattern (up to \
+                     15 characters, `*` matches any run of them, e.g. \"eth*\")"
+                ));
+            }
         }
         let learn = self.baseline.learn_seconds;
         if !(0.0..=30.0 * 24.0 * 3600.0).contains(&learn) {

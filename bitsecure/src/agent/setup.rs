@@ -164,9 +164,18 @@ pub fn attach(
         sockets: config.kernel.socket_capacity,
         event_bytes: config.names.ring_buffer_bytes,
     };
+    if !config.agent.cgroup.is_empty() && !config.kernel.interfaces.is_empty() {
+        info!(
+            "only cgroup {} is watched: on the watched interfaces, all other traffic counts as \
+             unattributed (bitsecure_unattributed_bytes_total); set kernel.interfaces = [] to \
+             turn interface totals off",
+            cgroup.display()
+        );
+    }
     let (programs, maps, kernel_logger) = kernel::load_and_attach(
         cgroup,
         &capacities,
+        &config.kernel.interfaces,
         persistence.map(|persistence| &persistence.pins),
     )?;
     metrics.poller.set_map_capacities(&[

@@ -72,6 +72,8 @@ pub struct InterfaceCheck {
 /// The watched interfaces, their links and their `INTERFACES` entries.
 pub struct InterfaceWatch {
     map: PerCpuHashMap<MapData, u32, InterfaceCounters>,
+    /// `kernel.interfaces`: names or `*` patterns.
+    patterns: Vec<String>,
     watched: HashMap<u32, Watched>,
     sys_class_net: PathBuf,
     cpus: usize,
@@ -80,11 +82,12 @@ pub struct InterfaceWatch {
 }
 
 impl InterfaceWatch {
-    pub fn new(map: MapData) -> anyhow::Result<Self> {
+    pub fn new(map: MapData, patterns: Vec<String>) -> anyhow::Result<Self> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
         Ok(Self {
             map: PerCpuHashMap::try_from(Map::PerCpuHashMap(map))?,
+            patterns,
             watched: HashMap::new(),
             sys_class_net: PathBuf::from("/sys/class/net"),
             cpus,
@@ -106,9 +109,15 @@ impl InterfaceWatch {
             }
         };
         let mut check = InterfaceCheck::default();
+        let patterns = std::mem::take(&mut self.patterns);
         let wanted: Vec<(&Listed, u32)> = listed
             .iter()
-            .filter(|interface| !interface.enslaved)
+            .filter(|interface| {
+                !interface.enslaved
+                    && patterns
+                        .iter()
+                        .any(|pattern| matches_pattern(pattern, &interface.name))
+            })
             .filter_map(|interface| match interface.link_header_len {
                 Some(len) => Some((interface, len)),
                 None => {
@@ -117,6 +126,7 @@ impl InterfaceWatch {
                 }
             })
             .collect();
+        self.patterns = patterns;
         // Gone (or renamed, or a new device reusing the index): drop the entry and the links.
         let stale: Vec<u32> = self
             .watched
@@ -273,6 +283,27 @@ impl Drop for InterfaceWatch {
     }
 }
 
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn matches_pattern(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole name.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
 fn tcx_supported() -> bool {
     kernel_at_least(6, 6)
 }
@@ -393,6 +424,29 @@ mod tests {
         std::fs::write(dir.join("type"), format!("{link_type}\n")).unwrap();
         if master {
             std::fs::write(dir.join("master"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn patterns_match_names_with_any_run_for_a_star() {
+        for (pattern, name, expected) in [
+            ("*", "eth0", true),
+            ("eth0", "eth0", true),
+            ("eth0", "eth01", false),
+            ("eth*", "eth0", true),
+            ("eth*", "veth0", false),
+            ("*0", "veth0", true),
+            ("*0", "veth1", false),
+            ("v*h*1", "veth1", true),
+            ("v*h*1", "vh1", true),
+            ("a*a", "a", false),
+            ("bitsecure-*", "bitsecure-pool", true),
+        ] {
+            assert_eq!(
+                matches_pattern(pattern, name),
+                expected,
+                "{pattern} vs {name}"
+            );
         }
     }
 

@@ -251,7 +251,8 @@ pub fn check_kernel_version() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads the programs, sizes the maps, and attaches everything to `cgroup`.
+/// Loads the programs, sizes the maps, and attaches the socket programs to `cgroup`; the
+/// interface programs go to the `interfaces` (names or `*` patterns) at the first check.
 ///
 /// With `pins`, the maps and links are pinned there: programs already attached by a previous
 /// agent from the very same object stay attached (no gap, no double count), others are
@@ -259,6 +260,7 @@ pub fn check_kernel_version() -> anyhow::Result<()> {
 pub fn load_and_attach(
     cgroup: &Path,
     capacities: &MapCapacities,
+    interfaces: &[String],
     pins: Option<&PinDir>,
 ) -> anyhow::Result<(AttachedPrograms, KernelMaps, KernelLogger)> {
     check_kernel_version()?;
@@ -317,7 +319,7 @@ pub fn load_and_attach(
     }
     let interface_map = take_map(&mut ebpf, map_names::INTERFACES)?;
     let interface_map_id = interface_map.info()?.id();
-    let interfaces = InterfaceWatch::new(interface_map)?;
+    let interfaces = InterfaceWatch::new(interface_map, interfaces.to_vec())?;
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,

@@ -18,7 +18,7 @@ use bitsecure::cli::client as http_client;
 use clap::Args;
 use serde_json::json;
 
-use crate::lab::{Lab, site_address};
+use crate::lab::{Lab, PREFIX, site_address};
 use crate::prometheus::{self, Setup};
 
 /// The rig's own programs, as the agent will name them.
@@ -279,7 +279,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         &config,
         format!(
             "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
-             [kernel]\npin_path = \"\"\n\n[baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
+             [kernel]\npin_path = \"\"\ninterfaces = [\"{PREFIX}-*\"]\n\n\
+             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
             pace.poll.as_secs_f64(),
             lab.cgroup.display(),
             lab.dir.join("baseline.toml").display(),
