@@ -18,8 +18,9 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     /// Ring buffer of [`PayloadEvent`](crate::PayloadEvent)s.
     pub const EVENTS: &str = "EVENTS";
-    /// Per-CPU hash: ifindex (`u32`) → [`InterfaceCounters`](crate::InterfaceCounters), one
-    /// entry per watched interface of the agent's network namespace, inserted by the agent.
+    /// Per-CPU array of [`InterfaceCounters`](crate::InterfaceCounters), one slot per watched
+    /// interface of the agent's network namespace at
+    /// [`interface_slot`](crate::interface_slot)`(ifindex)`, filled in by the agent.
     pub const INTERFACES: &str = "INTERFACES";
 }
 
@@ -88,8 +89,17 @@ pub const DEFAULT_PEER_CAPACITY: u32 = 65_536;
 /// closed a grace period ago, TCP connections once they reached CLOSE, peers idle for two
 /// polls), so at worst one packet racing its own fold lands on another entry.
 pub const FLOW_MAP_FLAGS: u32 = 0;
-/// Capacity of the `INTERFACES` map: interfaces watched at once.
-pub const INTERFACE_CAPACITY: u32 = 256;
+/// Slots of the `INTERFACES` array. An array, not a hash: its lookup is a bounds check and an
+/// offset, on every packet of a watched interface.
+pub const INTERFACE_SLOTS: u32 = 1024;
+
+/// The `INTERFACES` slot of an interface. Two watched interfaces whose indexes share a slot
+/// cannot both be watched (the agent says so); the slot records its ifindex, so a packet of
+/// an interface that is not watched never counts for one that is.
+#[inline(always)]
+pub const fn interface_slot(ifindex: u32) -> u32 {
+    ifindex & (INTERFACE_SLOTS - 1)
+}
 /// Default capacity of the `SOCKETS` map (entries; the agent may override it at load time).
 pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
 
@@ -176,7 +186,8 @@ pub struct InterfaceCounters {
     /// Bytes before the IP header in the tc programs' view (14 on Ethernet, 0 on IP-only
     /// devices such as WireGuard or tun), written by the agent.
     pub link_header_len: u32,
-    pub _pad: [u8; 4],
+    /// The interface the slot counts for, written by the agent; 0: none (ifindexes start at 1).
+    pub ifindex: u32,
 }
 
 /// The first bytes of a packet's payload, handed to the agent through the `EVENTS` ring buffer.
@@ -260,6 +271,7 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketOwner>() == 56);
 const _: () = assert!(core::mem::size_of::<InterfaceCounters>() == 72);
+const _: () = assert!(INTERFACE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + EVENT_PAYLOAD_MAX);
 // The kernel's ring buffer reserves 8-byte aligned records.
 const _: () = assert!(core::mem::align_of::<PayloadEvent>() <= 8);

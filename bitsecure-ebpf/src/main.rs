@@ -55,9 +55,9 @@ use aya_log_ebpf::warn;
 use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
     DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
-    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, INTERFACE_CAPACITY,
-    InterfaceCounters, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent,
-    SocketOwner, Stat, protocol,
+    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, INTERFACE_SLOTS, InterfaceCounters,
+    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
+    interface_slot, protocol,
 };
 
 /// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
@@ -87,8 +87,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
 
 /// What crossed each watched interface, and what of it the socket programs attributed.
 #[map]
-static INTERFACES: PerCpuHashMap<u32, InterfaceCounters> =
-    PerCpuHashMap::with_max_entries(INTERFACE_CAPACITY, 0);
+static INTERFACES: PerCpuArray<InterfaceCounters> =
+    PerCpuArray::with_max_entries(INTERFACE_SLOTS, 0);
 
 /// The agent's network namespace (see `bitsecure_common::global_names`); 0: do not check.
 #[unsafe(no_mangle)]
@@ -400,6 +400,9 @@ fn wire_segments(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> u32
 /// watches it (an interface of its own network namespace; loopback is never watched).
 #[inline(never)]
 fn attribute_to_interface(skb: *mut __sk_buff, ifindex: u32, direction: u8, wire: &Wire) {
+    let Some(interface) = watched_interface(ifindex) else {
+        return;
+    };
     // SAFETY: a read of a constant the loader may have set.
     let watched_netns = unsafe { read_volatile(&WATCHED_NETNS_COOKIE) };
     // With no cookie set this is dead code the verifier removes, so kernels without the
@@ -408,18 +411,24 @@ fn attribute_to_interface(skb: *mut __sk_buff, ifindex: u32, direction: u8, wire
     if watched_netns != 0 && unsafe { bpf_get_netns_cookie(skb.cast()) } != watched_netns {
         return;
     }
-    if let Some(interface) = INTERFACES.get_ptr_mut(ifindex) {
-        // SAFETY: this CPU's slot of an entry from a successful lookup in this program run.
-        unsafe {
-            if direction == DIRECTION_EGRESS {
-                (*interface).attributed_tx_bytes += wire.bytes;
-                (*interface).attributed_tx_packets += wire.packets;
-            } else {
-                (*interface).attributed_rx_bytes += wire.bytes;
-                (*interface).attributed_rx_packets += wire.packets;
-            }
+    // SAFETY: this CPU's copy of the slot, from a successful lookup in this program run.
+    unsafe {
+        if direction == DIRECTION_EGRESS {
+            (*interface).attributed_tx_bytes += wire.bytes;
+            (*interface).attributed_tx_packets += wire.packets;
+        } else {
+            (*interface).attributed_rx_bytes += wire.bytes;
+            (*interface).attributed_rx_packets += wire.packets;
         }
     }
+}
+
+/// This CPU's counters of the interface with `ifindex`, if the agent watches it.
+#[inline(always)]
+fn watched_interface(ifindex: u32) -> Option<*mut InterfaceCounters> {
+    let interface = INTERFACES.get_ptr_mut(interface_slot(ifindex))?;
+    // SAFETY: this CPU's copy of the slot, from a successful lookup in this program run.
+    (unsafe { (*interface).ifindex } == ifindex).then_some(interface)
 }
 
 /// Counts an IPv4 or IPv6 packet crossing a watched interface, in the bytes and packets the
@@ -442,10 +451,10 @@ fn count_on_interface(ctx: &TcContext, direction: u8) {
     if vlan_present != 0 || (l3_protocol != ETH_P_IP && l3_protocol != ETH_P_IPV6) {
         return;
     }
-    let Some(interface) = INTERFACES.get_ptr_mut(ifindex) else {
+    let Some(interface) = watched_interface(ifindex) else {
         return;
     };
-    // SAFETY: this CPU's slot of an entry from a successful lookup in this program run.
+    // SAFETY: this CPU's copy of the slot, from a successful lookup in this program run.
     let link_header_len = unsafe { (*interface).link_header_len };
     if link_header_len > MAX_LINK_HEADER || len <= link_header_len {
         return;

@@ -17,11 +17,11 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuHashMap, PerCpuValues},
+    maps::{Map, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TcAttachType, links::Link as _, tc},
     util::KernelVersion,
 };
-use bitsecure_common::{INTERFACE_CAPACITY, InterfaceCounters};
+use bitsecure_common::{InterfaceCounters, interface_slot};
 use log::{debug, info, warn};
 
 /// The tc program names in the object.
@@ -71,7 +71,7 @@ pub struct InterfaceCheck {
 
 /// The watched interfaces, their links and their `INTERFACES` entries.
 pub struct InterfaceWatch {
-    map: PerCpuHashMap<MapData, u32, InterfaceCounters>,
+    map: PerCpuArray<MapData, InterfaceCounters>,
     /// `kernel.interfaces`: names or `*` patterns.
     patterns: Vec<String>,
     watched: HashMap<u32, Watched>,
@@ -86,7 +86,7 @@ impl InterfaceWatch {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
         Ok(Self {
-            map: PerCpuHashMap::try_from(Map::PerCpuHashMap(map))?,
+            map: PerCpuArray::try_from(Map::PerCpuArray(map))?,
             patterns,
             watched: HashMap::new(),
             sys_class_net: PathBuf::from("/sys/class/net"),
@@ -142,7 +142,7 @@ impl InterfaceWatch {
             if let Some(watched) = self.watched.remove(&ifindex) {
                 debug!("interface {} is gone: no longer watched", watched.name);
             }
-            let _ = self.map.remove(&ifindex);
+            self.clear_slot(ifindex);
         }
         for (interface, link_header_len) in wanted {
             match self.watched.get(&interface.ifindex) {
@@ -190,18 +190,33 @@ impl InterfaceWatch {
         interface: &Listed,
         link_header_len: u32,
     ) -> anyhow::Result<()> {
-        if self.watched.len() >= INTERFACE_CAPACITY as usize {
-            anyhow::bail!("{INTERFACE_CAPACITY} interfaces are watched already");
+        let slot = interface_slot(interface.ifindex);
+        if let Some(other) = self
+            .watched
+            .iter()
+            .find(|(ifindex, _)| interface_slot(**ifindex) == slot)
+            .map(|(_, watched)| &watched.name)
+        {
+            anyhow::bail!(
+                "its index {} shares a counter slot with {other}, which is watched already",
+                interface.ifindex
+            );
         }
-        // The entry first: counting starts on both sides once the programs run.
-        let entry = InterfaceCounters {
-            link_header_len,
-            ..InterfaceCounters::default()
-        };
-        let values = PerCpuValues::try_from(vec![entry; self.cpus])?;
-        // An entry left by a previous agent (pinned map) keeps its counters.
-        if self.map.get(&interface.ifindex, 0).is_err() {
-            self.map.insert(interface.ifindex, values, 0)?;
+        // The slot first: counting starts on both sides once the programs run. A slot left
+        // for this interface by a previous agent (pinned map) keeps its counters.
+        let kept = self.map.get(&slot, 0).is_ok_and(|values| {
+            values
+                .first()
+                .is_some_and(|cpu| cpu.ifindex == interface.ifindex)
+        });
+        if !kept {
+            let entry = InterfaceCounters {
+                link_header_len,
+                ifindex: interface.ifindex,
+                ..InterfaceCounters::default()
+            };
+            self.map
+                .set(slot, PerCpuValues::try_from(vec![entry; self.cpus])?, 0)?;
         }
         let (egress, ingress) = attach_both(ebpf, &interface.name)?;
         self.insert_watched(interface, egress, ingress);
@@ -222,6 +237,14 @@ impl InterfaceWatch {
                 ingress,
             },
         );
+    }
+
+    /// Empties the slot of `ifindex`: nothing counts there any more.
+    fn clear_slot(&mut self, ifindex: u32) {
+        let empty = vec![InterfaceCounters::default(); self.cpus];
+        if let Ok(values) = PerCpuValues::try_from(empty) {
+            let _ = self.map.set(interface_slot(ifindex), values, 0);
+        }
     }
 
     /// Whether both programs are still attached to the interface. Only TCX links can be
@@ -272,8 +295,9 @@ impl InterfaceWatch {
 
 impl Drop for InterfaceWatch {
     fn drop(&mut self) {
-        for (ifindex, watched) in self.watched.drain() {
-            let _ = self.map.remove(&ifindex);
+        let watched: Vec<(u32, Watched)> = self.watched.drain().collect();
+        for (ifindex, watched) in watched {
+            self.clear_slot(ifindex);
             let Watched {
                 egress, ingress, ..
             } = watched;

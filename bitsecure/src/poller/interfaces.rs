@@ -77,10 +77,15 @@ impl InterfaceTotals {
         map: &aya::maps::MapData,
         cpus: usize,
     ) -> anyhow::Result<Vec<InterfaceDelta>> {
-        let entries = batch::lookup_all::<u32, InterfaceCounters>(map.fd().as_fd(), cpus)?;
-        let mut deltas = Vec::with_capacity(entries.len());
-        let mut present = Vec::with_capacity(entries.len());
-        for (ifindex, per_cpu) in entries {
+        let slots = batch::lookup_all::<u32, InterfaceCounters>(map.fd().as_fd(), cpus)?;
+        let mut deltas = Vec::new();
+        let mut present = Vec::new();
+        for (_, per_cpu) in slots {
+            // The agent writes the same ifindex into every CPU's copy; 0: an empty slot.
+            let ifindex = per_cpu.first().map_or(0, |cpu| cpu.ifindex);
+            if ifindex == 0 {
+                continue;
+            }
             present.push(ifindex);
             let now = sum(&per_cpu);
             let tracked = self.tracked.entry(ifindex).or_insert_with(|| Tracked {
