@@ -9,7 +9,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr};
 use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
-    exposition::{Sample, sum_metric, traffic_by_process, within},
+    exposition::{Sample, process_traffic, sum_metric, traffic_by_process, within},
     process::{run_generator, scratch_dir, sh, spawn_until},
     testnet::TestNet,
 };
@@ -568,4 +568,150 @@ impl Drop for DeleteLink {
             .args(["link", "del", &self.0])
             .status();
     }
+}
+
+/// A network namespace of the test's own, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Self {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .status();
+        sh("ip", &["netns", "add", name]);
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// What a VM guest (virtio-net), a tun/tap VPN or a NIC doing LRO hands up: a server's
+/// wire-sized TCP segments merged into one packet with only `gso_size` set (`gso_segs` 0),
+/// here by a helper playing the VM host between two tap devices. The download is counted as the
+/// segments the wire carried: bytes and packets equal nftables' count of the server's packets
+/// (±0.5 %).
+#[test]
+fn merged_packets_of_a_vm_host_count_as_their_wire_segments() {
+    const PORT: u16 = 7600;
+    let pid = std::process::id() % 100_000;
+    let netns = Netns::new(&format!("bslro{pid}"));
+    let near = format!("bslroh{}", pid % 10_000);
+    let far = "bslrop";
+    let subnet = (pid % 250) as u8;
+    let (host, server) = (
+        Ipv4Addr::new(10, 197, subnet, 1),
+        Ipv4Addr::new(10, 197, subnet, 2),
+    );
+    let stats = scratch_dir().join(format!("{}.stats", netns.0));
+    let _ = std::fs::remove_file(&stats);
+    let helper = install_generator("bsg-tap-host");
+    let _helper = spawn_until(
+        std::process::Command::new(&helper).args([
+            "tap-merge",
+            "--tap",
+            &near,
+            "--far-netns",
+            &netns.0,
+            "--far-tap",
+            far,
+            "--stats",
+            stats.to_str().unwrap(),
+        ]),
+        "ready",
+    );
+    let in_netns = |args: &[&str]| {
+        let mut all = vec!["netns", "exec", netns.0.as_str()];
+        all.extend_from_slice(args);
+        sh("ip", &all);
+    };
+    sh(
+        "sysctl",
+        &["-qw", &format!("net.ipv6.conf.{near}.disable_ipv6=1")],
+    );
+    sh("ip", &["addr", "add", &format!("{host}/24"), "dev", &near]);
+    sh("ip", &["link", "set", &near, "up"]);
+    in_netns(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{far}.disable_ipv6=1"),
+    ]);
+    in_netns(&["ip", "addr", "add", &format!("{server}/24"), "dev", far]);
+    // Wire-sized packets from the server, so nftables' output hook counts what the wire
+    // carries (the helper merges them).
+    in_netns(&["ip", "link", "set", far, "gso_max_segs", "1", "up"]);
+    in_netns(&["ip", "link", "set", "lo", "up"]);
+    let rules = scratch_dir().join(format!("{}.nft", netns.0));
+    std::fs::write(
+        &rules,
+        format!(
+            "table inet lro {{\n  counter sent {{}}\n  chain output {{\n    type filter hook output \
+             priority 0; policy accept;\n    ip daddr {host} tcp sport {PORT} counter name sent\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    in_netns(&["nft", "-f", rules.to_str().unwrap()]);
+    let server_program = install_generator("bsg-lro-server");
+    let _server = spawn_until(
+        std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &netns.0,
+            server_program.to_str().unwrap(),
+            "serve",
+            "--tcp",
+            &format!("{server}:{PORT}"),
+        ]),
+        "ready",
+    );
+    let agent = Agent::start();
+    let client = install_generator("bsg-lro-client");
+    run_generator(std::process::Command::new(&client).args([
+        "tcp",
+        "--connect",
+        &format!("{server}:{PORT}"),
+        "--download",
+        "4000000",
+    ]));
+    let listed = sh(
+        "ip",
+        &[
+            "netns", "exec", &netns.0, "nft", "list", "counter", "inet", "lro", "sent",
+        ],
+    );
+    let number = |key: &str| -> u64 {
+        let mut words = listed.split_whitespace();
+        words.find(|word| *word == key);
+        words.next().and_then(|n| n.parse().ok()).unwrap()
+    };
+    let (packets, bytes) = (number("packets"), number("bytes"));
+    // The helper did merge: more segments than frames.
+    let merged: Vec<u64> = std::fs::read_to_string(&stats)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        matches!(merged[..], [frames, merged_frames, segments] if merged_frames > 10 && segments > 2 * frames),
+        "the helper merged too little: frames, merged frames, segments = {merged:?}"
+    );
+    eventually(&agent, 15, |samples| {
+        let received = process_traffic(samples, "bsg-lro-client", "tcp");
+        if within(received.received_bytes, bytes, 0.005)
+            && within(received.received_packets, packets, 0.005)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "bsg-lro-client received {} B in {} packets; the server sent {bytes} B in \
+                 {packets} packets (nftables)",
+                received.received_bytes, received.received_packets
+            ))
+        }
+    });
 }

@@ -43,6 +43,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod dns;
 mod flood;
 mod packet;
+mod tap;
 
 /// TTL / hop limit of raw IP echo requests sent by `raw`.
 const REQUEST_HOPS: u8 = 200;
@@ -120,6 +121,8 @@ enum Command {
     /// F hand-built Ethernet/IPv4/UDP frames through an AF_PACKET socket on IF (below every
     /// socket hook), then holds the socket open until killed (prints `ready`).
     PacketSend(packet::PacketSendArgs),
+    /// Two tap devices joined like a VM host, merging TCP segments into GSO frames (LRO).
+    TapMerge(tap::TapMergeArgs),
 }
 
 #[derive(Args)]
@@ -376,6 +379,7 @@ fn main() {
             | Command::Hold(_)
             | Command::Periodic(_)
             | Command::PacketSend(_)
+            | Command::TapMerge(_)
     ) {
         start_watchdog(timeout);
     }
@@ -396,6 +400,7 @@ fn main() {
         Command::SynFlood(args) => flood::syn_flood(args),
         Command::UdpClients(args) => flood::udp_clients(args),
         Command::PacketSend(args) => packet::packet_send(args),
+        Command::TapMerge(args) => tap::tap_merge(args),
     })
 }
 
