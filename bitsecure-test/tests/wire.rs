@@ -715,3 +715,126 @@ fn merged_packets_of_a_vm_host_count_as_their_wire_segments() {
         }
     });
 }
+
+/// `bitsecure_unexpected_packet_sockets` of `process` with `kind`.
+fn unexpected_held(samples: &[Sample], process: &str, kind: &str) -> f64 {
+    sum_metric(
+        samples,
+        "bitsecure_unexpected_packet_sockets",
+        &[("process", process), ("kind", kind)],
+    )
+}
+
+/// Starts `packet-send` of one frame from `program` on the test veth; it then holds its packet
+/// socket until dropped.
+fn hold_packet_socket(
+    net: &TestNet,
+    program: &std::path::Path,
+) -> bitsecure_test::process::Spawned {
+    spawn_until(
+        std::process::Command::new(program).args([
+            "packet-send",
+            "--interface",
+            net.host_interface(),
+            "--from",
+            &net.host_v4.to_string(),
+            "--to",
+            &net.peer_v4.to_string(),
+            "--frames",
+            "1",
+        ]),
+        "ready",
+    )
+}
+
+/// The baseline names who may hold a packet socket: a process it does not name holding one is
+/// unexpected, and so is the expected process holding another kind (a raw socket) — the way
+/// around a check by name alone. Learning records the holders it sees.
+#[test]
+fn a_packet_socket_the_baseline_does_not_expect_is_unexpected() {
+    let mut net = TestNet::new();
+    let baseline = scratch_dir().join(format!("packet-baseline-{}.toml", std::process::id()));
+    std::fs::write(
+        &baseline,
+        "format_version = 1\n\n[[packet_socket]]\nprocess = \"bsg-pkt-known\"\nkind = \
+         \"packet\"\nprotocol = \"ipv4\"\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(&format!(
+        "[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+        baseline.display()
+    ));
+    let known = install_generator("bsg-pkt-known");
+    let rogue = install_generator("bsg-pkt-rogue");
+    let _known = hold_packet_socket(&net, &known);
+    let _rogue = hold_packet_socket(&net, &rogue);
+    eventually(&agent, 15, |samples| {
+        let listed = (
+            held(samples, "bsg-pkt-known", "packet", "ipv4"),
+            held(samples, "bsg-pkt-rogue", "packet", "ipv4"),
+        );
+        let unexpected = (
+            unexpected_held(samples, "bsg-pkt-known", "packet"),
+            unexpected_held(samples, "bsg-pkt-rogue", "packet"),
+        );
+        if listed == (1.0, 1.0) && unexpected == (0.0, 1.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "listed (known, rogue) {listed:?}, unexpected {unexpected:?} (want (0, 1))"
+            ))
+        }
+    });
+    // The expected process, holding a raw socket instead: not what the baseline says.
+    net.spawn_server(
+        &known,
+        &[
+            "serve",
+            "--raw-protocol",
+            "253",
+            "--raw-bind",
+            &net.peer_v4.to_string(),
+        ],
+    );
+    eventually(&agent, 15, |samples| {
+        match unexpected_held(samples, "bsg-pkt-known", "raw") {
+            1.0 => Ok(()),
+            n => Err(format!("bsg-pkt-known's raw socket: unexpected {n}")),
+        }
+    });
+}
+
+/// A packet socket held while the agent learns is written to the baseline and expected after.
+#[test]
+fn a_packet_socket_held_while_learning_is_expected_afterwards() {
+    let net = TestNet::new();
+    let baseline = scratch_dir().join(format!("packet-learn-{}.toml", std::process::id()));
+    let _ = std::fs::remove_file(&baseline);
+    let learner = install_generator("bsg-pkt-learnt");
+    let _learner = hold_packet_socket(&net, &learner);
+    let agent = Agent::start_with(&format!(
+        "[baseline]\npath = \"{}\"\nlearn_seconds = 3\n",
+        baseline.display()
+    ));
+    eventually(&agent, 20, |samples| {
+        let monitoring =
+            sum_metric(samples, "bitsecure_baseline_learning", &[]) == 0.0 && baseline.exists();
+        let listed = held(samples, "bsg-pkt-learnt", "packet", "ipv4");
+        if monitoring && listed == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("monitoring: {monitoring}, listed {listed}"))
+        }
+    });
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    assert!(
+        text.contains("[[packet_socket]]\nprocess = \"bsg-pkt-learnt\"\n"),
+        "{text}"
+    );
+    // Expected: never flagged, poll after poll.
+    for _ in 0..4 {
+        let samples = agent.scrape();
+        assert_eq!(unexpected_held(&samples, "bsg-pkt-learnt", "packet"), 0.0);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}

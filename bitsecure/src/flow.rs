@@ -1,5 +1,6 @@
-//! The vocabulary every stage shares: traffic counts, one poll's attributed flow deltas, and the
-//! label values of an exported series (built in one place, [`SeriesKey::of`]).
+//! The vocabulary every stage shares: traffic counts, one poll's attributed flow deltas, the
+//! packet and raw sockets held, and the label values of an exported series (built in one
+//! place, [`SeriesKey::of`]).
 //!
 //! Pure data: no I/O, no metric handles. The poller produces [`FlowDelta`]s; the baseline and the
 //! exporter consume them.
@@ -9,6 +10,44 @@ use std::net::IpAddr;
 use bitsecure_common::protocol;
 
 use crate::naming::{App, Source};
+
+/// One kind of socket below the transport layer, as the `kind` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PacketSocketKind {
+    /// AF_PACKET: whole link-layer frames.
+    Packet,
+    /// AF_INET/AF_INET6 SOCK_RAW: hand-built IP packets of one protocol.
+    Raw,
+}
+
+impl PacketSocketKind {
+    pub const ALL: [Self; 2] = [Self::Packet, Self::Raw];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Packet => "packet",
+            Self::Raw => "raw",
+        }
+    }
+}
+
+/// What is exported per holder: its process, the kind of socket and the protocol (an
+/// EtherType for a packet socket, an IP protocol for a raw one).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PacketSocketClass {
+    pub process: String,
+    pub exe: String,
+    pub kind: PacketSocketKind,
+    pub protocol: String,
+}
+
+/// What one poll hands to the baseline: the attributed flow deltas and the packet and raw
+/// sockets held (count per holder and protocol).
+#[derive(Debug, Default, Clone)]
+pub struct Polled {
+    pub deltas: Vec<FlowDelta>,
+    pub packet_sockets: std::collections::BTreeMap<PacketSocketClass, usize>,
+}
 
 /// Label value for remotes folded away by the cardinality limits.
 pub const OTHER_REMOTE: &str = "other";

@@ -10,7 +10,7 @@ use std::{
 use log::{debug, warn};
 
 use super::setup::StateSaver;
-use crate::{export::metrics::Metrics, flow::FlowDelta, poller::Poller};
+use crate::{export::metrics::Metrics, flow::Polled, poller::Poller};
 
 /// Longest a control (reload, stop) waits for the poll loop.
 pub const CONTROL_LATENCY: Duration = Duration::from_millis(100);
@@ -22,7 +22,7 @@ pub enum Control {
 
 /// Where each poll's flow deltas go besides the exporter.
 pub trait Consumer {
-    fn on_poll(&mut self, deltas: &[FlowDelta], metrics: &Metrics);
+    fn on_poll(&mut self, polled: &Polled, metrics: &Metrics);
     /// A poll that failed (it is logged and counted already).
     fn on_failed_poll(&mut self) {}
     /// SIGHUP.
@@ -78,15 +78,15 @@ pub fn poll_loop(
         // A slow poll must not make the next ones pile up.
         next_poll = (next_poll + interval).max(Instant::now());
         match poll_once(poller, metrics) {
-            Some(deltas) => consumer.on_poll(&deltas, metrics),
+            Some(polled) => consumer.on_poll(&polled, metrics),
             None => consumer.on_failed_poll(),
         }
         save(saver, poller, metrics);
     }
 }
 
-/// One poll, handed to the exporter; its deltas for the consumer.
-fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<Vec<FlowDelta>> {
+/// One poll, handed to the exporter; its deltas and packet sockets for the consumer.
+fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<Polled> {
     match poller.poll() {
         Ok(report) => {
             debug!(
@@ -96,7 +96,10 @@ fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<Vec<FlowDelta>> {
             metrics.record_poll(&report);
             let remotes = metrics.traffic.remotes_with_own_series();
             metrics.traffic.set_remote_names(&poller.names_of(&remotes));
-            Some(report.deltas)
+            Some(Polled {
+                deltas: report.deltas,
+                packet_sockets: report.packet_sockets,
+            })
         }
         Err(error) => {
             metrics.poller.poll_errors.inc();

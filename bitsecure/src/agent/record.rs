@@ -14,7 +14,7 @@ use crate::{
     baseline::{file, recorder::Recorder, service},
     config::Config,
     export::metrics::Metrics,
-    flow::FlowDelta,
+    flow::Polled,
     human,
     kernel::cgroup,
 };
@@ -45,9 +45,11 @@ impl Recording {
 }
 
 impl Consumer for Recording {
-    fn on_poll(&mut self, deltas: &[FlowDelta], _metrics: &Metrics) {
+    fn on_poll(&mut self, polled: &Polled, _metrics: &Metrics) {
         if self.polls > 0 {
-            self.recorder.record_step(deltas);
+            self.recorder.record_step(&polled.deltas);
+            self.recorder
+                .record_packet_sockets(polled.packet_sockets.keys());
         }
         self.step_done();
     }

@@ -24,7 +24,7 @@ use crate::{
     baseline::service::{BaselineService, Settings},
     config::Config,
     export::{metrics::Metrics, server},
-    flow::FlowDelta,
+    flow::Polled,
     kernel::{AttachedPrograms, KernelLogger, caps, cgroup, pins},
     state::{self, StateFile},
 };
@@ -34,8 +34,8 @@ use crate::{
 struct Monitoring(BaselineService);
 
 impl Consumer for Monitoring {
-    fn on_poll(&mut self, deltas: &[FlowDelta], metrics: &Metrics) {
-        metrics.publish_baseline(self.0.on_step(deltas, unix_now()));
+    fn on_poll(&mut self, polled: &Polled, metrics: &Metrics) {
+        metrics.publish_baseline(self.0.on_step(polled, unix_now()));
     }
 
     fn on_reload(&mut self, metrics: &Metrics) {

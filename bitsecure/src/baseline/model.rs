@@ -32,6 +32,54 @@ pub struct Baseline {
     /// The expected traffic classes, in file order (`[[rule]]` tables).
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// The processes expected to hold a packet or raw socket (`[[packet_socket]]` tables):
+    /// what those send passes below (packet) or beside (raw) the traffic rules.
+    #[serde(
+        default,
+        rename = "packet_socket",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub packet_sockets: Vec<PacketSocketRule>,
+}
+
+/// A process expected to hold a packet socket (AF_PACKET, e.g. a DHCP client) or a raw IP
+/// socket (e.g. ping) of one protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PacketSocketRule {
+    /// Process name, compared exactly with the live process name.
+    pub process: String,
+    /// Executable path where known: shown to the reader, not used for matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// `packet` or `raw`.
+    pub kind: String,
+    /// The socket's protocol as `bitsecure_packet_sockets` labels it: an EtherType name
+    /// (`all`, `ipv4`, `arp`, ...) or number for a packet socket, an IP protocol for a raw one;
+    /// `*` matches any.
+    pub protocol: String,
+    /// Free text for the reader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl PacketSocketRule {
+    /// Whether a live holder is this rule's: same process, kind and protocol.
+    pub fn matches(&self, held: &crate::flow::PacketSocketClass) -> bool {
+        self.process == held.process
+            && self.kind == held.kind.as_str()
+            && (self.protocol == "*" || self.protocol == held.protocol)
+    }
+
+    /// E.g. `dhclient holds a packet socket (ipv4)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} holds a {} socket ({})",
+            printable(&self.process),
+            printable(&self.kind),
+            printable(&self.protocol)
+        )
+    }
 }
 
 /// When and where a baseline was recorded.
@@ -167,6 +215,7 @@ impl Baseline {
             format_version: FORMAT_VERSION,
             recording,
             rules,
+            packet_sockets: Vec::new(),
         }
     }
 }

@@ -19,7 +19,9 @@ use super::{
     stats,
 };
 use crate::{
-    flow::{FlowDelta, SeriesKey, Traffic, port_label, protocol_label, remote_label},
+    flow::{
+        FlowDelta, PacketSocketClass, SeriesKey, Traffic, port_label, protocol_label, remote_label,
+    },
     naming::{App, Source},
 };
 
@@ -123,6 +125,7 @@ impl Monitor {
                 format_version: baseline.format_version,
                 recording: None,
                 rules: Vec::new(),
+                packet_sockets: Vec::new(),
             },
             remotes: Vec::new(),
             step_seconds,
@@ -334,6 +337,23 @@ impl Monitor {
     }
 
     /// The unexpected list, most recent first, then biggest.
+    /// The packet and raw sockets held now that no `[[packet_socket]]` of the baseline expects.
+    pub fn unexpected_packet_sockets<'a>(
+        &self,
+        held: impl IntoIterator<Item = &'a PacketSocketClass>,
+    ) -> Vec<PacketSocketClass> {
+        held.into_iter()
+            .filter(|class| {
+                !self
+                    .baseline
+                    .packet_sockets
+                    .iter()
+                    .any(|rule| rule.matches(class))
+            })
+            .cloned()
+            .collect()
+    }
+
     pub fn unexpected(&self) -> Vec<Unexpected> {
         let mut list: Vec<Unexpected> = self.unexpected.values().cloned().collect();
         list.sort_by(|a, b| {
@@ -426,6 +446,7 @@ mod tests {
                 host: "rig".into(),
             }),
             rules,
+            packet_sockets: Vec::new(),
         }
     }
 

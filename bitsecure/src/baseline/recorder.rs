@@ -11,16 +11,16 @@
 
 use std::{
     cmp::Reverse,
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
 use super::{
-    model::{Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule},
+    model::{Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule},
     stats,
 };
 use crate::{
-    flow::{FlowDelta, protocol_label, remote_label},
+    flow::{FlowDelta, PacketSocketClass, PacketSocketKind, protocol_label, remote_label},
     naming::App,
 };
 
@@ -138,6 +138,8 @@ pub struct Recorder {
     max_classes: usize,
     /// Observations of classes beyond `max_classes`, left out of the baseline.
     pub dropped_observations: u64,
+    /// Packet and raw sockets held during the recording, with the holder's executable.
+    packet_sockets: BTreeMap<(String, PacketSocketKind, String), Option<String>>,
 }
 
 impl Recorder {
@@ -149,6 +151,27 @@ impl Recorder {
             classes: HashMap::new(),
             max_classes,
             dropped_observations: 0,
+            packet_sockets: BTreeMap::new(),
+        }
+    }
+
+    /// Notes the packet and raw sockets held at one poll.
+    pub fn record_packet_sockets<'a>(
+        &mut self,
+        held: impl IntoIterator<Item = &'a PacketSocketClass>,
+    ) {
+        for class in held {
+            // Bounded like the traffic classes: a process opening sockets of every protocol
+            // must not grow the recording without end.
+            let key = (class.process.clone(), class.kind, class.protocol.clone());
+            if !self.packet_sockets.contains_key(&key)
+                && self.packet_sockets.len() >= self.max_classes
+            {
+                self.dropped_observations += 1;
+                continue;
+            }
+            let exe = (!class.exe.is_empty()).then(|| class.exe.clone());
+            self.packet_sockets.entry(key).or_insert(exe);
         }
     }
 
@@ -272,6 +295,17 @@ impl Recorder {
                 host: host.to_owned(),
             }),
             rules: rules.into_iter().map(|(_, rule)| rule).collect(),
+            packet_sockets: self
+                .packet_sockets
+                .into_iter()
+                .map(|((process, kind, protocol), exe)| PacketSocketRule {
+                    process,
+                    exe,
+                    kind: kind.as_str().to_owned(),
+                    protocol,
+                    note: None,
+                })
+                .collect(),
         }
     }
 }
@@ -385,6 +419,71 @@ mod tests {
         let normal = reporter.normal.as_ref().unwrap();
         assert!((normal.sent_bytes_per_second.mean - 260.0 * 100.0 / 1800.0).abs() < 1e-9);
         assert!((normal.active_fraction - 260.0 / 360.0).abs() < 1e-9);
+    }
+
+    fn held(process: &str, kind: PacketSocketKind, protocol: &str) -> PacketSocketClass {
+        PacketSocketClass {
+            process: process.to_owned(),
+            exe: format!("/usr/sbin/{process}"),
+            kind,
+            protocol: protocol.to_owned(),
+        }
+    }
+
+    #[test]
+    fn packet_sockets_held_while_recording_are_expected_afterwards() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut recorder = Recorder::new(5.0, start, 2);
+        let dhcp = held("dhclient", PacketSocketKind::Packet, "all");
+        let ping = held("ping", PacketSocketKind::Raw, "icmp");
+        recorder.record_packet_sockets([&dhcp]);
+        recorder.record_packet_sockets([&dhcp, &ping]);
+        // Beyond the limit: left out, counted.
+        recorder.record_packet_sockets([&held("spray", PacketSocketKind::Packet, "ipv4")]);
+        assert_eq!(recorder.dropped_observations, 1);
+        let baseline = recorder.finish("rig");
+        let recorded: Vec<(&str, Option<&str>, &str, &str)> = baseline
+            .packet_sockets
+            .iter()
+            .map(|rule| {
+                (
+                    rule.process.as_str(),
+                    rule.exe.as_deref(),
+                    rule.kind.as_str(),
+                    rule.protocol.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                ("dhclient", Some("/usr/sbin/dhclient"), "packet", "all"),
+                ("ping", Some("/usr/sbin/ping"), "raw", "icmp"),
+            ]
+        );
+        assert!(baseline.packet_sockets[0].matches(&dhcp));
+        assert!(!baseline.packet_sockets[0].matches(&held(
+            "dhclient",
+            PacketSocketKind::Packet,
+            "ipv4"
+        )));
+        assert!(!baseline.packet_sockets[0].matches(&held(
+            "dhclient",
+            PacketSocketKind::Raw,
+            "all"
+        )));
+        assert!(!baseline.packet_sockets[0].matches(&held(
+            "dhclient2",
+            PacketSocketKind::Packet,
+            "all"
+        )));
+        // And it survives the file.
+        let text = crate::baseline::file::render(&baseline);
+        assert!(text.contains("[[packet_socket]]\nprocess = \"dhclient\"\nexe = \"/usr/sbin/dhclient\"\nkind = \"packet\"\nprotocol = \"all\"\n"));
+        assert_eq!(
+            crate::baseline::file::parse(&text, "rendered").unwrap(),
+            baseline
+        );
     }
 
     #[test]

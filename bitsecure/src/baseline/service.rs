@@ -18,7 +18,7 @@ use super::{
     monitor::{Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
 };
-use crate::flow::FlowDelta;
+use crate::flow::{PacketSocketClass, Polled};
 
 /// Most traffic classes a learning run keeps (the rest is counted and left out).
 const MAX_LEARNED_CLASSES: usize = 2000;
@@ -33,6 +33,9 @@ pub struct BaselineReport {
     pub reload_failures: u64,
     /// Unexpected traffic of this step.
     pub unexpected_traffic: Vec<UnexpectedIncrement>,
+    /// Packet and raw sockets held at this step that the baseline does not expect (none
+    /// unless monitoring); `None` when the report is not of a step (a reload).
+    pub unexpected_packet_sockets: Option<Vec<PacketSocketClass>>,
     pub state: BaselineState,
 }
 
@@ -120,20 +123,24 @@ impl BaselineService {
     }
 
     /// Feeds one poll's traffic.
-    pub fn on_step(&mut self, deltas: &[FlowDelta], now_unix: f64) -> BaselineReport {
+    pub fn on_step(&mut self, polled: &Polled, now_unix: f64) -> BaselineReport {
         if self.file_changed() {
             self.load("file changed", now_unix);
         }
+        self.pending.unexpected_packet_sockets = Some(Vec::new());
         match &mut self.mode {
             Mode::Off => {}
             Mode::Learning(recorder) => {
-                recorder.record_step(deltas);
+                recorder.record_step(&polled.deltas);
+                recorder.record_packet_sockets(polled.packet_sockets.keys());
                 if recorder.elapsed_seconds() >= self.settings.learn_seconds {
                     self.finish_learning(now_unix);
                 }
             }
             Mode::Monitoring(monitor) => {
-                self.pending.unexpected_traffic = monitor.observe_step(deltas, now_unix);
+                self.pending.unexpected_traffic = monitor.observe_step(&polled.deltas, now_unix);
+                self.pending.unexpected_packet_sockets =
+                    Some(monitor.unexpected_packet_sockets(polled.packet_sockets.keys()));
             }
         }
         self.report(now_unix)
@@ -264,7 +271,7 @@ mod tests {
     use super::*;
     use crate::{
         export::metrics::Metrics,
-        flow::{RemoteName, Traffic},
+        flow::{FlowDelta, RemoteName, Traffic},
         naming::{App, Source},
     };
 
@@ -313,7 +320,10 @@ mod tests {
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);
         let report = service.on_step(
-            &[pool_delta(App::Stratum, 100), pool_delta(App::Http, 7)],
+            &Polled {
+                deltas: vec![pool_delta(App::Stratum, 100), pool_delta(App::Http, 7)],
+                ..Polled::default()
+            },
             1001.0,
         );
         metrics.publish_baseline(report);

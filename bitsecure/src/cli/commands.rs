@@ -207,6 +207,7 @@ pub fn accept(
             format_version: FORMAT_VERSION,
             recording: None,
             rules: rules.clone(),
+            packet_sockets: Vec::new(),
         })
     };
     file::write_atomically(baseline_path, &text)?;

@@ -16,39 +16,12 @@ use std::{
 use log::warn;
 
 use crate::flow::protocol_label;
+pub use crate::flow::{PacketSocketClass, PacketSocketKind as Kind};
 use crate::poller::{
     identity::{self, ProcessIdentity},
     proc_net::{self, namespace_processes},
     sock_diag,
 };
-
-/// One kind of socket below the transport layer, as the `kind` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    /// AF_PACKET: whole link-layer frames.
-    Packet,
-    /// AF_INET/AF_INET6 SOCK_RAW: hand-built IP packets of one protocol.
-    Raw,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Packet => "packet",
-            Kind::Raw => "raw",
-        }
-    }
-}
-
-/// What is exported per holder: its process, the kind of socket and the protocol (an
-/// EtherType for a packet socket, an IP protocol for a raw one).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PacketSocketClass {
-    pub process: String,
-    pub exe: String,
-    pub kind: Kind,
-    pub protocol: String,
-}
 
 /// One socket as `/proc/net/{packet,raw,raw6}` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,6 +102,18 @@ pub enum BaselineError {
         /// What is wrong.
         problem: String,
     },
+    /// A value of a `[[packet_socket]]` table is invalid, or two say the same.
+    #[error("{origin}{}: packet_socket {index}: {problem}", at(.line, &None))]
+    PacketSocket {
+        /// The file.
+        origin: String,
+        /// Line of the value (or of the table), when known.
+        line: Option<usize>,
+        /// Position of the table in the file, 1 = the first `[[packet_socket]]`.
+        index: usize,
+        /// What is wrong.
+        problem: String,
+    },
     /// Two rules of a file have the same identity.
     #[error(
         "{origin}{}: rule {index} ({rule}) has the same process, remote, port, protocol and app \

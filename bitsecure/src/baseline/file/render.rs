@@ -6,7 +6,7 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::baseline::model::{Baseline, Rule};
+use crate::baseline::model::{Baseline, PacketSocketRule, Rule};
 
 /// The comment at the top of a file written by [`render`].
 const HEADER: &str = "\
@@ -19,6 +19,9 @@ const HEADER: &str = "\
 # it for (DNS answers, TLS SNI, HTTP Host). [rule.normal] is what normal looked like during the
 # recording (rates in bytes per second); a rule without it was accepted by hand.
 # [rule.profile] is the expected rate over one cycle of periodic traffic.
+# Each [[packet_socket]] is a process expected to hold a packet socket (kind = \"packet\", whole
+# frames below every other rule: a DHCP client) or a raw IP socket (kind = \"raw\") of one
+# protocol (`*` = any); any other holder is unexpected.
 # You may edit this file; when BitSecure rewrites it, it keeps the previous version as .bak.
 ";
 
@@ -51,8 +54,27 @@ impl fmt::Display for Rendered<'_> {
             writeln!(f)?;
             write_rule(f, rule)?;
         }
+        for rule in &baseline.packet_sockets {
+            writeln!(f)?;
+            write_packet_socket(f, rule)?;
+        }
         Ok(())
     }
+}
+
+/// One `[[packet_socket]]` table.
+fn write_packet_socket(f: &mut impl fmt::Write, rule: &PacketSocketRule) -> fmt::Result {
+    writeln!(f, "[[packet_socket]]")?;
+    writeln!(f, "process = {}", toml_string(&rule.process))?;
+    if let Some(exe) = &rule.exe {
+        writeln!(f, "exe = {}", toml_string(exe))?;
+    }
+    writeln!(f, "kind = {}", toml_string(&rule.kind))?;
+    writeln!(f, "protocol = {}", toml_string(&rule.protocol))?;
+    if let Some(note) = &rule.note {
+        writeln!(f, "note = {}", toml_string(note))?;
+    }
+    Ok(())
 }
 
 /// One `[[rule]]` table, as [`render`] writes it (also for rules about to be appended).

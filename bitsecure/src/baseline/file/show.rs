@@ -29,7 +29,7 @@ impl fmt::Display for Shown<'_> {
             None => writeln!(f, "Not recorded: written by hand")?,
         }
         match baseline.rules.len() {
-            0 => return writeln!(f, "No rules"),
+            0 => writeln!(f, "No rules")?,
             1 => writeln!(f, "1 rule:")?,
             n => writeln!(f, "{n} rules:")?,
         }
@@ -76,6 +76,19 @@ impl fmt::Display for Shown<'_> {
                     human::duration(profile.step_seconds),
                     human::duration(profile.step_seconds * profile.sent.len() as f64)
                 )?;
+            }
+        }
+        if !baseline.packet_sockets.is_empty() {
+            writeln!(f, "Expected packet and raw sockets:")?;
+            for rule in &baseline.packet_sockets {
+                write!(f, "  - {}", rule.describe())?;
+                match &rule.note {
+                    Some(note) => writeln!(f, " ({})", printable(note))?,
+                    None => writeln!(f)?,
+                }
+                if let Some(exe) = &rule.exe {
+                    writeln!(f, "    exe {}", printable(exe))?;
+                }
             }
         }
         Ok(())

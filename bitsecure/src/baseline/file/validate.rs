@@ -22,7 +22,8 @@ use super::{
 };
 use crate::{
     baseline::model::{
-        Baseline, FORMAT_VERSION, Normal, Profile, Recording, Rule, printable, protocol_number,
+        Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule, printable,
+        protocol_number,
     },
     naming::App,
 };
@@ -106,6 +107,7 @@ enum InvalidKind {
     Recording(String),
     Rule { index: usize, problem: String },
     Duplicate { index: usize, first: usize },
+    PacketSocket { index: usize, problem: String },
 }
 
 /// A problem with one field of a rule, by its dotted path within the rule.
@@ -150,6 +152,12 @@ impl Invalid {
                 rule: describe(index),
                 problem,
             },
+            InvalidKind::PacketSocket { index, problem } => BaselineError::PacketSocket {
+                origin,
+                line,
+                index: index + 1,
+                problem,
+            },
             InvalidKind::Duplicate { index, first } => BaselineError::DuplicateRule {
                 origin,
                 line,
@@ -185,6 +193,74 @@ pub(super) fn validate(baseline: &Baseline) -> Result<(), Invalid> {
             });
         }
         seen.insert(rule.identity(), index);
+    }
+    let mut seen = HashMap::new();
+    for (index, rule) in baseline.packet_sockets.iter().enumerate() {
+        let invalid = |field: &str, problem: String| Invalid {
+            path: format!("packet_socket.{index}.{field}"),
+            kind: InvalidKind::PacketSocket { index, problem },
+        };
+        validate_packet_socket(rule).map_err(|p| invalid(&p.field, p.problem))?;
+        let identity = (&rule.process, &rule.kind, &rule.protocol);
+        if let Some(first) = seen.insert(identity, index) {
+            return Err(invalid(
+                "process",
+                format!(
+                    "{} is also packet_socket {}: remove one",
+                    rule.describe(),
+                    first + 1
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The values of one `[[packet_socket]]` table.
+fn validate_packet_socket(rule: &PacketSocketRule) -> Result<(), FieldProblem> {
+    if rule.process.trim().is_empty() {
+        return Err(problem(
+            "process",
+            "`process` is empty: name the process (as in /proc/PID/comm)",
+        ));
+    }
+    if let Some(exe) = &rule.exe
+        && !exe.starts_with('/')
+    {
+        return Err(problem(
+            "exe",
+            format!(
+                "exe {:?} is not an absolute path like \"/usr/sbin/dhclient\" (leave it out if \
+                 unknown)",
+                printable(exe)
+            ),
+        ));
+    }
+    let kinds = crate::flow::PacketSocketKind::ALL.map(|kind| kind.as_str());
+    if !kinds.contains(&rule.kind.as_str()) {
+        return Err(problem(
+            "kind",
+            format!(
+                "unknown kind {:?}: use \"packet\" (AF_PACKET) or \"raw\" (raw IP socket)",
+                printable(&rule.kind)
+            ),
+        ));
+    }
+    if rule.protocol.is_empty()
+        || !rule
+            .protocol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '*' || c == '_')
+    {
+        return Err(problem(
+            "protocol",
+            format!(
+                "protocol {:?} is not one bitsecure_packet_sockets shows (an EtherType such as \
+                 \"all\", \"ipv4\", \"arp\" or a number for a packet socket, an IP protocol \
+                 such as \"icmp\" or \"253\" for a raw one) or \"*\"",
+                printable(&rule.protocol)
+            ),
+        ));
     }
     Ok(())
 }
@@ -508,6 +584,47 @@ mod tests {
         },
         naming::App,
     };
+
+    #[test]
+    fn packet_socket_tables_are_checked_and_placed() {
+        let file = |table: &str| format!("format_version = 1\n\n[[packet_socket]]\n{table}");
+        for (table, expected) in [
+            (
+                "process = \"dhclient\"\nkind = \"packet\"\nprotocol = \"all\"\n",
+                None,
+            ),
+            (
+                "process = \"dhclient\"\nkind = \"afpacket\"\nprotocol = \"all\"\n",
+                Some("test.toml, line 5: packet_socket 1: unknown kind \"afpacket\""),
+            ),
+            (
+                "process = \"\"\nkind = \"raw\"\nprotocol = \"icmp\"\n",
+                Some("test.toml, line 4: packet_socket 1: `process` is empty"),
+            ),
+            (
+                "process = \"x\"\nkind = \"raw\"\nprotocol = \"ic mp\"\n",
+                Some("test.toml, line 6: packet_socket 1: protocol \"ic mp\" is not one"),
+            ),
+            (
+                "process = \"x\"\nkind = \"raw\"\nprotocol = \"1\"\nport = 3\n",
+                Some("unknown field `port`"),
+            ),
+            (
+                "process = \"x\"\nkind = \"raw\"\nprotocol = \"1\"\n\n[[packet_socket]]\n\
+                 process = \"x\"\nkind = \"raw\"\nprotocol = \"1\"\n",
+                Some("packet_socket 2: x holds a raw socket (1) is also packet_socket 1"),
+            ),
+        ] {
+            match (parse(&file(table), "test.toml"), expected) {
+                (Ok(_), None) => {}
+                (Err(error), Some(expected)) => {
+                    let message = error.to_string();
+                    assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+                }
+                (result, expected) => panic!("{table}: {result:?}, expected {expected:?}"),
+            }
+        }
+    }
 
     #[test]
     fn a_newer_format_says_so_before_anything_else() {

@@ -22,6 +22,7 @@ pub struct BaselineMetrics {
     pub unexpected_sent_bytes: IntCounterVec,
     pub unexpected_received_bytes: IntCounterVec,
     pub unexpected_flows: IntGauge,
+    pub unexpected_packet_sockets: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
     pub rule_rate: prometheus::GaugeVec,
@@ -103,6 +104,19 @@ impl BaselineMetrics {
                     &unexpected_labels,
                 )?,
             )?,
+            unexpected_packet_sockets: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_unexpected_packet_sockets",
+                        "Packet (AF_PACKET) and raw IP sockets held now by a process the \
+                         baseline does not expect to hold one of that kind and protocol (no \
+                         [[packet_socket]] for it), per holder: what a packet socket sends passes \
+                         below every traffic rule. Only while monitoring.",
+                    ),
+                    &["process", "exe", "kind", "protocol"],
+                )?,
+            )?,
             unexpected_flows: register(
                 registry,
                 IntGauge::new(
@@ -166,6 +180,20 @@ impl BaselineMetrics {
             self.loaded_timestamp.set(loaded_at);
         }
         self.reload_failures.inc_by(report.reload_failures);
+        // The sockets held at this step: holders gone since the last poll disappear.
+        if report.unexpected_packet_sockets.is_some() {
+            self.unexpected_packet_sockets.reset();
+        }
+        for class in report.unexpected_packet_sockets.iter().flatten() {
+            self.unexpected_packet_sockets
+                .with_label_values(&[
+                    class.process.as_str(),
+                    class.exe.as_str(),
+                    class.kind.as_str(),
+                    class.protocol.as_str(),
+                ])
+                .inc();
+        }
         for increment in &report.unexpected_traffic {
             let mut series = SeriesKey::of(&increment.key);
             if !increment.listed {
