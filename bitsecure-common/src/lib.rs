@@ -188,6 +188,10 @@ pub struct InterfaceCounters {
     pub link_header_len: u32,
     /// The interface the slot counts for, written by the agent; 0: none (ifindexes start at 1).
     pub ifindex: u32,
+    /// The interface's MTU, written by the agent: a datagram longer than it is fragmented on
+    /// the way out, and was reassembled on the way in. 0: unknown.
+    pub mtu: u32,
+    pub _pad: [u8; 4],
 }
 
 /// The first bytes of a packet's payload, handed to the agent through the `EVENTS` ring buffer.
@@ -270,7 +274,7 @@ impl Stat {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketOwner>() == 56);
-const _: () = assert!(core::mem::size_of::<InterfaceCounters>() == 72);
+const _: () = assert!(core::mem::size_of::<InterfaceCounters>() == 80);
 const _: () = assert!(INTERFACE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + EVENT_PAYLOAD_MAX);
 // The kernel's ring buffer reserves 8-byte aligned records.

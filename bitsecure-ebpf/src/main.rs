@@ -48,7 +48,7 @@ use aya_ebpf::{
         generated::bpf_ktime_get_boot_ns, generated::bpf_skb_load_bytes,
     },
     macros::{cgroup_skb, cgroup_sock, classifier, map, sock_ops},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{SkBuffContext, SockContext, SockOpsContext, TcContext, sk_buff::SkBuff},
 };
 use aya_log_ebpf::warn;
@@ -89,6 +89,33 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
 #[map]
 static INTERFACES: PerCpuArray<InterfaceCounters> =
     PerCpuArray::with_max_entries(INTERFACE_SLOTS, 0);
+
+/// IPv4 fragments received on watched interfaces, per datagram, until the socket programs
+/// see the datagram they were reassembled into (and count it as these fragments). LRU: a
+/// datagram that is never completed (or a flood of fragments) is forgotten, not kept.
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentCounts> =
+    LruHashMap::with_max_entries(FRAGMENT_CAPACITY, 0);
+
+/// One IPv4 datagram in fragments: its source, IP identification and protocol.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragmentKey {
+    source: [u8; 4],
+    id: [u8; 2],
+    protocol: u8,
+    _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FragmentCounts {
+    bytes: u64,
+    packets: u64,
+}
+
+/// Datagrams in reassembly at once that are remembered.
+const FRAGMENT_CAPACITY: u32 = 1024;
 
 /// The agent's network namespace (see `bitsecure_common::global_names`); 0: do not check.
 #[unsafe(no_mangle)]
@@ -334,10 +361,33 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     } else {
         1
     };
-    let wire = Wire {
+    let mut wire = Wire {
         bytes: len as u64 + (segments as u64 - 1) * info.header_len as u64,
         packets: segments as u64,
     };
+    let interface = if ifindex != LOOPBACK_IFINDEX {
+        watched_interface(ifindex)
+    } else {
+        None
+    };
+    // The MTU tells a datagram the IP layer fragments (egress: this hook runs before
+    // fragmentation) or reassembled (ingress: after reassembly) from the others.
+    if let Some(interface) = interface
+        && !segmented
+    {
+        // SAFETY: this CPU's copy of the slot, from a successful lookup in this program run.
+        let mtu = unsafe { (*interface).mtu };
+        if mtu != 0 && len > mtu {
+            let fragments = if direction == DIRECTION_EGRESS {
+                fragments_to_send(ctx, l3_protocol, len, mtu)
+            } else {
+                fragments_received(ctx, l3_protocol)
+            };
+            if let Some(fragments) = fragments {
+                wire = fragments;
+            }
+        }
+    }
     let connected = has_one_remote(skb);
     if connected && info.key.protocol == protocol::TCP {
         use_socket_endpoints(skb, &mut info.key);
@@ -347,8 +397,8 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     } else {
         let counters = add_to_flow(&PEERS, &info.key, direction, &wire);
         if counters.is_none() {
-            if count_without_remote(&info.key, direction, &wire) && ifindex != LOOPBACK_IFINDEX {
-                attribute_to_interface(skb, ifindex, direction, &wire);
+            if count_without_remote(&info.key, direction, &wire) {
+                attribute_to_interface(skb, interface, direction, &wire);
             }
             return;
         }
@@ -358,9 +408,7 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
         bump(Stat::FlowInsertFailed);
         return;
     };
-    if ifindex != LOOPBACK_IFINDEX {
-        attribute_to_interface(skb, ifindex, direction, &wire);
-    }
+    attribute_to_interface(skb, interface, direction, &wire);
     // The common case, a flow whose first payloads are past, costs this one test; the rest
     // is a separate function so it does not weigh on the registers of this path.
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
@@ -399,8 +447,13 @@ fn wire_segments(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> u32
 /// Adds what a socket program attributed to the interface the packet crossed, if the agent
 /// watches it (an interface of its own network namespace; loopback is never watched).
 #[inline(never)]
-fn attribute_to_interface(skb: *mut __sk_buff, ifindex: u32, direction: u8, wire: &Wire) {
-    let Some(interface) = watched_interface(ifindex) else {
+fn attribute_to_interface(
+    skb: *mut __sk_buff,
+    interface: Option<*mut InterfaceCounters>,
+    direction: u8,
+    wire: &Wire,
+) {
+    let Some(interface) = interface else {
         return;
     };
     // SAFETY: a read of a constant the loader may have set.
@@ -419,6 +472,91 @@ fn attribute_to_interface(skb: *mut __sk_buff, ifindex: u32, direction: u8, wire
         } else {
             (*interface).attributed_rx_bytes += wire.bytes;
             (*interface).attributed_rx_packets += wire.packets;
+        }
+    }
+}
+
+/// The fragments the IP layer will cut a datagram longer than the MTU into (IPv4 or IPv6).
+#[inline(never)]
+fn fragments_to_send(ctx: &SkBuffContext, l3_protocol: u16, len: u32, mtu: u32) -> Option<Wire> {
+    let (unfragmentable, per_fragment) = if l3_protocol == ETH_P_IP {
+        let first: [u8; 2] = load(&ctx.skb, 0)?;
+        let ihl = ((first[0] & 0x0f) as u32) * 4;
+        (ihl, ihl)
+    } else if l3_protocol == ETH_P_IPV6 {
+        // Each IPv6 fragment carries an 8-byte fragment header.
+        (40, 48)
+    } else {
+        return None;
+    };
+    if mtu <= per_fragment + 8 || len <= unfragmentable {
+        return None;
+    }
+    let chunk = (mtu - per_fragment) & !7;
+    // Never 0 after the check above; said again so the division has no panic path.
+    if chunk == 0 {
+        return None;
+    }
+    let payload = len - unfragmentable;
+    let fragments = payload.div_ceil(chunk);
+    Some(Wire {
+        bytes: payload as u64 + fragments as u64 * per_fragment as u64,
+        packets: fragments as u64,
+    })
+}
+
+/// The fragments a received datagram longer than the MTU was reassembled from, as the
+/// interface program noted them. IPv4 only: an IPv6 datagram loses its fragment
+/// identification in reassembly, and counts as one packet.
+#[inline(never)]
+fn fragments_received(ctx: &SkBuffContext, l3_protocol: u16) -> Option<Wire> {
+    if l3_protocol != ETH_P_IP {
+        return None;
+    }
+    let header: [u8; 20] = load(&ctx.skb, 0)?;
+    let key = FragmentKey {
+        source: [header[12], header[13], header[14], header[15]],
+        id: [header[4], header[5]],
+        protocol: header[9],
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once.
+    let counted = unsafe { FRAGMENTS.get(key) }.copied()?;
+    let _ = FRAGMENTS.remove(key);
+    Some(Wire {
+        bytes: counted.bytes,
+        packets: counted.packets,
+    })
+}
+
+/// Notes an IPv4 fragment received on a watched interface (see `FRAGMENTS`).
+#[inline(never)]
+fn note_fragment(ctx: &TcContext, l3_offset: u32, l3_len: u32) {
+    let Some(header) = load::<[u8; 20]>(&ctx.skb, l3_offset as usize) else {
+        return;
+    };
+    // More fragments, or an offset: a piece of a datagram.
+    if u16::from_be_bytes([header[6], header[7]]) & 0x3fff == 0 {
+        return;
+    }
+    let key = FragmentKey {
+        source: [header[12], header[13], header[14], header[15]],
+        id: [header[4], header[5]],
+        protocol: header[9],
+        _pad: 0,
+    };
+    match FRAGMENTS.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup in this program run.
+        Some(counts) => unsafe {
+            (*counts).bytes += l3_len as u64;
+            (*counts).packets += 1;
+        },
+        None => {
+            let counts = FragmentCounts {
+                bytes: l3_len as u64,
+                packets: 1,
+            };
+            let _ = FRAGMENTS.insert(key, counts, 0);
         }
     }
 }
@@ -469,6 +607,8 @@ fn count_on_interface(ctx: &TcContext, direction: u8) {
         let segments = wire_segments(l3_len, gso_segs, gso_size, header_len);
         wire.bytes += (segments as u64 - 1) * header_len as u64;
         wire.packets = segments as u64;
+    } else if direction == DIRECTION_INGRESS && l3_protocol == ETH_P_IP {
+        note_fragment(ctx, link_header_len, l3_len);
     }
     // SAFETY: as above.
     unsafe {

@@ -17,6 +17,8 @@ const ALERTS: &[&str] = &[
     "BitSecureFlowsDropped",
     "BitSecureBaselineReloadFailed",
     "BitSecureProgramDetached",
+    "BitSecureUnexpectedPacketSocket",
+    "BitSecureUnattributedTraffic",
 ];
 
 fn prometheus_dir() -> PathBuf {

@@ -838,3 +838,113 @@ fn a_packet_socket_held_while_learning_is_expected_afterwards() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
+
+/// 8 KB UDP datagrams over a 1,500-byte MTU: the IP layer sends each as 6 fragments, the
+/// socket hooks see it whole (before fragmentation on the way out, after reassembly on the way
+/// in). Both ways, the datagrams count as the fragments the wire carried: nftables' count at
+/// the peer's device (netdev hooks, which see fragments), and nothing is unattributed.
+#[test]
+fn fragmented_datagrams_count_as_their_fragments() {
+    const PORT: u16 = 7700;
+    const DATAGRAMS: u32 = 200;
+    let mut net = TestNet::new();
+    net.disable_ipv6();
+    let (host, peer_if) = (net.host_v4, format!("bsp{}n", std::process::id() % 100_000));
+    // The peer's interface name is the lab's: find it from the namespace.
+    let links = sh("ip", &["-n", &net.ns, "-o", "link", "show"]);
+    let peer_if = links
+        .lines()
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name))
+        .find(|name| name.starts_with(&peer_if))
+        .expect("the peer's veth")
+        .to_owned();
+    net.nft_script(
+        "fragments",
+        &format!(
+            "table netdev bitsecure_frag {{\n  counter from_host {{}}\n  counter to_host {{}}\n  \
+             chain in {{\n    type filter hook ingress device \"{peer_if}\" priority 0;\n    \
+             ip saddr {host} ip protocol udp counter name from_host\n  }}\n  chain out {{\n    \
+             type filter hook egress device \"{peer_if}\" priority 0;\n    ip daddr {host} ip \
+             protocol udp counter name to_host\n  }}\n}}\n"
+        ),
+    );
+    let server = install_generator("bsg-frag-srv");
+    net.spawn_server(
+        &server,
+        &["serve", "--udp", &format!("{}:{PORT}", net.peer_v4)],
+    );
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    let before = interface_counters(&agent, &interface);
+    let client = install_generator("bsg-frag-cli");
+    run_generator(std::process::Command::new(&client).args([
+        "udp",
+        "--to",
+        &format!("{}:{PORT}", net.peer_v4),
+        "--datagrams",
+        &DATAGRAMS.to_string(),
+        "--size",
+        "8000",
+    ]));
+    let counter = |name: &str| -> (u64, u64) {
+        let text = sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.ns,
+                "nft",
+                "list",
+                "counter",
+                "netdev",
+                "bitsecure_frag",
+                name,
+            ],
+        );
+        let number = |key: &str| -> u64 {
+            let mut words = text.split_whitespace();
+            words.find(|word| *word == key);
+            words.next().and_then(|n| n.parse().ok()).unwrap()
+        };
+        (number("packets"), number("bytes"))
+    };
+    let (sent_packets, sent_bytes) = counter("from_host");
+    let (received_packets, received_frame_bytes) = counter("to_host");
+    // The egress hook sees frames, Ethernet header included.
+    let received_bytes = received_frame_bytes - 14 * received_packets;
+    println!(
+        "nftables: {sent_packets} packets / {sent_bytes} B from the host, {received_packets} / \
+         {received_bytes} B to it"
+    );
+    assert_eq!(
+        sent_packets,
+        u64::from(DATAGRAMS) * 6,
+        "6 fragments a datagram"
+    );
+    eventually(&agent, 15, |samples| {
+        let mine = process_traffic(samples, "bsg-frag-cli", "udp");
+        let measured = (
+            mine.sent_packets,
+            mine.sent_bytes,
+            mine.received_packets,
+            mine.received_bytes,
+        );
+        if measured == (sent_packets, sent_bytes, received_packets, received_bytes) {
+            Ok(())
+        } else {
+            Err(format!(
+                "bsg-frag-cli (sent packets, bytes, received packets, bytes): {measured:?}, \
+                 nftables: {:?}",
+                (sent_packets, sent_bytes, received_packets, received_bytes)
+            ))
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after = interface_counters(&agent, &interface);
+    assert_eq!(
+        (after[0].1 - before[0].1, after[1].1 - before[1].1),
+        (0, 0),
+        "unattributed (sent, received) on {interface}"
+    );
+}

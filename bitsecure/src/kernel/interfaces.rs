@@ -47,11 +47,14 @@ struct Listed {
     link_header_len: Option<u32>,
     /// A port of another device (it has a `master`).
     enslaved: bool,
+    mtu: u32,
 }
 
 /// One watched interface: its name and the two links (dropped: detached).
 struct Watched {
     name: String,
+    /// The MTU written into its slot.
+    mtu: u32,
     egress: tc::SchedClassifierLink,
     ingress: tc::SchedClassifierLink,
 }
@@ -146,7 +149,11 @@ impl InterfaceWatch {
         }
         for (interface, link_header_len) in wanted {
             match self.watched.get(&interface.ifindex) {
-                Some(_) if self.still_attached(ebpf, interface) => {}
+                Some(watched) if self.still_attached(ebpf, interface) => {
+                    if watched.mtu != interface.mtu {
+                        self.update_mtu(interface);
+                    }
+                }
                 Some(_) => {
                     // Someone detached a program: attach both again (the entry stays).
                     self.watched.remove(&interface.ifindex);
@@ -209,10 +216,13 @@ impl InterfaceWatch {
                 .first()
                 .is_some_and(|cpu| cpu.ifindex == interface.ifindex)
         });
-        if !kept {
+        if kept {
+            self.write_mtu(slot, interface.mtu);
+        } else {
             let entry = InterfaceCounters {
                 link_header_len,
                 ifindex: interface.ifindex,
+                mtu: interface.mtu,
                 ..InterfaceCounters::default()
             };
             self.map
@@ -233,10 +243,34 @@ impl InterfaceWatch {
             interface.ifindex,
             Watched {
                 name: interface.name.clone(),
+                mtu: interface.mtu,
                 egress,
                 ingress,
             },
         );
+    }
+
+    /// The interface's MTU changed: its slot says so from now on.
+    fn update_mtu(&mut self, interface: &Listed) {
+        self.write_mtu(interface_slot(interface.ifindex), interface.mtu);
+        if let Some(watched) = self.watched.get_mut(&interface.ifindex) {
+            watched.mtu = interface.mtu;
+        }
+    }
+
+    /// Writes `mtu` into every CPU's copy of `slot`, keeping the counters (an increment racing
+    /// the write may be lost; MTUs rarely change).
+    fn write_mtu(&mut self, slot: u32, mtu: u32) {
+        let Ok(values) = self.map.get(&slot, 0) else {
+            return;
+        };
+        let updated: Vec<InterfaceCounters> = values
+            .iter()
+            .map(|cpu| InterfaceCounters { mtu, ..*cpu })
+            .collect();
+        if let Ok(values) = PerCpuValues::try_from(updated) {
+            let _ = self.map.set(slot, values, 0);
+        }
     }
 
     /// Empties the slot of `ifindex`: nothing counts there any more.
@@ -394,7 +428,9 @@ fn list(sys_class_net: &Path) -> anyhow::Result<Vec<Listed>> {
                 .ok()
         };
         // Gone between the listing and the reads: skipped.
-        let (Some(ifindex), Some(link_type)) = (number("ifindex"), number("type")) else {
+        let (Some(ifindex), Some(link_type), Some(mtu)) =
+            (number("ifindex"), number("type"), number("mtu"))
+        else {
             continue;
         };
         if link_type == ARPHRD_LOOPBACK {
@@ -408,6 +444,7 @@ fn list(sys_class_net: &Path) -> anyhow::Result<Vec<Listed>> {
                 .find(|(known, _)| *known == link_type)
                 .map(|(_, len)| *len),
             enslaved: dir.join("master").exists(),
+            mtu,
         });
     }
     listed.sort_by_key(|interface| interface.ifindex);
@@ -446,6 +483,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ifindex"), format!("{ifindex}\n")).unwrap();
         std::fs::write(dir.join("type"), format!("{link_type}\n")).unwrap();
+        std::fs::write(dir.join("mtu"), "1500\n").unwrap();
         if master {
             std::fs::write(dir.join("master"), "").unwrap();
         }
