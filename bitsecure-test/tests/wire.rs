@@ -948,3 +948,53 @@ fn fragmented_datagrams_count_as_their_fragments() {
         "unattributed (sent, received) on {interface}"
     );
 }
+
+/// Paths the counters cannot follow are reported, not silent: an XDP program attached to an
+/// interface (it sees packets before every BitSecure program) is listed while attached, and
+/// forwarding is reported as the sysctl says.
+#[test]
+fn xdp_programs_and_forwarding_are_reported() {
+    let net = TestNet::new();
+    let agent = Agent::start();
+    let interface = net.host_interface().to_owned();
+    let attacher = install_generator("bsg-xdp");
+    let mut attached = spawn_until(
+        std::process::Command::new(&attacher).args(["xdp-attach", "--interface", &interface]),
+        "ready",
+    );
+    let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+        .unwrap()
+        .trim()
+        != "0";
+    eventually(&agent, 15, |samples| {
+        let xdp = sum_metric(
+            samples,
+            "bitsecure_xdp_programs",
+            &[("interface", &interface), ("mode", "generic")],
+        );
+        let reported = sum_metric(
+            samples,
+            "bitsecure_forwarding_enabled",
+            &[("family", "ipv4")],
+        );
+        if xdp == 1.0 && reported == f64::from(u8::from(forwarding)) {
+            Ok(())
+        } else {
+            Err(format!(
+                "XDP on {interface}: {xdp}; forwarding reported {reported}, sysctl {forwarding}"
+            ))
+        }
+    });
+    let _ = attached.child.kill();
+    let _ = attached.child.wait();
+    eventually(&agent, 15, |samples| {
+        match sum_metric(
+            samples,
+            "bitsecure_xdp_programs",
+            &[("interface", &interface)],
+        ) {
+            0.0 => Ok(()),
+            n => Err(format!("XDP still listed on {interface}: {n}")),
+        }
+    });
+}

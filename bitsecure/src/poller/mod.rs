@@ -47,6 +47,7 @@ use crate::{
     state::SeenFlow,
 };
 
+pub mod blind_spots;
 pub mod identity;
 pub mod interfaces;
 mod owners;
@@ -195,6 +196,8 @@ pub struct PollReport {
     pub packet_sockets: BTreeMap<PacketSocketClass, usize>,
     /// What crossed each watched interface, and what of it no socket accounted for.
     pub interfaces: Vec<InterfaceDelta>,
+    /// Forwarding and XDP programs: paths the counters cannot follow.
+    pub blind_spots: blind_spots::BlindSpots,
     /// Flows whose owner is still being looked up (not counted yet).
     pub deferred_flows: usize,
     /// New traffic of this poll per kernel flow, attributed (before cardinality folding).
@@ -341,6 +344,7 @@ impl Poller {
         report.interfaces = self
             .interface_totals
             .poll(&self.maps.interfaces, self.cpus)?;
+        report.blind_spots = blind_spots::read();
         report.duration = started.elapsed();
         Ok(report)
     }

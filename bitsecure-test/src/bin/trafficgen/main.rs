@@ -44,6 +44,7 @@ mod dns;
 mod flood;
 mod packet;
 mod tap;
+mod xdp;
 
 /// TTL / hop limit of raw IP echo requests sent by `raw`.
 const REQUEST_HOPS: u8 = 200;
@@ -123,6 +124,8 @@ enum Command {
     PacketSend(packet::PacketSendArgs),
     /// Two tap devices joined like a VM host, merging TCP segments into GSO frames (LRO).
     TapMerge(tap::TapMergeArgs),
+    /// Attaches a pass-everything XDP program to IF and holds it until killed (prints `ready`).
+    XdpAttach(xdp::XdpAttachArgs),
 }
 
 #[derive(Args)]
@@ -380,6 +383,7 @@ fn main() {
             | Command::Periodic(_)
             | Command::PacketSend(_)
             | Command::TapMerge(_)
+            | Command::XdpAttach(_)
     ) {
         start_watchdog(timeout);
     }
@@ -401,6 +405,7 @@ fn main() {
         Command::UdpClients(args) => flood::udp_clients(args),
         Command::PacketSend(args) => packet::packet_send(args),
         Command::TapMerge(args) => tap::tap_merge(args),
+        Command::XdpAttach(args) => xdp::xdp_attach(args),
     })
 }
 

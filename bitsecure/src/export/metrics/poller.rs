@@ -25,6 +25,8 @@ pub struct PollerMetrics {
     pub packet_sockets: IntGaugeVec,
     pub interface_bytes: IntCounterVec,
     pub unattributed_bytes: IntCounterVec,
+    pub forwarding_enabled: IntGaugeVec,
+    pub xdp_programs: IntGaugeVec,
 }
 
 impl PollerMetrics {
@@ -150,6 +152,31 @@ impl PollerMetrics {
                     &["interface", "direction"],
                 )?,
             )?,
+            forwarding_enabled: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_forwarding_enabled",
+                        "1 if this host forwards packets of the family (sysctl \
+                         net.ipv4.ip_forward, net.ipv6.conf.all.forwarding): forwarded packets \
+                         pass no socket, so they are in no process's counters, only in \
+                         bitsecure_unattributed_bytes_total of the interfaces they cross.",
+                    ),
+                    &["family"],
+                )?,
+            )?,
+            xdp_programs: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_xdp_programs",
+                        "1 per interface with an XDP program attached (mode: driver, generic, \
+                         offload, multi): it sees packets in the driver, before every BitSecure \
+                         program, and can drop, answer or redirect them unseen.",
+                    ),
+                    &["interface", "mode"],
+                )?,
+            )?,
             programs_attached: register(
                 registry,
                 IntGaugeVec::new(
@@ -260,6 +287,18 @@ impl PollerMetrics {
                     .with_label_values(&labels)
                     .inc_by(unattributed);
             }
+        }
+        for (family, enabled) in &report.blind_spots.forwarding {
+            self.forwarding_enabled
+                .with_label_values(&[*family])
+                .set(i64::from(*enabled));
+        }
+        // The programs attached now: detached ones disappear.
+        self.xdp_programs.reset();
+        for (interface, mode) in &report.blind_spots.xdp {
+            self.xdp_programs
+                .with_label_values(&[interface.as_str(), *mode])
+                .set(1);
         }
         self.poll_duration.observe(report.duration.as_secs_f64());
     }

@@ -1,0 +1,241 @@
+//! Paths the counters cannot follow, reported as conditions instead of staying silent:
+//! forwarding (packets this host routes for others pass no socket; their bytes show only as
+//! unattributed interface bytes) and XDP programs (which can drop, answer or redirect packets
+//! in the driver, before every other program sees them).
+//!
+//! Read each poll: two sysctl files, and one rtnetlink link dump (`RTM_GETLINK`, which needs no
+//! privilege and reports each interface's XDP program).
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+/// What the counters cannot see, now.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct BlindSpots {
+    /// `(family, enabled)`: whether this host forwards IPv4 / IPv6 packets.
+    pub forwarding: Vec<(&'static str, bool)>,
+    /// `(interface, mode)` of every interface with an XDP program attached.
+    pub xdp: Vec<(String, &'static str)>,
+}
+
+/// The sysctls that say whether this host routes packets for others.
+const FORWARDING: [(&str, &str); 2] = [
+    ("ipv4", "/proc/sys/net/ipv4/ip_forward"),
+    ("ipv6", "/proc/sys/net/ipv6/conf/all/forwarding"),
+];
+
+/// Reads both; a part that cannot be read is left out (and logged by the caller's metrics
+/// simply not having it).
+pub fn read() -> BlindSpots {
+    BlindSpots {
+        forwarding: FORWARDING
+            .iter()
+            .filter_map(|(family, path)| Some((*family, read_flag(Path::new(path))?)))
+            .collect(),
+        xdp: xdp_programs().unwrap_or_else(|error| {
+            log::debug!("cannot list XDP programs: {error}");
+            Vec::new()
+        }),
+    }
+}
+
+fn read_flag(path: &Path) -> Option<bool> {
+    Some(std::fs::read_to_string(path).ok()?.trim() != "0")
+}
+
+const RTM_GETLINK: u16 = 18;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_XDP: u16 = 43;
+const IFLA_XDP_ATTACHED: u16 = 2;
+/// `NLA_F_NESTED`: set on nested attributes; the type is in the low bits.
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLMSG_HEADER: usize = 16;
+const IFINFOMSG: usize = 16;
+
+/// `XDP_ATTACHED_*` (linux/if_link.h) as a label.
+fn xdp_mode(attached: u8) -> Option<&'static str> {
+    match attached {
+        1 => Some("driver"),
+        2 => Some("generic"),
+        3 => Some("offload"),
+        4 => Some("multi"),
+        _ => None,
+    }
+}
+
+/// Interfaces of this network namespace with an XDP program attached.
+fn xdp_programs() -> io::Result<Vec<(String, &'static str)>> {
+    // SAFETY: plain socket(2) call with constant arguments.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut request = [0u8; NLMSG_HEADER + IFINFOMSG];
+    request[0..4].copy_from_slice(&((NLMSG_HEADER + IFINFOMSG) as u32).to_ne_bytes());
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    request[6..8].copy_from_slice(&flags.to_ne_bytes());
+    request[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    // SAFETY: the pointer and length describe `request`.
+    let sent = unsafe {
+        libc::send(
+            socket.as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = Vec::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: the pointer and length describe `buffer`.
+        let len = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if parse_messages(&buffer[..len as usize], &mut found)? {
+            return Ok(found);
+        }
+    }
+}
+
+/// Parses one datagram of the dump; true once `NLMSG_DONE` is seen.
+fn parse_messages(mut data: &[u8], found: &mut Vec<(String, &'static str)>) -> io::Result<bool> {
+    let malformed = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    while data.len() >= NLMSG_HEADER {
+        let len = u32::from_ne_bytes(data[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(data[4..6].try_into().unwrap());
+        if len < NLMSG_HEADER || len > data.len() {
+            return Err(malformed("a netlink message overruns its datagram"));
+        }
+        match kind {
+            _ if kind == libc::NLMSG_DONE as u16 => return Ok(true),
+            _ if kind == libc::NLMSG_ERROR as u16 => {
+                return Err(malformed("the kernel refused the link dump"));
+            }
+            _ if len >= NLMSG_HEADER + IFINFOMSG => {
+                if let Some(link) = xdp_of_link(&data[NLMSG_HEADER + IFINFOMSG..len]) {
+                    found.push(link);
+                }
+            }
+            _ => {}
+        }
+        data = &data[align(len).min(data.len())..];
+    }
+    Ok(false)
+}
+
+/// The name and XDP mode of one link's attributes, if it has an XDP program.
+fn xdp_of_link(attributes: &[u8]) -> Option<(String, &'static str)> {
+    let mut name = None;
+    let mut mode = None;
+    for (kind, value) in attributes_of(attributes) {
+        match kind {
+            IFLA_IFNAME => {
+                let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+                name = Some(String::from_utf8_lossy(&value[..end]).into_owned());
+            }
+            IFLA_XDP => {
+                mode = attributes_of(value)
+                    .find(|(kind, _)| *kind == IFLA_XDP_ATTACHED)
+                    .and_then(|(_, value)| xdp_mode(*value.first()?));
+            }
+            _ => {}
+        }
+    }
+    Some((name?, mode?))
+}
+
+/// The `(type, value)` of each netlink attribute in `data`; stops at a malformed one.
+fn attributes_of(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([data[0], data[1]]));
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let value = &data[4..len];
+        data = &data[align(len).min(data.len())..];
+        Some((kind, value))
+    })
+}
+
+fn align(len: usize) -> usize {
+    (len + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attribute(kind: u16, value: &[u8]) -> Vec<u8> {
+        let mut out = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(value);
+        out.resize(align(out.len()), 0);
+        out
+    }
+
+    fn link_message(name: &str, xdp: Option<u8>) -> Vec<u8> {
+        let mut body = vec![0u8; IFINFOMSG];
+        body.extend(attribute(IFLA_IFNAME, format!("{name}\0").as_bytes()));
+        if let Some(attached) = xdp {
+            body.extend(attribute(
+                IFLA_XDP | 0x8000,
+                &attribute(IFLA_XDP_ATTACHED, &[attached]),
+            ));
+        }
+        let mut message = ((NLMSG_HEADER + body.len()) as u32).to_ne_bytes().to_vec();
+        message.extend_from_slice(&16u16.to_ne_bytes()); // RTM_NEWLINK
+        message.extend_from_slice(&[0; 10]);
+        message.extend(body);
+        message
+    }
+
+    #[test]
+    fn links_with_an_xdp_program_are_found() {
+        let mut datagram = link_message("eth0", Some(0));
+        datagram.extend(link_message("veth1", Some(2)));
+        datagram.extend(link_message("wg0", None));
+        let mut found = Vec::new();
+        assert!(!parse_messages(&datagram, &mut found).unwrap());
+        assert_eq!(found, [("veth1".to_owned(), "generic")]);
+        let mut done = vec![0u8; NLMSG_HEADER];
+        done[0..4].copy_from_slice(&(NLMSG_HEADER as u32).to_ne_bytes());
+        done[4..6].copy_from_slice(&(libc::NLMSG_DONE as u16).to_ne_bytes());
+        assert!(parse_messages(&done, &mut found).unwrap());
+    }
+
+    #[test]
+    fn truncated_messages_are_errors_not_panics() {
+        let datagram = link_message("veth1", Some(1));
+        for cut in 0..datagram.len() {
+            let mut found = Vec::new();
+            let _ = parse_messages(&datagram[..cut], &mut found);
+        }
+    }
+}
