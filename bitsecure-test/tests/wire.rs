@@ -11,7 +11,7 @@ use bitsecure_test::{
     cgroup::TestCgroup,
     exposition::{Sample, process_traffic, sum_metric, traffic_by_process, within},
     process::{run_generator, scratch_dir, sh, spawn_until},
-    testnet::TestNet,
+    testnet::{LOOPBACK_PORT, TestNet},
 };
 
 use crate::install_generator;
@@ -995,6 +995,98 @@ fn xdp_programs_and_forwarding_are_reported() {
         ) {
             0.0 => Ok(()),
             n => Err(format!("XDP still listed on {interface}: {n}")),
+        }
+    });
+}
+
+/// An OUTPUT REDIRECT rule in a test namespace (a local proxy, a Kubernetes node port): a
+/// client there connects to an address on its subnet that nobody has, port 80, and the rule
+/// sends it to a server on the namespace's 127.0.0.1. The client's connection is one series,
+/// keyed by the address and port it asked for, equal to nftables' count of it.
+#[test]
+fn a_connection_redirected_in_a_namespace_is_one_flow_to_the_address_asked_for() {
+    let mut net = TestNet::new();
+    let asked = net.peer_v4_host(77);
+    net.nft_script(
+        "redirect",
+        &format!(
+            "table ip bitsecure_redirect {{\n  chain output {{\n    type nat hook output \
+             priority -100; policy accept;\n    ip daddr {asked} tcp dport 80 redirect to :{LOOPBACK_PORT}\n  }}\n}}\n\
+             table ip bitsecure_redirected {{\n  counter to_server {{}}\n  counter to_client {{}}\n  \
+             chain output {{\n    type filter hook output priority 0; policy accept;\n    \
+             tcp dport {LOOPBACK_PORT} counter name to_server\n    tcp sport {LOOPBACK_PORT} \
+             counter name to_client\n  }}\n}}\n"
+        ),
+    );
+    let server = install_generator("bsg-redir-srv");
+    net.spawn_server(
+        &server,
+        &["serve", "--tcp", &format!("127.0.0.1:{LOOPBACK_PORT}")],
+    );
+    let agent = Agent::start();
+    let client = install_generator("bsg-redirected");
+    run_generator(net.command(&client).args([
+        "tcp",
+        "--connect",
+        &format!("{asked}:80"),
+        "--upload",
+        "500000",
+        "--download",
+        "500000",
+    ]));
+    // Both directions leave through the namespace's output hook (client and server are local).
+    let counter = |name: &str| -> (u64, u64) {
+        let text = sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &net.ns,
+                "nft",
+                "list",
+                "counter",
+                "ip",
+                "bitsecure_redirected",
+                name,
+            ],
+        );
+        let number = |key: &str| -> u64 {
+            let mut words = text.split_whitespace();
+            words.find(|word| *word == key);
+            words.next().and_then(|n| n.parse().ok()).unwrap()
+        };
+        (number("packets"), number("bytes"))
+    };
+    let (sent_packets, sent_bytes) = counter("to_server");
+    let (received_packets, received_bytes) = counter("to_client");
+    let asked = asked.to_string();
+    eventually(&agent, 15, |samples| {
+        let series: BTreeSet<(String, String)> = samples
+            .iter()
+            .filter(|sample| sample.name == "bitsecure_sent_bytes_total")
+            .filter(|sample| {
+                sample.labels.get("process").map(String::as_str) == Some("bsg-redirected")
+            })
+            .map(|sample| {
+                let label = |key: &str| sample.labels.get(key).cloned().unwrap_or_default();
+                (label("remote"), label("port"))
+            })
+            .collect();
+        let mine = process_traffic(samples, "bsg-redirected", "tcp");
+        let truth = (sent_packets, sent_bytes, received_packets, received_bytes);
+        let measured = (
+            mine.sent_packets,
+            mine.sent_bytes,
+            mine.received_packets,
+            mine.received_bytes,
+        );
+        if series == BTreeSet::from([(asked.clone(), "80".to_owned())]) && measured == truth {
+            Ok(())
+        } else {
+            Err(format!(
+                "bsg-redirected: series {series:?} (want only {asked} port 80); (sent packets, \
+                 bytes, received packets, bytes) {measured:?} vs nftables {truth:?}"
+            ))
         }
     });
 }
