@@ -446,7 +446,7 @@ fn wire_segments(len: u32, gso_segs: u32, gso_size: u32, header_len: u32) -> u32
 
 /// Adds what a socket program attributed to the interface the packet crossed, if the agent
 /// watches it (an interface of its own network namespace; loopback is never watched).
-#[inline(never)]
+#[inline(always)]
 fn attribute_to_interface(
     skb: *mut __sk_buff,
     interface: Option<*mut InterfaceCounters>,
