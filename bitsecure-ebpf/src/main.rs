@@ -22,7 +22,8 @@
 //!   count every IPv4/IPv6 packet crossing each watched interface of the agent's network
 //!   namespace, in the same L3 wire bytes; the socket programs add what they attributed to the
 //!   same per-interface entry. The difference is what no socket hook saw: frames of packet
-//!   sockets, forwarded packets, packets no socket took.
+//!   sockets, forwarded packets, packets no socket took. The ingress one also notes IPv4
+//!   fragments, so the socket programs count a reassembled datagram as its fragments.
 //!
 //! The counting programs also hand two kinds of payload bytes to the agent through a ring
 //! buffer, for naming remotes and classifying applications: every DNS message received from

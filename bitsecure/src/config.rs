@@ -319,6 +319,24 @@ mod tests {
     }
 
     #[test]
+    fn interface_patterns_are_names_with_stars() {
+        for good in ["[]", "[\"eth0\", \"wg*\"]", "[\"*\"]", "[\"bsdemo-*\"]"] {
+            let text = format!("[kernel]\ninterfaces = {good}\n");
+            assert!(Config::parse(&text, "t").is_ok(), "{text} was refused");
+        }
+        for bad in [
+            "[\"\"]",
+            "[\"eth0 eth1\"]",
+            "[\"a-name-too-long-0\"]",
+            "[\"/dev/eth0\"]",
+        ] {
+            let text = format!("[kernel]\ninterfaces = {bad}\n");
+            let error = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(error.contains("kernel.interfaces"), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn out_of_range_values_are_rejected() {
         for text in [
             "[agent]\npoll_interval_seconds = 0.0\n",
