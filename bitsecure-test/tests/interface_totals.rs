@@ -651,12 +651,24 @@ fn fragmented_datagrams_count_as_their_fragments() {
 }
 
 /// Paths the counters cannot follow are reported, not silent: an XDP program attached to an
-/// interface (it sees packets before every BitSecure program) is listed while attached, and
-/// forwarding is reported as the sysctl says.
+/// interface (it sees packets before every BitSecure program) is listed while attached, an
+/// nftables NAT chain while it exists, and forwarding as the sysctl says.
 #[test]
-fn xdp_programs_and_forwarding_are_reported() {
+fn xdp_programs_nat_chains_and_forwarding_are_reported() {
     let net = TestNet::new();
+    let table = DeleteNftTable(format!("bitsecure_natdet_{}", std::process::id()));
     let agent = Agent::start();
+    let rules = scratch_dir().join(format!("{}.nft", table.0));
+    std::fs::write(
+        &rules,
+        format!(
+            "table ip {} {{\n  chain out {{\n    type nat hook output priority -100; policy \
+             accept;\n  }}\n}}\n",
+            table.0
+        ),
+    )
+    .unwrap();
+    sh("nft", &["-f", rules.to_str().unwrap()]);
     let interface = net.host_interface().to_owned();
     let attacher = install_generator("bsg-xdp");
     let mut attached = spawn_until(
@@ -678,24 +690,48 @@ fn xdp_programs_and_forwarding_are_reported() {
             "bitsecure_forwarding_enabled",
             &[("family", "ipv4")],
         );
-        if xdp == 1.0 && reported == f64::from(u8::from(forwarding)) {
+        let nat = sum_metric(
+            samples,
+            "bitsecure_nat_chains",
+            &[("family", "ip"), ("table", &table.0), ("chain", "out")],
+        );
+        if xdp == 1.0 && reported == f64::from(u8::from(forwarding)) && nat == 1.0 {
             Ok(())
         } else {
             Err(format!(
-                "XDP on {interface}: {xdp}; forwarding reported {reported}, sysctl {forwarding}"
+                "XDP on {interface}: {xdp}; forwarding reported {reported}, sysctl {forwarding}; \
+                 NAT chain {}: {nat}",
+                table.0
             ))
         }
     });
+    sh("nft", &["delete", "table", "ip", &table.0]);
     let _ = attached.child.kill();
     let _ = attached.child.wait();
     eventually(&agent, 15, |samples| {
-        match sum_metric(
+        let xdp = sum_metric(
             samples,
             "bitsecure_xdp_programs",
             &[("interface", &interface)],
-        ) {
-            0.0 => Ok(()),
-            n => Err(format!("XDP still listed on {interface}: {n}")),
+        );
+        let nat = sum_metric(samples, "bitsecure_nat_chains", &[("table", &table.0)]);
+        if (xdp, nat) == (0.0, 0.0) {
+            Ok(())
+        } else {
+            Err(format!(
+                "still listed: XDP on {interface} {xdp}, NAT chain {nat}"
+            ))
         }
     });
+}
+
+/// An nftables table of the root namespace, deleted on drop.
+struct DeleteNftTable(String);
+
+impl Drop for DeleteNftTable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .output();
+    }
 }

@@ -26,6 +26,7 @@ use crate::{
     export::{metrics::Metrics, server},
     flow::Polled,
     kernel::{AttachedPrograms, KernelLogger, caps, cgroup, pins},
+    poller::blind_spots,
     state::{self, StateFile},
 };
 
@@ -185,8 +186,18 @@ fn guard(
     interval: Duration,
     stop: &mpsc::Receiver<()>,
 ) {
+    let mut nat_error_logged = false;
     loop {
         metrics.record_attachments(&programs.check_and_repair());
+        match blind_spots::nat_chains() {
+            Ok(chains) => metrics.poller.record_nat_chains(&chains),
+            // No nf_tables in this kernel, or no CAP_NET_ADMIN: said once.
+            Err(error) if !nat_error_logged => {
+                nat_error_logged = true;
+                info!("cannot list nftables NAT chains: {error}");
+            }
+            Err(_) => {}
+        }
         match stop.recv_timeout(interval) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,

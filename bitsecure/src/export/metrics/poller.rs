@@ -6,7 +6,7 @@ use prometheus::{
 
 use super::register;
 use crate::kernel::ProgramCheck;
-use crate::poller::{KernelStats, PollReport, identity::ProcessIdentity};
+use crate::poller::{KernelStats, PollReport, blind_spots::NatChain, identity::ProcessIdentity};
 
 /// The poller's view of the kernel: maps, processes, attribution, its own health.
 pub struct PollerMetrics {
@@ -27,6 +27,7 @@ pub struct PollerMetrics {
     pub unattributed_bytes: IntCounterVec,
     pub forwarding_enabled: IntGaugeVec,
     pub xdp_programs: IntGaugeVec,
+    pub nat_chains: IntGaugeVec,
 }
 
 impl PollerMetrics {
@@ -177,6 +178,19 @@ impl PollerMetrics {
                     &["interface", "mode"],
                 )?,
             )?,
+            nat_chains: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_nat_chains",
+                        "1 per nftables chain of type nat (iptables-nft's too) in the agent's \
+                         network namespace: it rewrites addresses. TCP a local process sends \
+                         through it is still keyed by the address asked for; what it forwards \
+                         is unattributed interface traffic.",
+                    ),
+                    &["family", "table", "chain"],
+                )?,
+            )?,
             programs_attached: register(
                 registry,
                 IntGaugeVec::new(
@@ -198,6 +212,16 @@ impl PollerMetrics {
                 )?,
             )?,
         })
+    }
+
+    /// The NAT chains found now (the guard thread asks nftables).
+    pub fn record_nat_chains(&self, chains: &[NatChain]) {
+        self.nat_chains.reset();
+        for chain in chains {
+            self.nat_chains
+                .with_label_values(&[chain.family, chain.table.as_str(), chain.chain.as_str()])
+                .set(1);
+        }
     }
 
     /// One check of the programs' attachments.
