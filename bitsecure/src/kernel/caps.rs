@@ -5,8 +5,9 @@
 //! ([`POLLER_CAPABILITIES`]).
 //!
 //! Checking that the programs are still attached, and re-attaching them, needs CAP_NET_ADMIN
-//! and CAP_BPF ([`GUARD_CAPABILITIES`]): a thread of its own (the guard) keeps those two and
-//! parses nothing that comes from the network.
+//! and CAP_BPF ([`GUARD_CAPABILITIES`]); so do attaching the interface programs to interfaces
+//! that appear and listing nftables' NAT chains. A thread of its own (the guard) keeps those
+//! two and parses nothing that comes from the network.
 //!
 //! Capabilities are per thread in Linux. The agent starts the guard thread (which narrows
 //! itself), narrows every set (bounding set included) to the poller's two before starting the
@@ -25,8 +26,9 @@ pub const CAP_BPF: u32 = 39;
 pub const CAP_DAC_READ_SEARCH: u32 = 2;
 /// CAP_SYS_PTRACE: readlink `/proc/<pid>/fd/*` and `/proc/<pid>/exe` of other users' processes.
 pub const CAP_SYS_PTRACE: u32 = 19;
-/// What the guard thread keeps: asking the kernel which programs run on the cgroup
-/// (CAP_NET_ADMIN) and re-attaching ours (CAP_BPF, CAP_NET_ADMIN).
+/// What the guard thread keeps: asking the kernel which programs run on the cgroup and the
+/// interfaces, and nftables for its NAT chains (CAP_NET_ADMIN), and (re-)attaching ours
+/// (CAP_BPF, CAP_NET_ADMIN).
 pub const GUARD_CAPABILITIES: [u32; 2] = [CAP_NET_ADMIN, CAP_BPF];
 /// What the poller keeps.
 pub const POLLER_CAPABILITIES: [u32; 2] = [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE];
