@@ -82,6 +82,8 @@ pub struct InterfaceWatch {
     cpus: usize,
     /// Link types already reported as not watchable, so the log says it once.
     reported: HashMap<String, u32>,
+    /// Interfaces that could not be watched, so the log warns once, not every check.
+    failed: HashMap<String, u32>,
 }
 
 impl InterfaceWatch {
@@ -95,6 +97,7 @@ impl InterfaceWatch {
             sys_class_net: PathBuf::from("/sys/class/net"),
             cpus,
             reported: HashMap::new(),
+            failed: HashMap::new(),
         })
     }
 
@@ -179,14 +182,29 @@ impl InterfaceWatch {
                     }
                 }
                 None => match self.watch(ebpf, interface, link_header_len) {
-                    Ok(()) => info!("watching interface {}", interface.name),
+                    Ok(()) => {
+                        self.failed.remove(&interface.name);
+                        info!("watching interface {}", interface.name);
+                    }
                     Err(error) => {
-                        warn!("cannot watch interface {}: {error:#}", interface.name);
+                        // Tried again at every check; said once per interface.
+                        let first = self
+                            .failed
+                            .insert(interface.name.clone(), interface.ifindex)
+                            != Some(interface.ifindex);
+                        if first {
+                            warn!("cannot watch interface {}: {error:#}", interface.name);
+                        } else {
+                            debug!("cannot watch interface {}: {error:#}", interface.name);
+                        }
                         check.unwatched.push(interface.name.clone());
                     }
                 },
             }
         }
+        // Interfaces that went away are forgotten (names of churned veths would pile up).
+        self.failed
+            .retain(|name, _| listed.iter().any(|interface| &interface.name == name));
         check.watched = self.watched.len();
         check
     }
