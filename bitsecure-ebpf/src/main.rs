@@ -536,10 +536,6 @@ fn note_fragment(ctx: &TcContext, l3_offset: u32, l3_len: u32) {
     let Some(header) = load::<[u8; 20]>(&ctx.skb, l3_offset as usize) else {
         return;
     };
-    // More fragments, or an offset: a piece of a datagram.
-    if u16::from_be_bytes([header[6], header[7]]) & 0x3fff == 0 {
-        return;
-    }
     let key = FragmentKey {
         source: [header[12], header[13], header[14], header[15]],
         id: [header[4], header[5]],
@@ -608,7 +604,13 @@ fn count_on_interface(ctx: &TcContext, direction: u8) {
         let segments = wire_segments(l3_len, gso_segs, gso_size, header_len);
         wire.bytes += (segments as u64 - 1) * header_len as u64;
         wire.packets = segments as u64;
-    } else if direction == DIRECTION_INGRESS && l3_protocol == ETH_P_IP {
+    } else if direction == DIRECTION_INGRESS
+        && l3_protocol == ETH_P_IP
+        // More fragments, or an offset: a piece of a datagram. Most packets stop here, at
+        // one bounds-checked read of the flags.
+        && load::<[u8; 2]>(&ctx.skb, link_header_len as usize + 6)
+            .is_some_and(|flags| u16::from_be_bytes(flags) & 0x3fff != 0)
+    {
         note_fragment(ctx, link_header_len, l3_len);
     }
     // SAFETY: as above.

@@ -279,30 +279,37 @@ impl TestNet {
 
     /// The nftables counter `host_{direction}_{protocol}`: (packets, bytes).
     pub fn counter(&self, direction: &str, protocol: &str) -> (u64, u64) {
-        let name = format!("host_{direction}_{protocol}");
-        let text = sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.ns,
-                "nft",
-                "list",
-                "counter",
-                "inet",
-                "bitsecure_test",
-                &name,
-            ],
-        );
-        let number = |key: &str| -> u64 {
-            let mut words = text.split_whitespace();
-            words.find(|word| *word == key);
-            words
-                .next()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("{name}: {text}"))
-        };
-        (number("packets"), number("bytes"))
+        nft_counter(
+            &self.ns,
+            "inet",
+            "bitsecure_test",
+            &format!("host_{direction}_{protocol}"),
+        )
+    }
+
+    /// Starts `packet-send` from `program` (a generator): `frames` hand-built
+    /// Ethernet/IPv4/UDP frames of 1,000 payload bytes from the host's address to the peer's,
+    /// through a packet socket on the host's veth (`extra`: more options, e.g.
+    /// `--qdisc-bypass`). The generator then holds its packet socket until dropped.
+    pub fn send_frames(&self, program: &Path, frames: u32, extra: &[&str]) -> Spawned {
+        spawn_until(
+            Command::new(program)
+                .args([
+                    "packet-send",
+                    "--interface",
+                    self.lab.host_if(),
+                    "--from",
+                    &self.host_v4.to_string(),
+                    "--to",
+                    &self.peer_v4.to_string(),
+                    "--frames",
+                    &frames.to_string(),
+                    "--size",
+                    "1000",
+                ])
+                .args(extra),
+            "ready",
+        )
     }
 
     /// The counter pair `host_{sent,received}_{protocol}` as the host's traffic.
@@ -339,6 +346,37 @@ impl TestNet {
                 "bitsecure_test",
             ],
         );
+    }
+}
+
+/// The nftables counter `name` of table `family table` in network namespace `netns`:
+/// (packets, bytes).
+pub fn nft_counter(netns: &str, family: &str, table: &str, name: &str) -> (u64, u64) {
+    let text = sh(
+        "ip",
+        &[
+            "netns", "exec", netns, "nft", "list", "counter", family, table, name,
+        ],
+    );
+    let number = |key: &str| -> u64 {
+        let mut words = text.split_whitespace();
+        words.find(|word| *word == key);
+        words
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{table} {name}: {text}"))
+    };
+    (number("packets"), number("bytes"))
+}
+
+/// An nftables table of the root namespace (`ip` family), deleted on drop.
+pub struct HostNftTable(pub String);
+
+impl Drop for HostNftTable {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &self.0])
+            .output();
     }
 }
 

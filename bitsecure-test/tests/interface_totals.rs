@@ -11,7 +11,7 @@ use bitsecure_test::{
     agent::{Agent, eventually},
     exposition::{Sample, process_traffic, sum_metric, traffic_by_process, within},
     process::{run_generator, scratch_dir, sh, spawn_until},
-    testnet::TestNet,
+    testnet::{HostNftTable, TestNet, nft_counter},
 };
 
 use crate::{install_generator, wire::held};
@@ -71,23 +71,7 @@ fn frames_of_a_packet_socket_are_unattributed_bytes_of_their_interface() {
     let agent = Agent::start();
     let interface = net.host_interface().to_owned();
     let [(_, unattributed_before), _] = interface_counters(&agent, &interface);
-    let sender = install_generator("bsg-pkt-unattr");
-    let _sender = spawn_until(
-        std::process::Command::new(&sender).args([
-            "packet-send",
-            "--interface",
-            &interface,
-            "--from",
-            &net.host_v4.to_string(),
-            "--to",
-            &net.peer_v4.to_string(),
-            "--frames",
-            &FRAMES.to_string(),
-            "--size",
-            "1000",
-        ]),
-        "ready",
-    );
+    let _sender = net.send_frames(&install_generator("bsg-pkt-unattr"), FRAMES, &[]);
     // Only the frames are UDP from the host in this namespace.
     let (frames, frame_bytes) = net.counter("sent", "udp");
     assert_eq!(frames, u64::from(FRAMES), "nftables saw {frames} frames");
@@ -128,21 +112,10 @@ fn frames_that_bypass_the_qdisc_still_leave_their_packet_socket_listed() {
     let agent = Agent::start();
     let interface = net.host_interface().to_owned();
     interface_counters(&agent, &interface);
-    let sender = install_generator("bsg-pkt-bypass");
-    let _sender = spawn_until(
-        std::process::Command::new(&sender).args([
-            "packet-send",
-            "--interface",
-            &interface,
-            "--from",
-            &net.host_v4.to_string(),
-            "--to",
-            &net.peer_v4.to_string(),
-            "--frames",
-            "1000",
-            "--qdisc-bypass",
-        ]),
-        "ready",
+    let _sender = net.send_frames(
+        &install_generator("bsg-pkt-bypass"),
+        1000,
+        &["--qdisc-bypass"],
     );
     let (frames, _) = net.counter("sent", "udp");
     assert_eq!(frames, 1000, "the frames reached the namespace");
@@ -502,18 +475,7 @@ fn merged_packets_of_a_vm_host_count_as_their_wire_segments() {
         "--download",
         "4000000",
     ]));
-    let listed = sh(
-        "ip",
-        &[
-            "netns", "exec", &netns.0, "nft", "list", "counter", "inet", "lro", "sent",
-        ],
-    );
-    let number = |key: &str| -> u64 {
-        let mut words = listed.split_whitespace();
-        words.find(|word| *word == key);
-        words.next().and_then(|n| n.parse().ok()).unwrap()
-    };
-    let (packets, bytes) = (number("packets"), number("bytes"));
+    let (packets, bytes) = nft_counter(&netns.0, "inet", "lro", "sent");
     // The helper did merge: more segments than frames.
     let merged: Vec<u64> = std::fs::read_to_string(&stats)
         .unwrap_or_default()
@@ -588,28 +550,7 @@ fn fragmented_datagrams_count_as_their_fragments() {
         "--size",
         "8000",
     ]));
-    let counter = |name: &str| -> (u64, u64) {
-        let text = sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &net.ns,
-                "nft",
-                "list",
-                "counter",
-                "netdev",
-                "bitsecure_frag",
-                name,
-            ],
-        );
-        let number = |key: &str| -> u64 {
-            let mut words = text.split_whitespace();
-            words.find(|word| *word == key);
-            words.next().and_then(|n| n.parse().ok()).unwrap()
-        };
-        (number("packets"), number("bytes"))
-    };
+    let counter = |name| nft_counter(&net.ns, "netdev", "bitsecure_frag", name);
     let (sent_packets, sent_bytes) = counter("from_host");
     let (received_packets, received_frame_bytes) = counter("to_host");
     // The egress hook sees frames, Ethernet header included.
@@ -656,7 +597,7 @@ fn fragmented_datagrams_count_as_their_fragments() {
 #[test]
 fn xdp_programs_nat_chains_and_forwarding_are_reported() {
     let net = TestNet::new();
-    let table = DeleteNftTable(format!("bitsecure_natdet_{}", std::process::id()));
+    let table = HostNftTable(format!("bitsecure_natdet_{}", std::process::id()));
     let agent = Agent::start();
     let rules = scratch_dir().join(format!("{}.nft", table.0));
     std::fs::write(
@@ -723,15 +664,4 @@ fn xdp_programs_nat_chains_and_forwarding_are_reported() {
             ))
         }
     });
-}
-
-/// An nftables table of the root namespace, deleted on drop.
-struct DeleteNftTable(String);
-
-impl Drop for DeleteNftTable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", &self.0])
-            .output();
-    }
 }

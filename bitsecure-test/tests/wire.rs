@@ -12,8 +12,8 @@ use bitsecure_test::{
     agent::{Agent, eventually},
     cgroup::TestCgroup,
     exposition::{Sample, process_traffic, sum_metric, traffic_by_process},
-    process::{run_generator, scratch_dir, sh, spawn_until},
-    testnet::{LOOPBACK_PORT, TestNet},
+    process::{run_generator, scratch_dir, sh},
+    testnet::{HostNftTable, LOOPBACK_PORT, TestNet, nft_counter},
 };
 
 use crate::install_generator;
@@ -45,23 +45,7 @@ fn packet_and_raw_sockets_are_listed_with_their_process() {
         ],
     );
     // 4 MiB of frames through a packet socket on the host's veth, below every socket hook.
-    let sender = install_generator("bsg-pkt-sender");
-    let mut sender = spawn_until(
-        std::process::Command::new(&sender).args([
-            "packet-send",
-            "--interface",
-            net.host_interface(),
-            "--from",
-            &net.host_v4.to_string(),
-            "--to",
-            &net.peer_v4.to_string(),
-            "--frames",
-            &FRAMES.to_string(),
-            "--size",
-            "1000",
-        ]),
-        "ready",
-    );
+    let mut sender = net.send_frames(&install_generator("bsg-pkt-sender"), FRAMES, &[]);
     let exe = sender_exe_label(&agent);
     eventually(&agent, 15, |samples| {
         let packet = held(samples, "bsg-pkt-sender", "packet", "ipv4");
@@ -103,17 +87,6 @@ fn sender_exe_label(agent: &Agent) -> String {
             .and_then(|sample| sample.labels.get("exe").cloned())
             .ok_or_else(|| "bsg-pkt-sender not listed".to_owned())
     })
-}
-
-/// An nftables table in the host's namespace, deleted on drop.
-struct HostNftTable(String);
-
-impl Drop for HostNftTable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", &self.0])
-            .status();
-    }
 }
 
 /// An OUTPUT DNAT rule sends a connection to an address nobody has to the server in the test
@@ -203,28 +176,6 @@ fn unexpected_held(samples: &[Sample], process: &str, kind: &str) -> f64 {
     )
 }
 
-/// Starts `packet-send` of one frame from `program` on the test veth; it then holds its packet
-/// socket until dropped.
-fn hold_packet_socket(
-    net: &TestNet,
-    program: &std::path::Path,
-) -> bitsecure_test::process::Spawned {
-    spawn_until(
-        std::process::Command::new(program).args([
-            "packet-send",
-            "--interface",
-            net.host_interface(),
-            "--from",
-            &net.host_v4.to_string(),
-            "--to",
-            &net.peer_v4.to_string(),
-            "--frames",
-            "1",
-        ]),
-        "ready",
-    )
-}
-
 /// The baseline names who may hold a packet socket: a process it does not name holding one is
 /// unexpected, and so is the expected process holding another kind (a raw socket) — the way
 /// around a check by name alone. Learning records the holders it sees.
@@ -244,8 +195,8 @@ fn a_packet_socket_the_baseline_does_not_expect_is_unexpected() {
     ));
     let known = install_generator("bsg-pkt-known");
     let rogue = install_generator("bsg-pkt-rogue");
-    let _known = hold_packet_socket(&net, &known);
-    let _rogue = hold_packet_socket(&net, &rogue);
+    let _known = net.send_frames(&known, 1, &[]);
+    let _rogue = net.send_frames(&rogue, 1, &[]);
     eventually(&agent, 15, |samples| {
         let listed = (
             held(samples, "bsg-pkt-known", "packet", "ipv4"),
@@ -289,7 +240,7 @@ fn a_packet_socket_held_while_learning_is_expected_afterwards() {
     let baseline = scratch_dir().join(format!("packet-learn-{}.toml", std::process::id()));
     let _ = std::fs::remove_file(&baseline);
     let learner = install_generator("bsg-pkt-learnt");
-    let _learner = hold_packet_socket(&net, &learner);
+    let _learner = net.send_frames(&learner, 1, &[]);
     let agent = Agent::start_with(&format!(
         "[baseline]\npath = \"{}\"\nlearn_seconds = 3\n",
         baseline.display()
@@ -353,28 +304,7 @@ fn a_connection_redirected_in_a_namespace_is_one_flow_to_the_address_asked_for()
         "500000",
     ]));
     // Both directions leave through the namespace's output hook (client and server are local).
-    let counter = |name: &str| -> (u64, u64) {
-        let text = sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &net.ns,
-                "nft",
-                "list",
-                "counter",
-                "ip",
-                "bitsecure_redirected",
-                name,
-            ],
-        );
-        let number = |key: &str| -> u64 {
-            let mut words = text.split_whitespace();
-            words.find(|word| *word == key);
-            words.next().and_then(|n| n.parse().ok()).unwrap()
-        };
-        (number("packets"), number("bytes"))
-    };
+    let counter = |name| nft_counter(&net.ns, "ip", "bitsecure_redirected", name);
     let (sent_packets, sent_bytes) = counter("to_server");
     let (received_packets, received_bytes) = counter("to_client");
     let asked = asked.to_string();

@@ -84,10 +84,15 @@ pub struct InterfaceWatch {
     reported: HashMap<String, u32>,
     /// Interfaces that could not be watched, so the log warns once, not every check.
     failed: HashMap<String, u32>,
+    /// Ids of this agent's egress and ingress programs, to find them among an interface's.
+    own_ids: [u32; 2],
+    /// TCX links (Linux 6.6), which can be asked for; else clsact filters.
+    tcx: bool,
 }
 
 impl InterfaceWatch {
-    pub fn new(map: MapData, patterns: Vec<String>) -> anyhow::Result<Self> {
+    /// `own_ids`: the loaded egress and ingress programs' ids.
+    pub fn new(map: MapData, patterns: Vec<String>, own_ids: [u32; 2]) -> anyhow::Result<Self> {
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
         Ok(Self {
@@ -98,6 +103,8 @@ impl InterfaceWatch {
             cpus,
             reported: HashMap::new(),
             failed: HashMap::new(),
+            own_ids,
+            tcx: kernel_at_least(6, 6),
         })
     }
 
@@ -152,7 +159,7 @@ impl InterfaceWatch {
         }
         for (interface, link_header_len) in wanted {
             match self.watched.get(&interface.ifindex) {
-                Some(watched) if self.still_attached(ebpf, interface) => {
+                Some(watched) if self.still_attached(interface) => {
                     if watched.mtu != interface.mtu {
                         self.update_mtu(interface);
                     }
@@ -160,7 +167,7 @@ impl InterfaceWatch {
                 Some(_) => {
                     // Someone detached a program: attach both again (the entry stays).
                     self.watched.remove(&interface.ifindex);
-                    match attach_both(ebpf, &interface.name) {
+                    match attach_both(ebpf, &interface.name, self.tcx) {
                         Ok((egress, ingress)) => {
                             warn!(
                                 "the interface counting programs were detached from {}: \
@@ -246,7 +253,7 @@ impl InterfaceWatch {
             self.map
                 .set(slot, PerCpuValues::try_from(vec![entry; self.cpus])?, 0)?;
         }
-        let (egress, ingress) = attach_both(ebpf, &interface.name)?;
+        let (egress, ingress) = attach_both(ebpf, &interface.name, self.tcx)?;
         self.insert_watched(interface, egress, ingress);
         Ok(())
     }
@@ -301,25 +308,20 @@ impl InterfaceWatch {
 
     /// Whether both programs are still attached to the interface. Only TCX links can be
     /// asked; a clsact filter (before 6.6) is taken as attached.
-    fn still_attached(&self, ebpf: &Ebpf, interface: &Listed) -> bool {
-        if !tcx_supported() {
+    fn still_attached(&self, interface: &Listed) -> bool {
+        if !self.tcx {
             return true;
         }
-        [
-            (INTERFACE_EGRESS, TcAttachType::Egress),
-            (INTERFACE_INGRESS, TcAttachType::Ingress),
-        ]
-        .iter()
-        .all(|(name, attach_type)| {
-            let Some(own_id) = program_id(ebpf, name) else {
-                return false;
-            };
-            match SchedClassifier::query_tcx(&interface.name, *attach_type) {
-                Ok((_, programs)) => programs.iter().any(|program| program.id() == own_id),
-                // Gone between the listing and the query: the next check drops it.
-                Err(_) => true,
-            }
-        })
+        [TcAttachType::Egress, TcAttachType::Ingress]
+            .into_iter()
+            .zip(self.own_ids)
+            .all(|(attach_type, own_id)| {
+                match SchedClassifier::query_tcx(&interface.name, attach_type) {
+                    Ok((_, programs)) => programs.iter().any(|program| program.id() == own_id),
+                    // Gone between the listing and the query: the next check drops it.
+                    Err(_) => true,
+                }
+            })
     }
 
     fn report_unwatchable(&mut self, interface: &Listed) {
@@ -380,24 +382,17 @@ fn matches_pattern(pattern: &str, name: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-fn tcx_supported() -> bool {
-    kernel_at_least(6, 6)
-}
-
 fn kernel_at_least(major: u8, minor: u8) -> bool {
     KernelVersion::current().is_ok_and(|current| current >= KernelVersion::new(major, minor, 0))
 }
 
-fn program_id(ebpf: &Ebpf, name: &str) -> Option<u32> {
-    ebpf.program(name)?.info().ok().map(|info| info.id())
-}
-
-/// Attaches both tc programs to `interface`.
+/// Attaches both tc programs to `interface` (`tcx`: as TCX links, else as clsact filters).
 fn attach_both(
     ebpf: &mut Ebpf,
     interface: &str,
+    tcx: bool,
 ) -> anyhow::Result<(tc::SchedClassifierLink, tc::SchedClassifierLink)> {
-    if !tcx_supported() {
+    if !tcx {
         // EEXIST: the qdisc is there already (another tool's, or ours from before).
         if let Err(error) = tc::qdisc_add_clsact(interface)
             && !matches!(&error, tc::TcError::IoError(io) if io.kind() == std::io::ErrorKind::AlreadyExists)

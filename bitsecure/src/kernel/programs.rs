@@ -314,12 +314,12 @@ pub fn load_and_attach(
         })?;
     }
     // Attached to each interface by the first check (the guard's).
-    for name in [INTERFACE_EGRESS, INTERFACE_INGRESS] {
-        load_program(&mut ebpf, name)?;
-    }
+    let (_, egress_id) = load_program(&mut ebpf, INTERFACE_EGRESS)?;
+    let (_, ingress_id) = load_program(&mut ebpf, INTERFACE_INGRESS)?;
     let interface_map = take_map(&mut ebpf, map_names::INTERFACES)?;
     let interface_map_id = interface_map.info()?.id();
-    let interfaces = InterfaceWatch::new(interface_map, interfaces.to_vec())?;
+    let interfaces =
+        InterfaceWatch::new(interface_map, interfaces.to_vec(), [egress_id, ingress_id])?;
 
     let maps = KernelMaps {
         flows: take_map(&mut ebpf, map_names::FLOWS)?,

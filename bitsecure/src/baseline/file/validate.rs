@@ -216,26 +216,31 @@ pub(super) fn validate(baseline: &Baseline) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The values of one `[[packet_socket]]` table.
-fn validate_packet_socket(rule: &PacketSocketRule) -> Result<(), FieldProblem> {
-    if rule.process.trim().is_empty() {
+/// A table's `process` (named) and `exe` (an absolute path like `example`, when given).
+fn validate_holder(process: &str, exe: Option<&str>, example: &str) -> Result<(), FieldProblem> {
+    if process.trim().is_empty() {
         return Err(problem(
             "process",
             "`process` is empty: name the process (as in /proc/PID/comm)",
         ));
     }
-    if let Some(exe) = &rule.exe
+    if let Some(exe) = exe
         && !exe.starts_with('/')
     {
         return Err(problem(
             "exe",
             format!(
-                "exe {:?} is not an absolute path like \"/usr/sbin/dhclient\" (leave it out if \
-                 unknown)",
+                "exe {:?} is not an absolute path like \"{example}\" (leave it out if unknown)",
                 printable(exe)
             ),
         ));
     }
+    Ok(())
+}
+
+/// The values of one `[[packet_socket]]` table.
+fn validate_packet_socket(rule: &PacketSocketRule) -> Result<(), FieldProblem> {
+    validate_holder(&rule.process, rule.exe.as_deref(), "/usr/sbin/dhclient")?;
     let kinds = crate::flow::PacketSocketKind::ALL.map(|kind| kind.as_str());
     if !kinds.contains(&rule.kind.as_str()) {
         return Err(problem(
@@ -281,23 +286,7 @@ fn validate_recording(recording: &Recording) -> Result<(), FieldProblem> {
 
 /// The values of one rule (also of a rule about to be appended).
 pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
-    if rule.process.trim().is_empty() {
-        return Err(problem(
-            "process",
-            "`process` is empty: name the process (as in /proc/PID/comm)",
-        ));
-    }
-    if let Some(exe) = &rule.exe
-        && !exe.starts_with('/')
-    {
-        return Err(problem(
-            "exe",
-            format!(
-                "exe {:?} is not an absolute path like \"/usr/bin/xmrig\" (leave it out if unknown)",
-                printable(exe)
-            ),
-        ));
-    }
+    validate_holder(&rule.process, rule.exe.as_deref(), "/usr/bin/xmrig")?;
     rule.remote_matcher()
         .map_err(|e| problem("remote", e.to_string()))?;
     if rule.port == Some(0) {
