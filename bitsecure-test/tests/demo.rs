@@ -1,4 +1,4 @@
-//! End to end: the demo rig (`bitsecure-rig demo`, time-compressed 30x) with the real agent and
+//! End to end: the demo rig (`bitsecure-rig demo`, time-compressed 60x) with the real agent and
 //! a real Prometheus loaded with the bundled alert rules. While the demo keeps running, this
 //! test asks Prometheus itself — not the demo's printout — whether:
 //!
