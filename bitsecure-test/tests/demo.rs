@@ -24,10 +24,7 @@ use bitsecure_test::{
 };
 use serde_json::Value;
 
-/// The demo's default pace. At 60x the 30-minute learning was 60 polls of 0.5 s, and on a
-/// loaded CI machine the jitter of which poll a job lands in sometimes hid the miner's cycle
-/// from cadence detection (no cadence learnt, so the silence alert could not fire in time).
-const TIME_SCALE: &str = "30";
+const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
 const EXPECTED: [(&str, &[(&str, &str)]); 3] = [
     (
