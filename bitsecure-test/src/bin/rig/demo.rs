@@ -2,7 +2,7 @@
 //! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
 //!
 //! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
-//! 30 minutes of learning 30 s; the agent's poll interval, Prometheus' scrape interval and every
+//! hour of learning 60 s; the agent's poll interval, Prometheus' scrape interval and every
 //! duration in the alert rules shrink with it.
 
 use std::fs::{self, File};
@@ -36,7 +36,9 @@ const MONITOR_NAME: &str = "monitor.rig.example";
 const INTRUDER_PORT: u16 = 4444;
 /// Real-life timings, divided by the time scale.
 const JOB_CYCLE: Duration = Duration::from_secs(300);
-const LEARNING: Duration = Duration::from_secs(1800);
+/// Twelve job cycles: cadence detection needs about nine to stay sure of a cycle when a couple
+/// of bursts land a poll early or late (as they do on a loaded machine); six often were not.
+const LEARNING: Duration = Duration::from_secs(3600);
 const DNS_EVERY: Duration = Duration::from_secs(60);
 const NTP_EVERY: Duration = Duration::from_secs(64);
 const SCRAPE_EVERY: Duration = Duration::from_secs(15);
@@ -71,8 +73,8 @@ const ANOMALIES: [Anomaly; 3] = [
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// How many times faster than real life the rig runs. 1 = a 5-minute job cycle and 30
-    /// minutes of learning (about an hour in all); 30 = 10 s and 60 s (about 4 minutes).
+    /// How many times faster than real life the rig runs. 1 = a 5-minute job cycle and an hour
+    /// of learning (about 90 minutes in all); 30 = 10 s and 120 s (about 5 minutes).
     #[arg(long, default_value_t = 30.0, value_parser = parse_scale)]
     time_scale: f64,
     /// The agent binary (default: `bitsecure` next to this program).
