@@ -96,6 +96,11 @@ pub struct FlowDelta {
     pub process: String,
     /// Executable path of the process, when /proc told it.
     pub exe: Option<String>,
+    /// SHA-256 of the executable's content (lowercase hex), when it could be read.
+    pub exe_sha256: Option<String>,
+    /// The cgroup v2 path the socket was created in, as the kernel recorded it (or, for a
+    /// socket older than the agent, the process's cgroup).
+    pub cgroup: Option<String>,
     /// The kernel flow (socket × remote) was seen for the first time in this poll.
     pub new_flow: bool,
     pub remote: IpAddr,

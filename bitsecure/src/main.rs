@@ -101,6 +101,14 @@ enum BaselineCommand {
         /// Accept everything currently unexpected.
         #[arg(long, conflicts_with_all = ["process", "remote", "port", "protocol", "app"])]
         all: bool,
+        /// Accept the executable at this path as it runs now (an update you made): the rules
+        /// expecting it take its new SHA-256. `bitsecure unexpected` lists changed executables.
+        #[arg(
+            long,
+            value_name = "PATH",
+            conflicts_with_all = ["all", "process", "remote", "port", "protocol", "app", "by_address"]
+        )]
+        executable: Option<String>,
         /// Only entries of this process.
         #[arg(long)]
         process: Option<String>,
@@ -226,6 +234,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             file,
             agent,
             all,
+            executable,
             process,
             remote,
             port,
@@ -234,6 +243,11 @@ fn execute(command: Command) -> anyhow::Result<()> {
             by_address,
             note,
         }) => {
+            if let Some(exe) = executable {
+                let changed = commands::accept_executable(&agent.address()?, &file.path()?, &exe)?;
+                eprintln!("{changed} rules now expect the executable {exe} as it runs now");
+                return Ok(());
+            }
             let filter = AcceptFilter {
                 all,
                 process,

@@ -40,6 +40,10 @@ pub enum RemoteMatcher {
 pub struct LiveFlow<'a> {
     /// Process name.
     pub process: &'a str,
+    /// Executable path, when known.
+    pub exe: Option<&'a str>,
+    /// cgroup v2 path the socket was created in, when known.
+    pub cgroup: Option<&'a str>,
     /// Remote address.
     pub remote: IpAddr,
     /// What this host knows the remote as (lowercase, no trailing dot), if anything.
@@ -145,7 +149,8 @@ impl Rule {
         RemoteMatcher::parse(&self.remote)
     }
 
-    /// Whether live traffic belongs to this rule: same process name, remote within `remote`
+    /// Whether live traffic belongs to this rule: same process name (and executable and
+    /// cgroup, when the rule names them: see [`Rule::same_holder`]), remote within `remote`
     /// (by address, or by the flow's name for a name rule), same port unless the rule has
     /// none, same protocol (by number: `6` = `tcp`), same application unless the rule has
     /// none. A rule with an invalid remote, protocol or app matches nothing. For many checks,
@@ -157,8 +162,25 @@ impl Rule {
 
     /// [`Rule::matches`] with the rule's remote already parsed.
     pub fn matches_with(&self, remote: &RemoteMatcher, flow: &LiveFlow<'_>) -> bool {
+        self.same_holder(flow) && self.matches_traffic(remote, flow)
+    }
+
+    /// Whether the flow's process is the one the rule expects: the same name, started from
+    /// the rule's executable and creating its sockets in the rule's cgroup (each when the rule
+    /// names it). An executable or cgroup the agent could not tell never matches one named.
+    pub fn same_holder(&self, flow: &LiveFlow<'_>) -> bool {
         self.process == flow.process
-            && self.port.is_none_or(|wanted| flow.port == Some(wanted))
+            && self.exe.as_deref().is_none_or(|exe| flow.exe == Some(exe))
+            && self
+                .cgroup
+                .as_deref()
+                .is_none_or(|cgroup| flow.cgroup == Some(cgroup))
+    }
+
+    /// Whether the flow's traffic is the rule's, whoever sends it: an impostor of the rule's
+    /// process is a flow that matches this but not [`Rule::same_holder`].
+    pub fn matches_traffic(&self, remote: &RemoteMatcher, flow: &LiveFlow<'_>) -> bool {
+        self.port.is_none_or(|wanted| flow.port == Some(wanted))
             && protocol_number(&self.protocol) == Some(flow.protocol)
             && self
                 .app
@@ -179,6 +201,8 @@ impl Rule {
         };
         RuleIdentity {
             process: self.process.clone(),
+            exe: self.exe.clone(),
+            cgroup: self.cgroup.clone(),
             remote,
             port: self.port,
             protocol,
@@ -676,12 +700,63 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_naming_an_executable_or_cgroup_matches_only_that_program() {
+        let rule = Rule {
+            exe: Some("/usr/bin/xmrig".to_owned()),
+            cgroup: Some("/system.slice/xmrig.service".to_owned()),
+            ..Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp")
+        };
+        let remote = rule.remote_matcher().unwrap();
+        let miner = LiveFlow {
+            exe: Some("/usr/bin/xmrig"),
+            cgroup: Some("/system.slice/xmrig.service"),
+            ..live("xmrig", "10.0.0.2", Some(3333), "tcp")
+        };
+        assert!(rule.matches(&miner));
+        // The same name from another file, an unknown file, another cgroup (a user's own
+        // `xmrig.service` lives below user@UID.service) or an unknown cgroup: an impostor.
+        for impostor in [
+            LiveFlow {
+                exe: Some("/tmp/xmrig"),
+                ..miner
+            },
+            LiveFlow { exe: None, ..miner },
+            LiveFlow {
+                cgroup: Some("/user.slice/user-1000.slice/user@1000.service/xmrig.service"),
+                ..miner
+            },
+            LiveFlow {
+                cgroup: None,
+                ..miner
+            },
+        ] {
+            assert!(!rule.matches(&impostor), "{impostor:?}");
+            assert!(!rule.same_holder(&impostor), "{impostor:?}");
+            assert!(rule.matches_traffic(&remote, &impostor), "{impostor:?}");
+        }
+        // Its traffic elsewhere is not the rule's traffic, whoever sends it.
+        let elsewhere = LiveFlow {
+            port: Some(4444),
+            ..miner
+        };
+        assert!(!rule.matches_traffic(&remote, &elsewhere));
+        // A rule without them matches the name from anywhere (old baselines keep working).
+        let any = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
+        assert!(any.matches(&LiveFlow {
+            exe: None,
+            cgroup: None,
+            ..miner
+        }));
+    }
+
+    #[test]
     fn baseline_finds_matching_rules_and_positions() {
         let baseline = sample();
-        let found: Vec<usize> = baseline
-            .matching_rules(live("xmrig", "10.0.0.2", Some(3333), "tcp"))
-            .map(|(i, _)| i)
-            .collect();
+        let miner = LiveFlow {
+            exe: Some("/usr/bin/xmrig"),
+            ..live("xmrig", "10.0.0.2", Some(3333), "tcp")
+        };
+        let found: Vec<usize> = baseline.matching_rules(miner).map(|(i, _)| i).collect();
         assert_eq!(found, [0]);
         let identity = Rule::new("ping", "10.0.0.0/8", None, "1").identity();
         assert_eq!(baseline.position_of(&identity), Some(3));

@@ -23,10 +23,18 @@ use crate::flow::ClassKey;
 
 // The monitor and the recorder match traffic classes against rules.
 impl ClassKey {
-    /// The class as rules see it, with the name its remote is known by.
-    pub fn flow<'a>(&'a self, name: Option<&'a str>) -> matching::LiveFlow<'a> {
+    /// The class as rules see it, with the name its remote is known by and its process's
+    /// executable and cgroup.
+    pub fn flow<'a>(
+        &'a self,
+        name: Option<&'a str>,
+        exe: Option<&'a str>,
+        cgroup: Option<&'a str>,
+    ) -> matching::LiveFlow<'a> {
         matching::LiveFlow {
             process: &self.process,
+            exe,
+            cgroup,
             remote: self.remote,
             name,
             port: self.port,

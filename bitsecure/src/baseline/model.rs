@@ -49,7 +49,8 @@ pub struct Baseline {
 pub struct PacketSocketRule {
     /// Process name, compared exactly with the live process name.
     pub process: String,
-    /// Executable path where known: shown to the reader, not used for matching.
+    /// Executable path; when given, only a process started from this file matches. `None` =
+    /// any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
     /// `packet` or `raw`.
@@ -64,9 +65,11 @@ pub struct PacketSocketRule {
 }
 
 impl PacketSocketRule {
-    /// Whether a live holder is this rule's: same process, kind and protocol.
+    /// Whether a live holder is this rule's: same process (and executable, if the rule
+    /// names one), kind and protocol.
     pub fn matches(&self, held: &crate::flow::PacketSocketClass) -> bool {
         self.process == held.process
+            && self.exe.as_ref().is_none_or(|exe| *exe == held.exe)
             && self.kind == held.kind.as_str()
             && (self.protocol == "*" || self.protocol == held.protocol)
     }
@@ -104,10 +107,21 @@ pub struct Recording {
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Process name, compared exactly with the live process name (as in `/proc/PID/comm`).
+    /// Any program can take any name: `exe` and `cgroup` say which program it must be.
     pub process: String,
-    /// Executable path where known: shown to the reader, not used for matching.
+    /// Executable path; when given, only a process started from this file matches (one whose
+    /// executable is unknown never does). `None` = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// SHA-256 of the executable's content (64 hex digits). Not part of matching: a process
+    /// whose executable hashes otherwise is reported as a changed executable (an update, or a
+    /// patched binary), its traffic still this rule's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// cgroup v2 path the process's sockets are created in (`/system.slice/xmrig.service`),
+    /// as the kernel records it; when given, only sockets created there match. `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
     /// Remote endpoint: an IP address, a CIDR network (`10.0.0.0/24`, `fd00::/64`), a host
     /// name (`pool.example.org`), a wildcard (`*.example.org`) or `*`.
     /// See [`Rule::remote_matcher`].
@@ -195,6 +209,10 @@ pub struct Profile {
 pub struct RuleIdentity {
     /// Process name, as written.
     pub process: String,
+    /// Executable path, as written; `None` = any.
+    pub exe: Option<String>,
+    /// cgroup path, as written; `None` = any.
+    pub cgroup: Option<String>,
     /// The remote in canonical form (`10.0.0.2/32` → `10.0.0.2`, `::ffff:10.0.0.2` →
     /// `10.0.0.2`, `Pool.Example.org.` → `pool.example.org`); as written when it does not
     /// parse.
@@ -221,7 +239,7 @@ impl Baseline {
 }
 
 impl Rule {
-    /// A rule accepted by hand: no exe, note, normal values or profile.
+    /// A rule accepted by hand: no exe, hash, cgroup, note, normal values or profile.
     pub fn new(
         process: impl Into<String>,
         remote: impl Into<String>,
@@ -231,6 +249,8 @@ impl Rule {
         Self {
             process: process.into(),
             exe: None,
+            sha256: None,
+            cgroup: None,
             remote: remote.into(),
             port,
             protocol: protocol.into(),
@@ -305,7 +325,7 @@ fn is_portless(protocol: &str) -> bool {
 }
 
 /// The text with control and bidirectional-override characters escaped, safe for a terminal.
-pub(super) fn printable(text: &str) -> String {
+pub fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {

@@ -7,8 +7,13 @@
 //! (→ deviation), when it last saw traffic (→ silence), when its bursts started (→ observed
 //! cadence), and where in its recorded cycle "now" falls (→ the reference rate to draw beside
 //! live traffic).
+//!
+//! A rule expects a program, not just a name: traffic that a rule would take but for its
+//! executable or cgroup is listed as the work of an *impostor* of the rule's process, and a
+//! matching process whose executable no longer has the rule's SHA-256 is a *changed
+//! executable* (its traffic stays the rule's: an update is one accept away).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
@@ -33,6 +38,16 @@ const MAX_ONSETS: usize = 16;
 pub struct Unexpected {
     pub process: String,
     pub exe: Option<String>,
+    /// SHA-256 of the executable, when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// cgroup v2 path the sockets were created in, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The process the baseline expects under this name, when this is another program (or
+    /// runs elsewhere) that took its name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impostor_of: Option<Holder>,
     pub remote: String,
     pub port: Option<u16>,
     pub protocol: String,
@@ -55,6 +70,43 @@ pub struct Unexpected {
     pub first_seen_unix: f64,
     #[serde(skip)]
     pub last_seen_unix: f64,
+}
+
+/// A process as a rule expects it: a name, and where the rule says, an executable and a
+/// cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub struct Holder {
+    pub process: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+}
+
+impl Holder {
+    fn of(rule: &Rule) -> Self {
+        Self {
+            process: rule.process.clone(),
+            exe: rule.exe.clone(),
+            cgroup: rule.cgroup.clone(),
+        }
+    }
+}
+
+/// A process whose traffic a rule expects, started from an executable whose content is no
+/// longer what the rule recorded (served as JSON; exported as `bitsecure_executable_changed`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct ChangedExecutable {
+    pub process: String,
+    /// The executable's path (empty when unknown).
+    pub exe: String,
+    /// The SHA-256 the baseline expects.
+    pub expected_sha256: String,
+    /// The SHA-256 of what runs now; `None` when it could not be read.
+    pub sha256: Option<String>,
+    /// RFC 3339, UTC.
+    pub first_seen: String,
+    pub last_seen: String,
 }
 
 /// The application of an entry from an agent that did not report one.
@@ -111,6 +163,8 @@ pub struct Monitor {
     recording_start_unix: Option<f64>,
     unexpected: HashMap<ClassKey, Unexpected>,
     max_unexpected: usize,
+    /// By process and executable path.
+    changed_executables: BTreeMap<(String, String), ChangedExecutable>,
 }
 
 impl Monitor {
@@ -133,6 +187,7 @@ impl Monitor {
             recording_start_unix: None,
             unexpected: HashMap::new(),
             max_unexpected,
+            changed_executables: BTreeMap::new(),
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -180,7 +235,23 @@ impl Monitor {
         self.baseline = baseline;
         let (rules, remotes) = (&self.baseline.rules, &self.remotes);
         self.unexpected.retain(|key, entry| {
-            find_rule(rules, remotes, &key.flow(entry.name.as_deref())).is_none()
+            let flow = key.flow(
+                entry.name.as_deref(),
+                entry.exe.as_deref(),
+                entry.cgroup.as_deref(),
+            );
+            find_rule(rules, remotes, &flow).is_none()
+        });
+        // A changed executable stays listed while a rule for it still expects another hash.
+        self.changed_executables.retain(|(process, exe), changed| {
+            rules.iter().any(|rule| {
+                rule.process == *process
+                    && rule.exe.as_ref().is_none_or(|rule_exe| rule_exe == exe)
+                    && rule
+                        .sha256
+                        .as_ref()
+                        .is_some_and(|expected| Some(expected) != changed.sha256.as_ref())
+            })
         });
     }
 
@@ -196,12 +267,19 @@ impl Monitor {
         for delta in deltas {
             let key = ClassKey::of(delta);
             let name = delta.name.as_ref();
-            let flow = key.flow(name.map(|name| name.name.as_str()));
+            let flow = key.flow(
+                name.map(|name| name.name.as_str()),
+                delta.exe.as_deref(),
+                delta.cgroup.as_deref(),
+            );
             if let Some(index) = find_rule(&self.baseline.rules, &self.remotes, &flow) {
                 step_sent[index] += delta.traffic.sent_bytes;
                 step_received[index] += delta.traffic.received_bytes;
+                self.check_executable(index, delta, now_unix);
                 continue;
             }
+            let impostor_of = find_impersonated(&self.baseline.rules, &self.remotes, &flow)
+                .map(|index| Holder::of(&self.baseline.rules[index]));
             let known = self.unexpected.contains_key(&key);
             if !known && self.unexpected.len() >= self.max_unexpected {
                 increments.push(UnexpectedIncrement {
@@ -218,6 +296,9 @@ impl Monitor {
                 .or_insert_with(|| Unexpected {
                     process: key.process.clone(),
                     exe: delta.exe.clone(),
+                    sha256: delta.exe_sha256.clone(),
+                    cgroup: delta.cgroup.clone(),
+                    impostor_of: None,
                     remote: remote_label(key.remote),
                     port: key.port,
                     protocol: protocol_label(key.protocol),
@@ -231,6 +312,9 @@ impl Monitor {
                     first_seen_unix: now_unix,
                     last_seen_unix: now_unix,
                 });
+            if entry.impostor_of.is_none() {
+                entry.impostor_of = impostor_of;
+            }
             // The latest name wins: names change with DNS answers; an unknown name keeps the last.
             if let Some(name) = name {
                 entry.name = Some(name.name.clone());
@@ -267,6 +351,37 @@ impl Monitor {
             state.was_active = active;
         }
         increments
+    }
+
+    /// Notes a process matching rule `index` whose executable is not the one the rule
+    /// recorded (by content).
+    fn check_executable(&mut self, index: usize, delta: &FlowDelta, now_unix: f64) {
+        let Some(expected) = &self.baseline.rules[index].sha256 else {
+            return;
+        };
+        if delta.exe_sha256.as_ref() == Some(expected) {
+            return;
+        }
+        let now_text = timestamp_text(now_unix);
+        let exe = delta.exe.clone().unwrap_or_default();
+        let entry = self
+            .changed_executables
+            .entry((delta.process.clone(), exe.clone()))
+            .or_insert_with(|| ChangedExecutable {
+                process: delta.process.clone(),
+                exe,
+                expected_sha256: expected.clone(),
+                sha256: delta.exe_sha256.clone(),
+                first_seen: now_text.clone(),
+                last_seen: now_text.clone(),
+            });
+        entry.sha256.clone_from(&delta.exe_sha256);
+        entry.last_seen = now_text;
+    }
+
+    /// The processes running an executable other than the one their rule recorded.
+    pub fn changed_executables(&self) -> Vec<ChangedExecutable> {
+        self.changed_executables.values().cloned().collect()
     }
 
     /// The state of every rule at `now_unix`.
@@ -378,6 +493,22 @@ fn find_rule(
     })
 }
 
+/// The first rule whose process name and traffic `flow` has, though not its executable or
+/// cgroup: the rule whose process `flow`'s process impersonates.
+fn find_impersonated(
+    rules: &[Rule],
+    remotes: &[Option<RemoteMatcher>],
+    flow: &LiveFlow<'_>,
+) -> Option<usize> {
+    rules.iter().zip(remotes).position(|(rule, remote)| {
+        rule.process == flow.process
+            && !rule.same_holder(flow)
+            && remote
+                .as_ref()
+                .is_some_and(|remote| rule.matches_traffic(remote, flow))
+    })
+}
+
 fn window_steps(rule: &Rule, step_seconds: f64) -> usize {
     let cadence = rule
         .normal
@@ -408,6 +539,8 @@ mod tests {
         Rule {
             process: "xmrig".into(),
             exe: None,
+            sha256: None,
+            cgroup: None,
             remote: "10.0.0.0/24".into(),
             port: Some(3333),
             protocol: "tcp".into(),
@@ -454,6 +587,8 @@ mod tests {
         FlowDelta {
             process: process.into(),
             exe: Some(format!("/usr/bin/{process}")),
+            exe_sha256: None,
+            cgroup: None,
             new_flow: false,
             remote: remote.parse().unwrap(),
             port: Some(port),
@@ -493,6 +628,89 @@ mod tests {
         assert_eq!(curl.exe.as_deref(), Some("/usr/bin/curl"));
         assert_eq!(curl.port, Some(3333));
         assert_eq!(curl.protocol, "tcp");
+    }
+
+    #[test]
+    fn an_impostor_of_an_expected_process_is_listed_as_such() {
+        let rule = Rule {
+            exe: Some("/usr/bin/xmrig".into()),
+            cgroup: Some("/system.slice/xmrig.service".into()),
+            ..pool_rule()
+        };
+        let mut monitor = Monitor::new(baseline(vec![rule]), STEP, 10, START);
+        let miner = FlowDelta {
+            cgroup: Some("/system.slice/xmrig.service".into()),
+            ..delta("xmrig", "10.0.0.7", 3333, 100, 200)
+        };
+        let copy = FlowDelta {
+            exe: Some("/tmp/.x/xmrig".into()),
+            ..miner.clone()
+        };
+        let elsewhere = FlowDelta {
+            cgroup: Some("/user.slice/user-1000.slice/session-4.scope".into()),
+            ..miner.clone()
+        };
+        let other_port = FlowDelta {
+            exe: Some("/tmp/.x/xmrig".into()),
+            ..delta("xmrig", "10.0.9.9", 4444, 1, 1)
+        };
+        let increments = monitor.observe_step(&[miner, copy, elsewhere, other_port], START + STEP);
+        // The real miner is expected; the copy and the one run elsewhere share its class (same
+        // name and destination), listed once as an impostor; other traffic of the copy is
+        // unexpected but impersonates no rule.
+        assert_eq!(increments.len(), 3);
+        let list = monitor.unexpected();
+        assert_eq!(list.len(), 2, "{list:?}");
+        let impostor = list.iter().find(|entry| entry.port == Some(3333)).unwrap();
+        assert_eq!(impostor.exe.as_deref(), Some("/tmp/.x/xmrig"));
+        assert_eq!(
+            impostor.impostor_of,
+            Some(Holder {
+                process: "xmrig".into(),
+                exe: Some("/usr/bin/xmrig".into()),
+                cgroup: Some("/system.slice/xmrig.service".into()),
+            })
+        );
+        assert_eq!((impostor.sent_bytes, impostor.received_bytes), (200, 400));
+        let unrelated = list.iter().find(|entry| entry.port == Some(4444)).unwrap();
+        assert_eq!(unrelated.impostor_of, None);
+    }
+
+    #[test]
+    fn a_changed_executable_is_reported_until_accepted() {
+        let hash = |byte: &str| byte.repeat(64);
+        let rule = Rule {
+            exe: Some("/usr/bin/xmrig".into()),
+            sha256: Some(hash("a")),
+            ..pool_rule()
+        };
+        let mut monitor = Monitor::new(baseline(vec![rule.clone()]), STEP, 10, START);
+        let with_hash = |sha256: Option<String>| FlowDelta {
+            exe_sha256: sha256,
+            ..delta("xmrig", "10.0.0.7", 3333, 100, 200)
+        };
+        monitor.observe_step(&[with_hash(Some(hash("a")))], START + STEP);
+        assert!(monitor.changed_executables().is_empty());
+        // Patched: still the rule's traffic, but reported; unreadable counts as changed.
+        let increments = monitor.observe_step(&[with_hash(Some(hash("b")))], START + 2.0 * STEP);
+        assert!(increments.is_empty());
+        let changed = monitor.changed_executables();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(changed[0].exe, "/usr/bin/xmrig");
+        assert_eq!(changed[0].expected_sha256, hash("a"));
+        assert_eq!(changed[0].sha256, Some(hash("b")));
+        monitor.observe_step(&[with_hash(None)], START + 3.0 * STEP);
+        assert_eq!(monitor.changed_executables()[0].sha256, None);
+        monitor.observe_step(&[with_hash(Some(hash("b")))], START + 4.0 * STEP);
+        // A reload that still expects the old hash keeps it; one that took the new clears it.
+        monitor.replace_baseline(baseline(vec![rule.clone()]), START + 5.0 * STEP);
+        assert_eq!(monitor.changed_executables().len(), 1);
+        let accepted = Rule {
+            sha256: Some(hash("b")),
+            ..rule
+        };
+        monitor.replace_baseline(baseline(vec![accepted]), START + 6.0 * STEP);
+        assert!(monitor.changed_executables().is_empty());
     }
 
     #[test]
@@ -735,6 +953,9 @@ mod tests {
         let entry = Unexpected {
             process: "xmrig".into(),
             exe: None,
+            sha256: None,
+            cgroup: None,
+            impostor_of: None,
             remote: "10.0.0.7".into(),
             port: Some(3333),
             protocol: "tcp".into(),

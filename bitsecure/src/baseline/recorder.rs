@@ -40,10 +40,13 @@ enum RecordedRemote {
     Address(IpAddr),
 }
 
-/// A traffic class being recorded: one rule at the end.
+/// A traffic class being recorded: one rule at the end. Two programs that share a name (or
+/// one program run from two cgroups) are two classes: each rule says which program it expects.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct RecordedClass {
     process: String,
+    exe: Option<String>,
+    cgroup: Option<String>,
     remote: RecordedRemote,
     port: Option<u16>,
     /// IP protocol number.
@@ -59,6 +62,8 @@ impl RecordedClass {
         };
         Self {
             process: delta.process.clone(),
+            exe: delta.exe.clone(),
+            cgroup: delta.cgroup.clone(),
             remote,
             port: delta.port,
             protocol: delta.protocol,
@@ -70,7 +75,8 @@ impl RecordedClass {
 /// Per-step samples of one traffic class.
 #[derive(Debug, Default)]
 struct ClassSeries {
-    exe: Option<String>,
+    /// SHA-256 of the executable (the first one read).
+    sha256: Option<String>,
     /// Index of the step this class first appeared in; earlier steps were zero.
     first_step: usize,
     sent: Vec<u64>,
@@ -83,7 +89,7 @@ struct ClassSeries {
 /// A class's samples over the whole recording.
 #[derive(Debug)]
 struct FullSeries {
-    exe: Option<String>,
+    sha256: Option<String>,
     sent: Vec<u64>,
     received: Vec<u64>,
     connections: u64,
@@ -102,7 +108,7 @@ impl ClassSeries {
             sent: padded(&self.sent),
             received: padded(&self.received),
             connections: self.connections.iter().map(|&c| u64::from(c)).sum(),
-            exe: self.exe,
+            sha256: self.sha256,
             addresses: self.addresses,
         }
     }
@@ -115,8 +121,8 @@ impl FullSeries {
 
     /// Adds another class's traffic, step by step (both cover the whole recording).
     fn absorb(&mut self, other: FullSeries) {
-        if self.exe.is_none() {
-            self.exe = other.exe;
+        if self.sha256.is_none() {
+            self.sha256 = other.sha256;
         }
         for (mine, theirs) in [
             (&mut self.sent, &other.sent),
@@ -190,8 +196,8 @@ impl Recorder {
                 first_step: step,
                 ..ClassSeries::default()
             });
-            if series.exe.is_none() {
-                series.exe.clone_from(&delta.exe);
+            if series.sha256.is_none() {
+                series.sha256.clone_from(&delta.exe_sha256);
             }
             if named && series.addresses.len() < MAX_ADDRESSES_PER_NAME {
                 series.addresses.insert(delta.remote.to_canonical());
@@ -238,7 +244,7 @@ impl Recorder {
             .into_iter()
             .map(|(class, series)| {
                 let FullSeries {
-                    exe,
+                    sha256,
                     sent,
                     received,
                     connections,
@@ -263,7 +269,9 @@ impl Recorder {
                 });
                 let rule = Rule {
                     process: class.process,
-                    exe,
+                    exe: class.exe,
+                    sha256,
+                    cgroup: class.cgroup,
                     remote: match class.remote {
                         RecordedRemote::Name(name) => name,
                         RecordedRemote::Address(address) => remote_label(address),
@@ -349,6 +357,8 @@ mod tests {
         FlowDelta {
             process: process.to_owned(),
             exe: Some(format!("/usr/bin/{process}")),
+            exe_sha256: None,
+            cgroup: None,
             new_flow,
             remote: remote.parse().unwrap(),
             port: Some(port),
@@ -362,6 +372,61 @@ mod tests {
                 received_packets: 1,
             },
         }
+    }
+
+    #[test]
+    fn each_program_under_a_name_gets_its_own_rule_with_executable_hash_and_cgroup() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut recorder = Recorder::new(5.0, start, 100);
+        let miner = FlowDelta {
+            exe_sha256: Some("a".repeat(64)),
+            cgroup: Some("/system.slice/xmrig.service".to_owned()),
+            ..delta("xmrig", "10.0.0.2", 3333, 100, true)
+        };
+        let other = FlowDelta {
+            exe: Some("/opt/other/xmrig".to_owned()),
+            exe_sha256: Some("b".repeat(64)),
+            ..miner.clone()
+        };
+        recorder.record_step(&[miner.clone(), other]);
+        recorder.record_step(&[miner]);
+        let baseline = recorder.finish("rig");
+        let mut holders: Vec<(Option<&str>, Option<&str>, Option<&str>)> = baseline
+            .rules
+            .iter()
+            .map(|rule| {
+                (
+                    rule.exe.as_deref(),
+                    rule.sha256.as_deref(),
+                    rule.cgroup.as_deref(),
+                )
+            })
+            .collect();
+        holders.sort();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert_eq!(
+            holders,
+            [
+                (
+                    Some("/opt/other/xmrig"),
+                    Some(b.as_str()),
+                    Some("/system.slice/xmrig.service")
+                ),
+                (
+                    Some("/usr/bin/xmrig"),
+                    Some(a.as_str()),
+                    Some("/system.slice/xmrig.service")
+                ),
+            ]
+        );
+        // Both are valid in one file: they differ in identity.
+        let text = crate::baseline::file::render(&baseline);
+        crate::baseline::file::parse(&text, "recorded").expect("valid");
+        assert!(text.contains("sha256 = \"aaaa"), "{text}");
+        assert!(
+            text.contains("cgroup = \"/system.slice/xmrig.service\""),
+            "{text}"
+        );
     }
 
     #[test]

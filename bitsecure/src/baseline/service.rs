@@ -15,7 +15,7 @@ use log::{error, info, warn};
 use super::{
     file,
     model::Baseline,
-    monitor::{Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
+    monitor::{ChangedExecutable, Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
 };
 use crate::flow::{PacketSocketClass, Polled};
@@ -51,6 +51,7 @@ pub enum BaselineState {
     Monitoring {
         rules: usize,
         unexpected: Vec<Unexpected>,
+        changed_executables: Vec<ChangedExecutable>,
         statuses: Vec<RuleStatus>,
     },
 }
@@ -238,6 +239,7 @@ impl BaselineService {
             Mode::Monitoring(monitor) => BaselineState::Monitoring {
                 rules: monitor.baseline().rules.len(),
                 unexpected: monitor.unexpected(),
+                changed_executables: monitor.changed_executables(),
                 statuses: monitor.statuses(now_unix),
             },
         };
@@ -279,6 +281,8 @@ mod tests {
         FlowDelta {
             process: "xmrig".into(),
             exe: None,
+            exe_sha256: None,
+            cgroup: None,
             new_flow: false,
             remote: "10.0.0.7".parse().unwrap(),
             port: Some(3333),

@@ -956,10 +956,10 @@ mod tests {
                         } else {
                             0
                         };
-                        if let Ok(step) = usize::try_from(first + cycle * 10 + shift) {
-                            if let Some(bytes) = series.get_mut(step) {
-                                *bytes += 600;
-                            }
+                        if let Ok(step) = usize::try_from(first + cycle * 10 + shift)
+                            && let Some(bytes) = series.get_mut(step)
+                        {
+                            *bytes += 600;
                         }
                     }
                     let cadence = detect_cadence(&series, 0.5);

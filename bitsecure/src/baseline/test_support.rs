@@ -23,6 +23,8 @@ pub(crate) fn xmrig_rule() -> Rule {
     Rule {
         process: "xmrig".to_owned(),
         exe: Some("/usr/bin/xmrig".to_owned()),
+        sha256: None,
+        cgroup: None,
         remote: "10.0.0.2".to_owned(),
         port: Some(3333),
         protocol: "tcp".to_owned(),
@@ -100,6 +102,8 @@ pub(crate) fn live<'a>(
 ) -> LiveFlow<'a> {
     LiveFlow {
         process,
+        exe: None,
+        cgroup: None,
         remote: ip(remote),
         name: None,
         port,

@@ -7,9 +7,10 @@ use anyhow::{Context as _, bail};
 
 use crate::baseline::{
     file,
-    model::{Baseline, FORMAT_VERSION, Rule},
-    monitor::Unexpected,
+    model::{Baseline, FORMAT_VERSION, Rule, printable},
+    monitor::{ChangedExecutable, Unexpected},
 };
+use crate::export::api::BaselineView;
 use crate::{cli::client, human};
 
 /// GETs `path` from the agent at `agent` ("127.0.0.1:9977" or "http://127.0.0.1:9977").
@@ -25,19 +26,109 @@ pub fn fetch_unexpected(agent: &str) -> anyhow::Result<Vec<Unexpected>> {
     serde_json::from_str(&body).context("the agent's unexpected list is not valid JSON")
 }
 
+/// The agent's whole baseline view: unexpected traffic and changed executables.
+pub fn fetch_view(agent: &str) -> anyhow::Result<BaselineView> {
+    let body = get(agent, "/api/baseline")?;
+    serde_json::from_str(&body).context("the agent's baseline view is not valid JSON")
+}
+
 /// `bitsecure unexpected`.
 pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
     if json {
         print!("{}", get(agent, "/api/unexpected")?);
         return Ok(());
     }
-    let list = fetch_unexpected(agent)?;
-    if list.is_empty() {
+    let view = fetch_view(agent)?;
+    if view.unexpected.is_empty() {
         println!("no unexpected traffic");
-        return Ok(());
+    } else {
+        print!("{}", format_table(&view.unexpected));
+        print!("{}", format_impostors(&view.unexpected));
     }
-    print!("{}", format_table(&list));
+    print!("{}", format_changed_executables(&view.changed_executables));
     Ok(())
+}
+
+/// One line per unexpected entry whose process took the name of one the baseline expects.
+pub fn format_impostors(list: &[Unexpected]) -> String {
+    let mut out = String::new();
+    for entry in list {
+        let Some(expected) = &entry.impostor_of else {
+            continue;
+        };
+        out.push_str(&format!(
+            "! {} is an impostor of `{}`: it runs {} in cgroup {}, the baseline expects {} in {}\n",
+            printable(&entry.process),
+            printable(&expected.process),
+            printable(entry.exe.as_deref().unwrap_or("an unknown executable")),
+            printable(entry.cgroup.as_deref().unwrap_or("?")),
+            printable(expected.exe.as_deref().unwrap_or("any executable")),
+            printable(expected.cgroup.as_deref().unwrap_or("any cgroup")),
+        ));
+    }
+    out
+}
+
+/// The changed executables, with the command that accepts each.
+pub fn format_changed_executables(list: &[ChangedExecutable]) -> String {
+    let mut out = String::new();
+    for changed in list {
+        out.push_str(&format!(
+            "! {} runs a changed executable {}: SHA-256 {} (the baseline expects {}); if this is \
+             an update you made: bitsecure baseline accept --executable {}\n",
+            printable(&changed.process),
+            printable(&changed.exe),
+            printable(changed.sha256.as_deref().unwrap_or("unreadable")),
+            printable(&changed.expected_sha256),
+            printable(&changed.exe),
+        ));
+    }
+    out
+}
+
+/// `bitsecure baseline accept --executable PATH`: the rules expecting the executable at `exe`
+/// take the SHA-256 the agent sees it run with now. Returns how many rules changed.
+pub fn accept_executable(agent: &str, baseline_path: &Path, exe: &str) -> anyhow::Result<usize> {
+    let view = fetch_view(agent)?;
+    let changes: Vec<&ChangedExecutable> = view
+        .changed_executables
+        .iter()
+        .filter(|changed| changed.exe == exe)
+        .collect();
+    if changes.is_empty() {
+        bail!(
+            "the agent reports no changed executable at {exe}; `bitsecure unexpected` lists \
+             the changed ones"
+        );
+    }
+    let origin = baseline_path.display().to_string();
+    let mut text =
+        std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
+    let when = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut changed_rules = 0;
+    let mut done = HashSet::new();
+    for changed in changes {
+        let Some(new) = &changed.sha256 else {
+            bail!(
+                "the agent could not read the executable {exe} that {} runs: nothing to accept",
+                changed.process
+            );
+        };
+        if !done.insert((&changed.expected_sha256, new)) {
+            continue;
+        }
+        let (edited, count) =
+            file::accept_executable(&text, &origin, exe, &changed.expected_sha256, new, &when)?;
+        text = edited;
+        changed_rules += count;
+    }
+    if changed_rules == 0 {
+        bail!("no rule of {origin} expects {exe} with the hash the agent compared it with");
+    }
+    file::write_atomically(baseline_path, &text)?;
+    Ok(changed_rules)
 }
 
 /// A terminal table of the unexpected list.
@@ -160,6 +251,8 @@ pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -
         .map(|entry| Rule {
             process: entry.process.clone(),
             exe: entry.exe.clone(),
+            sha256: entry.sha256.clone(),
+            cgroup: entry.cgroup.clone(),
             remote: match &entry.name {
                 Some(name) if !by_address => name.clone(),
                 _ => entry.remote.clone(),
@@ -240,6 +333,9 @@ mod tests {
         Unexpected {
             process: "xmrig".into(),
             exe: Some("/usr/bin/xmrig".into()),
+            sha256: None,
+            cgroup: None,
+            impostor_of: None,
             remote: remote.into(),
             port: Some(3333),
             protocol: "tcp".into(),

@@ -6,14 +6,17 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::baseline::monitor::Unexpected;
+use crate::baseline::monitor::{ChangedExecutable, Unexpected};
 
 /// What `/api/baseline` shows.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct BaselineView {
     /// "learning", "monitoring" or "off".
     pub mode: String,
     pub unexpected: Vec<Unexpected>,
+    /// Processes a rule expects, running an executable whose hash is not the rule's.
+    #[serde(default)]
+    pub changed_executables: Vec<ChangedExecutable>,
 }
 
 /// The latest view, replaced after every poll and read by the HTTP server.

@@ -124,6 +124,8 @@ mod tests {
         FlowDelta {
             process: process.to_owned(),
             exe: None,
+            exe_sha256: None,
+            cgroup: None,
             new_flow: false,
             remote: remote.parse().unwrap(),
             port,

@@ -1,8 +1,12 @@
-//! Who a process is: the name on its series, its executable and its systemd unit or cgroup.
+//! Who a process is: the name on its series, its executable (path and content hash) and its
+//! systemd unit or cgroup.
 //!
-//! The kernel tells us the pid, the creating thread's `comm` and when it recorded them. The pid
-//! may be reused by the time we look at /proc, so /proc is trusted only if that process started
-//! before the kernel recorded the socket; otherwise the kernel's `comm` is all we know.
+//! The kernel tells us the pid, the creating thread's `comm` and cgroup, and when it recorded
+//! them. The pid may be reused by the time we look at /proc, so /proc is trusted only if that
+//! process started before the kernel recorded the socket; otherwise the kernel's `comm` and
+//! cgroup are all we know. The name is the weakest part: any process can choose its own
+//! (`prctl(PR_SET_NAME)`, or a binary called `xmrig`); the executable and the cgroup the kernel
+//! recorded at socket creation are what the baseline trusts.
 
 use std::{path::Path, time::Duration};
 
@@ -13,8 +17,13 @@ pub struct ProcessIdentity {
     pub name: String,
     /// Executable path, when /proc/PID/exe was readable.
     pub exe: Option<String>,
-    /// systemd unit (e.g. `miner.service`) or, failing that, the cgroup v2 path.
+    /// systemd unit (e.g. `miner.service`) or, failing that, the cgroup v2 path: for people.
     pub unit: Option<String>,
+    /// The cgroup v2 path (e.g. `/system.slice/miner.service`): for rules. Not the unit name
+    /// alone: any user can start a `miner.service` of their own below `user@UID.service`.
+    pub cgroup: Option<String>,
+    /// SHA-256 of the executable's content (lowercase hex), when it could be read.
+    pub sha256: Option<String>,
 }
 
 impl ProcessIdentity {
@@ -24,6 +33,8 @@ impl ProcessIdentity {
             name: comm_to_string(comm),
             exe: None,
             unit: None,
+            cgroup: None,
+            sha256: None,
         }
     }
 
@@ -34,6 +45,8 @@ impl ProcessIdentity {
             name: "unknown".to_owned(),
             exe: None,
             unit: None,
+            cgroup: None,
+            sha256: None,
         }
     }
 }
@@ -74,10 +87,24 @@ pub fn read_identity(
     let exe = std::fs::read_link(dir.join("exe"))
         .ok()
         .map(|path| path.display().to_string());
-    let unit = std::fs::read_to_string(dir.join("cgroup"))
+    let cgroup = std::fs::read_to_string(dir.join("cgroup"))
         .ok()
-        .and_then(|text| unit_from_cgroup(&text));
-    Some(ProcessIdentity { name, exe, unit })
+        .and_then(|text| cgroup_path(&text).map(str::to_owned));
+    Some(ProcessIdentity {
+        name,
+        exe,
+        unit: cgroup.as_deref().and_then(unit_from_cgroup_path),
+        cgroup,
+        sha256: None,
+    })
+}
+
+/// The cgroup v2 path in `/proc/PID/cgroup` text (hybrid systems also list v1 lines).
+pub fn cgroup_path(cgroup: &str) -> Option<&str> {
+    cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .filter(|path| !path.is_empty())
 }
 
 /// Process start time from a `/proc/PID/stat` line (field 22, clock ticks since boot).
@@ -96,10 +123,8 @@ fn clock_ticks_per_second() -> u64 {
     if ticks > 0 { ticks as u64 } else { 100 }
 }
 
-/// The systemd unit of a process, or its cgroup v2 path, from `/proc/PID/cgroup` text.
-pub fn unit_from_cgroup(cgroup: &str) -> Option<String> {
-    // cgroup v2 line: "0::/system.slice/miner.service"; hybrid systems also list v1 lines.
-    let path = cgroup.lines().find_map(|line| line.strip_prefix("0::"))?;
+/// The systemd unit in a cgroup v2 path (`/system.slice/miner.service`), or the path itself.
+pub fn unit_from_cgroup_path(path: &str) -> Option<String> {
     let unit = path
         .rsplit('/')
         .find(|part| part.ends_with(".service") || part.ends_with(".scope"));
@@ -136,20 +161,22 @@ mod tests {
 
     #[test]
     fn unit_prefers_systemd_service() {
+        let unit = |text| cgroup_path(text).and_then(unit_from_cgroup_path);
         assert_eq!(
-            unit_from_cgroup("1:cpu:/\n0::/system.slice/miner.service\n").as_deref(),
+            cgroup_path("1:cpu:/\n0::/system.slice/miner.service\n"),
+            Some("/system.slice/miner.service")
+        );
+        assert_eq!(
+            unit("1:cpu:/\n0::/system.slice/miner.service\n").as_deref(),
             Some("miner.service")
         );
         assert_eq!(
-            unit_from_cgroup("0::/user.slice/user-0.slice/session-3.scope\n").as_deref(),
+            unit("0::/user.slice/user-0.slice/session-3.scope\n").as_deref(),
             Some("session-3.scope")
         );
-        assert_eq!(
-            unit_from_cgroup("0::/custom/group\n").as_deref(),
-            Some("/custom/group")
-        );
-        assert_eq!(unit_from_cgroup("0::\n"), None);
-        assert_eq!(unit_from_cgroup("3:memory:/x\n"), None);
+        assert_eq!(unit("0::/custom/group\n").as_deref(), Some("/custom/group"));
+        assert_eq!(unit("0::\n"), None);
+        assert_eq!(unit("3:memory:/x\n"), None);
     }
 
     #[test]

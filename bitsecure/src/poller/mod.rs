@@ -48,6 +48,8 @@ use crate::{
 };
 
 pub mod blind_spots;
+pub mod cgroups;
+pub mod executables;
 pub mod identity;
 pub mod interfaces;
 mod owners;
@@ -95,6 +97,8 @@ impl Accounted {
         FlowDelta {
             process: owner.name.clone(),
             exe: owner.exe.clone(),
+            exe_sha256: owner.sha256.clone(),
+            cgroup: owner.cgroup.clone(),
             new_flow: self.counters == Traffic::default(),
             remote: IpAddr::V6(Ipv6Addr::from(key.remote_addr)),
             port: self.port,
@@ -242,7 +246,7 @@ impl Poller {
             close_grace: (poll_interval * 2).max(Duration::from_secs(2)),
             last_seen: HashMap::new(),
             naming,
-            owners: Owners::new(PathBuf::from("/proc")),
+            owners: Owners::new(PathBuf::from("/proc"), cgroups::CgroupPaths::of_host()),
             packet_sockets: PacketSockets::new(PathBuf::from("/proc")),
             interface_totals: InterfaceTotals::default(),
             last_stats: [0; Stat::COUNT as usize],

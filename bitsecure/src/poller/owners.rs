@@ -17,6 +17,8 @@ use bitsecure_common::{FlowKey, OWNER_UNKNOWN, SocketOwner};
 use log::{debug, warn};
 
 use crate::poller::{
+    cgroups::CgroupPaths,
+    executables::ExecutableHashes,
     identity::{self, ProcessIdentity},
     proc_net::SocketsByEndpoint,
     sock_diag,
@@ -57,18 +59,32 @@ pub(super) struct Owners {
     retired: HashMap<u64, Retired>,
     /// Failed owner lookups per socket cookie.
     lookup_attempts: HashMap<u64, u8>,
+    /// The kernel's cgroup ids as paths.
+    cgroups: CgroupPaths,
+    /// Hashes of the executables seen.
+    executables: ExecutableHashes,
 }
 
 impl Owners {
     /// No owners known yet; process identities are read below `proc_root` (normally /proc).
-    pub(super) fn new(proc_root: PathBuf) -> Self {
+    pub(super) fn new(proc_root: PathBuf, cgroups: CgroupPaths) -> Self {
         Self {
             proc_root,
             owners: HashMap::new(),
             identities: HashSet::new(),
             retired: HashMap::new(),
             lookup_attempts: HashMap::new(),
+            cgroups,
+            executables: ExecutableHashes::default(),
         }
+    }
+
+    /// `identity` (read from /proc for `pid`) with the hash of its executable.
+    fn with_executable_hash(&mut self, mut identity: ProcessIdentity, pid: u32) -> ProcessIdentity {
+        if identity.exe.is_some() {
+            identity.sha256 = self.executables.of_process(&self.proc_root, pid);
+        }
+        identity
     }
 
     /// The owner of a live or recently folded socket; `None` while it is being looked up.
@@ -137,8 +153,18 @@ impl Owners {
                 .filter(|owner| owner.origin != OWNER_UNKNOWN)
             {
                 let recorded = Duration::from_nanos(owner.recorded_boot_ns);
-                let identity = identity::read_identity(&self.proc_root, owner.tgid, Some(recorded))
-                    .unwrap_or_else(|| ProcessIdentity::from_comm(&owner.comm));
+                let mut identity =
+                    match identity::read_identity(&self.proc_root, owner.tgid, Some(recorded)) {
+                        Some(identity) => self.with_executable_hash(identity, owner.tgid),
+                        None => ProcessIdentity::from_comm(&owner.comm),
+                    };
+                // Where the socket was created, as the kernel recorded it: not where the
+                // process may have moved since (nor a path of a cgroup gone since).
+                identity.cgroup = self.cgroups.path_of(owner.cgroup_id);
+                identity.unit = identity
+                    .cgroup
+                    .as_deref()
+                    .and_then(identity::unit_from_cgroup_path);
                 let identity = self.intern(identity);
                 self.owners.insert(cookie, identity);
             } else {
@@ -158,8 +184,9 @@ impl Owners {
         let mut given_up = 0;
         let found = self.lookup_in_proc(&unresolved, flows);
         for cookie in unresolved {
-            if let Some(identity) = found.get(&cookie) {
-                let identity = self.intern(identity.clone());
+            if let Some((pid, identity)) = found.get(&cookie) {
+                let identity = self.with_executable_hash(identity.clone(), *pid);
+                let identity = self.intern(identity);
                 self.owners.insert(cookie, identity);
                 self.lookup_attempts.remove(&cookie);
                 continue;
@@ -184,7 +211,7 @@ impl Owners {
         &self,
         wanted: &HashSet<u64>,
         flows: impl Iterator<Item = &'a FlowKey>,
-    ) -> HashMap<u64, ProcessIdentity> {
+    ) -> HashMap<u64, (u32, ProcessIdentity)> {
         let sockets = match sock_diag::dump_sockets() {
             Ok(sockets) => sockets,
             Err(error) => {
@@ -229,7 +256,7 @@ impl Owners {
                 let pid = *owners.get(inode)?;
                 Some((
                     *cookie,
-                    identity::read_identity(&self.proc_root, pid, None)?,
+                    (pid, identity::read_identity(&self.proc_root, pid, None)?),
                 ))
             })
             .collect()

@@ -55,14 +55,14 @@ pub fn diff_with_threshold(old: &Baseline, new: &Baseline, threshold: f64) -> St
     for rule in &old.rules {
         if !new_rules.contains_key(&rule.identity()) {
             removed += 1;
-            lines.push(format!("- removed {}", rule.describe()));
+            lines.push(format!("- removed {}", describe_with_holder(rule)));
         }
     }
     for rule in &new.rules {
         match old_rules.get(&rule.identity()) {
             None => {
                 added += 1;
-                lines.push(format!("+ added   {}", rule.describe()));
+                lines.push(format!("+ added   {}", describe_with_holder(rule)));
             }
             Some(before) => {
                 let changes = rule_changes(before, rule, threshold);
@@ -90,6 +90,23 @@ pub fn diff_with_threshold(old: &Baseline, new: &Baseline, threshold: f64) -> St
     out
 }
 
+/// [`Rule::describe`] and the program the rule expects, if it names one.
+fn describe_with_holder(rule: &Rule) -> String {
+    let holder: Vec<String> = [("exe", &rule.exe), ("cgroup", &rule.cgroup)]
+        .into_iter()
+        .filter_map(|(field, value)| {
+            value
+                .as_ref()
+                .map(|value| format!("{field} {}", printable(value)))
+        })
+        .collect();
+    if holder.is_empty() {
+        rule.describe()
+    } else {
+        format!("{} [{}]", rule.describe(), holder.join(", "))
+    }
+}
+
 /// What changed between two versions of a rule, one line each.
 fn rule_changes(old: &Rule, new: &Rule, threshold: f64) -> Vec<String> {
     let mut changes = Vec::new();
@@ -97,8 +114,14 @@ fn rule_changes(old: &Rule, new: &Rule, threshold: f64) -> Vec<String> {
         Some(value) => format!("{:?}", printable(value)),
         None => "none".to_owned(),
     };
-    if old.exe != new.exe {
-        changes.push(format!("exe: {} → {}", text(&old.exe), text(&new.exe)));
+    // `exe` and `cgroup` are part of a rule's identity: a change there is a rule removed and
+    // one added.
+    if old.sha256 != new.sha256 {
+        changes.push(format!(
+            "sha256: {} → {}",
+            text(&old.sha256),
+            text(&new.sha256)
+        ));
     }
     if old.note != new.note {
         changes.push(format!("note: {} → {}", text(&old.note), text(&new.note)));
@@ -263,7 +286,7 @@ mod tests {
         new.rules[2].remote = "10.0.0.0/8".to_owned();
         new.rules[2].protocol = "1".to_owned();
         let xmrig = &mut new.rules[0];
-        xmrig.exe = Some("/opt/xmrig/xmrig".to_owned());
+        xmrig.sha256 = Some("ab".repeat(32));
         let normal = xmrig.normal.as_mut().expect("normal");
         normal.sent_bytes_per_second.mean = 300.0; // +149 %
         normal.received_bytes_per_second.mean = 11.0; // +10 %: below the threshold
@@ -279,7 +302,7 @@ mod tests {
             "- removed sshd → *:22/tcp",
             "+ added   nginx → *:443/tcp",
             "~ changed xmrig → 10.0.0.2:3333/tcp",
-            "    exe: \"/usr/bin/xmrig\" → \"/opt/xmrig/xmrig\"",
+            "    sha256: none → \"abababababababababababababababababababababababababababababababab\"",
             "    sent mean: 120.5 B/s → 300.0 B/s (+149%)",
             "    cadence: every 5 min → not periodic",
         ] {
@@ -300,6 +323,21 @@ mod tests {
             diff(&old, &old),
             "No differences (normal values compared with a 25% threshold)\n"
         );
+
+        // Another executable or cgroup is another program: a rule removed, one added.
+        let mut moved = sample();
+        moved.rules[0].exe = Some("/opt/xmrig/xmrig".to_owned());
+        moved.rules[0].cgroup = Some("/system.slice/xmrig.service".to_owned());
+        let text = diff(&old, &moved);
+        for expected in [
+            "- removed xmrig → 10.0.0.2:3333/tcp [exe /usr/bin/xmrig]",
+            "+ added   xmrig → 10.0.0.2:3333/tcp [exe /opt/xmrig/xmrig, cgroup /system.slice/xmrig.service]",
+        ] {
+            assert!(
+                text.lines().any(|line| line == expected),
+                "{expected:?} in\n{text}"
+            );
+        }
 
         let mut rerecorded = sample();
         if let Some(recording) = rerecorded.recording.as_mut() {

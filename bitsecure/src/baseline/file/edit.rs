@@ -122,6 +122,67 @@ pub fn append_rules(
     Ok(result)
 }
 
+/// Accepts a changed executable: every rule expecting `exe` with SHA-256 `old` expects `new`
+/// from now on, with a comment above the new value saying when and what it replaced. Keeps
+/// the rest of the text byte for byte. Returns the text and how many rules changed (0: the
+/// text unchanged); an error, and no text, when the existing text or `new` is not valid.
+pub fn accept_executable(
+    existing_text: &str,
+    origin: &str,
+    exe: &str,
+    old: &str,
+    new: &str,
+    when: &str,
+) -> Result<(String, usize), BaselineError> {
+    parse(existing_text, origin)?;
+    let edit_error = |problem: String| BaselineError::Edit {
+        origin: origin.to_owned(),
+        problem,
+    };
+    let probe = Rule {
+        sha256: Some(new.to_owned()),
+        ..Rule::new("probe", "*", None, "tcp")
+    };
+    validate_rule(&probe).map_err(|p| edit_error(p.problem))?;
+    let (bom, body) = match existing_text.strip_prefix('\u{feff}') {
+        Some(body) => ("\u{feff}", body),
+        None => ("", existing_text),
+    };
+    let mut document: toml_edit::DocumentMut = body
+        .parse()
+        .map_err(|e: toml_edit::TomlError| edit_error(e.to_string()))?;
+    let mut changed = 0;
+    if let Some(rules) = document
+        .get_mut("rule")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for table in rules.iter_mut() {
+            let is = |key: &str, value: &str| {
+                table.get(key).and_then(toml_edit::Item::as_str) == Some(value)
+            };
+            if !(is("exe", exe) && is("sha256", old)) {
+                continue;
+            }
+            table.insert("sha256", toml_edit::value(new));
+            if let Some(mut key) = table.key_mut("sha256") {
+                key.leaf_decor_mut().set_prefix(format!(
+                    "# executable change accepted {when}; it was {old}\n"
+                ));
+            }
+            changed += 1;
+        }
+    }
+    if changed == 0 {
+        return Ok((existing_text.to_owned(), 0));
+    }
+    let result = format!("{bom}{document}");
+    parse(&result, origin).map_err(|error| BaselineError::EditInvalid {
+        origin: origin.to_owned(),
+        error: Box::new(error),
+    })?;
+    Ok((result, changed))
+}
+
 /// The highest document position of any table in `table`.
 fn last_position(table: &toml_edit::Table) -> isize {
     let mut last = table.position().unwrap_or(0);
@@ -208,6 +269,53 @@ mod tests {
             append_rules(EXISTING, "rig.toml", &[]).expect("ok"),
             EXISTING
         );
+    }
+
+    #[test]
+    fn accepting_an_executable_updates_its_hash_and_says_so_in_the_file() {
+        let (old, new) = ("a".repeat(64), "b".repeat(64));
+        let text = EXISTING.replace(
+            "process = \"xmrig\"\n",
+            &format!("process = \"xmrig\"\nexe = \"/usr/bin/xmrig\"\nsha256 = \"{old}\"\n"),
+        );
+        let (edited, changed) = accept_executable(
+            &text,
+            "baseline.toml",
+            "/usr/bin/xmrig",
+            &old,
+            &new,
+            "2026-12-07T20:00:00Z",
+        )
+        .unwrap();
+        assert_eq!(changed, 1);
+        assert!(
+            edited.contains(&format!(
+                "# executable change accepted 2026-12-07T20:00:00Z; it was {old}\nsha256 = \"{new}\"\n"
+            )),
+            "{edited}"
+        );
+        // Everything else kept, comments included.
+        assert_eq!(
+            edited
+                .replace(
+                    &format!("# executable change accepted 2026-12-07T20:00:00Z; it was {old}\n"),
+                    ""
+                )
+                .replace(&new, &old),
+            text
+        );
+        let baseline = crate::baseline::file::parse(&edited, "edited").unwrap();
+        assert_eq!(baseline.rules[0].sha256.as_deref(), Some(new.as_str()));
+        // Another executable, or a hash the rule does not have: nothing changes.
+        for (exe, from) in [
+            ("/opt/xmrig", old.as_str()),
+            ("/usr/bin/xmrig", new.as_str()),
+        ] {
+            let (same, changed) = accept_executable(&text, "b", exe, from, &new, "now").unwrap();
+            assert_eq!((same.as_str(), changed), (text.as_str(), 0));
+        }
+        // A new hash that is not one is refused.
+        assert!(accept_executable(&text, "b", "/usr/bin/xmrig", &old, "XYZ", "now").is_err());
     }
 
     #[test]

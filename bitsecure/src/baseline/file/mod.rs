@@ -110,7 +110,7 @@ mod validate;
 use std::path::Path;
 
 pub use diff::{DIFF_RELATIVE_THRESHOLD, diff, diff_with_threshold};
-pub use edit::{append_rules, write_atomically};
+pub use edit::{accept_executable, append_rules, write_atomically};
 pub use error::BaselineError;
 use error::toml_error;
 pub use render::render;
@@ -338,8 +338,8 @@ protocol = "6"     # tcp by number
         new.rules[0].app = Some("http".to_owned());
         let text = diff(&baseline, &new);
         for expected in [
-            "- removed xmrig → pool.example.org:3333/tcp (stratum)",
-            "+ added   xmrig → pool.example.org:3333/tcp (http)",
+            "- removed xmrig → pool.example.org:3333/tcp (stratum) [exe /usr/bin/xmrig]",
+            "+ added   xmrig → pool.example.org:3333/tcp (http) [exe /usr/bin/xmrig]",
         ] {
             assert!(
                 text.lines().any(|line| line == expected),

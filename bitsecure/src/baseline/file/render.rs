@@ -84,6 +84,12 @@ pub(super) fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
     if let Some(exe) = &rule.exe {
         writeln!(f, "exe = {}", toml_string(exe))?;
     }
+    if let Some(sha256) = &rule.sha256 {
+        writeln!(f, "sha256 = {}", toml_string(sha256))?;
+    }
+    if let Some(cgroup) = &rule.cgroup {
+        writeln!(f, "cgroup = {}", toml_string(cgroup))?;
+    }
     writeln!(f, "remote = {}", toml_string(&rule.remote))?;
     if let Some(port) = rule.port {
         writeln!(f, "port = {port}")?;

@@ -7,7 +7,7 @@ use std::fmt;
 
 use crate::{
     baseline::{
-        model::{Baseline, Recording, printable},
+        model::{Baseline, Recording, Rule, printable},
         stats::RateStats,
     },
     human,
@@ -41,9 +41,7 @@ impl fmt::Display for Shown<'_> {
                 None => writeln!(f)?,
             }
             let indent = " ".repeat(width + 4);
-            if let Some(exe) = &rule.exe {
-                writeln!(f, "{indent}exe {}", printable(exe))?;
-            }
+            write_holder(f, rule, &indent)?;
             let Some(normal) = &rule.normal else {
                 writeln!(f, "{indent}accepted by hand: no recorded normal")?;
                 continue;
@@ -95,6 +93,50 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
+/// The program a rule expects, and what it leaves open (what a re-record would pin).
+fn write_holder(f: &mut fmt::Formatter<'_>, rule: &Rule, indent: &str) -> fmt::Result {
+    if let Some(exe) = &rule.exe {
+        writeln!(f, "{indent}exe {}", printable(exe))?;
+    }
+    if let Some(sha256) = &rule.sha256 {
+        writeln!(f, "{indent}sha256 {}", printable(sha256))?;
+    }
+    if let Some(cgroup) = &rule.cgroup {
+        writeln!(f, "{indent}cgroup {}", printable(cgroup))?;
+    }
+    let open: Vec<&str> = [
+        ("exe", rule.exe.is_none()),
+        ("sha256", rule.sha256.is_none()),
+        ("cgroup", rule.cgroup.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(field, missing)| missing.then_some(field))
+    .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let consequence = if rule.exe.is_none() || rule.cgroup.is_none() {
+        format!(
+            "a program named {} matches from any {}",
+            printable(&rule.process),
+            if rule.exe.is_none() && rule.cgroup.is_none() {
+                "executable and cgroup"
+            } else if rule.exe.is_none() {
+                "executable"
+            } else {
+                "cgroup"
+            }
+        )
+    } else {
+        "a changed executable goes unnoticed".to_owned()
+    };
+    writeln!(
+        f,
+        "{indent}any {}: {consequence} (a re-record pins what it sees)",
+        open.join(", ")
+    )
+}
+
 /// One line saying when and where a baseline was recorded.
 pub(super) fn describe_recording(recording: &Recording) -> String {
     format!(
@@ -131,6 +173,7 @@ mod tests {
             "4 rules:",
             "  1. xmrig → 10.0.0.2:3333/tcp (pool)",
             "     exe /usr/bin/xmrig",
+            "     any sha256, cgroup: a program named xmrig matches from any cgroup (a re-record pins what it sees)",
             "     sent:     mean 120.5 B/s, p95 800.0 B/s, max 2.4 kB/s",
             "     received: mean 10.0 B/s, p95 80.0 B/s, max 240.0 B/s",
             "     active 12% of the time, 2 connections per hour, periodic every 5 min",
@@ -138,6 +181,7 @@ mod tests {
             "  2. chronyd → [fd00::/64]:*/udp",
             "     active 100% of the time, 0 connections per hour",
             "  3. sshd → *:22/tcp (admin)",
+            "     any exe, sha256, cgroup: a program named sshd matches from any executable and cgroup (a re-record pins what it sees)",
             "     accepted by hand: no recorded normal",
             "  4. ping → 10.0.0.0/8/icmp",
         ];

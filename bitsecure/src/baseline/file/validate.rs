@@ -287,6 +287,33 @@ fn validate_recording(recording: &Recording) -> Result<(), FieldProblem> {
 /// The values of one rule (also of a rule about to be appended).
 pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
     validate_holder(&rule.process, rule.exe.as_deref(), "/usr/bin/xmrig")?;
+    if let Some(sha256) = &rule.sha256
+        && !(sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        return Err(problem(
+            "sha256",
+            format!(
+                "sha256 {:?} is not 64 lowercase hex digits (as `sha256sum` prints them; leave \
+                 it out to accept any content)",
+                printable(sha256)
+            ),
+        ));
+    }
+    if let Some(cgroup) = &rule.cgroup
+        && !cgroup.starts_with('/')
+    {
+        return Err(problem(
+            "cgroup",
+            format!(
+                "cgroup {:?} is not a cgroup v2 path like \"/system.slice/xmrig.service\" (as in \
+                 /proc/PID/cgroup; leave it out to match any)",
+                printable(cgroup)
+            ),
+        ));
+    }
     rule.remote_matcher()
         .map_err(|e| problem("remote", e.to_string()))?;
     if rule.port == Some(0) {
@@ -864,6 +891,22 @@ mod tests {
         ));
         assert!(
             matches!(&error, BaselineError::Rule { line: Some(5), .. }),
+            "{error:?}"
+        );
+        let error = parse_error(&with_rule(
+            "process = \"x\"\nsha256 = \"ABC\"\nremote = \"*\"\nprotocol = \"tcp\"\n",
+        ));
+        assert!(
+            matches!(&error, BaselineError::Rule { line: Some(5), problem, .. }
+                if problem.contains("not 64 lowercase hex digits")),
+            "{error:?}"
+        );
+        let error = parse_error(&with_rule(
+            "process = \"x\"\ncgroup = \"xmrig.service\"\nremote = \"*\"\nprotocol = \"tcp\"\n",
+        ));
+        assert!(
+            matches!(&error, BaselineError::Rule { line: Some(5), problem, .. }
+                if problem.contains("not a cgroup v2 path")),
             "{error:?}"
         );
         let error = parse_error(&with_rule(

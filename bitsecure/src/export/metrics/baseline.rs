@@ -23,6 +23,8 @@ pub struct BaselineMetrics {
     pub unexpected_received_bytes: IntCounterVec,
     pub unexpected_flows: IntGauge,
     pub unexpected_packet_sockets: prometheus::IntGaugeVec,
+    pub impostor_flows: prometheus::IntGaugeVec,
+    pub executable_changed: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
     pub rule_rate: prometheus::GaugeVec,
@@ -115,6 +117,26 @@ impl BaselineMetrics {
                          below every traffic rule. Only while monitoring.",
                     ),
                     &["process", "exe", "kind", "protocol"],
+                )?,
+            )?,
+            impostor_flows: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_impostor_flows",
+                        "Classes in the unexpected list sent by a process that has the name of                          a process a rule expects but another executable or cgroup: an impostor                          of it. Only while monitoring.",
+                    ),
+                    &["process", "exe", "cgroup"],
+                )?,
+            )?,
+            executable_changed: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_executable_changed",
+                        "1 while a process whose traffic a rule expects runs an executable                          whose SHA-256 is not the rule's: an update, or a patched binary. Only                          while monitoring.",
+                    ),
+                    &["process", "exe"],
                 )?,
             )?,
             unexpected_flows: register(
@@ -220,8 +242,28 @@ impl BaselineMetrics {
             BaselineState::Monitoring {
                 rules,
                 unexpected,
+                changed_executables,
                 statuses,
             } => {
+                self.impostor_flows.reset();
+                for entry in unexpected
+                    .iter()
+                    .filter(|entry| entry.impostor_of.is_some())
+                {
+                    self.impostor_flows
+                        .with_label_values(&[
+                            entry.process.as_str(),
+                            entry.exe.as_deref().unwrap_or_default(),
+                            entry.cgroup.as_deref().unwrap_or_default(),
+                        ])
+                        .inc();
+                }
+                self.executable_changed.reset();
+                for changed in changed_executables {
+                    self.executable_changed
+                        .with_label_values(&[changed.process.as_str(), changed.exe.as_str()])
+                        .set(1);
+                }
                 self.learning.set(0);
                 self.learning_remaining.set(0.0);
                 self.rules.set(*rules as i64);

@@ -83,11 +83,19 @@ impl Metrics {
         self.baseline.publish(&report);
         let BaselineReport { state, .. } = report;
         let mode = state.name().to_owned();
-        let unexpected = match state {
-            BaselineState::Monitoring { unexpected, .. } => unexpected,
-            _ => Vec::new(),
+        let (unexpected, changed_executables) = match state {
+            BaselineState::Monitoring {
+                unexpected,
+                changed_executables,
+                ..
+            } => (unexpected, changed_executables),
+            _ => (Vec::new(), Vec::new()),
         };
-        self.api.set_view(BaselineView { mode, unexpected });
+        self.api.set_view(BaselineView {
+            mode,
+            unexpected,
+            changed_executables,
+        });
     }
 }
 
