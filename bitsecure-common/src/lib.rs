@@ -18,6 +18,9 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     /// Ring buffer of [`PayloadEvent`](crate::PayloadEvent)s.
     pub const EVENTS: &str = "EVENTS";
+    /// Ring buffer of [`SocketCreated`](crate::SocketCreated) events: who made a socket, told
+    /// at once so the agent reads the process's executable before a short-lived one is gone.
+    pub const SOCKET_EVENTS: &str = "SOCKET_EVENTS";
     /// Per-CPU array of [`InterfaceCounters`](crate::InterfaceCounters), one slot per watched
     /// interface of the agent's network namespace at
     /// [`interface_slot`](crate::interface_slot)`(ifindex)`, filled in by the agent.
@@ -106,6 +109,11 @@ pub const DEFAULT_SOCKET_CAPACITY: u32 = 65_536;
 /// Default size of the `EVENTS` ring buffer in bytes (a power of two, at least a page; the agent
 /// may override it at load time).
 pub const DEFAULT_EVENT_BUFFER_BYTES: u32 = 256 * 1024;
+
+/// Size of the `SOCKET_EVENTS` ring buffer in bytes: 1,365 [`SocketCreated`] events waiting
+/// (the agent reads them as they come). When it is full, an owner is found at the next poll
+/// instead, as before the event existed.
+pub const SOCKET_EVENT_BUFFER_BYTES: u32 = 64 * 1024;
 
 /// Most payload bytes one [`PayloadEvent`] carries: enough for a DNS response without EDNS
 /// padding, a TLS ClientHello up to its server name, an HTTP request line and headers.
@@ -241,6 +249,23 @@ pub struct SocketOwner {
     pub _pad: [u8; 5],
 }
 
+/// A socket just created, and the owner recorded for it in `SOCKETS` (the same fields).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketCreated {
+    /// `bpf_get_socket_cookie()` of the new socket.
+    pub cookie: u64,
+    /// cgroup v2 id of the creator.
+    pub cgroup_id: u64,
+    /// `bpf_ktime_get_boot_ns()` when the owner was recorded.
+    pub recorded_boot_ns: u64,
+    /// Process id (thread group id) of the creator.
+    pub tgid: u32,
+    pub _pad: [u8; 4],
+    /// `comm` of the creating thread, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 /// Indexes into the `STATS` per-CPU array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +300,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 32);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 40);
 const _: () = assert!(core::mem::size_of::<SocketOwner>() == 56);
 const _: () = assert!(core::mem::size_of::<InterfaceCounters>() == 80);
+const _: () = assert!(core::mem::size_of::<SocketCreated>() == 48);
+const _: () = assert!(SOCKET_EVENT_BUFFER_BYTES.is_power_of_two());
 const _: () = assert!(INTERFACE_SLOTS.is_power_of_two());
 const _: () = assert!(core::mem::size_of::<PayloadEvent>() == 48 + EVENT_PAYLOAD_MAX);
 // The kernel's ring buffer reserves 8-byte aligned records.
@@ -293,6 +320,8 @@ mod pod {
     unsafe impl aya::Pod for super::PayloadEvent {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InterfaceCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketCreated {}
 }
 
 #[cfg(test)]

@@ -57,8 +57,8 @@ use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
     DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
     EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, INTERFACE_SLOTS, InterfaceCounters,
-    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SocketOwner, Stat,
-    interface_slot, protocol,
+    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SOCKET_EVENT_BUFFER_BYTES,
+    SocketCreated, SocketOwner, Stat, interface_slot, protocol,
 };
 
 /// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
@@ -85,6 +85,10 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
 /// Payload bytes for the agent ([`PayloadEvent`]s): DNS responses and first payloads of flows.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_EVENT_BUFFER_BYTES, 0);
+
+/// Sockets just created ([`SocketCreated`]), for the agent to read their process at once.
+#[map]
+static SOCKET_EVENTS: RingBuf = RingBuf::with_byte_size(SOCKET_EVENT_BUFFER_BYTES, 0);
 
 /// What crossed each watched interface, and what of it the socket programs attributed.
 #[map]
@@ -291,11 +295,25 @@ fn mark_tcp_closed(ctx: &SockOpsContext) {
     }
 }
 
-/// Records the current process as the owner of `cookie`. Runs in process context only.
+/// Records the current process as the owner of `cookie`, and tells the agent (best effort: a
+/// full ring buffer only means the agent finds the owner at its next poll). Runs in process
+/// context only.
 fn try_record_owner(cookie: u64, origin: u8) -> Result<(), i32> {
     let mut owner = SocketOwner::default();
     fill_owner(&mut owner, origin);
-    SOCKETS.insert(cookie, owner, 0)
+    SOCKETS.insert(cookie, owner, 0)?;
+    if let Some(mut entry) = SOCKET_EVENTS.reserve::<SocketCreated>(0) {
+        entry.write(SocketCreated {
+            cookie,
+            cgroup_id: owner.cgroup_id,
+            recorded_boot_ns: owner.recorded_boot_ns,
+            tgid: owner.tgid,
+            _pad: [0; 4],
+            comm: owner.comm,
+        });
+        entry.submit(0);
+    }
+    Ok(())
 }
 
 /// Fills the owner fields of `owner` from the current task (process context only).

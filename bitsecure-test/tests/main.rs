@@ -16,6 +16,7 @@ mod demo;
 mod deploy;
 mod faults;
 mod grafana_dashboard;
+mod impostors;
 mod interface_totals;
 mod load;
 mod names;

@@ -67,6 +67,13 @@ pub fn open_persistence(config: &Config) -> anyhow::Result<Option<Persistence>> 
             max_entries: config.names.ring_buffer_bytes,
             flags: 0,
         },
+        MapShape {
+            name: map_names::SOCKET_EVENTS,
+            key_size: 0,
+            value_size: 0,
+            max_entries: bitsecure_common::SOCKET_EVENT_BUFFER_BYTES,
+            flags: 0,
+        },
     ];
     let (pins, found) = PinDir::open(Path::new(&config.kernel.pin_path), &shapes)?;
     match &found {

@@ -114,6 +114,9 @@ fn unknown_app() -> App {
     App::Unknown
 }
 
+/// An entry of the unexpected list: its class, and the executable and cgroup of its process.
+type UnexpectedKey = (ClassKey, Option<String>, Option<String>);
+
 /// Live state of one rule.
 #[derive(Debug, Clone)]
 struct RuleState {
@@ -161,7 +164,9 @@ pub struct Monitor {
     step_seconds: f64,
     rules: Vec<RuleState>,
     recording_start_unix: Option<f64>,
-    unexpected: HashMap<ClassKey, Unexpected>,
+    /// By class and program: two programs under one name are two entries (each accepted, or
+    /// not, on its own).
+    unexpected: HashMap<UnexpectedKey, Unexpected>,
     max_unexpected: usize,
     /// By process and executable path.
     changed_executables: BTreeMap<(String, String), ChangedExecutable>,
@@ -234,7 +239,7 @@ impl Monitor {
             .collect();
         self.baseline = baseline;
         let (rules, remotes) = (&self.baseline.rules, &self.remotes);
-        self.unexpected.retain(|key, entry| {
+        self.unexpected.retain(|(key, _, _), entry| {
             let flow = key.flow(
                 entry.name.as_deref(),
                 entry.exe.as_deref(),
@@ -280,7 +285,8 @@ impl Monitor {
             }
             let impostor_of = find_impersonated(&self.baseline.rules, &self.remotes, &flow)
                 .map(|index| Holder::of(&self.baseline.rules[index]));
-            let known = self.unexpected.contains_key(&key);
+            let listed_key = (key.clone(), delta.exe.clone(), delta.cgroup.clone());
+            let known = self.unexpected.contains_key(&listed_key);
             if !known && self.unexpected.len() >= self.max_unexpected {
                 increments.push(UnexpectedIncrement {
                     key,
@@ -292,7 +298,7 @@ impl Monitor {
             let now_text = timestamp_text(now_unix);
             let entry = self
                 .unexpected
-                .entry(key.clone())
+                .entry(listed_key)
                 .or_insert_with(|| Unexpected {
                     process: key.process.clone(),
                     exe: delta.exe.clone(),
@@ -655,23 +661,31 @@ mod tests {
             ..delta("xmrig", "10.0.9.9", 4444, 1, 1)
         };
         let increments = monitor.observe_step(&[miner, copy, elsewhere, other_port], START + STEP);
-        // The real miner is expected; the copy and the one run elsewhere share its class (same
-        // name and destination), listed once as an impostor; other traffic of the copy is
-        // unexpected but impersonates no rule.
+        // The real miner is expected; the copy and the one run elsewhere are listed apart, as
+        // impostors; other traffic of the copy is unexpected but impersonates no rule.
         assert_eq!(increments.len(), 3);
         let list = monitor.unexpected();
-        assert_eq!(list.len(), 2, "{list:?}");
-        let impostor = list.iter().find(|entry| entry.port == Some(3333)).unwrap();
-        assert_eq!(impostor.exe.as_deref(), Some("/tmp/.x/xmrig"));
-        assert_eq!(
-            impostor.impostor_of,
-            Some(Holder {
-                process: "xmrig".into(),
-                exe: Some("/usr/bin/xmrig".into()),
-                cgroup: Some("/system.slice/xmrig.service".into()),
+        assert_eq!(list.len(), 3, "{list:?}");
+        let expected = Some(Holder {
+            process: "xmrig".into(),
+            exe: Some("/usr/bin/xmrig".into()),
+            cgroup: Some("/system.slice/xmrig.service".into()),
+        });
+        let impostors: Vec<(Option<&str>, Option<&str>)> = list
+            .iter()
+            .filter(|entry| entry.port == Some(3333))
+            .map(|entry| {
+                assert_eq!(entry.impostor_of, expected);
+                assert_eq!((entry.sent_bytes, entry.received_bytes), (100, 200));
+                (entry.exe.as_deref(), entry.cgroup.as_deref())
             })
-        );
-        assert_eq!((impostor.sent_bytes, impostor.received_bytes), (200, 400));
+            .collect();
+        assert_eq!(impostors.len(), 2);
+        assert!(impostors.contains(&(Some("/tmp/.x/xmrig"), Some("/system.slice/xmrig.service"))));
+        assert!(impostors.contains(&(
+            Some("/usr/bin/xmrig"),
+            Some("/user.slice/user-1000.slice/session-4.scope")
+        )));
         let unrelated = list.iter().find(|entry| entry.port == Some(4444)).unwrap();
         assert_eq!(unrelated.impostor_of, None);
     }

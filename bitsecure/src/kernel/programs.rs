@@ -56,6 +56,8 @@ pub struct KernelMaps {
     pub events: RingBuf<MapData>,
     /// Size of `events` in bytes.
     pub event_bytes: u32,
+    /// Sockets just created ([`bitsecure_common::SocketCreated`]).
+    pub socket_events: RingBuf<MapData>,
     /// What crossed each watched interface (the agent's own handle; the guard inserts and
     /// removes the entries).
     pub interfaces: MapData,
@@ -326,12 +328,9 @@ pub fn load_and_attach(
         peers: take_map(&mut ebpf, map_names::PEERS)?,
         sockets: take_map(&mut ebpf, map_names::SOCKETS)?,
         stats: take_map(&mut ebpf, map_names::STATS)?,
-        events: match ebpf.take_map(map_names::EVENTS) {
-            Some(map @ Map::RingBuf(_)) => RingBuf::try_from(map)?,
-            Some(_) => bail!("map {} has an unexpected type", map_names::EVENTS),
-            None => bail!("map {} missing from the eBPF object", map_names::EVENTS),
-        },
+        events: take_ring_buffer(&mut ebpf, map_names::EVENTS)?,
         event_bytes: capacities.event_bytes,
+        socket_events: take_ring_buffer(&mut ebpf, map_names::SOCKET_EVENTS)?,
         interfaces: MapData::from_id(interface_map_id)
             .context("cannot open the interface map a second time")?,
     };
@@ -395,14 +394,24 @@ fn attach_link(ebpf: &mut Ebpf, name: &str, cgroup_dir: &File) -> anyhow::Result
 }
 
 /// The maps pinned (with `kernel.pin_path`).
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 7] = [
     map_names::FLOWS,
     map_names::PEERS,
     map_names::SOCKETS,
     map_names::STATS,
     map_names::EVENTS,
+    map_names::SOCKET_EVENTS,
     map_names::INTERFACES,
 ];
+
+/// A ring buffer taken out of the loaded object.
+fn take_ring_buffer(ebpf: &mut aya::Ebpf, name: &str) -> anyhow::Result<RingBuf<MapData>> {
+    match ebpf.take_map(name) {
+        Some(map @ Map::RingBuf(_)) => Ok(RingBuf::try_from(map)?),
+        Some(_) => bail!("map {name} has an unexpected type"),
+        None => bail!("map {name} missing from the eBPF object"),
+    }
+}
 
 /// Every program with its attach type, in attach order.
 const ALL_PROGRAMS: [(&str, u32); 5] = [

@@ -29,7 +29,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{DIRECTION_EGRESS, FlowCounters, FlowKey, PayloadEvent, SocketOwner, Stat};
+use bitsecure_common::{
+    DIRECTION_EGRESS, FlowCounters, FlowKey, PayloadEvent, SocketCreated, SocketOwner, Stat,
+};
 use log::{info, warn};
 
 use crate::{
@@ -67,6 +69,9 @@ const MAX_NAMES_PER_REMOTE: usize = 8;
 /// before it is accounted on its own: the accepted socket's first packet comes right after
 /// the handshake, unless neither side speaks.
 const HANDSHAKE_WAIT_POLLS: u8 = 2;
+/// Most socket events one [`Poller::read_events`] takes: the ring buffer's worth.
+const SOCKET_EVENTS_PER_READ: usize =
+    bitsecure_common::SOCKET_EVENT_BUFFER_BYTES as usize / size_of::<SocketCreated>();
 /// Idle polls after which a peer entry is folded.
 const PEER_IDLE_POLLS: u32 = 2;
 /// A peer entry whose application was recognised is kept this long idle: folded and seen
@@ -700,22 +705,41 @@ impl Poller {
             .collect()
     }
 
-    /// Waits until the kernel has payload events to read, or `timeout`.
+    /// Waits until the kernel has payload or socket events to read, or `timeout`.
     pub fn wait_for_events(&self, timeout: Duration) {
-        let mut poll_fd = libc::pollfd {
-            fd: self.maps.events.as_raw_fd(),
+        let mut poll_fds = [&self.maps.events, &self.maps.socket_events].map(|ring| libc::pollfd {
+            fd: ring.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        };
+        });
         let timeout_ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just ends
+        // SAFETY: two valid pollfds for the duration of the call. An error (EINTR) just ends
         // the wait early.
-        unsafe { libc::poll(&mut poll_fd, 1, timeout_ms) };
+        unsafe {
+            libc::poll(
+                poll_fds.as_mut_ptr(),
+                poll_fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
     }
 
-    /// Reads the payload events waiting in the kernel's ring buffer: at most about one ring
-    /// buffer's worth, so a flood of DNS responses cannot keep the poller from polling.
+    /// Reads the events waiting in the kernel's ring buffers: the owners of sockets just
+    /// created (read from /proc at once), then the payload events, at most about one ring
+    /// buffer's worth of each, so a flood cannot keep the poller from polling.
     pub fn read_events(&mut self) -> EventCounts {
+        for _ in 0..SOCKET_EVENTS_PER_READ {
+            let Some(item) = self.maps.socket_events.next() else {
+                break;
+            };
+            if item.len() >= size_of::<SocketCreated>() {
+                // SAFETY: the kernel wrote a whole SocketCreated (checked length); read
+                // unaligned, as the ring buffer guarantees only 8-byte alignment.
+                let created =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SocketCreated>()) };
+                self.owners.note_created(&created);
+            }
+        }
         let now = Instant::now();
         let mut counts = EventCounts::default();
         for _ in 0..self.events_per_ring {

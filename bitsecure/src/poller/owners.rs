@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitsecure_common::{FlowKey, OWNER_UNKNOWN, SocketOwner};
+use bitsecure_common::{FlowKey, OWNER_UNKNOWN, SocketCreated, SocketOwner};
 use log::{debug, warn};
 
 use crate::poller::{
@@ -101,6 +101,35 @@ impl Owners {
         self.owners.insert(cookie, owner);
     }
 
+    /// Takes the owner of a socket just created, as the kernel told it at once: its process
+    /// is read now, while even a short-lived one still runs.
+    pub(super) fn note_created(&mut self, created: &SocketCreated) {
+        if self.owners.contains_key(&created.cookie) {
+            return;
+        }
+        let identity = self.recorded_identity(created);
+        self.owners.insert(created.cookie, identity);
+    }
+
+    /// The identity of the process the kernel recorded as a socket's owner: read from /proc
+    /// (if that pid still is the process that made the socket), else the kernel's comm; the
+    /// cgroup always the one the kernel recorded, not where the process may have moved since
+    /// (nor the path of a cgroup gone since).
+    fn recorded_identity(&mut self, created: &SocketCreated) -> Arc<ProcessIdentity> {
+        let recorded = Duration::from_nanos(created.recorded_boot_ns);
+        let mut identity =
+            match identity::read_identity(&self.proc_root, created.tgid, Some(recorded)) {
+                Some(identity) => self.with_executable_hash(identity, created.tgid),
+                None => ProcessIdentity::from_comm(&created.comm),
+            };
+        identity.cgroup = self.cgroups.path_of(created.cgroup_id);
+        identity.unit = identity
+            .cgroup
+            .as_deref()
+            .and_then(identity::unit_from_cgroup_path);
+        self.intern(identity)
+    }
+
     /// Whether the socket was folded (and its owner is still remembered).
     pub(super) fn is_retired(&self, cookie: u64) -> bool {
         self.retired.contains_key(&cookie)
@@ -152,20 +181,14 @@ impl Owners {
                 .get(&cookie)
                 .filter(|owner| owner.origin != OWNER_UNKNOWN)
             {
-                let recorded = Duration::from_nanos(owner.recorded_boot_ns);
-                let mut identity =
-                    match identity::read_identity(&self.proc_root, owner.tgid, Some(recorded)) {
-                        Some(identity) => self.with_executable_hash(identity, owner.tgid),
-                        None => ProcessIdentity::from_comm(&owner.comm),
-                    };
-                // Where the socket was created, as the kernel recorded it: not where the
-                // process may have moved since (nor a path of a cgroup gone since).
-                identity.cgroup = self.cgroups.path_of(owner.cgroup_id);
-                identity.unit = identity
-                    .cgroup
-                    .as_deref()
-                    .and_then(identity::unit_from_cgroup_path);
-                let identity = self.intern(identity);
+                let identity = self.recorded_identity(&SocketCreated {
+                    cookie,
+                    cgroup_id: owner.cgroup_id,
+                    recorded_boot_ns: owner.recorded_boot_ns,
+                    tgid: owner.tgid,
+                    _pad: [0; 4],
+                    comm: owner.comm,
+                });
                 self.owners.insert(cookie, identity);
             } else {
                 unresolved.insert(cookie);

@@ -64,8 +64,25 @@ struct Cli {
     /// Seconds a client subcommand may take before it fails (exit status 1).
     #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_secs: u64,
+    /// Takes this process name (`prctl(PR_SET_NAME)`, as any process can) before doing
+    /// anything: what an impostor of another process does.
+    #[arg(long, global = true)]
+    comm: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Renames the calling thread (the main thread: the process) to `name` (15 bytes at most).
+fn set_comm(name: &str) {
+    let name = std::ffi::CString::new(name).expect("a name without NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 16 bytes by the kernel).
+    let result = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    assert_eq!(
+        result,
+        0,
+        "prctl(PR_SET_NAME): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 #[derive(Subcommand)]
@@ -373,6 +390,9 @@ fn announce(word: &str) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(name) = &cli.comm {
+        set_comm(name);
+    }
     let timeout = Duration::from_secs(cli.timeout_secs);
     // Servers run until killed; `hold` starts the watchdog once its go-file appears.
     if !matches!(

@@ -1,6 +1,8 @@
 //! The baseline metrics: unexpected traffic, and the rate, deviation, silence and cadence of
 //! every rule, from the baseline service's reports.
 
+use std::collections::BTreeMap;
+
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use super::register;
@@ -271,21 +273,31 @@ impl BaselineMetrics {
                 // Rebuilt from the list, so accepted entries disappear from the gauges.
                 self.unexpected_first_seen.reset();
                 self.unexpected_last_seen.reset();
+                // Two programs under one name may share a series: the earliest first and the
+                // latest last sighting.
+                let mut seen: BTreeMap<[String; 5], (f64, f64)> = BTreeMap::new();
                 for entry in unexpected {
-                    let port = port_label(entry.port);
                     let labels = [
-                        entry.process.as_str(),
-                        entry.remote.as_str(),
-                        port.as_str(),
-                        entry.protocol.as_str(),
-                        entry.app.as_str(),
+                        entry.process.clone(),
+                        entry.remote.clone(),
+                        port_label(entry.port),
+                        entry.protocol.clone(),
+                        entry.app.as_str().to_owned(),
                     ];
+                    let (first, last) = seen
+                        .entry(labels)
+                        .or_insert((entry.first_seen_unix, entry.last_seen_unix));
+                    *first = first.min(entry.first_seen_unix);
+                    *last = last.max(entry.last_seen_unix);
+                }
+                for (labels, (first, last)) in &seen {
+                    let labels = labels.each_ref().map(String::as_str);
                     self.unexpected_first_seen
                         .with_label_values(&labels)
-                        .set(entry.first_seen_unix);
+                        .set(*first);
                     self.unexpected_last_seen
                         .with_label_values(&labels)
-                        .set(entry.last_seen_unix);
+                        .set(*last);
                 }
                 for status in statuses {
                     self.publish_rule(status);
