@@ -62,10 +62,11 @@ fn unexpected(agent: &Agent) -> Vec<serde_json::Value> {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-fn impostor_flows(samples: &[Sample], exe: &str, cgroup: &str) -> f64 {
+/// `bitsecure_impostor_bytes_total` of one impostor of the miner.
+fn impostor_bytes(samples: &[Sample], exe: &str, cgroup: &str) -> f64 {
     sum_metric(
         samples,
-        "bitsecure_impostor_flows",
+        "bitsecure_impostor_bytes_total",
         &[("process", MINER), ("exe", exe), ("cgroup", cgroup)],
     )
 }
@@ -133,7 +134,7 @@ fn impostors_of_an_expected_process_are_unexpected_and_named_as_such() {
     eventually(&agent, 20, |samples| {
         let missing: Vec<&(String, String)> = impostors
             .iter()
-            .filter(|(exe, cgroup)| impostor_flows(samples, exe, cgroup) != 1.0)
+            .filter(|(exe, cgroup)| impostor_bytes(samples, exe, cgroup) == 0.0)
             .collect();
         if missing.is_empty() {
             Ok(())
@@ -155,8 +156,13 @@ fn impostors_of_an_expected_process_are_unexpected_and_named_as_such() {
         assert_eq!(entry["impostor_of"]["cgroup"], rig_cgroup.as_str());
         assert_eq!(entry["port"], 3333);
     }
-    // The real miner is none of them: still expected.
+    // The real miner is none of them: still expected, and never counted as an impostor.
     assert_eq!(mine.len(), impostors.len(), "{list:#?}");
+    let samples = agent.scrape();
+    assert_eq!(
+        impostor_bytes(&samples, miner_exe.to_str().unwrap(), &rig_cgroup),
+        0.0
+    );
     // And the terminal view says it in words.
     let shown = bitsecure(&[
         "unexpected",

@@ -19,6 +19,8 @@ const ALERTS: &[&str] = &[
     "BitSecureProgramDetached",
     "BitSecureUnexpectedPacketSocket",
     "BitSecureUnattributedTraffic",
+    "BitSecureImpostorProcess",
+    "BitSecureExecutableChanged",
 ];
 
 fn prometheus_dir() -> PathBuf {

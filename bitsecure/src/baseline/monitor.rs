@@ -155,6 +155,9 @@ pub struct UnexpectedIncrement {
     /// False when the list was full: the traffic is counted, folded under remote="other".
     pub listed: bool,
     pub traffic: Traffic,
+    /// The traffic is an impostor's (see [`Holder`]): its executable and cgroup (empty when
+    /// unknown).
+    pub impostor: Option<(String, String)>,
 }
 
 pub struct Monitor {
@@ -285,6 +288,12 @@ impl Monitor {
             }
             let impostor_of = find_impersonated(&self.baseline.rules, &self.remotes, &flow)
                 .map(|index| Holder::of(&self.baseline.rules[index]));
+            let impostor = impostor_of.as_ref().map(|_| {
+                (
+                    delta.exe.clone().unwrap_or_default(),
+                    delta.cgroup.clone().unwrap_or_default(),
+                )
+            });
             let listed_key = (key.clone(), delta.exe.clone(), delta.cgroup.clone());
             let known = self.unexpected.contains_key(&listed_key);
             if !known && self.unexpected.len() >= self.max_unexpected {
@@ -292,6 +301,7 @@ impl Monitor {
                     key,
                     listed: false,
                     traffic: delta.traffic,
+                    impostor,
                 });
                 continue;
             }
@@ -334,6 +344,7 @@ impl Monitor {
                 key,
                 listed: true,
                 traffic: delta.traffic,
+                impostor,
             });
         }
         for (index, state) in self.rules.iter_mut().enumerate() {
@@ -365,11 +376,14 @@ impl Monitor {
         let Some(expected) = &self.baseline.rules[index].sha256 else {
             return;
         };
+        let exe = delta.exe.clone().unwrap_or_default();
         if delta.exe_sha256.as_ref() == Some(expected) {
+            // The expected content is back (reinstalled): nothing to report any more.
+            self.changed_executables
+                .remove(&(delta.process.clone(), exe));
             return;
         }
         let now_text = timestamp_text(now_unix);
-        let exe = delta.exe.clone().unwrap_or_default();
         let entry = self
             .changed_executables
             .entry((delta.process.clone(), exe.clone()))

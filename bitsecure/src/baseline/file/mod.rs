@@ -24,7 +24,9 @@
 //!
 //! [[rule]]
 //! process = "xmrig"                    # process name (as in /proc/PID/comm)
-//! exe = "/usr/bin/xmrig"               # optional: executable path, for the reader
+//! exe = "/usr/bin/xmrig"               # optional: only this executable matches
+//! sha256 = "9f86d0…"                   # optional: its content; another is reported
+//! cgroup = "/system.slice/xmrig.service" # optional: only sockets made in this cgroup match
 //! remote = "pool.example.org"          # IP address, CIDR ("10.0.0.0/24", "fd00::/64"), host
 //!                                      # name, wildcard ("*.example.org") or "*"
 //! port = 3333                          # optional: absent = any port
@@ -88,6 +90,8 @@
 //! let baseline = file::parse(text, "example.toml").expect("valid");
 //! let flow = LiveFlow {
 //!     process: "xmrig",
+//!     exe: Some("/usr/bin/xmrig"),
+//!     cgroup: Some("/system.slice/xmrig.service"),
 //!     remote: "10.0.0.2".parse().expect("an address"),
 //!     name: Some("eu.pool.example.org"),
 //!     port: Some(3333),
@@ -96,6 +100,8 @@
 //! };
 //! assert!(baseline.rules[0].matches(&flow));
 //! assert!(!baseline.rules[0].matches(&LiveFlow { app: App::Http, ..flow }));
+//! // The rule names no executable: any program called xmrig matches (`exe` would pin it).
+//! assert!(baseline.rules[0].matches(&LiveFlow { exe: Some("/tmp/xmrig"), ..flow }));
 //! assert!(!baseline.rules[0].matches(&LiveFlow { name: None, ..flow }));
 //! assert_eq!(baseline.rules[0].describe(), "xmrig → *.example.org:3333/tcp (stratum)");
 //! ```

@@ -25,7 +25,7 @@ pub struct BaselineMetrics {
     pub unexpected_received_bytes: IntCounterVec,
     pub unexpected_flows: IntGauge,
     pub unexpected_packet_sockets: prometheus::IntGaugeVec,
-    pub impostor_flows: prometheus::IntGaugeVec,
+    pub impostor_bytes: IntCounterVec,
     pub executable_changed: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
@@ -121,12 +121,14 @@ impl BaselineMetrics {
                     &["process", "exe", "kind", "protocol"],
                 )?,
             )?,
-            impostor_flows: register(
+            impostor_bytes: register(
                 registry,
-                prometheus::IntGaugeVec::new(
+                IntCounterVec::new(
                     Opts::new(
-                        "bitsecure_impostor_flows",
-                        "Classes in the unexpected list sent by a process that has the name of                          a process a rule expects but another executable or cgroup: an impostor                          of it. Only while monitoring.",
+                        "bitsecure_impostor_bytes_total",
+                        "L3 bytes (both directions) of traffic a rule expects from a process of \
+                         this name, sent or received by a process of the name with another \
+                         executable or cgroup: an impostor. Also counted as unexpected traffic.",
                     ),
                     &["process", "exe", "cgroup"],
                 )?,
@@ -136,7 +138,9 @@ impl BaselineMetrics {
                 prometheus::IntGaugeVec::new(
                     Opts::new(
                         "bitsecure_executable_changed",
-                        "1 while a process whose traffic a rule expects runs an executable                          whose SHA-256 is not the rule's: an update, or a patched binary. Only                          while monitoring.",
+                        "1 while a process whose traffic a rule expects runs an executable \
+                         whose SHA-256 is not the rule's: an update, or a patched binary. Only \
+                         while monitoring.",
                     ),
                     &["process", "exe"],
                 )?,
@@ -231,6 +235,11 @@ impl BaselineMetrics {
             self.unexpected_received_bytes
                 .with_label_values(&labels)
                 .inc_by(increment.traffic.received_bytes);
+            if let Some((exe, cgroup)) = &increment.impostor {
+                self.impostor_bytes
+                    .with_label_values(&[increment.key.process.as_str(), exe, cgroup])
+                    .inc_by(increment.traffic.total_bytes());
+            }
         }
         match &report.state {
             BaselineState::Off => {
@@ -247,19 +256,6 @@ impl BaselineMetrics {
                 changed_executables,
                 statuses,
             } => {
-                self.impostor_flows.reset();
-                for entry in unexpected
-                    .iter()
-                    .filter(|entry| entry.impostor_of.is_some())
-                {
-                    self.impostor_flows
-                        .with_label_values(&[
-                            entry.process.as_str(),
-                            entry.exe.as_deref().unwrap_or_default(),
-                            entry.cgroup.as_deref().unwrap_or_default(),
-                        ])
-                        .inc();
-                }
                 self.executable_changed.reset();
                 for changed in changed_executables {
                     self.executable_changed
