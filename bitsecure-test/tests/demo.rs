@@ -26,7 +26,7 @@ use serde_json::Value;
 
 const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
-const EXPECTED: [(&str, &[(&str, &str)]); 3] = [
+const EXPECTED: [(&str, &[(&str, &str)]); 5] = [
     (
         "new-process",
         &[
@@ -35,6 +35,14 @@ const EXPECTED: [(&str, &[(&str, &str)]); 3] = [
         ],
     ),
     ("burst", &[("BitSecureRateDeviation", "rig-monitor")]),
+    (
+        "impostor",
+        &[
+            ("BitSecureImpostorProcess", "xmrig"),
+            ("BitSecureUnexpectedDestination", "xmrig"),
+        ],
+    ),
+    ("miner-patched", &[("BitSecureExecutableChanged", "xmrig")]),
     (
         "miner-stopped",
         &[("BitSecureExpectedTrafficSilent", "xmrig")],
@@ -191,6 +199,12 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
                 demo.output()
             );
             if *alert == "BitSecureUnexpectedDestination" {
+                // The backdoor's new host; the impostor's is the pool it stole.
+                let destination = if *process == "backdoor" {
+                    ("10.77.9.2", "4444")
+                } else {
+                    ("10.77.1.2", "3333")
+                };
                 let labels = &fired[0]["metric"];
                 assert_eq!(
                     (
@@ -198,8 +212,15 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
                         labels["port"].as_str(),
                         labels["protocol"].as_str()
                     ),
-                    (Some("10.77.9.2"), Some("4444"), Some("tcp")),
+                    (Some(destination.0), Some(destination.1), Some("tcp")),
                     "the alert names the destination"
+                );
+            }
+            if *alert == "BitSecureImpostorProcess" {
+                let exe = fired[0]["metric"]["exe"].as_str().unwrap_or_default();
+                assert!(
+                    exe.ends_with("/bin/.cache/xmrig"),
+                    "the alert names the impostor's executable: {exe}"
                 );
             }
         }

@@ -1,4 +1,4 @@
-//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in three
+//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in five
 //! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
 //!
 //! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
@@ -28,6 +28,9 @@ pub const RESOLVER: &str = "resolved";
 pub const TIME_SYNC: &str = "chronyd";
 /// The intruder of the first anomaly.
 pub const INTRUDER: &str = "backdoor";
+/// What the demo calls the copy of the miner that impersonates it (its process name is the
+/// miner's).
+const IMPOSTOR: &str = "xmrig-impostor";
 
 const POOL_PORT: u16 = 3333;
 const MONITOR_PORT: u16 = 8080;
@@ -50,7 +53,7 @@ struct Anomaly {
     expected: &'static [(&'static str, &'static str)],
 }
 
-const ANOMALIES: [Anomaly; 3] = [
+const ANOMALIES: [Anomaly; 5] = [
     Anomaly {
         phase: "new-process",
         what: "a new process (`backdoor`) uploads 2 MB to a host the rig never talked to",
@@ -63,6 +66,19 @@ const ANOMALIES: [Anomaly; 3] = [
         phase: "burst",
         what: "an exfiltration-like burst: the monitoring reporter uploads 30 MB at once",
         expected: &[("BitSecureRateDeviation", REPORTER)],
+    },
+    Anomaly {
+        phase: "impostor",
+        what: "an impostor: a copy of the miner in a hidden directory mines to the same pool",
+        expected: &[
+            ("BitSecureImpostorProcess", MINER),
+            ("BitSecureUnexpectedDestination", MINER),
+        ],
+    },
+    Anomaly {
+        phase: "miner-patched",
+        what: "the miner's binary is replaced (patched) and the miner restarted",
+        expected: &[("BitSecureExecutableChanged", MINER)],
     },
     Anomaly {
         phase: "miner-stopped",
@@ -322,7 +338,9 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
 
     step("starting the rig: miner, monitoring reporter, DNS and NTP clients");
     let learning_start = now_unix();
-    lab.start_on_rig(MINER, &["miner", "--pool", &at("pool", POOL_PORT)])?;
+    let pool = at("pool", POOL_PORT);
+    let miner_args = ["miner", "--pool", pool.as_str()];
+    lab.start_on_rig(MINER, &miner_args)?;
     lab.start_on_rig(
         REPORTER,
         &[
@@ -431,9 +449,21 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                     MONITOR_NAME,
                 ],
             )?,
+            "impostor" => {
+                let copy = lab.hidden_copy(MINER)?;
+                lab.start_program_on_rig(IMPOSTOR, &copy, &miner_args)?;
+            }
+            "miner-patched" => {
+                lab.stop(MINER)?;
+                lab.patch_program(MINER)?;
+                lab.start_on_rig(MINER, &miner_args)?;
+            }
             _ => lab.stop(MINER)?,
         }
         let fired = wait_for_alerts(&prometheus_listen, expected, pace.alert_timeout())?;
+        if phase == "impostor" {
+            lab.stop(IMPOSTOR)?;
+        }
         show(&prometheus_listen, &pace)?;
         for (alert, process) in expected {
             if !fired
@@ -601,6 +631,34 @@ fn show(prometheus: &str, pace: &Pace) -> Result<()> {
             label("port"),
             label("protocol"),
             sample.value
+        );
+    }
+    let impostors = prometheus::query(prometheus, "bitsecure_impostor_bytes_total")?;
+    let changed = prometheus::query(prometheus, "bitsecure_executable_changed == 1")?;
+    println!(
+        "  dashboard — impostors and changed executables: {}",
+        if impostors.is_empty() && changed.is_empty() {
+            "none"
+        } else {
+            ""
+        }
+    );
+    for sample in &impostors {
+        let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+        println!(
+            "    impostor of {}: {} in {}  {:.0} bytes",
+            label("process"),
+            label("exe"),
+            label("cgroup"),
+            sample.value
+        );
+    }
+    for sample in &changed {
+        let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+        println!(
+            "    {} runs a changed executable: {}",
+            label("process"),
+            label("exe")
         );
     }
     let silent = prometheus::query(prometheus, "bitsecure_rule_silence_ratio > 1")?;

@@ -99,6 +99,41 @@ impl Lab {
         self.spawn(name, self.in_cgroup(&program, args), false)
     }
 
+    /// Starts `program` (any path) with `args` on the rig; `name` names its log and process.
+    pub fn start_program_on_rig(
+        &mut self,
+        name: &str,
+        program: &Path,
+        args: &[&str],
+    ) -> Result<()> {
+        self.spawn(name, self.in_cgroup(program, args), false)
+    }
+
+    /// A copy of the rig program `name` in a hidden directory: the same content and name, not
+    /// the same executable.
+    pub fn hidden_copy(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("bin").join(".cache");
+        fs::create_dir_all(&dir)?;
+        let copy = dir.join(name);
+        fs::copy(self.program(name)?, &copy).context("cannot copy the program")?;
+        Ok(copy)
+    }
+
+    /// Replaces the rig program `name` with other content at the same path, as a patched
+    /// binary would be (a trailing byte does not stop it from running). Stop it first.
+    pub fn patch_program(&self, name: &str) -> Result<()> {
+        let path = self.program(name)?;
+        let mut content = fs::read(&path)?;
+        content.extend_from_slice(b"patched");
+        let staging = path.with_extension("patched");
+        fs::write(&staging, content)?;
+        fs::set_permissions(
+            &staging,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        fs::rename(&staging, &path).context("cannot replace the program")
+    }
+
     /// Runs `name` with `args` on the rig until it exits; fails if it fails.
     pub fn run_on_rig(&self, name: &str, args: &[&str]) -> Result<()> {
         let program = self.program(name)?;
