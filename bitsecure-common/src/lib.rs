@@ -119,7 +119,8 @@ pub const SOCKET_EVENT_BUFFER_BYTES: u32 = 64 * 1024;
 /// padding, a TLS ClientHello up to its server name, an HTTP request line and headers.
 pub const EVENT_PAYLOAD_MAX: usize = 1024;
 
-/// [`PayloadEvent::kind`]: a DNS message received from port 53 (every one is handed over).
+/// [`PayloadEvent::kind`]: a DNS message to or from port 53 (every one is handed over): a
+/// query this host sent ([`DIRECTION_EGRESS`]) or an answer it received ([`DIRECTION_INGRESS`]).
 pub const EVENT_DNS: u8 = 1;
 /// [`PayloadEvent::kind`]: the first payload of a flow in one direction (once per CPU).
 pub const EVENT_FIRST_PAYLOAD: u8 = 2;

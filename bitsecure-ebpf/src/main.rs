@@ -432,7 +432,7 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     // is a separate function so it does not weigh on the registers of this path.
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
     let sampled = unsafe { (*counters).sampled };
-    if info.l4_offset != 0 && (sampled & direction == 0 || is_dns_response(&info.key, direction)) {
+    if info.l4_offset != 0 && (sampled & direction == 0 || is_dns(&info.key)) {
         let packet = Packet {
             direction,
             len,
@@ -677,15 +677,16 @@ struct Packet {
     segments: u32,
 }
 
+/// DNS with a server: queries to it and its answers, every one handed over (the agent takes
+/// an answer only if this socket asked that server that question).
 #[inline(always)]
-fn is_dns_response(key: &FlowKey, direction: u8) -> bool {
-    direction == DIRECTION_INGRESS
-        && key.remote_port == DNS_PORT
-        && (key.protocol == protocol::UDP || key.protocol == protocol::TCP)
+fn is_dns(key: &FlowKey) -> bool {
+    key.remote_port == DNS_PORT && (key.protocol == protocol::UDP || key.protocol == protocol::TCP)
 }
 
-/// Hands the payload to the agent if it is a DNS response or the flow's first payload in this
-/// direction (on this CPU). Packets without payload (handshakes, bare ACKs) do not count.
+/// Hands the payload to the agent if it is a DNS message (to or from port 53) or the flow's
+/// first payload in this direction (on this CPU). Packets without payload (handshakes, bare
+/// ACKs) do not count.
 #[inline(never)]
 fn inspect_payload(
     ctx: &SkBuffContext,
@@ -695,7 +696,7 @@ fn inspect_payload(
 ) {
     let (direction, len) = (packet.direction, packet.len);
     let protocol = info.key.protocol;
-    let dns = is_dns_response(&info.key, direction);
+    let dns = is_dns(&info.key);
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
     let (sampled, packets) = unsafe {
         let packets = if direction == DIRECTION_EGRESS {

@@ -15,6 +15,7 @@ mod check;
 mod demo;
 mod deploy;
 mod faults;
+mod forged_names;
 mod grafana_dashboard;
 mod impostors;
 mod interface_totals;

@@ -54,6 +54,10 @@ pub struct NamesConfig {
     /// Size of the kernel ring buffer that hands DNS responses and first payloads over, in
     /// bytes: a power of two, at least one page.
     pub ring_buffer_bytes: u32,
+    /// Executables (absolute paths, as /proc/PID/exe shows them) of the system resolvers whose
+    /// DNS answers name addresses for every process; any other process's answers name only
+    /// its own flows.
+    pub trusted_resolvers: Vec<String>,
 }
 
 impl Default for NamesConfig {
@@ -61,6 +65,16 @@ impl Default for NamesConfig {
         Self {
             max_entries: 65_536,
             ring_buffer_bytes: bitsecure_common::DEFAULT_EVENT_BUFFER_BYTES,
+            trusted_resolvers: [
+                "/usr/lib/systemd/systemd-resolved",
+                "/lib/systemd/systemd-resolved",
+                "/usr/sbin/dnsmasq",
+                "/usr/sbin/unbound",
+                "/usr/sbin/named",
+                "/usr/sbin/nscd",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 }
@@ -239,6 +253,17 @@ impl Config {
         if !ring.is_power_of_two() || !(4096..=1 << 30).contains(&ring) {
             return Err(format!(
                 "names.ring_buffer_bytes = {ring}: must be a power of two between 4096 and 1073741824"
+            ));
+        }
+        if let Some(path) = self
+            .names
+            .trusted_resolvers
+            .iter()
+            .find(|path| !path.starts_with('/'))
+        {
+            return Err(format!(
+                "names.trusted_resolvers: {path:?} is not an absolute path (a resolver is \
+                 trusted by its executable, as /proc/PID/exe shows it)"
             ));
         }
         if self.names.max_entries > 16 * 1024 * 1024 {

@@ -197,8 +197,17 @@ pub fn attach(
         .naming
         .names_limit
         .set(config.names.max_entries as i64);
-    let naming = Naming::new(config.names.max_entries);
-    let mut poller = Poller::new(maps, naming, config.poll_interval())?;
+    let naming = Naming::new(
+        config.names.max_entries,
+        config.names.trusted_resolvers.clone(),
+    );
+    // A sub-cgroup's agent judges the packet sockets of its processes only.
+    let watched = if config.agent.cgroup.is_empty() {
+        None
+    } else {
+        kernel::cgroup::path_in_hierarchy(cgroup)
+    };
+    let mut poller = Poller::new(maps, naming, config.poll_interval(), watched)?;
     if let Some(persistence) = persistence {
         resume(persistence, &mut poller, metrics);
     }

@@ -30,6 +30,14 @@ pub fn cgroup2_mount_from(mounts: &str) -> Option<PathBuf> {
         .map(|mount| mount.target)
 }
 
+/// A cgroup directory's path as `/proc/PID/cgroup` writes it (`/system.slice/x.service`, `/`
+/// for the root); `None` when it is not below the cgroup v2 mount.
+pub fn path_in_hierarchy(dir: &Path) -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let relative = dir.strip_prefix(cgroup2_mount_from(&mounts)?).ok()?;
+    Some(format!("/{}", relative.display()))
+}
+
 /// The directory to attach to: `configured` if given (must be inside the cgroup v2 mount),
 /// else the cgroup v2 root.
 pub fn resolve_attach_path(configured: &str) -> Result<PathBuf, CgroupError> {

@@ -10,6 +10,7 @@
 //! Time is passed in (`now: Instant`), never read here, so tests are deterministic.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -71,16 +72,17 @@ pub struct Entry {
     pub expires_at: Instant,
 }
 
-/// Address → name with expiry and a bounded size.
+/// Address → name with expiry and a bounded size. The key is an address, or anything that
+/// says whose address it is (naming keys DNS names by who asked: [`NameKey`](super::NameKey)).
 #[derive(Debug, Clone)]
-pub struct NameMap {
+pub struct NameMap<K = IpAddr> {
     config: NameMapConfig,
-    entries: HashMap<IpAddr, Entry>,
+    entries: HashMap<K, Entry>,
     /// The same entries ordered by expiry, for `expire` and eviction.
-    by_expiry: BTreeSet<(Instant, IpAddr)>,
+    by_expiry: BTreeSet<(Instant, K)>,
 }
 
-impl NameMap {
+impl<K: Copy + Eq + Hash + Ord> NameMap<K> {
     /// An empty map. `min_ttl` above `max_ttl` is treated as `max_ttl`.
     pub fn new(config: NameMapConfig) -> Self {
         Self {
@@ -119,14 +121,7 @@ impl NameMap {
     /// replaces the old one (the latest answer wins); the same name again only ever extends the
     /// entry's life. When a new address comes to a full map, expired entries are dropped, then
     /// the entry that expires soonest.
-    pub fn insert(
-        &mut self,
-        addr: IpAddr,
-        name: &str,
-        source: Source,
-        ttl: Duration,
-        now: Instant,
-    ) {
+    pub fn insert(&mut self, addr: K, name: &str, source: Source, ttl: Duration, now: Instant) {
         if self.config.max_entries == 0 {
             return;
         }
@@ -157,7 +152,7 @@ impl NameMap {
     }
 
     /// The name of `addr`, unless it expired at or before `now`.
-    pub fn lookup(&self, addr: &IpAddr, now: Instant) -> Option<&Entry> {
+    pub fn lookup(&self, addr: &K, now: Instant) -> Option<&Entry> {
         self.entries.get(addr).filter(|e| e.expires_at > now)
     }
 
@@ -176,7 +171,7 @@ impl NameMap {
     }
 
     /// The live entries at `now`, in no particular order.
-    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (&IpAddr, &Entry)> {
+    pub fn iter(&self, now: Instant) -> impl Iterator<Item = (&K, &Entry)> {
         self.entries.iter().filter(move |(_, e)| e.expires_at > now)
     }
 }

@@ -39,7 +39,7 @@ use crate::{
     kernel::KernelMaps,
     kernel::batch,
     naming::App,
-    naming::{AppDecision, EventCounts, Naming, remote_address},
+    naming::{AppDecision, Asker, EventCounts, Naming, Scope, remote_address},
     poller::{
         identity::ProcessIdentity,
         interfaces::{InterfaceDelta, InterfaceTotals},
@@ -69,6 +69,22 @@ const MAX_NAMES_PER_REMOTE: usize = 8;
 /// before it is accounted on its own: the accepted socket's first packet comes right after
 /// the handshake, unless neither side speaks.
 const HANDSHAKE_WAIT_POLLS: u8 = 2;
+/// A process as naming tells askers of DNS apart: its executable, and its identity hashed.
+fn asker(owner: &ProcessIdentity) -> Asker {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(owner, &mut hasher);
+    Asker {
+        exe: owner.exe.clone(),
+        id: std::hash::Hasher::finish(&hasher),
+    }
+}
+
+/// Whose DNS answers name a process's flows: its own, and trusted resolvers'.
+fn owner_scope(naming: &Naming, owner: &ProcessIdentity) -> Scope {
+    let asker = asker(owner);
+    naming.scope_of(asker.exe.as_deref(), asker.id)
+}
+
 /// Most socket events one [`Poller::read_events`] takes: the ring buffer's worth.
 const SOCKET_EVENTS_PER_READ: usize =
     bitsecure_common::SOCKET_EVENT_BUFFER_BYTES as usize / size_of::<SocketCreated>();
@@ -241,7 +257,14 @@ pub struct KernelStats {
 }
 
 impl Poller {
-    pub fn new(maps: KernelMaps, naming: Naming, poll_interval: Duration) -> anyhow::Result<Self> {
+    /// `watched_cgroup`: the cgroup path (as `/proc/PID/cgroup` writes it) whose packet
+    /// sockets are listed; `None`: every process's.
+    pub fn new(
+        maps: KernelMaps,
+        naming: Naming,
+        poll_interval: Duration,
+        watched_cgroup: Option<String>,
+    ) -> anyhow::Result<Self> {
         let events_per_ring = (maps.event_bytes as usize / size_of::<PayloadEvent>()).max(1);
         let cpus = aya::util::nr_cpus()
             .map_err(|(path, error)| anyhow::anyhow!("cannot read {path}: {error}"))?;
@@ -252,7 +275,7 @@ impl Poller {
             last_seen: HashMap::new(),
             naming,
             owners: Owners::new(PathBuf::from("/proc"), cgroups::CgroupPaths::of_host()),
-            packet_sockets: PacketSockets::new(PathBuf::from("/proc")),
+            packet_sockets: PacketSockets::new(PathBuf::from("/proc"), watched_cgroup),
             interface_totals: InterfaceTotals::default(),
             last_stats: [0; Stat::COUNT as usize],
             reported_processes: HashSet::new(),
@@ -547,7 +570,7 @@ impl Poller {
     ) -> Accounting {
         let accounted = match self.last_seen.get_mut(&flow.key) {
             Some(accounted) => accounted,
-            None => match self.new_accounted(flow, sockets, listening_ports, now) {
+            None => match self.new_accounted(flow, owner, sockets, listening_ports, now) {
                 Some(accounted) => self.last_seen.entry(flow.key).or_insert(accounted),
                 None => return Accounting::Deferred,
             },
@@ -559,7 +582,8 @@ impl Poller {
         }
         accounted.idle_polls = 0;
         if accounted.name.is_none() {
-            accounted.name = self.naming.name_of_address(remote_address(&flow.key), now);
+            let scope = owner_scope(&self.naming, owner);
+            accounted.name = self.naming.name_for(remote_address(&flow.key), scope, now);
         }
         let delta = accounted.delta(&flow.key, owner, new);
         accounted.counters = flow.traffic;
@@ -571,6 +595,7 @@ impl Poller {
     fn new_accounted(
         &mut self,
         flow: &KernelFlow,
+        owner: &ProcessIdentity,
         sockets: &HashMap<u64, SocketOwner>,
         listening_ports: &mut Option<HashSet<u16>>,
         now: Instant,
@@ -589,11 +614,12 @@ impl Poller {
         };
         let listening = listening_ports.get_or_insert_with(service_port::listening_ports);
         let port = service_port(key, &role, listening, self.ephemeral_ports);
+        let scope = owner_scope(&self.naming, owner);
         Some(Accounted {
             counters: Traffic::default(),
             port,
             app,
-            name: self.naming.name_of(key, now),
+            name: self.naming.name_of(key, scope, now),
             merged: false,
             idle_polls: 0,
         })
@@ -746,7 +772,17 @@ impl Poller {
             let Some(item) = self.maps.events.next() else {
                 break;
             };
-            self.naming.on_event(&item, &mut counts, now);
+            let owners = &self.owners;
+            self.naming.on_event(&item, &mut counts, now, |cookie| {
+                match owners.owner_of(cookie) {
+                    Some(owner) => asker(owner),
+                    // Not known yet: its answers name nothing another socket could use.
+                    None => Asker {
+                        exe: None,
+                        id: cookie,
+                    },
+                }
+            });
         }
         counts
     }

@@ -36,14 +36,33 @@ pub struct PacketSockets {
     proc_root: PathBuf,
     /// Holder of each socket seen (`None`: no process holds it any more, or it was not found).
     holders: HashMap<u64, Option<ProcessIdentity>>,
+    /// Only holders in this cgroup (or below) are listed; `None`: every holder.
+    watched_cgroup: Option<String>,
 }
 
 impl PacketSockets {
-    pub fn new(proc_root: PathBuf) -> Self {
+    pub fn new(proc_root: PathBuf, watched_cgroup: Option<String>) -> Self {
         Self {
             proc_root,
             holders: HashMap::new(),
+            watched_cgroup,
         }
+    }
+
+    /// Whether a holder is one this agent watches (with a watched cgroup, an unknown holder is
+    /// not).
+    fn watched(&self, holder: Option<&ProcessIdentity>) -> bool {
+        let Some(watched) = &self.watched_cgroup else {
+            return true;
+        };
+        let cgroup = holder.and_then(|holder| holder.cgroup.as_deref());
+        cgroup.is_some_and(|cgroup| {
+            watched == "/"
+                || cgroup == watched
+                || cgroup
+                    .strip_prefix(watched.as_str())
+                    .is_some_and(|below| below.starts_with('/'))
+        })
     }
 
     /// The packet and raw sockets on the host now, counted per holder and protocol.
@@ -66,6 +85,9 @@ impl PacketSockets {
         let mut classes = BTreeMap::new();
         for socket in &listed {
             let holder = self.holders.get(&socket.inode).cloned().flatten();
+            if !self.watched(holder.as_ref()) {
+                continue;
+            }
             let holder = holder.unwrap_or_else(ProcessIdentity::unknown);
             let class = PacketSocketClass {
                 process: holder.name,
@@ -154,6 +176,24 @@ fn ethertype_name(ethertype: u16) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_of_a_cgroup_lists_the_holders_in_it_only() {
+        let holder = |cgroup: Option<&str>| ProcessIdentity {
+            cgroup: cgroup.map(str::to_owned),
+            ..ProcessIdentity::from_comm(b"dhclient")
+        };
+        let rig = PacketSockets::new(PathBuf::from("/proc"), Some("/rig".to_owned()));
+        assert!(rig.watched(Some(&holder(Some("/rig")))));
+        assert!(rig.watched(Some(&holder(Some("/rig/miner.service")))));
+        assert!(!rig.watched(Some(&holder(Some("/rigged")))));
+        assert!(!rig.watched(Some(&holder(Some("/system.slice/x.service")))));
+        assert!(!rig.watched(Some(&holder(None))));
+        assert!(!rig.watched(None));
+        let host = PacketSockets::new(PathBuf::from("/proc"), None);
+        assert!(host.watched(None));
+        assert!(host.watched(Some(&holder(Some("/anything")))));
+    }
 
     #[test]
     fn packet_table_lines_give_kind_ethertype_and_inode() {

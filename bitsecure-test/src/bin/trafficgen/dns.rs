@@ -38,6 +38,57 @@ pub struct DnsServeArgs {
 }
 
 #[derive(Args)]
+pub struct DnsQueryArgs {
+    /// The DNS server to ask (UDP), e.g. 10.0.0.2:53.
+    #[arg(long)]
+    server: SocketAddr,
+    /// The name to resolve (type A).
+    #[arg(long)]
+    name: String,
+}
+
+/// Asks `server` for the A records of `name` over UDP and waits for the answer to that query
+/// (same ID); prints the addresses, one per line, before the report.
+pub fn query(args: &DnsQueryArgs, timeout: std::time::Duration) -> Result<()> {
+    let local: SocketAddr = match args.server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).context("cannot bind the UDP socket")?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .context("cannot set the read timeout")?;
+    let id = (std::process::id() & 0xffff) as u16;
+    let mut request = Message::new(id, MessageType::Query, OpCode::Query);
+    request.metadata.recursion_desired = true;
+    request.add_query(Query::query(
+        fqdn(&args.name).map_err(anyhow::Error::msg)?,
+        RecordType::A,
+    ));
+    let wire = request.to_vec().context("cannot encode the query")?;
+    send_datagram(&socket, &wire, args.server)?;
+    let mut buf = vec![0u8; DATAGRAM_BUF];
+    loop {
+        let (len, from) = socket
+            .recv_from(&mut buf)
+            .context("no answer from the server")?;
+        super::count_received(len, 1);
+        let Ok(response) = Message::from_vec(&buf[..len]) else {
+            continue;
+        };
+        if from != args.server || response.metadata.id != id {
+            continue;
+        }
+        for record in &response.answers {
+            if let RData::A(address) = &record.data {
+                eprintln!("{}", address.0);
+            }
+        }
+        return Ok(());
+    }
+}
+
+#[derive(Args)]
 pub struct DnsFloodArgs {
     /// Where the responses go (a resolver-side UDP socket).
     #[arg(long)]
@@ -45,9 +96,12 @@ pub struct DnsFloodArgs {
     /// Local address to send from; port 53, like a DNS server's.
     #[arg(long)]
     from: SocketAddr,
-    /// Number of responses. Response i maps `r<i>.flood.example` to FIRST_ADDRESS + i.
+    /// Number of responses. Response i maps `r<i>.flood.example` (or NAME) to FIRST_ADDRESS + i.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     count: u32,
+    /// The name every response maps (a forgery of one name); default: a new name each.
+    #[arg(long)]
+    name: Option<String>,
     /// Address of the first response.
     #[arg(long, default_value = "100.64.0.0")]
     first_address: Ipv4Addr,
@@ -206,9 +260,13 @@ fn answer_tcp(mut stream: &TcpStream, zone: &[ZoneRecord], ttl: u32) -> Result<(
     }
 }
 
-/// Response `i` of a flood: `r<i>.flood.example A <address>`.
-fn flood_response(i: u32, address: Ipv4Addr, ttl: u32) -> Result<Vec<u8>> {
-    let name = fqdn(&format!("r{i}.flood.example")).map_err(anyhow::Error::msg)?;
+/// Response `i` of a flood: `r<i>.flood.example A <address>`, or `name` instead.
+fn flood_response(i: u32, name: Option<&str>, address: Ipv4Addr, ttl: u32) -> Result<Vec<u8>> {
+    let name = match name {
+        Some(name) => fqdn(name),
+        None => fqdn(&format!("r{i}.flood.example")),
+    }
+    .map_err(anyhow::Error::msg)?;
     // The id wraps: a flood is not an answer to anything anyway.
     let mut response = Message::response(i as u16, OpCode::Query);
     response.add_query(Query::query(name.clone(), RecordType::A));
@@ -227,7 +285,8 @@ pub fn flood(args: &DnsFloodArgs) -> Result<()> {
     let start = Instant::now();
     for i in 0..args.count {
         pace(start, i.into(), args.rate);
-        let response = flood_response(i, Ipv4Addr::from(first + i), args.ttl)?;
+        let response =
+            flood_response(i, args.name.as_deref(), Ipv4Addr::from(first + i), args.ttl)?;
         send_datagram(&socket, &response, args.to)?;
     }
     Ok(())
@@ -310,8 +369,8 @@ mod tests {
 
     #[test]
     fn flood_responses_are_distinct_valid_answers() {
-        let one = flood_response(1, Ipv4Addr::new(100, 64, 0, 1), 60).unwrap();
-        let two = flood_response(2, Ipv4Addr::new(100, 64, 0, 2), 60).unwrap();
+        let one = flood_response(1, None, Ipv4Addr::new(100, 64, 0, 1), 60).unwrap();
+        let two = flood_response(2, None, Ipv4Addr::new(100, 64, 0, 2), 60).unwrap();
         assert_ne!(one, two);
         let parsed = Message::from_vec(&one).unwrap();
         assert_eq!(parsed.metadata.message_type, MessageType::Response);

@@ -127,6 +127,9 @@ enum Command {
     /// Sends N distinct DNS responses (unique names and addresses) from a local address (port
     /// 53) to a UDP address, without waiting for anything; the report counts them.
     DnsFlood(dns::DnsFloodArgs),
+    /// Resolves one name (type A) at a DNS server over UDP, as a stub resolver would; the
+    /// addresses go to stderr.
+    DnsQuery(dns::DnsQueryArgs),
     /// Receives UDP datagrams on ADDR and counts them: prints `ready` once bound, ends after the
     /// first datagram once none came for the idle time.
     UdpSink(UdpSinkArgs),
@@ -420,6 +423,7 @@ fn main() {
         Command::Churn(args) => churn(args, timeout),
         Command::Spray(args) => spray(args),
         Command::DnsFlood(args) => dns::flood(args),
+        Command::DnsQuery(args) => dns::query(args, timeout),
         Command::UdpSink(args) => udp_sink(args, timeout),
         Command::SynFlood(args) => flood::syn_flood(args),
         Command::UdpClients(args) => flood::udp_clients(args),

@@ -22,7 +22,7 @@ impl NamingMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "bitsecure_kernel_events_total",
-                        "Payload events read from the kernel: kind=\"dns\" (a DNS message from port 53) or \"payload\" (the first payload of a flow).",
+                        "Payload events read from the kernel: kind=\"dns\" (a DNS answer from port 53), \"dns_query\" (a DNS query to port 53) or \"payload\" (the first payload of a flow).",
                     ),
                     &["kind"],
                 )?,
@@ -39,7 +39,7 @@ impl NamingMetrics {
                 IntCounterVec::new(
                     Opts::new(
                         "bitsecure_dns_responses_total",
-                        "DNS messages received from port 53, by result: ok (parsed; its addresses named) or unparsable.",
+                        "DNS answers received from port 53, by result: ok (answers a query this socket sent that server; its addresses named for the asker), unsolicited (no such query: ignored) or unparsable.",
                     ),
                     &["result"],
                 )?,
@@ -59,10 +59,10 @@ impl NamingMetrics {
                 )?,
             )?,
         };
-        for kind in ["dns", "payload"] {
+        for kind in ["dns", "dns_query", "payload"] {
             metrics.kernel_events.with_label_values(&[kind]);
         }
-        for result in ["ok", "unparsable"] {
+        for result in ["ok", "unsolicited", "unparsable"] {
             metrics.dns_responses.with_label_values(&[result]);
         }
         Ok(metrics)
@@ -75,8 +75,16 @@ impl NamingMetrics {
             payload,
             dns_ok,
             dns_unparsable,
+            dns_unsolicited,
+            dns_queries,
         } = *counts;
         self.kernel_events.with_label_values(&["dns"]).inc_by(dns);
+        self.kernel_events
+            .with_label_values(&["dns_query"])
+            .inc_by(dns_queries);
+        self.dns_responses
+            .with_label_values(&["unsolicited"])
+            .inc_by(dns_unsolicited);
         self.kernel_events
             .with_label_values(&["payload"])
             .inc_by(payload);

@@ -31,6 +31,16 @@ pub struct DnsAnswer {
     pub ttl: u32,
 }
 
+/// What an answer must repeat to answer a query: the message ID and the first question.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DnsQuestion {
+    pub id: u16,
+    /// The question name: lowercase, no trailing dot (as [`DnsAnswer::name`]).
+    pub name: String,
+    /// Record type asked for (1 = A, 28 = AAAA, ...).
+    pub qtype: u16,
+}
+
 /// Why a DNS message gave no mappings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
@@ -43,6 +53,9 @@ pub enum DnsError {
     /// The QR flag says query: only responses carry answers.
     #[error("DNS message is a query, not a response")]
     NotResponse,
+    /// The QR flag says response where a query was expected.
+    #[error("DNS message is a response, not a query")]
+    NotAQuery,
     /// Opcode other than QUERY (NOTIFY, UPDATE, ...): no address answers to take.
     #[error("DNS response has opcode {0}, not QUERY")]
     NotQuery(u8),
@@ -77,10 +90,57 @@ pub fn parse_tcp_response(segment: &[u8]) -> Result<Vec<DnsAnswer>, DnsError> {
     parse_response(tcp_message(segment)?)
 }
 
+/// The question a DNS query message (UDP payload, or the result of [`tcp_message`]) asks.
+pub fn parse_query(message: &[u8]) -> Result<DnsQuestion, DnsError> {
+    if message.len() > MAX_MESSAGE_LEN {
+        return Err(DnsError::Oversized(message.len()));
+    }
+    let Some(header) = message.get(..HEADER_LEN) else {
+        return Err(DnsError::Truncated);
+    };
+    if header[2] & 0x80 != 0 {
+        return Err(DnsError::NotAQuery);
+    }
+    let opcode = (header[2] >> 3) & 0x0f;
+    if opcode != 0 {
+        return Err(DnsError::NotQuery(opcode));
+    }
+    let msg = Message::from_vec(message).map_err(|e| match e {
+        DecodeError::InsufficientBytes => DnsError::Truncated,
+        other => DnsError::Malformed(other.to_string()),
+    })?;
+    first_question(&msg).ok_or(DnsError::NoQuestion)
+}
+
+/// [`parse_query`] of the message in a TCP segment (see [`tcp_message`]).
+pub fn parse_tcp_query(segment: &[u8]) -> Result<DnsQuestion, DnsError> {
+    parse_query(tcp_message(segment)?)
+}
+
+/// The ID and first question of a parsed message.
+fn first_question(msg: &Message) -> Option<DnsQuestion> {
+    let query = msg.queries.first()?;
+    Some(DnsQuestion {
+        id: msg.metadata.id,
+        name: name_text(query.name()),
+        qtype: u16::from(query.query_type()),
+    })
+}
+
+/// [`parse_response_to`] of the message in a TCP segment (see [`tcp_message`]).
+pub fn parse_tcp_response_to(segment: &[u8]) -> Result<(DnsQuestion, Vec<DnsAnswer>), DnsError> {
+    parse_response_to(tcp_message(segment)?)
+}
+
 /// The `(address, question name, ttl)` mappings of a DNS response message (UDP payload, or the
 /// result of [`tcp_message`]). A well-formed response without usable answers (NXDOMAIN, a
 /// question for MX, an answer for another name) gives an empty list.
 pub fn parse_response(message: &[u8]) -> Result<Vec<DnsAnswer>, DnsError> {
+    parse_response_to(message).map(|(_, answers)| answers)
+}
+
+/// [`parse_response`] with the question it answers (the message ID and its first question).
+pub fn parse_response_to(message: &[u8]) -> Result<(DnsQuestion, Vec<DnsAnswer>), DnsError> {
     if message.len() > MAX_MESSAGE_LEN {
         return Err(DnsError::Oversized(message.len()));
     }
@@ -113,6 +173,7 @@ pub fn parse_response(message: &[u8]) -> Result<Vec<DnsAnswer>, DnsError> {
         DecodeError::InsufficientBytes => DnsError::Truncated,
         other => DnsError::Malformed(other.to_string()),
     })?;
+    let question = first_question(&msg).ok_or(DnsError::NoQuestion)?;
 
     // owner → (CNAME target, ttl), and the address records, from the answer section only.
     let mut cnames: HashMap<String, (String, u32)> = HashMap::new();
@@ -174,7 +235,7 @@ pub fn parse_response(message: &[u8]) -> Result<Vec<DnsAnswer>, DnsError> {
             }
         }
     }
-    Ok(out)
+    Ok((question, out))
 }
 
 /// Whether the sections the header announces need more bytes than `message` has. Only the
@@ -290,6 +351,44 @@ pub(crate) mod tests {
             name: name.to_string(),
             ttl,
         }
+    }
+
+    /// Wire bytes of the query (ID 0x1234, type A) that [`a_response`] answers.
+    pub(crate) fn a_query(qname: &str) -> Vec<u8> {
+        let mut msg = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        msg.metadata.recursion_desired = true;
+        msg.add_query(Query::query(name(qname), RecordType::A));
+        bytes(&msg)
+    }
+
+    #[test]
+    fn queries_and_the_answers_that_answer_them() {
+        let question = parse_query(&a_query("Pool.Example.org.")).unwrap();
+        assert_eq!(
+            question,
+            DnsQuestion {
+                id: 0x1234,
+                name: "pool.example.org".into(),
+                qtype: 1
+            }
+        );
+        let (answered, answers) =
+            parse_response_to(&a_response("pool.example.org", [10, 0, 0, 9], 60)).unwrap();
+        assert_eq!(answered, question);
+        assert_eq!(answers.len(), 1);
+        // A response is not a query, and a query carries no answers.
+        assert_eq!(
+            parse_query(&a_response("pool.example.org", [10, 0, 0, 9], 60)),
+            Err(DnsError::NotAQuery)
+        );
+        assert_eq!(
+            parse_response(&a_query("pool.example.org")),
+            Err(DnsError::NotResponse)
+        );
+        let mut framed = vec![0, a_query("x.example.org").len() as u8];
+        framed.extend(a_query("x.example.org"));
+        assert_eq!(parse_tcp_query(&framed).unwrap().name, "x.example.org");
+        assert_eq!(parse_query(b"\x12"), Err(DnsError::Truncated));
     }
 
     /// Wire bytes of a response mapping `qname` to one IPv4 address (for other modules' tests).
