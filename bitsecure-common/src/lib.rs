@@ -125,6 +125,12 @@ pub const EVENT_DNS: u8 = 1;
 /// [`PayloadEvent::kind`]: the first payload of a flow in one direction (once per CPU).
 pub const EVENT_FIRST_PAYLOAD: u8 = 2;
 
+/// [`PayloadEvent::kind`]: a later payload of a flow whose first payload in that direction
+/// was JSON (newline-delimited JSON-RPC: Stratum), within its first packets.
+pub const EVENT_MORE_PAYLOAD: u8 = 3;
+/// [`FlowCounters::sampled`]: the direction bits shifted by this are the "follow" bits.
+pub const FOLLOW_SHIFT: u8 = 4;
+
 /// Direction of a packet relative to this host.
 pub const DIRECTION_EGRESS: u8 = 1;
 /// Direction of a packet relative to this host.
@@ -171,7 +177,10 @@ pub struct FlowCounters {
     /// [`DIRECTION_EGRESS`] or [`DIRECTION_INGRESS`]: the first packet this CPU saw for the flow.
     pub first_direction: u8,
     /// The directions (bit mask of [`DIRECTION_EGRESS`] and [`DIRECTION_INGRESS`]) whose first
-    /// payload this CPU has handed over as an [`EVENT_FIRST_PAYLOAD`] event (or tried to).
+    /// payload this CPU has handed over as an [`EVENT_FIRST_PAYLOAD`] event (or tried to); the
+    /// same bits shifted by [`FOLLOW_SHIFT`]: directions whose first payload was JSON (`{`),
+    /// whose next payloads in the first packets go over too ([`EVENT_MORE_PAYLOAD`]: the
+    /// Stratum login may follow a subscribe).
     pub sampled: u8,
     pub _pad: [u8; 6],
 }

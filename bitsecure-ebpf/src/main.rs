@@ -56,9 +56,10 @@ use aya_log_ebpf::warn;
 use bitsecure_common::{
     DEFAULT_EVENT_BUFFER_BYTES, DEFAULT_FLOW_CAPACITY, DEFAULT_PEER_CAPACITY,
     DEFAULT_SOCKET_CAPACITY, DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_FIRST_PAYLOAD,
-    EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FlowCounters, FlowKey, INTERFACE_SLOTS, InterfaceCounters,
-    OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN, PayloadEvent, SOCKET_EVENT_BUFFER_BYTES,
-    SocketCreated, SocketOwner, Stat, interface_slot, protocol,
+    EVENT_MORE_PAYLOAD, EVENT_PAYLOAD_MAX, FLOW_MAP_FLAGS, FOLLOW_SHIFT, FlowCounters, FlowKey,
+    INTERFACE_SLOTS, InterfaceCounters, OWNER_FROM_CREATE, OWNER_FROM_RELEASE, OWNER_UNKNOWN,
+    PayloadEvent, SOCKET_EVENT_BUFFER_BYTES, SocketCreated, SocketOwner, Stat, interface_slot,
+    protocol,
 };
 
 /// Per-flow counters of connected sockets (bytes are L3 wire bytes, packets are wire
@@ -432,7 +433,8 @@ fn count_packet(ctx: &SkBuffContext, direction: u8) {
     // is a separate function so it does not weigh on the registers of this path.
     // SAFETY: this CPU's slot of the flow, from a successful lookup in this program run.
     let sampled = unsafe { (*counters).sampled };
-    if info.l4_offset != 0 && (sampled & direction == 0 || is_dns(&info.key)) {
+    let looking = sampled & direction == 0 || sampled & (direction << FOLLOW_SHIFT) != 0;
+    if info.l4_offset != 0 && (looking || is_dns(&info.key)) {
         let packet = Packet {
             direction,
             len,
@@ -706,12 +708,13 @@ fn inspect_payload(
         };
         ((*counters).sampled, packets)
     };
+    let follow = direction << FOLLOW_SHIFT;
     // The counter already includes this packet.
     if !dns && packets.saturating_sub(packet.segments as u64) >= FIRST_PACKETS_INSPECTED {
         // Only the first packets are looked at: a direction that carried no payload so far
         // (the ACKs of a bulk transfer) is not inspected packet after packet.
         // SAFETY: as above.
-        unsafe { (*counters).sampled = sampled | direction };
+        unsafe { (*counters).sampled = (sampled | direction) & !follow };
         return;
     }
     // Bounded again here: the verifier only allows packet offsets it can bound.
@@ -730,9 +733,29 @@ fn inspect_payload(
     if len <= payload_offset {
         return;
     }
-    // SAFETY: as above.
-    unsafe { (*counters).sampled = sampled | direction };
-    let kind = if dns { EVENT_DNS } else { EVENT_FIRST_PAYLOAD };
+    let kind = if dns {
+        // SAFETY: as above.
+        unsafe { (*counters).sampled = sampled | direction };
+        EVENT_DNS
+    } else if sampled & direction == 0 {
+        // A first payload that opens a JSON message: the next ones (in the first packets) go
+        // over too.
+        // Two bytes, not one: the verifier does not take a one-byte direct-access bound check
+        // for the access. A message that short is not JSON; one that cannot be read ends here
+        // (comparing the Option would read an unset register).
+        let json = match load::<[u8; 2]>(&ctx.skb, payload_offset as usize) {
+            Some(first) => first[0] == b'{',
+            None => return,
+        };
+        let follow_bit = if json { follow } else { 0 };
+        // SAFETY: as above.
+        unsafe { (*counters).sampled = sampled | direction | follow_bit };
+        EVENT_FIRST_PAYLOAD
+    } else if sampled & follow != 0 {
+        EVENT_MORE_PAYLOAD
+    } else {
+        return;
+    };
     hand_over(
         ctx,
         &info.key,

@@ -119,6 +119,14 @@ pub struct Spawned {
 }
 
 impl Spawned {
+    /// A process started without a readiness line (killed on drop like the others).
+    pub fn from_child(child: Child) -> Self {
+        Self {
+            child,
+            output: None,
+        }
+    }
+
     /// Waits for the process; panics unless it succeeded. Returns what it printed.
     pub fn finish(mut self) -> String {
         let status = self.child.wait().expect("wait for generator");

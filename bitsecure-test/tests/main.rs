@@ -21,6 +21,7 @@ mod impostors;
 mod interface_totals;
 mod load;
 mod names;
+mod payout;
 mod prometheus_rules;
 mod restart;
 mod tamper;

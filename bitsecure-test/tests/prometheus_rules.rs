@@ -21,6 +21,7 @@ const ALERTS: &[&str] = &[
     "BitSecureUnattributedTraffic",
     "BitSecureImpostorProcess",
     "BitSecureExecutableChanged",
+    "BitSecurePayoutIdentityChanged",
 ];
 
 fn prometheus_dir() -> PathBuf {

@@ -111,6 +111,8 @@ pub struct FlowDelta {
     pub app: App,
     /// What the remote is called, as this host learnt it (DNS answer, TLS SNI, HTTP Host).
     pub name: Option<RemoteName>,
+    /// The account (wallet, worker) a Stratum flow logged in with, when its login was seen.
+    pub account: Option<String>,
     pub traffic: Traffic,
 }
 

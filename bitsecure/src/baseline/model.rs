@@ -135,6 +135,11 @@ pub struct Rule {
     /// ...); `None` matches any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// The account (wallet, worker) a Stratum flow of this rule logs in with; a login with
+    /// another account is a changed payout identity, not this rule's traffic. `None` = any
+    /// (and a flow whose login was not seen, e.g. TLS stratum, is not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// Free text for the reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -255,6 +260,7 @@ impl Rule {
             port,
             protocol: protocol.into(),
             app: None,
+            account: None,
             note: None,
             normal: None,
             profile: None,

@@ -48,6 +48,13 @@ pub struct Unexpected {
     /// runs elsewhere) that took its name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impostor_of: Option<Holder>,
+    /// The account (wallet, worker) the traffic's Stratum login used, when seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// The account the baseline expects on this traffic, when the login used another one: the
+    /// payout identity changed (the entry is otherwise expected traffic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_account: Option<String>,
     pub remote: String,
     pub port: Option<u16>,
     pub protocol: String,
@@ -158,6 +165,8 @@ pub struct UnexpectedIncrement {
     /// The traffic is an impostor's (see [`Holder`]): its executable and cgroup (empty when
     /// unknown).
     pub impostor: Option<(String, String)>,
+    /// The traffic is a rule's, but its login used this other account.
+    pub changed_account: Option<String>,
 }
 
 pub struct Monitor {
@@ -248,7 +257,14 @@ impl Monitor {
                 entry.exe.as_deref(),
                 entry.cgroup.as_deref(),
             );
-            find_rule(rules, remotes, &flow).is_none()
+            match find_rule(rules, remotes, &flow) {
+                None => true,
+                // Still another payee than the rule's.
+                Some(index) => matches!(
+                    (&rules[index].account, &entry.account),
+                    (Some(expected), Some(seen)) if expected != seen
+                ),
+            }
         });
         // A changed executable stays listed while a rule for it still expects another hash.
         self.changed_executables.retain(|(process, exe), changed| {
@@ -271,6 +287,8 @@ impl Monitor {
     ) -> Vec<UnexpectedIncrement> {
         let mut step_sent = vec![0u64; self.rules.len()];
         let mut step_received = vec![0u64; self.rules.len()];
+        // Rules whose traffic came, though listed elsewhere (a changed payout).
+        let mut step_alive = vec![false; self.rules.len()];
         let mut increments = Vec::new();
         for delta in deltas {
             let key = ClassKey::of(delta);
@@ -280,14 +298,32 @@ impl Monitor {
                 delta.exe.as_deref(),
                 delta.cgroup.as_deref(),
             );
-            if let Some(index) = find_rule(&self.baseline.rules, &self.remotes, &flow) {
-                step_sent[index] += delta.traffic.sent_bytes;
-                step_received[index] += delta.traffic.received_bytes;
+            let matched = find_rule(&self.baseline.rules, &self.remotes, &flow);
+            let mut expected_account = None;
+            if let Some(index) = matched {
                 self.check_executable(index, delta, now_unix);
-                continue;
+                let rule = &self.baseline.rules[index];
+                match (&rule.account, &delta.account) {
+                    (Some(expected), Some(seen)) if expected != seen => {
+                        // Another payee on the rule's own traffic: listed, not the rule's. The
+                        // miner still talks to its pool, so the rule does not fall silent.
+                        step_alive[index] = true;
+                        expected_account = Some(expected.clone());
+                    }
+                    _ => {
+                        step_sent[index] += delta.traffic.sent_bytes;
+                        step_received[index] += delta.traffic.received_bytes;
+                        continue;
+                    }
+                }
             }
-            let impostor_of = find_impersonated(&self.baseline.rules, &self.remotes, &flow)
-                .map(|index| Holder::of(&self.baseline.rules[index]));
+            let changed_account = expected_account.as_ref().and(delta.account.clone());
+            let impostor_of = if matched.is_some() {
+                None
+            } else {
+                find_impersonated(&self.baseline.rules, &self.remotes, &flow)
+                    .map(|index| Holder::of(&self.baseline.rules[index]))
+            };
             let impostor = impostor_of.as_ref().map(|_| {
                 (
                     delta.exe.clone().unwrap_or_default(),
@@ -302,6 +338,7 @@ impl Monitor {
                     listed: false,
                     traffic: delta.traffic,
                     impostor,
+                    changed_account,
                 });
                 continue;
             }
@@ -315,6 +352,8 @@ impl Monitor {
                     sha256: delta.exe_sha256.clone(),
                     cgroup: delta.cgroup.clone(),
                     impostor_of: None,
+                    account: None,
+                    expected_account: None,
                     remote: remote_label(key.remote),
                     port: key.port,
                     protocol: protocol_label(key.protocol),
@@ -331,6 +370,12 @@ impl Monitor {
             if entry.impostor_of.is_none() {
                 entry.impostor_of = impostor_of;
             }
+            if delta.account.is_some() {
+                entry.account.clone_from(&delta.account);
+            }
+            if expected_account.is_some() {
+                entry.expected_account = expected_account;
+            }
             // The latest name wins: names change with DNS answers; an unknown name keeps the last.
             if let Some(name) = name {
                 entry.name = Some(name.name.clone());
@@ -345,6 +390,7 @@ impl Monitor {
                 listed: true,
                 traffic: delta.traffic,
                 impostor,
+                changed_account,
             });
         }
         for (index, state) in self.rules.iter_mut().enumerate() {
@@ -355,7 +401,7 @@ impl Monitor {
                 state.sent.pop_front();
                 state.received.pop_front();
             }
-            let active = sent + received > 0;
+            let active = sent + received > 0 || step_alive[index];
             if active {
                 state.last_traffic_unix = now_unix;
                 if !state.was_active {
@@ -565,6 +611,7 @@ mod tests {
             port: Some(3333),
             protocol: "tcp".into(),
             app: None,
+            account: None,
             note: None,
             normal: Some(Normal {
                 sent_bytes_per_second: RateStats {
@@ -615,6 +662,7 @@ mod tests {
             protocol: 6,
             app: crate::naming::App::Unknown,
             name: None,
+            account: None,
             traffic: Traffic {
                 sent_bytes: sent,
                 received_bytes: received,
@@ -702,6 +750,50 @@ mod tests {
         )));
         let unrelated = list.iter().find(|entry| entry.port == Some(4444)).unwrap();
         assert_eq!(unrelated.impostor_of, None);
+    }
+
+    #[test]
+    fn another_payout_account_on_the_rules_traffic_is_listed_with_both_accounts() {
+        let rule = Rule {
+            account: Some("wallet-a.rig01".into()),
+            ..pool_rule()
+        };
+        let mut monitor = Monitor::new(baseline(vec![rule.clone()]), STEP, 10, START);
+        let login = |account: Option<&str>| FlowDelta {
+            account: account.map(str::to_owned),
+            ..delta("xmrig", "10.0.0.7", 3333, 100, 200)
+        };
+        // The usual account, and a flow whose login was not seen: the rule's.
+        let increments =
+            monitor.observe_step(&[login(Some("wallet-a.rig01")), login(None)], START + STEP);
+        assert!(increments.is_empty());
+        // Another account on the same pool: listed with both, counted, the rule not silent.
+        let increments = monitor.observe_step(&[login(Some("wallet-x.rig01"))], START + 400.0);
+        assert_eq!(increments.len(), 1);
+        assert_eq!(
+            increments[0].changed_account.as_deref(),
+            Some("wallet-x.rig01")
+        );
+        let list = monitor.unexpected();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].account.as_deref(), Some("wallet-x.rig01"));
+        assert_eq!(list[0].expected_account.as_deref(), Some("wallet-a.rig01"));
+        let status = &monitor.statuses(START + 400.0)[0];
+        assert_eq!(status.silence_seconds, 0.0);
+        assert_eq!(
+            (list[0].sent_bytes, list[0].received_bytes),
+            (100, 200),
+            "its bytes are listed"
+        );
+        // A reload that still expects the old account keeps the entry; accepting drops it.
+        monitor.replace_baseline(baseline(vec![rule.clone()]), START + 405.0);
+        assert_eq!(monitor.unexpected().len(), 1);
+        let accepted = Rule {
+            account: Some("wallet-x.rig01".into()),
+            ..rule
+        };
+        monitor.replace_baseline(baseline(vec![accepted]), START + 410.0);
+        assert!(monitor.unexpected().is_empty());
     }
 
     #[test]
@@ -984,6 +1076,8 @@ mod tests {
             sha256: None,
             cgroup: None,
             impostor_of: None,
+            account: None,
+            expected_account: None,
             remote: "10.0.0.7".into(),
             port: Some(3333),
             protocol: "tcp".into(),

@@ -77,6 +77,8 @@ impl RecordedClass {
 struct ClassSeries {
     /// SHA-256 of the executable (the first one read).
     sha256: Option<String>,
+    /// The Stratum account the class's flows logged in with (the first one seen).
+    account: Option<String>,
     /// Index of the step this class first appeared in; earlier steps were zero.
     first_step: usize,
     sent: Vec<u64>,
@@ -90,6 +92,7 @@ struct ClassSeries {
 #[derive(Debug)]
 struct FullSeries {
     sha256: Option<String>,
+    account: Option<String>,
     sent: Vec<u64>,
     received: Vec<u64>,
     connections: u64,
@@ -109,6 +112,7 @@ impl ClassSeries {
             received: padded(&self.received),
             connections: self.connections.iter().map(|&c| u64::from(c)).sum(),
             sha256: self.sha256,
+            account: self.account,
             addresses: self.addresses,
         }
     }
@@ -123,6 +127,9 @@ impl FullSeries {
     fn absorb(&mut self, other: FullSeries) {
         if self.sha256.is_none() {
             self.sha256 = other.sha256;
+        }
+        if self.account.is_none() {
+            self.account = other.account;
         }
         for (mine, theirs) in [
             (&mut self.sent, &other.sent),
@@ -199,6 +206,9 @@ impl Recorder {
             if series.sha256.is_none() {
                 series.sha256.clone_from(&delta.exe_sha256);
             }
+            if series.account.is_none() {
+                series.account.clone_from(&delta.account);
+            }
             if named && series.addresses.len() < MAX_ADDRESSES_PER_NAME {
                 series.addresses.insert(delta.remote.to_canonical());
             }
@@ -245,6 +255,7 @@ impl Recorder {
             .map(|(class, series)| {
                 let FullSeries {
                     sha256,
+                    account,
                     sent,
                     received,
                     connections,
@@ -279,6 +290,7 @@ impl Recorder {
                     port: class.port,
                     protocol: protocol_label(class.protocol),
                     app: Some(class.app.as_str().to_owned()),
+                    account,
                     note: None,
                     normal: Some(Normal {
                         sent_bytes_per_second: stats::rate_stats(&sent, step_seconds),
@@ -365,6 +377,7 @@ mod tests {
             protocol: 6,
             app: crate::naming::App::Unknown,
             name: None,
+            account: None,
             traffic: Traffic {
                 sent_bytes: sent,
                 received_bytes: sent * 2,
@@ -381,6 +394,7 @@ mod tests {
         let miner = FlowDelta {
             exe_sha256: Some("a".repeat(64)),
             cgroup: Some("/system.slice/xmrig.service".to_owned()),
+            account: Some("wallet.rig01".to_owned()),
             ..delta("xmrig", "10.0.0.2", 3333, 100, true)
         };
         let other = FlowDelta {
@@ -423,6 +437,13 @@ mod tests {
         let text = crate::baseline::file::render(&baseline);
         crate::baseline::file::parse(&text, "recorded").expect("valid");
         assert!(text.contains("sha256 = \"aaaa"), "{text}");
+        assert!(text.contains("account = \"wallet.rig01\""), "{text}");
+        assert!(
+            baseline
+                .rules
+                .iter()
+                .all(|rule| rule.account.as_deref() == Some("wallet.rig01"))
+        );
         assert!(
             text.contains("cgroup = \"/system.slice/xmrig.service\""),
             "{text}"

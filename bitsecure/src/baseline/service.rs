@@ -292,6 +292,7 @@ mod tests {
                 name: "pool.example.org".into(),
                 source: Source::Dns,
             }),
+            account: None,
             traffic: Traffic {
                 sent_bytes,
                 ..Traffic::default()

@@ -49,10 +49,24 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line per unexpected entry whose process took the name of one the baseline expects.
+/// One line per unexpected entry whose process took the name of one the baseline expects, and
+/// per entry of expected traffic that logged in with another payout account.
 pub fn format_impostors(list: &[Unexpected]) -> String {
     let mut out = String::new();
     for entry in list {
+        if let (Some(expected), Some(seen)) = (&entry.expected_account, &entry.account) {
+            out.push_str(&format!(
+                "! {} pays another account on {}:{}: it logged in as {}, the baseline expects {} \
+                 (`bitsecure baseline accept --process {} --remote {}` if you changed it)\n",
+                printable(&entry.process),
+                printable(entry.name.as_deref().unwrap_or(&entry.remote)),
+                entry.port.map(|port| port.to_string()).unwrap_or_default(),
+                printable(seen),
+                printable(expected),
+                printable(&entry.process),
+                printable(&entry.remote),
+            ));
+        }
         let Some(expected) = &entry.impostor_of else {
             continue;
         };
@@ -260,6 +274,7 @@ pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -
             port: entry.port,
             protocol: entry.protocol.clone(),
             app: Some(entry.app.as_str().to_owned()),
+            account: entry.account.clone(),
             note: note.map(str::to_owned),
             normal: None,
             profile: None,
@@ -282,11 +297,11 @@ pub fn accept(
             "say which entries to accept: --all, or one or more of --process, --remote, --port, --protocol, --app"
         );
     }
-    let chosen: Vec<Unexpected> = fetch_unexpected(agent)?
+    let (payouts, chosen): (Vec<Unexpected>, Vec<Unexpected>) = fetch_unexpected(agent)?
         .into_iter()
         .filter(|entry| filter.all || filter.matches(entry))
-        .collect();
-    if chosen.is_empty() {
+        .partition(|entry| entry.expected_account.is_some());
+    if chosen.is_empty() && payouts.is_empty() {
         bail!("no unexpected traffic matches; `bitsecure unexpected` lists what there is");
     }
     let rules = rules_for(&chosen, by_address, note);
@@ -294,7 +309,29 @@ pub fn accept(
     let text = if baseline_path.exists() {
         let existing = std::fs::read_to_string(baseline_path)
             .with_context(|| format!("cannot read {origin}"))?;
-        file::append_rules(&existing, &origin, &rules)?
+        // A changed payout account is the rule's traffic with another payee: its rule takes
+        // the new account rather than a second rule being added.
+        let mut text = existing;
+        let when = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        for entry in &payouts {
+            let (Some(old), Some(new)) = (&entry.expected_account, &entry.account) else {
+                continue;
+            };
+            let (edited, changed) =
+                file::accept_account(&text, &origin, &entry.process, old, new, &when)?;
+            if changed > 0 {
+                eprintln!(
+                    "{} now pays account {} (was {})",
+                    printable(&entry.process),
+                    printable(new),
+                    printable(old)
+                );
+            }
+            text = edited;
+        }
+        file::append_rules(&text, &origin, &rules)?
     } else {
         file::render(&Baseline {
             format_version: FORMAT_VERSION,
@@ -336,6 +373,8 @@ mod tests {
             sha256: None,
             cgroup: None,
             impostor_of: None,
+            account: None,
+            expected_account: None,
             remote: remote.into(),
             port: Some(3333),
             protocol: "tcp".into(),

@@ -132,6 +132,7 @@ mod tests {
             protocol,
             app: crate::naming::App::Unknown,
             name: None,
+            account: None,
             traffic: Traffic {
                 sent_bytes: bytes,
                 received_bytes: bytes / 2,

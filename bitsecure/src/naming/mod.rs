@@ -25,12 +25,17 @@ use std::{
 };
 
 use bitsecure_common::{
-    DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, FlowKey, PayloadEvent, protocol,
+    DIRECTION_EGRESS, DIRECTION_INGRESS, EVENT_DNS, EVENT_MORE_PAYLOAD, FlowKey, PayloadEvent,
+    protocol,
 };
 
 use crate::{
     flow::RemoteName,
-    naming::parse::{classify, dns, http, tls},
+    naming::parse::{
+        classify, dns, http,
+        stratum::{self, StratumMessage},
+        tls,
+    },
 };
 
 pub mod name_map;
@@ -68,6 +73,17 @@ pub enum Scope {
 pub struct NameKey {
     pub scope: Scope,
     pub address: IpAddr,
+}
+
+/// Most pool redirects (`client.reconnect`) kept between two polls.
+const MAX_REDIRECTS_PER_POLL: usize = 64;
+
+/// A pool sending a miner elsewhere, seen in a flow's first messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub flow: FlowKey,
+    /// `host` or `host:port`, as the pool sent it.
+    pub to: String,
 }
 
 /// Who received a DNS answer, as the poller knows it: the executable (to tell a trusted
@@ -134,6 +150,10 @@ pub struct Naming {
     pending: HashMap<AskedQuestion, Instant>,
     /// Executables whose DNS answers name addresses for every process.
     trusted_resolvers: Vec<String>,
+    /// The account each Stratum flow logged in with (the latest), while its flow lives.
+    accounts: HashMap<FlowKey, String>,
+    /// Pool redirects seen since the poller last took them.
+    redirects: Vec<Redirect>,
 }
 
 impl Naming {
@@ -146,6 +166,43 @@ impl Naming {
             flows: HashMap::new(),
             pending: HashMap::new(),
             trusted_resolvers,
+            accounts: HashMap::new(),
+            redirects: Vec::new(),
+        }
+    }
+
+    /// The account a Stratum flow logged in with, if its login was seen.
+    pub fn account_of(&self, key: &FlowKey) -> Option<&String> {
+        self.accounts.get(key)
+    }
+
+    /// The pool redirects seen since the last call.
+    pub fn take_redirects(&mut self) -> Vec<Redirect> {
+        std::mem::take(&mut self.redirects)
+    }
+
+    /// Logins (sent) and redirects (received) among a JSON flow's first messages.
+    fn on_stratum(&mut self, key: &FlowKey, direction: u8, payload: &[u8]) {
+        if payload.first() != Some(&b'{') {
+            return;
+        }
+        for message in stratum::messages(payload) {
+            match message {
+                StratumMessage::Login { account } if direction == DIRECTION_EGRESS => {
+                    self.accounts.insert(*key, account);
+                }
+                StratumMessage::Reconnect { host, port }
+                    if direction == DIRECTION_INGRESS
+                        && self.redirects.len() < MAX_REDIRECTS_PER_POLL =>
+                {
+                    let to = match port {
+                        Some(port) => format!("{host}:{port}"),
+                        None => host,
+                    };
+                    self.redirects.push(Redirect { flow: *key, to });
+                }
+                _ => {}
+            }
         }
     }
 
@@ -193,8 +250,12 @@ impl Naming {
             }
         } else {
             counts.payload += 1;
+            self.on_stratum(&event.key, event.direction, payload);
         }
-        self.on_first_payload(&event, payload, now);
+        // Later payloads of a JSON flow are for the Stratum messages only.
+        if event.kind != EVENT_MORE_PAYLOAD {
+            self.on_first_payload(&event, payload, now);
+        }
     }
 
     /// Remembers the question a socket asked, for its answer.
@@ -390,10 +451,16 @@ impl Naming {
         self.name_for(address, Scope::Everyone, now)
     }
 
-    /// Drops what is known of flows that are decided or gone, expired names and queries no
-    /// answer came for.
-    pub fn forget(&mut self, mut undecided: impl FnMut(&FlowKey) -> bool, now: Instant) {
+    /// Drops what is known of flows that are decided or gone (the accounts of flows gone),
+    /// expired names and queries no answer came for.
+    pub fn forget(
+        &mut self,
+        mut undecided: impl FnMut(&FlowKey) -> bool,
+        mut present: impl FnMut(&FlowKey) -> bool,
+        now: Instant,
+    ) {
         self.flows.retain(|key, _| undecided(key));
+        self.accounts.retain(|key, _| present(key));
         self.names.expire(now);
         self.pending
             .retain(|_, asked| now.saturating_duration_since(*asked) < QUERY_TIMEOUT);
@@ -617,7 +684,7 @@ mod tests {
         assert_eq!(counts.dns_queries, 1);
         // The name outlives neither its TTL nor the grace period.
         let later = now + Duration::from_secs(300 + 3600 + 1);
-        naming.forget(|_| true, later);
+        naming.forget(|_| true, |_| true, later);
         assert_eq!(naming.name_of_flow(&pool, later), None);
     }
 
@@ -839,8 +906,67 @@ mod tests {
         }
         assert_eq!(naming.pending.len(), MAX_PENDING_QUERIES);
         assert_eq!(counts.dns_queries, (MAX_PENDING_QUERIES + 100) as u64);
-        naming.forget(|_| false, now + QUERY_TIMEOUT);
+        naming.forget(|_| false, |_| false, now + QUERY_TIMEOUT);
         assert!(naming.pending.is_empty());
+    }
+
+    /// The Stratum V1 login comes in the second message (after the subscribe): the kernel hands
+    /// over the next payloads of a flow that opened with JSON too.
+    #[test]
+    fn the_account_of_a_stratum_login_and_a_pool_redirect() {
+        let now = Instant::now();
+        let mut naming = Naming::new(16, vec![]);
+        let mut counts = EventCounts::default();
+        let pool = key([10, 0, 0, 2], 3333, 6);
+        let messages: [(u8, u8, &[u8]); 3] = [
+            (
+                EVENT_FIRST_PAYLOAD,
+                DIRECTION_EGRESS,
+                b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n",
+            ),
+            (
+                EVENT_MORE_PAYLOAD,
+                DIRECTION_EGRESS,
+                b"{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"wallet.rig01\",\"x\"]}\n",
+            ),
+            (
+                EVENT_MORE_PAYLOAD,
+                DIRECTION_INGRESS,
+                b"{\"id\":null,\"method\":\"client.reconnect\",\"params\":[\"evil.example.net\",4444,0]}\n",
+            ),
+        ];
+        for (kind, direction, payload) in messages {
+            naming.on_event(
+                &event(pool, kind, direction, payload),
+                &mut counts,
+                now,
+                trusted,
+            );
+        }
+        assert_eq!(
+            naming.account_of(&pool).map(String::as_str),
+            Some("wallet.rig01")
+        );
+        assert_eq!(
+            naming.take_redirects(),
+            [Redirect {
+                flow: pool,
+                to: "evil.example.net:4444".into()
+            }]
+        );
+        assert!(naming.take_redirects().is_empty());
+        // A login received (a server's view) or a redirect sent are not the miner's.
+        let other = key([10, 0, 0, 3], 3333, 6);
+        naming.on_event(
+            &event(other, EVENT_FIRST_PAYLOAD, DIRECTION_INGRESS, messages[1].2),
+            &mut counts,
+            now,
+            trusted,
+        );
+        assert_eq!(naming.account_of(&other), None);
+        // Gone with its flow.
+        naming.forget(|_| false, |key| *key != pool, now);
+        assert_eq!(naming.account_of(&pool), None);
     }
 
     #[test]

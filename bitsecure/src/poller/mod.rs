@@ -108,6 +108,8 @@ struct Accounted {
     name: Option<RemoteName>,
     /// A listener's handshake accounted in the series of the connection it accepted.
     merged: bool,
+    /// The account a Stratum flow logged in with (the latest seen).
+    account: Option<String>,
     /// Polls in a row without new traffic.
     idle_polls: u32,
 }
@@ -126,6 +128,7 @@ impl Accounted {
             protocol: key.protocol,
             app: self.app,
             name: self.name.clone(),
+            account: self.account.clone(),
             traffic,
         }
     }
@@ -169,6 +172,8 @@ enum Handshake {
 }
 
 /// What accounting one attributed flow gave.
+// Returned once per flow and consumed at once: boxing the delta would allocate per flow.
+#[allow(clippy::large_enum_variant)]
 enum Accounting {
     /// Not advanced: its application waits for its first payloads (see [`AppDecision::Wait`]).
     Deferred,
@@ -237,6 +242,9 @@ pub struct PollReport {
     pub events: EventCounts,
     /// Addresses in the address -> name map.
     pub names: usize,
+    /// Pools that told a miner to connect elsewhere (`client.reconnect`): process, the pool
+    /// (remote address) and where to.
+    pub redirects: Vec<(String, String, String)>,
     /// How long the poll took.
     pub duration: Duration,
 }
@@ -333,6 +341,8 @@ impl Poller {
                     app: App::parse(&flow.app).unwrap_or(App::Unknown),
                     name: flow.name.clone(),
                     merged: false,
+                    // Seen again at the flow's next login (a restart does not keep it).
+                    account: None,
                     idle_polls: 0,
                 },
             );
@@ -370,6 +380,7 @@ impl Poller {
         self.forget_gone_flows(&snapshot, started);
         report.folded_peers = self.fold_idle_peers(&snapshot, &mut report.deltas)?;
         report.names = self.naming.len();
+        report.redirects = self.redirects();
         report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
         report.kernel = self.read_kernel_stats()?;
         report.packet_sockets = self.packet_sockets.poll();
@@ -581,6 +592,11 @@ impl Poller {
             return Accounting::Unchanged;
         }
         accounted.idle_polls = 0;
+        if let Some(account) = self.naming.account_of(&flow.key)
+            && accounted.account.as_ref() != Some(account)
+        {
+            accounted.account = Some(account.clone());
+        }
         if accounted.name.is_none() {
             let scope = owner_scope(&self.naming, owner);
             accounted.name = self.naming.name_for(remote_address(&flow.key), scope, now);
@@ -620,6 +636,7 @@ impl Poller {
             port,
             app,
             name: self.naming.name_of(key, scope, now),
+            account: self.naming.account_of(key).cloned(),
             merged: false,
             idle_polls: 0,
         })
@@ -680,8 +697,30 @@ impl Poller {
         let last_seen = &self.last_seen;
         self.naming.forget(
             |key| present.contains(key) && !last_seen.contains_key(key),
+            |key| present.contains(key),
             now,
         );
+    }
+
+    /// The pool redirects naming saw, with the process that received each (logged: a pool
+    /// sending a miner elsewhere is how pool-side hijacks move the hash power).
+    fn redirects(&mut self) -> Vec<(String, String, String)> {
+        let redirects = self.naming.take_redirects();
+        redirects
+            .into_iter()
+            .map(|redirect| {
+                let process = self
+                    .owners
+                    .owner_of(redirect.flow.cookie)
+                    .map_or_else(|| "unknown".to_owned(), |owner| owner.name.clone());
+                let pool = remote_address(&redirect.flow).to_string();
+                warn!(
+                    "the pool {pool} tells {process} to connect to {}",
+                    redirect.to
+                );
+                (process, pool, redirect.to)
+            })
+            .collect()
     }
 
     /// Deletes the kernel entries of sockets closed longer than the grace period ago.

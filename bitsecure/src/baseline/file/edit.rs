@@ -123,9 +123,8 @@ pub fn append_rules(
 }
 
 /// Accepts a changed executable: every rule expecting `exe` with SHA-256 `old` expects `new`
-/// from now on, with a comment above the new value saying when and what it replaced. Keeps
-/// the rest of the text byte for byte. Returns the text and how many rules changed (0: the
-/// text unchanged); an error, and no text, when the existing text or `new` is not valid.
+/// from now on, with a comment above the new value saying when and what it replaced. See
+/// [`set_rule_field`].
 pub fn accept_executable(
     existing_text: &str,
     origin: &str,
@@ -134,16 +133,50 @@ pub fn accept_executable(
     new: &str,
     when: &str,
 ) -> Result<(String, usize), BaselineError> {
+    set_rule_field(
+        existing_text,
+        origin,
+        &[("exe", exe), ("sha256", old)],
+        ("sha256", new),
+        &format!("executable change accepted {when}; it was {old}"),
+    )
+}
+
+/// Accepts a new payout account: every rule of `process` expecting account `old` expects
+/// `new` from now on, with a comment saying when and what it replaced. See [`set_rule_field`].
+pub fn accept_account(
+    existing_text: &str,
+    origin: &str,
+    process: &str,
+    old: &str,
+    new: &str,
+    when: &str,
+) -> Result<(String, usize), BaselineError> {
+    set_rule_field(
+        existing_text,
+        origin,
+        &[("process", process), ("account", old)],
+        ("account", new),
+        &format!("payout account change accepted {when}; it was {old}"),
+    )
+}
+
+/// Sets `field` to a new value (with `note` as a comment above it) in every `[[rule]]` whose
+/// fields have the `wanted` values, keeping the rest of the text byte for byte. Returns the
+/// text and how many rules changed (0: the text unchanged); an error, and no text, when the
+/// existing text or the result is not a valid baseline.
+fn set_rule_field(
+    existing_text: &str,
+    origin: &str,
+    wanted: &[(&str, &str)],
+    (field, value): (&str, &str),
+    note: &str,
+) -> Result<(String, usize), BaselineError> {
     parse(existing_text, origin)?;
     let edit_error = |problem: String| BaselineError::Edit {
         origin: origin.to_owned(),
         problem,
     };
-    let probe = Rule {
-        sha256: Some(new.to_owned()),
-        ..Rule::new("probe", "*", None, "tcp")
-    };
-    validate_rule(&probe).map_err(|p| edit_error(p.problem))?;
     let (bom, body) = match existing_text.strip_prefix('\u{feff}') {
         Some(body) => ("\u{feff}", body),
         None => ("", existing_text),
@@ -157,17 +190,15 @@ pub fn accept_executable(
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for table in rules.iter_mut() {
-            let is = |key: &str, value: &str| {
-                table.get(key).and_then(toml_edit::Item::as_str) == Some(value)
+            let has = |(key, value): &(&str, &str)| {
+                table.get(key).and_then(toml_edit::Item::as_str) == Some(*value)
             };
-            if !(is("exe", exe) && is("sha256", old)) {
+            if !wanted.iter().all(has) {
                 continue;
             }
-            table.insert("sha256", toml_edit::value(new));
-            if let Some(mut key) = table.key_mut("sha256") {
-                key.leaf_decor_mut().set_prefix(format!(
-                    "# executable change accepted {when}; it was {old}\n"
-                ));
+            table.insert(field, toml_edit::value(value));
+            if let Some(mut key) = table.key_mut(field) {
+                key.leaf_decor_mut().set_prefix(format!("# {note}\n"));
             }
             changed += 1;
         }

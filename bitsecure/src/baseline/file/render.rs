@@ -98,6 +98,9 @@ pub(super) fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
     if let Some(app) = &rule.app {
         writeln!(f, "app = {}", toml_string(app))?;
     }
+    if let Some(account) = &rule.account {
+        writeln!(f, "account = {}", toml_string(account))?;
+    }
     if let Some(note) = &rule.note {
         writeln!(f, "note = {}", toml_string(note))?;
     }

@@ -302,6 +302,15 @@ pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
             ),
         ));
     }
+    if let Some(account) = &rule.account
+        && (account.is_empty() || account.chars().count() > 256)
+    {
+        return Err(problem(
+            "account",
+            "`account` must be the login the miner sends (1 to 256 characters); leave it out \
+             to accept any",
+        ));
+    }
     if let Some(cgroup) = &rule.cgroup
         && !cgroup.starts_with('/')
     {

@@ -26,6 +26,7 @@ pub struct BaselineMetrics {
     pub unexpected_flows: IntGauge,
     pub unexpected_packet_sockets: prometheus::IntGaugeVec,
     pub impostor_bytes: IntCounterVec,
+    pub payout_changed_bytes: IntCounterVec,
     pub executable_changed: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
@@ -133,6 +134,18 @@ impl BaselineMetrics {
                     &["process", "exe", "cgroup"],
                 )?,
             )?,
+            payout_changed_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_payout_changed_bytes_total",
+                        "L3 bytes (both directions) of traffic a rule expects, whose Stratum \
+                         login used another account than the rule's (account: the one used): \
+                         the miner pays someone else. Also counted as unexpected traffic.",
+                    ),
+                    &["process", "remote", "port", "account"],
+                )?,
+            )?,
             executable_changed: register(
                 registry,
                 prometheus::IntGaugeVec::new(
@@ -235,6 +248,16 @@ impl BaselineMetrics {
             self.unexpected_received_bytes
                 .with_label_values(&labels)
                 .inc_by(increment.traffic.received_bytes);
+            if let Some(account) = &increment.changed_account {
+                self.payout_changed_bytes
+                    .with_label_values(&[
+                        increment.key.process.as_str(),
+                        &crate::flow::remote_label(increment.key.remote),
+                        &port_label(increment.key.port),
+                        account,
+                    ])
+                    .inc_by(increment.traffic.total_bytes());
+            }
             if let Some((exe, cgroup)) = &increment.impostor {
                 self.impostor_bytes
                     .with_label_values(&[increment.key.process.as_str(), exe, cgroup])

@@ -28,11 +28,23 @@ pub struct PollerMetrics {
     pub forwarding_enabled: IntGaugeVec,
     pub xdp_programs: IntGaugeVec,
     pub nat_chains: IntGaugeVec,
+    pub pool_redirects: IntCounterVec,
 }
 
 impl PollerMetrics {
     pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         Ok(Self {
+            pool_redirects: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_pool_redirects_total",
+                        "Stratum client.reconnect messages seen in a flow's first messages: a \
+                         pool (remote) telling a miner (process) to mine at another server (to).",
+                    ),
+                    &["process", "remote", "to"],
+                )?,
+            )?,
             process_info: register(
                 registry,
                 IntGaugeVec::new(
@@ -251,6 +263,11 @@ impl PollerMetrics {
     pub(super) fn record(&self, report: &PollReport) {
         for process in &report.new_processes {
             self.add_process(process);
+        }
+        for (process, pool, to) in &report.redirects {
+            self.pool_redirects
+                .with_label_values(&[process, pool, to])
+                .inc();
         }
         self.unattributed_sockets
             .inc_by(report.unattributed_sockets);

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod dns;
 pub mod http;
+pub mod stratum;
 pub mod tls;
 
 pub use app::{App, classify, classify_flow};
