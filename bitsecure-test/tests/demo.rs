@@ -26,7 +26,7 @@ use serde_json::Value;
 
 const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
-const EXPECTED: [(&str, &[(&str, &str)]); 5] = [
+const EXPECTED: [(&str, &[(&str, &str)]); 6] = [
     (
         "new-process",
         &[
@@ -39,6 +39,13 @@ const EXPECTED: [(&str, &[(&str, &str)]); 5] = [
         "impostor",
         &[
             ("BitSecureImpostorProcess", "xmrig"),
+            ("BitSecureUnexpectedDestination", "xmrig"),
+        ],
+    ),
+    (
+        "payout",
+        &[
+            ("BitSecurePayoutIdentityChanged", "xmrig"),
             ("BitSecureUnexpectedDestination", "xmrig"),
         ],
     ),
@@ -214,6 +221,13 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
                     ),
                     (Some(destination.0), Some(destination.1), Some("tcp")),
                     "the alert names the destination"
+                );
+            }
+            if *alert == "BitSecurePayoutIdentityChanged" {
+                assert_eq!(
+                    fired[0]["metric"]["account"].as_str(),
+                    Some("4ThiefsWallet.rig01"),
+                    "the alert names the new account"
                 );
             }
             if *alert == "BitSecureImpostorProcess" {

@@ -1,4 +1,4 @@
-//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in five
+//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in six
 //! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
 //!
 //! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
@@ -28,6 +28,9 @@ pub const RESOLVER: &str = "resolved";
 pub const TIME_SYNC: &str = "chronyd";
 /// The intruder of the first anomaly.
 pub const INTRUDER: &str = "backdoor";
+/// The account the rig's miner logs in with, and the one a thief swaps in.
+const WALLET: &str = "4RigOwnersWallet.rig01";
+const THIEF_WALLET: &str = "4ThiefsWallet.rig01";
 /// What the demo calls the copy of the miner that impersonates it (its process name is the
 /// miner's).
 const IMPOSTOR: &str = "xmrig-impostor";
@@ -53,7 +56,7 @@ struct Anomaly {
     expected: &'static [(&'static str, &'static str)],
 }
 
-const ANOMALIES: [Anomaly; 5] = [
+const ANOMALIES: [Anomaly; 6] = [
     Anomaly {
         phase: "new-process",
         what: "a new process (`backdoor`) uploads 2 MB to a host the rig never talked to",
@@ -72,6 +75,14 @@ const ANOMALIES: [Anomaly; 5] = [
         what: "an impostor: a copy of the miner in a hidden directory mines to the same pool",
         expected: &[
             ("BitSecureImpostorProcess", MINER),
+            ("BitSecureUnexpectedDestination", MINER),
+        ],
+    },
+    Anomaly {
+        phase: "payout",
+        what: "the miner logs in to its pool with another wallet (a swapped payout address)",
+        expected: &[
+            ("BitSecurePayoutIdentityChanged", MINER),
             ("BitSecureUnexpectedDestination", MINER),
         ],
     },
@@ -339,7 +350,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     step("starting the rig: miner, monitoring reporter, DNS and NTP clients");
     let learning_start = now_unix();
     let pool = at("pool", POOL_PORT);
-    let miner_args = ["miner", "--pool", pool.as_str()];
+    let miner_args = ["miner", "--pool", pool.as_str(), "--worker", WALLET];
+    let thief_args = ["miner", "--pool", pool.as_str(), "--worker", THIEF_WALLET];
     lab.start_on_rig(MINER, &miner_args)?;
     lab.start_on_rig(
         REPORTER,
@@ -453,6 +465,10 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                 let copy = lab.hidden_copy(MINER)?;
                 lab.start_program_on_rig(IMPOSTOR, &copy, &miner_args)?;
             }
+            "payout" => {
+                lab.stop(MINER)?;
+                lab.start_on_rig(MINER, &thief_args)?;
+            }
             "miner-patched" => {
                 lab.stop(MINER)?;
                 lab.patch_program(MINER)?;
@@ -461,8 +477,14 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
             _ => lab.stop(MINER)?,
         }
         let fired = wait_for_alerts(&prometheus_listen, expected, pace.alert_timeout())?;
-        if phase == "impostor" {
-            lab.stop(IMPOSTOR)?;
+        match phase {
+            "impostor" => lab.stop(IMPOSTOR)?,
+            // The owner's wallet again.
+            "payout" => {
+                lab.stop(MINER)?;
+                lab.start_on_rig(MINER, &miner_args)?;
+            }
+            _ => {}
         }
         show(&prometheus_listen, &pace)?;
         for (alert, process) in expected {
@@ -630,6 +652,18 @@ fn show(prometheus: &str, pace: &Pace) -> Result<()> {
             label("remote"),
             label("port"),
             label("protocol"),
+            sample.value
+        );
+    }
+    let payouts = prometheus::query(prometheus, "bitsecure_payout_changed_bytes_total")?;
+    for sample in &payouts {
+        let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+        println!(
+            "  dashboard — payout account changed: {} → {}:{} as {}  {:.0} bytes",
+            label("process"),
+            label("remote"),
+            label("port"),
+            label("account"),
             sample.value
         );
     }
