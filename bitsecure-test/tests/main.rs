@@ -14,6 +14,7 @@ mod blinding;
 mod check;
 mod demo;
 mod deploy;
+mod dns_questions;
 mod faults;
 mod forged_names;
 mod grafana_dashboard;

@@ -22,6 +22,7 @@ const ALERTS: &[&str] = &[
     "BitSecureImpostorProcess",
     "BitSecureExecutableChanged",
     "BitSecurePayoutIdentityChanged",
+    "BitSecureDnsTunnel",
 ];
 
 fn prometheus_dir() -> PathBuf {

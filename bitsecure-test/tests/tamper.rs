@@ -367,7 +367,10 @@ fn interface_link_of(agent: &Agent, ifindex: u64, direction: &str) -> Option<u64
 #[test]
 fn a_detached_interface_program_is_reported_and_reattached() {
     let net = bitsecure_test::testnet::TestNet::new();
-    let agent = Agent::start();
+    // A cgroup of its own: an agent of the whole host counts every other test's sockets too
+    // (the load test's churn), which this test is not about.
+    let cgroup = TestCgroup::new("tamper-iface");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
     let interface = net.host_interface().to_owned();
     let ifindex: u64 = std::fs::read_to_string(format!("/sys/class/net/{interface}/ifindex"))
         .unwrap()

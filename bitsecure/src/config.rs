@@ -88,6 +88,9 @@ pub struct BaselineConfig {
     pub learn_seconds: f64,
     /// Unexpected traffic classes listed one by one; the rest is counted as folded.
     pub max_unexpected: usize,
+    /// More distinct names than this under one domain from one process within a minute is
+    /// taken as data tunnelled through DNS.
+    pub dns_tunnel_names_per_minute: u64,
 }
 
 impl Default for BaselineConfig {
@@ -96,6 +99,7 @@ impl Default for BaselineConfig {
             path: PathBuf::from("/var/lib/bitsecure/baseline.toml"),
             learn_seconds: 1800.0,
             max_unexpected: 200,
+            dns_tunnel_names_per_minute: 100,
         }
     }
 }
@@ -245,6 +249,13 @@ impl Config {
         }
         if self.baseline.path.as_os_str().is_empty() {
             return Err("baseline.path must not be empty".into());
+        }
+        if self.baseline.dns_tunnel_names_per_minute == 0 {
+            return Err(
+                "baseline.dns_tunnel_names_per_minute must be at least 1 (distinct names per \
+                 minute under one domain)"
+                    .into(),
+            );
         }
         if self.baseline.max_unexpected == 0 {
             return Err("baseline.max_unexpected must be at least 1".into());

@@ -41,12 +41,28 @@ pub struct PacketSocketClass {
     pub protocol: String,
 }
 
-/// What one poll hands to the baseline: the attributed flow deltas and the packet and raw
-/// sockets held (count per holder and protocol).
+/// What one poll hands to the baseline: the attributed flow deltas, the packet and raw
+/// sockets held (count per holder and protocol) and the DNS questions processes asked.
 #[derive(Debug, Default, Clone)]
 pub struct Polled {
     pub deltas: Vec<FlowDelta>,
     pub packet_sockets: std::collections::BTreeMap<PacketSocketClass, usize>,
+    pub asked: Vec<AskedName>,
+}
+
+/// A DNS question a process sent (one query).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AskedName {
+    pub process: String,
+    pub exe: Option<String>,
+    pub cgroup: Option<String>,
+    /// The DNS server asked (and what the asker knows it as), its port and the transport.
+    pub server: IpAddr,
+    pub server_name: Option<String>,
+    pub port: u16,
+    pub protocol: u8,
+    /// The name asked for: lowercase, no trailing dot.
+    pub name: String,
 }
 
 /// Label value for remotes folded away by the cardinality limits.

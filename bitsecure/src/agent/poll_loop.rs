@@ -99,6 +99,7 @@ fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<Polled> {
             Some(Polled {
                 deltas: report.deltas,
                 packet_sockets: report.packet_sockets,
+                asked: report.asked,
             })
         }
         Err(error) => {

@@ -50,6 +50,7 @@ impl Consumer for Recording {
             self.recorder.record_step(&polled.deltas);
             self.recorder
                 .record_packet_sockets(polled.packet_sockets.keys());
+            self.recorder.record_asked(&polled.asked);
         }
         self.step_done();
     }

@@ -73,6 +73,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             learn_seconds: config.baseline.learn_seconds,
             max_unexpected: config.baseline.max_unexpected,
             step_seconds: config.agent.poll_interval_seconds,
+            dns_tunnel_names_per_minute: config.baseline.dns_tunnel_names_per_minute,
         },
         unix_now(),
     );

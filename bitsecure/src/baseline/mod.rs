@@ -9,6 +9,7 @@
 //! - [`recorder`]: learning: per-step samples per traffic class, turned into rules.
 //! - [`monitor`]: comparing: expected or unexpected, deviation, cadence, silence, reference.
 
+pub mod dns_watch;
 pub mod file;
 pub mod matching;
 pub mod model;

@@ -140,6 +140,10 @@ pub struct Rule {
     /// (and a flow whose login was not seen, e.g. TLS stratum, is not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// For a DNS rule (the process's queries to a resolver): the names it asks for, or `*`
+    /// patterns (`*.example.org`); a name it never asked before is listed as new. `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asks: Option<Vec<String>>,
     /// Free text for the reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -261,6 +265,7 @@ impl Rule {
             protocol: protocol.into(),
             app: None,
             account: None,
+            asks: None,
             note: None,
             normal: None,
             profile: None,

@@ -19,16 +19,22 @@ use serde::Serialize;
 
 use super::{
     ClassKey,
+    dns_watch::{DnsWatch, NewName, Tunnel},
     matching::{LiveFlow, RemoteMatcher},
     model::{Baseline, Rule, RuleIdentity},
     stats,
 };
 use crate::{
     flow::{
-        FlowDelta, PacketSocketClass, SeriesKey, Traffic, port_label, protocol_label, remote_label,
+        AskedName, FlowDelta, PacketSocketClass, SeriesKey, Traffic, port_label, protocol_label,
+        remote_label,
     },
     naming::{App, Source},
 };
+
+/// Distinct names under one domain in a minute above which a process is taken to tunnel data
+/// through DNS (`baseline.dns_tunnel_names_per_minute`).
+pub const DEFAULT_TUNNEL_NAMES_PER_MINUTE: u64 = 100;
 
 /// Burst onsets remembered per rule for the observed cadence.
 const MAX_ONSETS: usize = 16;
@@ -182,6 +188,8 @@ pub struct Monitor {
     max_unexpected: usize,
     /// By process and executable path.
     changed_executables: BTreeMap<(String, String), ChangedExecutable>,
+    /// The names processes ask for: new ones, and bursts of them (tunnels).
+    dns: DnsWatch,
 }
 
 impl Monitor {
@@ -205,6 +213,7 @@ impl Monitor {
             unexpected: HashMap::new(),
             max_unexpected,
             changed_executables: BTreeMap::new(),
+            dns: DnsWatch::new(DEFAULT_TUNNEL_NAMES_PER_MINUTE, max_unexpected),
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -212,6 +221,51 @@ impl Monitor {
 
     pub fn baseline(&self) -> &Baseline {
         &self.baseline
+    }
+
+    /// Distinct names under one domain per minute above which a process is tunnelling.
+    pub fn with_tunnel_threshold(mut self, names_per_minute: u64) -> Self {
+        self.dns = DnsWatch::new(names_per_minute, self.max_unexpected);
+        self
+    }
+
+    /// The DNS questions of one poll: names their DNS rule does not list, and bursts.
+    pub fn observe_asked(&mut self, asked: &[AskedName], now_unix: f64) {
+        let now_text = timestamp_text(now_unix);
+        for question in asked {
+            let flow = LiveFlow {
+                process: &question.process,
+                exe: question.exe.as_deref(),
+                cgroup: question.cgroup.as_deref(),
+                remote: question.server,
+                name: question.server_name.as_deref(),
+                port: Some(question.port),
+                protocol: question.protocol,
+                app: App::Dns,
+            };
+            let expected = find_rule(&self.baseline.rules, &self.remotes, &flow)
+                .and_then(|index| self.baseline.rules[index].asks.as_deref());
+            self.dns.observe(
+                &question.process,
+                question.exe.as_deref(),
+                &remote_label(question.server),
+                &question.name,
+                expected,
+                now_unix,
+                &now_text,
+            );
+        }
+        self.dns.expire(now_unix);
+    }
+
+    /// Names asked that their process's DNS rule does not list.
+    pub fn new_names(&self) -> Vec<NewName> {
+        self.dns.new_names()
+    }
+
+    /// Processes asking for many distinct names under one domain now.
+    pub fn tunnels(&self) -> Vec<Tunnel> {
+        self.dns.tunnels()
     }
 
     /// Switches to a new baseline (a reload). Rules that stay keep their live state; unexpected
@@ -265,6 +319,20 @@ impl Monitor {
                     (Some(expected), Some(seen)) if expected != seen
                 ),
             }
+        });
+        // A new name stays listed unless a DNS rule of its process now lists it.
+        self.dns.retain_new(|entry| {
+            !rules.iter().any(|rule| {
+                rule.process == entry.process
+                    && rule
+                        .exe
+                        .as_ref()
+                        .is_none_or(|exe| Some(exe) == entry.exe.as_ref())
+                    && rule.asks.as_ref().is_some_and(|asks| {
+                        asks.iter()
+                            .any(|pattern| crate::naming::name_matches(pattern, &entry.name))
+                    })
+            })
         });
         // A changed executable stays listed while a rule for it still expects another hash.
         self.changed_executables.retain(|(process, exe), changed| {
@@ -612,6 +680,7 @@ mod tests {
             protocol: "tcp".into(),
             app: None,
             account: None,
+            asks: None,
             note: None,
             normal: Some(Normal {
                 sent_bytes_per_second: RateStats {

@@ -11,7 +11,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -20,12 +20,18 @@ use super::{
     stats,
 };
 use crate::{
-    flow::{FlowDelta, PacketSocketClass, PacketSocketKind, protocol_label, remote_label},
+    flow::{
+        AskedName, FlowDelta, PacketSocketClass, PacketSocketKind, protocol_label, remote_label,
+    },
     naming::App,
 };
 
 /// Most profile bins kept per rule (a 1-hour cycle at 5 s steps).
 const MAX_PROFILE_BINS: usize = 720;
+
+/// Most names a DNS rule lists; a process that asks for more (a browser, a crawler) gets a
+/// rule that checks no names.
+pub const MAX_ASKS_PER_RULE: usize = 256;
 
 /// Addresses remembered per named class to fold their unnamed traffic in; a name spread over
 /// more addresses than this just leaves the rest's unnamed traffic as address rules.
@@ -153,6 +159,9 @@ pub struct Recorder {
     pub dropped_observations: u64,
     /// Packet and raw sockets held during the recording, with the holder's executable.
     packet_sockets: BTreeMap<(String, PacketSocketKind, String), Option<String>>,
+    /// The names each DNS class (a process's queries to one server) asked for; `None` once
+    /// past [`MAX_ASKS_PER_RULE`] (a process resolving everything: its rule checks no names).
+    asks: HashMap<RecordedClass, Option<BTreeSet<String>>>,
 }
 
 impl Recorder {
@@ -165,6 +174,46 @@ impl Recorder {
             max_classes,
             dropped_observations: 0,
             packet_sockets: BTreeMap::new(),
+            asks: HashMap::new(),
+        }
+    }
+
+    /// Notes the DNS questions of one poll, under the DNS class each was asked in.
+    pub fn record_asked(&mut self, asked: &[AskedName]) {
+        for question in asked {
+            // The DNS class by the server's name when the traffic went under one (its address
+            // unnamed traffic joins it too), else by address.
+            let class = |remote| RecordedClass {
+                process: question.process.clone(),
+                exe: question.exe.clone(),
+                cgroup: question.cgroup.clone(),
+                remote,
+                port: Some(question.port),
+                protocol: question.protocol,
+                app: App::Dns,
+            };
+            let named = question
+                .server_name
+                .clone()
+                .map(|name| class(RecordedRemote::Name(name)))
+                .filter(|named| self.classes.contains_key(named));
+            let class = named
+                .unwrap_or_else(|| class(RecordedRemote::Address(question.server.to_canonical())));
+            if !self.asks.contains_key(&class) && self.asks.len() >= self.max_classes {
+                self.dropped_observations += 1;
+                continue;
+            }
+            let names = self
+                .asks
+                .entry(class)
+                .or_insert_with(|| Some(BTreeSet::new()));
+            if let Some(set) = names {
+                if set.len() >= MAX_ASKS_PER_RULE && !set.contains(&question.name) {
+                    *names = None;
+                } else {
+                    set.insert(question.name.clone());
+                }
+            }
         }
     }
 
@@ -250,9 +299,14 @@ impl Recorder {
             .map(|(class, series)| (class, series.full(total_steps)))
             .collect();
         fold_unnamed_into_names(&mut classes);
+        let mut asks = self.asks;
         let mut rules: Vec<(u64, Rule)> = classes
             .into_iter()
             .map(|(class, series)| {
+                let class_asks = asks
+                    .remove(&class)
+                    .flatten()
+                    .map(|names| names.into_iter().collect());
                 let FullSeries {
                     sha256,
                     account,
@@ -291,6 +345,7 @@ impl Recorder {
                     protocol: protocol_label(class.protocol),
                     app: Some(class.app.as_str().to_owned()),
                     account,
+                    asks: class_asks,
                     note: None,
                     normal: Some(Normal {
                         sent_bytes_per_second: stats::rate_stats(&sent, step_seconds),
@@ -448,6 +503,62 @@ mod tests {
             text.contains("cgroup = \"/system.slice/xmrig.service\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_dns_rule_lists_the_names_its_process_asked_up_to_a_bound() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let resolver: IpAddr = "10.0.0.53".parse().unwrap();
+        let question = |process: &str, name: &str| AskedName {
+            process: process.to_owned(),
+            exe: Some(format!("/usr/bin/{process}")),
+            cgroup: None,
+            server: resolver,
+            server_name: None,
+            port: 53,
+            protocol: 17,
+            name: name.to_owned(),
+        };
+        let dns_delta = |process: &str| FlowDelta {
+            app: App::Dns,
+            protocol: 17,
+            ..delta(process, "10.0.0.53", 53, 60, true)
+        };
+        let mut recorder = Recorder::new(5.0, start, 100);
+        recorder.record_step(&[dns_delta("xmrig"), dns_delta("browser")]);
+        recorder.record_asked(&[
+            question("xmrig", "pool.example.org"),
+            question("xmrig", "pool.example.org"),
+            question("xmrig", "backup.example.org"),
+        ]);
+        let many: Vec<AskedName> = (0..=MAX_ASKS_PER_RULE)
+            .map(|i| question("browser", &format!("site{i}.example")))
+            .collect();
+        recorder.record_asked(&many);
+        let baseline = recorder.finish("rig");
+        let asks = |process: &str| {
+            baseline
+                .rules
+                .iter()
+                .find(|rule| rule.process == process)
+                .map(|rule| rule.asks.clone())
+                .expect("a rule")
+        };
+        assert_eq!(
+            asks("xmrig"),
+            Some(vec![
+                "backup.example.org".to_owned(),
+                "pool.example.org".to_owned()
+            ])
+        );
+        // Past the bound: no list, so no name is ever new for it.
+        assert_eq!(asks("browser"), None);
+        let text = crate::baseline::file::render(&baseline);
+        assert!(
+            text.contains("asks = [\"backup.example.org\", \"pool.example.org\"]"),
+            "{text}"
+        );
+        crate::baseline::file::parse(&text, "recorded").expect("valid");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::{
 use log::{error, info, warn};
 
 use super::{
+    dns_watch::{NewName, Tunnel},
     file,
     model::Baseline,
     monitor::{ChangedExecutable, Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
@@ -52,6 +53,8 @@ pub enum BaselineState {
         rules: usize,
         unexpected: Vec<Unexpected>,
         changed_executables: Vec<ChangedExecutable>,
+        new_names: Vec<NewName>,
+        tunnels: Vec<Tunnel>,
         statuses: Vec<RuleStatus>,
     },
 }
@@ -79,6 +82,8 @@ pub struct Settings {
     pub learn_seconds: f64,
     pub max_unexpected: usize,
     pub step_seconds: f64,
+    /// Distinct names under one domain per minute above which a process tunnels through DNS.
+    pub dns_tunnel_names_per_minute: u64,
 }
 
 pub struct BaselineService {
@@ -134,12 +139,14 @@ impl BaselineService {
             Mode::Learning(recorder) => {
                 recorder.record_step(&polled.deltas);
                 recorder.record_packet_sockets(polled.packet_sockets.keys());
+                recorder.record_asked(&polled.asked);
                 if recorder.elapsed_seconds() >= self.settings.learn_seconds {
                     self.finish_learning(now_unix);
                 }
             }
             Mode::Monitoring(monitor) => {
                 self.pending.unexpected_traffic = monitor.observe_step(&polled.deltas, now_unix);
+                monitor.observe_asked(&polled.asked, now_unix);
                 self.pending.unexpected_packet_sockets =
                     Some(monitor.unexpected_packet_sockets(polled.packet_sockets.keys()));
             }
@@ -184,12 +191,15 @@ impl BaselineService {
         match &mut self.mode {
             Mode::Monitoring(monitor) => monitor.replace_baseline(baseline, now_unix),
             _ => {
-                self.mode = Mode::Monitoring(Box::new(Monitor::new(
-                    baseline,
-                    self.settings.step_seconds,
-                    self.settings.max_unexpected,
-                    now_unix,
-                )));
+                self.mode = Mode::Monitoring(Box::new(
+                    Monitor::new(
+                        baseline,
+                        self.settings.step_seconds,
+                        self.settings.max_unexpected,
+                        now_unix,
+                    )
+                    .with_tunnel_threshold(self.settings.dns_tunnel_names_per_minute),
+                ));
             }
         }
     }
@@ -240,6 +250,8 @@ impl BaselineService {
                 rules: monitor.baseline().rules.len(),
                 unexpected: monitor.unexpected(),
                 changed_executables: monitor.changed_executables(),
+                new_names: monitor.new_names(),
+                tunnels: monitor.tunnels(),
                 statuses: monitor.statuses(now_unix),
             },
         };
@@ -321,6 +333,7 @@ mod tests {
             learn_seconds: 0.0,
             max_unexpected: 10,
             step_seconds: 1.0,
+            dns_tunnel_names_per_minute: 100,
         };
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);

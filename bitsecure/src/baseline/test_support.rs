@@ -30,6 +30,7 @@ pub(crate) fn xmrig_rule() -> Rule {
         protocol: "tcp".to_owned(),
         app: None,
         account: None,
+        asks: None,
         note: Some("pool".to_owned()),
         normal: Some(Normal {
             sent_bytes_per_second: stats(120.5, 800.0, 2400.0),

@@ -46,7 +46,37 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
         print!("{}", format_impostors(&view.unexpected));
     }
     print!("{}", format_changed_executables(&view.changed_executables));
+    print!("{}", format_dns(&view));
     Ok(())
+}
+
+/// The names processes asked for that their DNS rule does not list, and DNS tunnels.
+pub fn format_dns(view: &BaselineView) -> String {
+    let mut out = String::new();
+    for tunnel in &view.dns_tunnels {
+        out.push_str(&format!(
+            "! {} asked for {} distinct names under {} within a minute: data leaving through \
+             DNS queries?\n",
+            printable(&tunnel.process),
+            tunnel.names_per_minute,
+            printable(&tunnel.domain),
+        ));
+    }
+    if !view.new_names.is_empty() {
+        out.push_str("names asked that the baseline does not list:\n");
+    }
+    for new in &view.new_names {
+        out.push_str(&format!(
+            "  {} asked {} for {} ({} queries, {} .. {})\n",
+            printable(&new.process),
+            printable(&new.server),
+            printable(&new.name),
+            new.queries,
+            new.first_seen,
+            new.last_seen,
+        ));
+    }
+    out
 }
 
 /// One line per unexpected entry whose process took the name of one the baseline expects, and
@@ -275,6 +305,7 @@ pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -
             protocol: entry.protocol.clone(),
             app: Some(entry.app.as_str().to_owned()),
             account: entry.account.clone(),
+            asks: None,
             note: note.map(str::to_owned),
             normal: None,
             profile: None,

@@ -6,7 +6,10 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::baseline::monitor::{ChangedExecutable, Unexpected};
+use crate::baseline::{
+    dns_watch::{NewName, Tunnel},
+    monitor::{ChangedExecutable, Unexpected},
+};
 
 /// What `/api/baseline` shows.
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
@@ -17,6 +20,12 @@ pub struct BaselineView {
     /// Processes a rule expects, running an executable whose hash is not the rule's.
     #[serde(default)]
     pub changed_executables: Vec<ChangedExecutable>,
+    /// Names processes asked for that their DNS rule does not list.
+    #[serde(default)]
+    pub new_names: Vec<NewName>,
+    /// Processes asking for many distinct names under one domain (DNS tunnels).
+    #[serde(default)]
+    pub dns_tunnels: Vec<Tunnel>,
 }
 
 /// The latest view, replaced after every poll and read by the HTTP server.

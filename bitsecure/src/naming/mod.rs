@@ -75,6 +75,21 @@ pub struct NameKey {
     pub address: IpAddr,
 }
 
+/// Most DNS questions kept between two polls (a query flood beyond it is cut; the rate of
+/// distinct names is far past any tunnelling threshold by then).
+pub const MAX_QUESTIONS_PER_POLL: usize = 20_000;
+
+/// A DNS query a socket sent: who asked (the socket), where, and for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    pub cookie: u64,
+    pub server: IpAddr,
+    pub port: u16,
+    pub protocol: u8,
+    /// Lowercase, no trailing dot.
+    pub name: String,
+}
+
 /// Most pool redirects (`client.reconnect`) kept between two polls.
 const MAX_REDIRECTS_PER_POLL: usize = 64;
 
@@ -154,6 +169,8 @@ pub struct Naming {
     accounts: HashMap<FlowKey, String>,
     /// Pool redirects seen since the poller last took them.
     redirects: Vec<Redirect>,
+    /// DNS questions asked since the poller last took them.
+    questions: Vec<Question>,
 }
 
 impl Naming {
@@ -168,7 +185,13 @@ impl Naming {
             trusted_resolvers,
             accounts: HashMap::new(),
             redirects: Vec::new(),
+            questions: Vec::new(),
         }
+    }
+
+    /// The DNS questions asked since the last call.
+    pub fn take_questions(&mut self) -> Vec<Question> {
+        std::mem::take(&mut self.questions)
     }
 
     /// The account a Stratum flow logged in with, if its login was seen.
@@ -282,6 +305,15 @@ impl Naming {
             {
                 self.pending.remove(&oldest);
             }
+        }
+        if self.questions.len() < MAX_QUESTIONS_PER_POLL {
+            self.questions.push(Question {
+                cookie: key.cookie,
+                server: remote_address(key),
+                port: key.remote_port,
+                protocol: key.protocol,
+                name: question.name.clone(),
+            });
         }
         let asked = AskedQuestion {
             cookie: key.cookie,

@@ -171,6 +171,25 @@ fn dump(
     }
     // SAFETY: a fresh descriptor nothing else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // A dump that never ends (an answer lost under memory pressure) must not hang the thread
+    // that asked: the guard checks the programs' attachments on the same thread.
+    let timeout = libc::timeval {
+        tv_sec: 2,
+        tv_usec: 0,
+    };
+    // SAFETY: the option value is a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const timeout).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut request = vec![0u8; NLMSG_HEADER];
     request.extend_from_slice(header);
     let length = request.len() as u32;

@@ -35,7 +35,7 @@ use bitsecure_common::{
 use log::{info, warn};
 
 use crate::{
-    flow::{FlowDelta, RemoteName, Traffic},
+    flow::{AskedName, FlowDelta, RemoteName, Traffic},
     kernel::KernelMaps,
     kernel::batch,
     naming::App,
@@ -245,6 +245,8 @@ pub struct PollReport {
     /// Pools that told a miner to connect elsewhere (`client.reconnect`): process, the pool
     /// (remote address) and where to.
     pub redirects: Vec<(String, String, String)>,
+    /// The DNS questions processes asked since the last poll.
+    pub asked: Vec<AskedName>,
     /// How long the poll took.
     pub duration: Duration,
 }
@@ -381,6 +383,7 @@ impl Poller {
         report.folded_peers = self.fold_idle_peers(&snapshot, &mut report.deltas)?;
         report.names = self.naming.len();
         report.redirects = self.redirects();
+        report.asked = self.asked_names();
         report.folded_sockets = self.fold_closed(&snapshot, now_boot)?;
         report.kernel = self.read_kernel_stats()?;
         report.packet_sockets = self.packet_sockets.poll();
@@ -700,6 +703,33 @@ impl Poller {
             |key| present.contains(key),
             now,
         );
+    }
+
+    /// The DNS questions naming saw, with the process that asked each (a socket whose owner
+    /// is not known yet asks as `unknown`).
+    fn asked_names(&mut self) -> Vec<AskedName> {
+        let questions = self.naming.take_questions();
+        questions
+            .into_iter()
+            .map(|question| {
+                let owner = self.owners.owner_of(question.cookie);
+                let server_name = owner.and_then(|owner| {
+                    let scope = owner_scope(&self.naming, owner);
+                    let now = Instant::now();
+                    self.naming.name_for(question.server, scope, now)
+                });
+                AskedName {
+                    process: owner.map_or_else(|| "unknown".to_owned(), |owner| owner.name.clone()),
+                    exe: owner.and_then(|owner| owner.exe.clone()),
+                    cgroup: owner.and_then(|owner| owner.cgroup.clone()),
+                    server: question.server,
+                    server_name: server_name.map(|name| name.name),
+                    port: question.port,
+                    protocol: question.protocol,
+                    name: question.name,
+                }
+            })
+            .collect()
     }
 
     /// The pool redirects naming saw, with the process that received each (logged: a pool

@@ -42,9 +42,16 @@ pub struct DnsQueryArgs {
     /// The DNS server to ask (UDP), e.g. 10.0.0.2:53.
     #[arg(long)]
     server: SocketAddr,
-    /// The name to resolve (type A).
+    /// The name to resolve (type A). `{}` in it is replaced by a random label per query, as
+    /// a DNS tunnel encodes data (`{}.t.example.net`).
     #[arg(long)]
     name: String,
+    /// Queries to send, one after the other (each waiting for its answer).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    count: u32,
+    /// Milliseconds between two queries.
+    #[arg(long, default_value_t = 0)]
+    every_ms: u64,
 }
 
 /// Asks `server` for the A records of `name` over UDP and waits for the answer to that query
@@ -58,15 +65,30 @@ pub fn query(args: &DnsQueryArgs, timeout: std::time::Duration) -> Result<()> {
     socket
         .set_read_timeout(Some(timeout))
         .context("cannot set the read timeout")?;
-    let id = (std::process::id() & 0xffff) as u16;
+    // xorshift: random-looking labels, reproducible per process.
+    let mut state = u64::from(std::process::id()) | 1;
+    for i in 0..args.count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let name = args.name.replace("{}", &format!("x{state:016x}"));
+        let id = ((u64::from(std::process::id()) + u64::from(i)) & 0xffff) as u16;
+        ask(&socket, args.server, id, &name)?;
+        thread::sleep(std::time::Duration::from_millis(args.every_ms));
+    }
+    Ok(())
+}
+
+/// One query for `name` (type A) and its answer (same ID, from `server`).
+fn ask(socket: &UdpSocket, server: SocketAddr, id: u16, name: &str) -> Result<()> {
     let mut request = Message::new(id, MessageType::Query, OpCode::Query);
     request.metadata.recursion_desired = true;
     request.add_query(Query::query(
-        fqdn(&args.name).map_err(anyhow::Error::msg)?,
+        fqdn(name).map_err(anyhow::Error::msg)?,
         RecordType::A,
     ));
     let wire = request.to_vec().context("cannot encode the query")?;
-    send_datagram(&socket, &wire, args.server)?;
+    send_datagram(socket, &wire, server)?;
     let mut buf = vec![0u8; DATAGRAM_BUF];
     loop {
         let (len, from) = socket
@@ -76,7 +98,7 @@ pub fn query(args: &DnsQueryArgs, timeout: std::time::Duration) -> Result<()> {
         let Ok(response) = Message::from_vec(&buf[..len]) else {
             continue;
         };
-        if from != args.server || response.metadata.id != id {
+        if from != server || response.metadata.id != id {
             continue;
         }
         for record in &response.answers {

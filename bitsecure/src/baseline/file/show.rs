@@ -42,6 +42,13 @@ impl fmt::Display for Shown<'_> {
             }
             let indent = " ".repeat(width + 4);
             write_holder(f, rule, &indent)?;
+            if let Some(account) = &rule.account {
+                writeln!(f, "{indent}logs in as {}", printable(account))?;
+            }
+            if let Some(asks) = &rule.asks {
+                let names: Vec<String> = asks.iter().map(|name| printable(name)).collect();
+                writeln!(f, "{indent}asks for {}", names.join(", "))?;
+            }
             let Some(normal) = &rule.normal else {
                 writeln!(f, "{indent}accepted by hand: no recorded normal")?;
                 continue;

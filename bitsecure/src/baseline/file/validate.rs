@@ -21,9 +21,12 @@ use super::{
     render::toml_float,
 };
 use crate::{
-    baseline::model::{
-        Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule, printable,
-        protocol_number,
+    baseline::{
+        matching::RemoteMatcher,
+        model::{
+            Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule,
+            printable, protocol_number,
+        },
     },
     naming::App,
 };
@@ -301,6 +304,20 @@ pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
                 printable(sha256)
             ),
         ));
+    }
+    for name in rule.asks.iter().flatten() {
+        match RemoteMatcher::parse(name) {
+            Ok(RemoteMatcher::Name(_)) => {}
+            _ => {
+                return Err(problem(
+                    "asks",
+                    format!(
+                        "asks: {:?} is not a host name or a wildcard like \"*.example.org\"",
+                        printable(name)
+                    ),
+                ));
+            }
+        }
     }
     if let Some(account) = &rule.account
         && (account.is_empty() || account.chars().count() > 256)

@@ -28,6 +28,8 @@ pub struct BaselineMetrics {
     pub impostor_bytes: IntCounterVec,
     pub payout_changed_bytes: IntCounterVec,
     pub executable_changed: prometheus::IntGaugeVec,
+    pub dns_new_names: prometheus::IntGaugeVec,
+    pub dns_tunnels: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
     pub rule_rate: prometheus::GaugeVec,
@@ -144,6 +146,30 @@ impl BaselineMetrics {
                          the miner pays someone else. Also counted as unexpected traffic.",
                     ),
                     &["process", "remote", "port", "account"],
+                )?,
+            )?,
+            dns_new_names: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_dns_new_names",
+                        "Names a process asked for (DNS queries) that its DNS rule does not list \
+                         (the names it asked while learning), listed in /api/baseline. Only \
+                         while monitoring.",
+                    ),
+                    &["process"],
+                )?,
+            )?,
+            dns_tunnels: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_dns_tunnel_names_per_minute",
+                        "Distinct names a process asked for under one domain within a minute, \
+                         while above baseline.dns_tunnel_names_per_minute (data tunnelled \
+                         through DNS queries); gone a minute after. Only while monitoring.",
+                    ),
+                    &["process", "domain"],
                 )?,
             )?,
             executable_changed: register(
@@ -277,8 +303,22 @@ impl BaselineMetrics {
                 rules,
                 unexpected,
                 changed_executables,
+                new_names,
+                tunnels,
                 statuses,
             } => {
+                self.dns_new_names.reset();
+                for name in new_names {
+                    self.dns_new_names
+                        .with_label_values(&[name.process.as_str()])
+                        .inc();
+                }
+                self.dns_tunnels.reset();
+                for tunnel in tunnels {
+                    self.dns_tunnels
+                        .with_label_values(&[tunnel.process.as_str(), tunnel.domain.as_str()])
+                        .set(i64::try_from(tunnel.names_per_minute).unwrap_or(i64::MAX));
+                }
                 self.executable_changed.reset();
                 for changed in changed_executables {
                     self.executable_changed

@@ -83,19 +83,26 @@ impl Metrics {
         self.baseline.publish(&report);
         let BaselineReport { state, .. } = report;
         let mode = state.name().to_owned();
-        let (unexpected, changed_executables) = match state {
+        let view = match state {
             BaselineState::Monitoring {
                 unexpected,
                 changed_executables,
+                new_names,
+                tunnels,
                 ..
-            } => (unexpected, changed_executables),
-            _ => (Vec::new(), Vec::new()),
+            } => BaselineView {
+                mode,
+                unexpected,
+                changed_executables,
+                new_names,
+                dns_tunnels: tunnels,
+            },
+            _ => BaselineView {
+                mode,
+                ..BaselineView::default()
+            },
         };
-        self.api.set_view(BaselineView {
-            mode,
-            unexpected,
-            changed_executables,
-        });
+        self.api.set_view(view);
     }
 }
 
