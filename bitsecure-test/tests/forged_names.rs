@@ -197,3 +197,131 @@ fn forged_dns_answers_do_not_make_a_c2_address_the_pool() {
         }
     });
 }
+
+/// The pool's name, answered after learning with an address outside the network it had while
+/// learning (a DNS or BGP hijack, or a pool that moved): its traffic stays the rule's, the
+/// move is reported, and accepting it adds the network to the rule.
+#[test]
+fn a_name_answered_outside_its_learnt_networks_is_reported_as_moved() {
+    let mut net = TestNet::new();
+    let pool = IpAddr::V4(net.peer_v4_host(11));
+    net.add_peer_address(pool);
+    // Another /24, routed to the peer, unique to this network.
+    let octets = net.peer_v4.octets();
+    let block = std::net::Ipv4Addr::new(172, 16 + octets[1] % 16, octets[2], 0);
+    net.route_block_to_peer(block, 24);
+    let moved = IpAddr::V4(std::net::Ipv4Addr::new(
+        172,
+        16 + octets[1] % 16,
+        octets[2],
+        9,
+    ));
+    let server = install_generator("bsv-server");
+    let learnt_dns = format!("{}:53", net.peer_v4);
+    let hijacked_dns = format!("{}:53", net.peer_v4_host(53));
+    net.add_peer_address(IpAddr::V4(net.peer_v4_host(53)));
+    for (listen, address) in [(&learnt_dns, pool), (&hijacked_dns, moved)] {
+        net.spawn_server(
+            &server,
+            &[
+                "dns-serve",
+                "--listen",
+                listen,
+                "--record",
+                &format!("{POOL_NAME}=A:{address}"),
+            ],
+        );
+    }
+    net.spawn_server(&server, &["serve", "--tcp", "0.0.0.0:3333"]);
+    let cgroup = TestCgroup::new("moved");
+    let baseline = scratch_dir().join(format!("moved-{}.toml", net.ns));
+    let _ = std::fs::remove_file(&baseline);
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 4\n",
+        cgroup.path.display(),
+        baseline.display()
+    ));
+    let miner = install_generator("bsv-miner");
+    let resolve_and_mine = |dns: &str, address: IpAddr| {
+        run_generator(cgroup.command(&miner).args([
+            "dns-query",
+            "--server",
+            dns,
+            "--name",
+            POOL_NAME,
+        ]));
+        run_generator(cgroup.command(&miner).args([
+            "tcp",
+            "--connect",
+            &format!("{address}:3333"),
+            "--upload",
+            "2000",
+        ]));
+    };
+    resolve_and_mine(&learnt_dns, pool);
+    resolve_and_mine(&learnt_dns, pool);
+    eventually(&agent, 30, |samples| {
+        match sum_metric(samples, "bitsecure_baseline_learning", &[]) {
+            0.0 if baseline.exists() => Ok(()),
+            learning => Err(format!("still learning ({learning})")),
+        }
+    });
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    let learnt = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
+    assert!(
+        text.contains(&format!("remote = \"{POOL_NAME}\""))
+            && text.contains(&format!("prefixes = [\"{learnt}\"]")),
+        "the pool's rule by name with its network:\n{text}"
+    );
+
+    // Hijacked: the name now answers outside that network.
+    resolve_and_mine(&hijacked_dns, moved);
+    let labels = [("name", POOL_NAME), ("remote", &moved.to_string())];
+    let moved_text = moved.to_string();
+    eventually(&agent, 15, |samples| {
+        match sum_metric(samples, "bitsecure_name_moved", &labels) {
+            1.0 => Ok(()),
+            n => Err(format!("bitsecure_name_moved {n}")),
+        }
+    });
+    // Its traffic is still the rule's: nothing to the moved address is unexpected.
+    assert_eq!(unexpected_sent_to(&agent.scrape(), moved), 0.0);
+
+    let address = format!("127.0.0.1:{}", agent.port);
+    let file = baseline.display().to_string();
+    let accepted = std::process::Command::new(bitsecure_test::agent::agent_binary())
+        .args([
+            "baseline",
+            "accept",
+            "--moved-name",
+            POOL_NAME,
+            "--agent",
+            &address,
+            "--file",
+            &file,
+        ])
+        .output()
+        .unwrap();
+    assert!(accepted.status.success(), "{accepted:?}");
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    let block_text = format!("{block}/24");
+    assert!(
+        text.contains(&format!("\"{learnt}\", \"{block_text}\"")) && text.contains("# a move of"),
+        "{text}"
+    );
+    eventually(&agent, 15, |samples| {
+        match sum_metric(samples, "bitsecure_name_moved", &[("remote", &moved_text)]) {
+            0.0 => Ok(()),
+            n => Err(format!("after accept: bitsecure_name_moved {n}")),
+        }
+    });
+}
+
+/// Unexpected bytes sent to `remote` by any process.
+fn unexpected_sent_to(samples: &[Sample], remote: IpAddr) -> f64 {
+    sum_metric(
+        samples,
+        "bitsecure_unexpected_sent_bytes_total",
+        &[("remote", &remote.to_string())],
+    )
+}

@@ -23,6 +23,7 @@ const ALERTS: &[&str] = &[
     "BitSecureExecutableChanged",
     "BitSecurePayoutIdentityChanged",
     "BitSecureDnsTunnel",
+    "BitSecureNameMoved",
 ];
 
 fn prometheus_dir() -> PathBuf {

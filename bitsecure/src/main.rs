@@ -30,6 +30,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: attach the eBPF programs, serve /metrics, compare with the baseline
@@ -70,6 +72,7 @@ enum Command {
     Baseline(BaselineCommand),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum BaselineCommand {
     /// Learn normal traffic for a while and write a baseline file (needs root).
@@ -109,6 +112,14 @@ enum BaselineCommand {
             conflicts_with_all = ["all", "process", "remote", "port", "protocol", "app", "by_address"]
         )]
         executable: Option<String>,
+        /// Accept that a name moved (a pool's new address range): the rules for it take the
+        /// networks the agent saw it at. `bitsecure unexpected` lists moved names.
+        #[arg(
+            long,
+            value_name = "NAME",
+            conflicts_with_all = ["all", "executable", "process", "remote", "port", "protocol", "app", "by_address"]
+        )]
+        moved_name: Option<String>,
         /// Only entries of this process.
         #[arg(long)]
         process: Option<String>,
@@ -235,6 +246,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             agent,
             all,
             executable,
+            moved_name,
             process,
             remote,
             port,
@@ -243,6 +255,11 @@ fn execute(command: Command) -> anyhow::Result<()> {
             by_address,
             note,
         }) => {
+            if let Some(name) = moved_name {
+                let changed = commands::accept_moved_name(&agent.address()?, &file.path()?, &name)?;
+                eprintln!("{changed} rules now expect {name} where the agent saw it");
+                return Ok(());
+            }
             if let Some(exe) = executable {
                 let changed = commands::accept_executable(&agent.address()?, &file.path()?, &exe)?;
                 eprintln!("{changed} rules now expect the executable {exe} as it runs now");

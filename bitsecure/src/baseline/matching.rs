@@ -384,6 +384,34 @@ fn canonical_address(address: IpAddr) -> IpAddr {
     }
 }
 
+/// Prefix length of the network a name's IPv4 address is remembered in (`prefixes`).
+pub const NAME_PREFIX_V4: u8 = 24;
+/// Prefix length of the network a name's IPv6 address is remembered in.
+pub const NAME_PREFIX_V6: u8 = 48;
+
+/// The network a name's address is remembered in: its /24 (IPv4) or /48 (IPv6), as text.
+pub fn name_prefix(address: IpAddr) -> String {
+    let address = canonical_address(address);
+    let prefix = if address.is_ipv4() {
+        NAME_PREFIX_V4
+    } else {
+        NAME_PREFIX_V6
+    };
+    format!("{}/{prefix}", mask(address, prefix))
+}
+
+impl Rule {
+    /// Whether `address` lies in the networks the rule's name resolved to while learning
+    /// (always, for a rule without `prefixes`; never for a prefix that does not parse).
+    pub fn prefixes_cover(&self, address: IpAddr) -> bool {
+        self.prefixes.as_ref().is_none_or(|prefixes| {
+            prefixes.iter().any(|prefix| {
+                RemoteMatcher::parse(prefix).is_ok_and(|network| network.matches(address, None))
+            })
+        })
+    }
+}
+
 /// A network within the IPv4-mapped range (`::ffff:10.0.0.0/120`) as the IPv4 network.
 fn canonical_network(base: IpAddr, prefix: u8) -> (IpAddr, u8) {
     match base {

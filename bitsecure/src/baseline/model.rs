@@ -140,6 +140,11 @@ pub struct Rule {
     /// (and a flow whose login was not seen, e.g. TLS stratum, is not checked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// For a rule by name: the networks (IPv4 /24, IPv6 /48) its addresses were in while
+    /// learning; the name resolving outside them is reported as moved (a DNS or BGP hijack of
+    /// the pool, or a pool that moved), its traffic still the rule's. `None` = anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefixes: Option<Vec<String>>,
     /// For a DNS rule (the process's queries to a resolver): the names it asks for, or `*`
     /// patterns (`*.example.org`); a name it never asked before is listed as new. `None` = any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,6 +270,7 @@ impl Rule {
             protocol: protocol.into(),
             app: None,
             account: None,
+            prefixes: None,
             asks: None,
             note: None,
             normal: None,

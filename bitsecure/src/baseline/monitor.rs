@@ -122,6 +122,23 @@ pub struct ChangedExecutable {
     pub last_seen: String,
 }
 
+/// A name a rule expects, seen at an address outside the networks it had while learning
+/// (served as JSON; exported as `bitsecure_name_moved`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct MovedName {
+    pub name: String,
+    /// The address it now has.
+    pub remote: String,
+    /// Its network as `prefixes` would write it (what accepting the move adds).
+    pub prefix: String,
+    /// The networks the rule knows.
+    pub known: Vec<String>,
+    pub process: String,
+    /// RFC 3339, UTC.
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
 /// The application of an entry from an agent that did not report one.
 fn unknown_app() -> App {
     App::Unknown
@@ -190,6 +207,8 @@ pub struct Monitor {
     changed_executables: BTreeMap<(String, String), ChangedExecutable>,
     /// The names processes ask for: new ones, and bursts of them (tunnels).
     dns: DnsWatch,
+    /// By name and address.
+    moved_names: BTreeMap<(String, String), MovedName>,
 }
 
 impl Monitor {
@@ -214,6 +233,7 @@ impl Monitor {
             max_unexpected,
             changed_executables: BTreeMap::new(),
             dns: DnsWatch::new(DEFAULT_TUNNEL_NAMES_PER_MINUTE, max_unexpected),
+            moved_names: BTreeMap::new(),
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -320,6 +340,17 @@ impl Monitor {
                 ),
             }
         });
+        // A moved name stays listed while a rule for the name has networks that miss it.
+        self.moved_names.retain(|(name, remote), _| {
+            let Ok(address) = remote.parse::<std::net::IpAddr>() else {
+                return false;
+            };
+            rules.iter().any(|rule| {
+                rule.remote_matcher()
+                    .is_ok_and(|matcher| matcher.matches(address, Some(name)))
+                    && !rule.prefixes_cover(address)
+            })
+        });
         // A new name stays listed unless a DNS rule of its process now lists it.
         self.dns.retain_new(|entry| {
             !rules.iter().any(|rule| {
@@ -370,6 +401,7 @@ impl Monitor {
             let mut expected_account = None;
             if let Some(index) = matched {
                 self.check_executable(index, delta, now_unix);
+                self.check_moved(index, delta, now_unix);
                 let rule = &self.baseline.rules[index];
                 match (&rule.account, &delta.account) {
                     (Some(expected), Some(seen)) if expected != seen => {
@@ -511,6 +543,37 @@ impl Monitor {
             });
         entry.sha256.clone_from(&delta.exe_sha256);
         entry.last_seen = now_text;
+    }
+
+    /// Notes a name rule's traffic at an address outside the networks the rule recorded.
+    fn check_moved(&mut self, index: usize, delta: &FlowDelta, now_unix: f64) {
+        let rule = &self.baseline.rules[index];
+        let (Some(known), Some(name)) = (&rule.prefixes, &delta.name) else {
+            return;
+        };
+        if rule.prefixes_cover(delta.remote) || self.moved_names.len() >= self.max_unexpected {
+            return;
+        }
+        let now_text = timestamp_text(now_unix);
+        let remote = remote_label(delta.remote);
+        let entry = self
+            .moved_names
+            .entry((name.name.clone(), remote.clone()))
+            .or_insert_with(|| MovedName {
+                name: name.name.clone(),
+                prefix: super::matching::name_prefix(delta.remote),
+                remote,
+                known: known.clone(),
+                process: delta.process.clone(),
+                first_seen: now_text.clone(),
+                last_seen: now_text.clone(),
+            });
+        entry.last_seen = now_text;
+    }
+
+    /// Names rules expect, seen at addresses outside the networks they recorded.
+    pub fn moved_names(&self) -> Vec<MovedName> {
+        self.moved_names.values().cloned().collect()
     }
 
     /// The processes running an executable other than the one their rule recorded.
@@ -680,6 +743,7 @@ mod tests {
             protocol: "tcp".into(),
             app: None,
             account: None,
+            prefixes: None,
             asks: None,
             note: None,
             normal: Some(Normal {
@@ -863,6 +927,40 @@ mod tests {
         };
         monitor.replace_baseline(baseline(vec![accepted]), START + 410.0);
         assert!(monitor.unexpected().is_empty());
+    }
+
+    #[test]
+    fn a_name_seen_outside_its_networks_is_reported_until_accepted() {
+        let rule = Rule {
+            remote: "pool.example.org".into(),
+            prefixes: Some(vec!["10.0.0.0/24".into()]),
+            ..pool_rule()
+        };
+        let mut monitor = Monitor::new(baseline(vec![rule.clone()]), STEP, 10, START);
+        let named = |remote: &str| FlowDelta {
+            name: Some(crate::flow::RemoteName {
+                name: "pool.example.org".into(),
+                source: Source::Dns,
+            }),
+            ..delta("xmrig", remote, 3333, 100, 200)
+        };
+        let increments =
+            monitor.observe_step(&[named("10.0.0.7"), named("203.0.113.7")], START + STEP);
+        // Both are the rule's traffic; only the second is a move.
+        assert!(increments.is_empty());
+        let moved = monitor.moved_names();
+        assert_eq!(moved.len(), 1);
+        assert_eq!(moved[0].remote, "203.0.113.7");
+        assert_eq!(moved[0].prefix, "203.0.113.0/24");
+        assert_eq!(moved[0].known, ["10.0.0.0/24"]);
+        monitor.replace_baseline(baseline(vec![rule.clone()]), START + 2.0 * STEP);
+        assert_eq!(monitor.moved_names().len(), 1);
+        let accepted = Rule {
+            prefixes: Some(vec!["10.0.0.0/24".into(), "203.0.113.0/24".into()]),
+            ..rule
+        };
+        monitor.replace_baseline(baseline(vec![accepted]), START + 3.0 * STEP);
+        assert!(monitor.moved_names().is_empty());
     }
 
     #[test]

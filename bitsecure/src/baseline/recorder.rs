@@ -16,6 +16,7 @@ use std::{
 };
 
 use super::{
+    matching::name_prefix,
     model::{Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule},
     stats,
 };
@@ -313,8 +314,18 @@ impl Recorder {
                     sent,
                     received,
                     connections,
-                    ..
+                    addresses,
                 } = series;
+                // The networks a name's traffic went to, for its moves later.
+                let prefixes = matches!(class.remote, RecordedRemote::Name(_))
+                    .then(|| {
+                        let networks: BTreeSet<String> = addresses
+                            .iter()
+                            .map(|&address| name_prefix(address))
+                            .collect();
+                        networks.into_iter().collect::<Vec<_>>()
+                    })
+                    .filter(|networks| !networks.is_empty());
                 let both: Vec<u64> = sent.iter().zip(&received).map(|(s, r)| s + r).collect();
                 let hours = (total_steps as f64 * step_seconds / 3600.0).max(f64::EPSILON);
                 let cadence = stats::detect_cadence(&both, step_seconds);
@@ -345,6 +356,7 @@ impl Recorder {
                     protocol: protocol_label(class.protocol),
                     app: Some(class.app.as_str().to_owned()),
                     account,
+                    prefixes,
                     asks: class_asks,
                     note: None,
                     normal: Some(Normal {
@@ -503,6 +515,39 @@ mod tests {
             text.contains("cgroup = \"/system.slice/xmrig.service\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_rule_by_name_records_the_networks_of_its_addresses() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut recorder = Recorder::new(5.0, start, 100);
+        let named = |remote: &str| FlowDelta {
+            name: Some(crate::flow::RemoteName {
+                name: "pool.example.org".into(),
+                source: crate::naming::Source::Dns,
+            }),
+            ..delta("xmrig", remote, 3333, 100, true)
+        };
+        recorder.record_step(&[named("10.0.0.7"), named("10.0.0.9"), named("fd00:1:2:3::9")]);
+        recorder.record_step(&[delta("xmrig", "10.9.9.9", 4444, 10, true)]);
+        let baseline = recorder.finish("rig");
+        let by_name = baseline
+            .rules
+            .iter()
+            .find(|rule| rule.remote == "pool.example.org")
+            .unwrap();
+        assert_eq!(
+            by_name.prefixes,
+            Some(vec!["10.0.0.0/24".to_owned(), "fd00:1:2::/48".to_owned()])
+        );
+        let by_address = baseline
+            .rules
+            .iter()
+            .find(|rule| rule.remote == "10.9.9.9")
+            .unwrap();
+        assert_eq!(by_address.prefixes, None);
+        let text = crate::baseline::file::render(&baseline);
+        crate::baseline::file::parse(&text, "recorded").expect("valid");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::{
     dns_watch::{NewName, Tunnel},
     file,
     model::Baseline,
-    monitor::{ChangedExecutable, Monitor, RuleStatus, Unexpected, UnexpectedIncrement},
+    monitor::{ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
 };
 use crate::flow::{PacketSocketClass, Polled};
@@ -55,6 +55,7 @@ pub enum BaselineState {
         changed_executables: Vec<ChangedExecutable>,
         new_names: Vec<NewName>,
         tunnels: Vec<Tunnel>,
+        moved_names: Vec<MovedName>,
         statuses: Vec<RuleStatus>,
     },
 }
@@ -252,6 +253,7 @@ impl BaselineService {
                 changed_executables: monitor.changed_executables(),
                 new_names: monitor.new_names(),
                 tunnels: monitor.tunnels(),
+                moved_names: monitor.moved_names(),
                 statuses: monitor.statuses(now_unix),
             },
         };

@@ -30,6 +30,7 @@ pub(crate) fn xmrig_rule() -> Rule {
         protocol: "tcp".to_owned(),
         app: None,
         account: None,
+        prefixes: None,
         asks: None,
         note: Some("pool".to_owned()),
         normal: Some(Normal {

@@ -50,9 +50,22 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names processes asked for that their DNS rule does not list, and DNS tunnels.
+/// The names processes asked for that their DNS rule does not list, DNS tunnels, and names
+/// seen outside their networks.
 pub fn format_dns(view: &BaselineView) -> String {
     let mut out = String::new();
+    for moved in &view.moved_names {
+        out.push_str(&format!(
+            "! {} now has the address {} ({}), outside the networks it had while learning ({}): \
+             a DNS or BGP hijack, or a pool that moved (`bitsecure baseline accept \
+             --moved-name {}` if it moved)\n",
+            printable(&moved.name),
+            printable(&moved.remote),
+            printable(&moved.process),
+            moved.known.join(", "),
+            printable(&moved.name),
+        ));
+    }
     for tunnel in &view.dns_tunnels {
         out.push_str(&format!(
             "! {} asked for {} distinct names under {} within a minute: data leaving through \
@@ -128,6 +141,33 @@ pub fn format_changed_executables(list: &[ChangedExecutable]) -> String {
         ));
     }
     out
+}
+
+/// `bitsecure baseline accept --moved-name NAME`: the rules for `name` take the networks the
+/// agent saw it move to. Returns how many rules changed.
+pub fn accept_moved_name(agent: &str, baseline_path: &Path, name: &str) -> anyhow::Result<usize> {
+    let view = fetch_view(agent)?;
+    let networks: Vec<String> = view
+        .moved_names
+        .iter()
+        .filter(|moved| moved.name == name)
+        .map(|moved| moved.prefix.clone())
+        .collect();
+    if networks.is_empty() {
+        bail!("the agent reports no move of {name}; `bitsecure unexpected` lists the moved names");
+    }
+    let origin = baseline_path.display().to_string();
+    let text =
+        std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
+    let when = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let (text, changed) = file::accept_prefixes(&text, &origin, name, &networks, &when)?;
+    if changed == 0 {
+        bail!("no rule of {origin} for {name} lists networks to add to");
+    }
+    file::write_atomically(baseline_path, &text)?;
+    Ok(changed)
 }
 
 /// `bitsecure baseline accept --executable PATH`: the rules expecting the executable at `exe`
@@ -305,6 +345,7 @@ pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -
             protocol: entry.protocol.clone(),
             app: Some(entry.app.as_str().to_owned()),
             account: entry.account.clone(),
+            prefixes: None,
             asks: None,
             note: note.map(str::to_owned),
             normal: None,

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::baseline::{
     dns_watch::{NewName, Tunnel},
-    monitor::{ChangedExecutable, Unexpected},
+    monitor::{ChangedExecutable, MovedName, Unexpected},
 };
 
 /// What `/api/baseline` shows.
@@ -26,6 +26,9 @@ pub struct BaselineView {
     /// Processes asking for many distinct names under one domain (DNS tunnels).
     #[serde(default)]
     pub dns_tunnels: Vec<Tunnel>,
+    /// Names rules expect, seen at addresses outside the networks they had while learning.
+    #[serde(default)]
+    pub moved_names: Vec<MovedName>,
 }
 
 /// The latest view, replaced after every poll and read by the HTTP server.

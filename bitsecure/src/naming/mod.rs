@@ -349,10 +349,25 @@ impl Naming {
             .remove(&asked)
             .is_some_and(|sent| now.saturating_duration_since(sent) < QUERY_TIMEOUT);
         if !solicited {
+            log::debug!(
+                "unsolicited DNS answer on socket {:#x} from {}:{} for {} (id {:#x})",
+                asked.cookie,
+                asked.server,
+                asked.server_port,
+                asked.question.name,
+                asked.question.id
+            );
             return Ok(false);
         }
         let asker = asker_of_socket(key.cookie);
         let scope = self.scope_of(asker.exe.as_deref(), asker.id);
+        log::debug!(
+            "DNS answer for {} on socket {:#x} ({}) names {} address(es) for {scope:?}",
+            asked.question.name,
+            asked.cookie,
+            asker.exe.as_deref().unwrap_or("executable unknown"),
+            answers.len()
+        );
         for answer in answers {
             self.names.insert(
                 NameKey {

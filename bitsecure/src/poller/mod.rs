@@ -69,13 +69,33 @@ const MAX_NAMES_PER_REMOTE: usize = 8;
 /// before it is accounted on its own: the accepted socket's first packet comes right after
 /// the handshake, unless neither side speaks.
 const HANDSHAKE_WAIT_POLLS: u8 = 2;
-/// A process as naming tells askers of DNS apart: its executable, and its identity hashed.
+/// A process as naming tells askers of DNS apart: its executable (for a trusted resolver),
+/// and its name and cgroup hashed. Not the executable: a short-lived process (a lookup
+/// helper) may be gone before /proc is read, and its names must still be its own process's;
+/// the name and cgroup come from the kernel's record. (Another program under the same name in
+/// the same cgroup shares them: its traffic is an impostor's anyway.)
 fn asker(owner: &ProcessIdentity) -> Asker {
     let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(owner, &mut hasher);
+    std::hash::Hash::hash(&(&owner.name, &owner.cgroup), &mut hasher);
     Asker {
         exe: owner.exe.clone(),
         id: std::hash::Hasher::finish(&hasher),
+    }
+}
+
+/// Takes the owners of the sockets just created (at most a ring buffer's worth).
+fn read_socket_events(ring: &mut aya::maps::RingBuf<aya::maps::MapData>, owners: &mut Owners) {
+    for _ in 0..SOCKET_EVENTS_PER_READ {
+        let Some(item) = ring.next() else {
+            break;
+        };
+        if item.len() >= size_of::<SocketCreated>() {
+            // SAFETY: the kernel wrote a whole SocketCreated (checked length); read unaligned,
+            // as the ring buffer guarantees only 8-byte alignment.
+            let created =
+                unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SocketCreated>()) };
+            owners.note_created(&created);
+        }
     }
 }
 
@@ -823,24 +843,16 @@ impl Poller {
     /// created (read from /proc at once), then the payload events, at most about one ring
     /// buffer's worth of each, so a flood cannot keep the poller from polling.
     pub fn read_events(&mut self) -> EventCounts {
-        for _ in 0..SOCKET_EVENTS_PER_READ {
-            let Some(item) = self.maps.socket_events.next() else {
-                break;
-            };
-            if item.len() >= size_of::<SocketCreated>() {
-                // SAFETY: the kernel wrote a whole SocketCreated (checked length); read
-                // unaligned, as the ring buffer guarantees only 8-byte alignment.
-                let created =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SocketCreated>()) };
-                self.owners.note_created(&created);
-            }
-        }
+        read_socket_events(&mut self.maps.socket_events, &mut self.owners);
         let now = Instant::now();
         let mut counts = EventCounts::default();
         for _ in 0..self.events_per_ring {
             let Some(item) = self.maps.events.next() else {
                 break;
             };
+            // A socket's creation comes before its first payload: read the creations that
+            // arrived meanwhile, so a DNS answer knows who asked.
+            read_socket_events(&mut self.maps.socket_events, &mut self.owners);
             let owners = &self.owners;
             self.naming.on_event(&item, &mut counts, now, |cookie| {
                 match owners.owner_of(cookie) {

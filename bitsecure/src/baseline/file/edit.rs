@@ -161,6 +161,70 @@ pub fn accept_account(
     )
 }
 
+/// Accepts a moved name: every rule for `name` with `prefixes` takes the `networks` it lacks,
+/// with a comment saying when. Returns the text and how many rules changed; an error, and no
+/// text, when the existing text or the result is not a valid baseline.
+pub fn accept_prefixes(
+    existing_text: &str,
+    origin: &str,
+    name: &str,
+    networks: &[String],
+    when: &str,
+) -> Result<(String, usize), BaselineError> {
+    parse(existing_text, origin)?;
+    let (bom, body) = match existing_text.strip_prefix('\u{feff}') {
+        Some(body) => ("\u{feff}", body),
+        None => ("", existing_text),
+    };
+    let mut document: toml_edit::DocumentMut =
+        body.parse()
+            .map_err(|e: toml_edit::TomlError| BaselineError::Edit {
+                origin: origin.to_owned(),
+                problem: e.to_string(),
+            })?;
+    let mut changed = 0;
+    if let Some(rules) = document
+        .get_mut("rule")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    {
+        for table in rules.iter_mut() {
+            if table.get("remote").and_then(toml_edit::Item::as_str) != Some(name) {
+                continue;
+            }
+            let Some(prefixes) = table
+                .get_mut("prefixes")
+                .and_then(toml_edit::Item::as_array_mut)
+            else {
+                continue;
+            };
+            let missing: Vec<&String> = networks
+                .iter()
+                .filter(|network| !prefixes.iter().any(|known| known.as_str() == Some(network)))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            for network in missing {
+                prefixes.push(network.as_str());
+            }
+            if let Some(mut key) = table.key_mut("prefixes") {
+                key.leaf_decor_mut()
+                    .set_prefix(format!("# a move of {name} accepted {when}\n"));
+            }
+            changed += 1;
+        }
+    }
+    if changed == 0 {
+        return Ok((existing_text.to_owned(), 0));
+    }
+    let result = format!("{bom}{document}");
+    parse(&result, origin).map_err(|error| BaselineError::EditInvalid {
+        origin: origin.to_owned(),
+        error: Box::new(error),
+    })?;
+    Ok((result, changed))
+}
+
 /// Sets `field` to a new value (with `note` as a comment above it) in every `[[rule]]` whose
 /// fields have the `wanted` values, keeping the rest of the text byte for byte. Returns the
 /// text and how many rules changed (0: the text unchanged); an error, and no text, when the

@@ -116,7 +116,9 @@ mod validate;
 use std::path::Path;
 
 pub use diff::{DIFF_RELATIVE_THRESHOLD, diff, diff_with_threshold};
-pub use edit::{accept_account, accept_executable, append_rules, write_atomically};
+pub use edit::{
+    accept_account, accept_executable, accept_prefixes, append_rules, write_atomically,
+};
 pub use error::BaselineError;
 use error::toml_error;
 pub use render::render;

@@ -101,6 +101,10 @@ pub(super) fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
     if let Some(account) = &rule.account {
         writeln!(f, "account = {}", toml_string(account))?;
     }
+    if let Some(prefixes) = &rule.prefixes {
+        let networks: Vec<String> = prefixes.iter().map(|prefix| toml_string(prefix)).collect();
+        writeln!(f, "prefixes = [{}]", networks.join(", "))?;
+    }
     if let Some(asks) = &rule.asks {
         let names: Vec<String> = asks.iter().map(|name| toml_string(name)).collect();
         writeln!(f, "asks = [{}]", names.join(", "))?;

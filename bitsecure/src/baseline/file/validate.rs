@@ -305,6 +305,20 @@ pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
             ),
         ));
     }
+    for prefix in rule.prefixes.iter().flatten() {
+        if !matches!(
+            RemoteMatcher::parse(prefix),
+            Ok(RemoteMatcher::Network { .. } | RemoteMatcher::Address(_))
+        ) {
+            return Err(problem(
+                "prefixes",
+                format!(
+                    "prefixes: {:?} is not a network like \"10.0.0.0/24\" or \"fd00::/48\"",
+                    printable(prefix)
+                ),
+            ));
+        }
+    }
     for name in rule.asks.iter().flatten() {
         match RemoteMatcher::parse(name) {
             Ok(RemoteMatcher::Name(_)) => {}

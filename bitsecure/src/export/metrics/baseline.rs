@@ -30,6 +30,7 @@ pub struct BaselineMetrics {
     pub executable_changed: prometheus::IntGaugeVec,
     pub dns_new_names: prometheus::IntGaugeVec,
     pub dns_tunnels: prometheus::IntGaugeVec,
+    pub name_moved: prometheus::IntGaugeVec,
     pub unexpected_first_seen: prometheus::GaugeVec,
     pub unexpected_last_seen: prometheus::GaugeVec,
     pub rule_rate: prometheus::GaugeVec,
@@ -172,6 +173,18 @@ impl BaselineMetrics {
                     &["process", "domain"],
                 )?,
             )?,
+            name_moved: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_name_moved",
+                        "1 while a name a rule expects was seen at an address (remote) outside \
+                         the networks it had while learning: a DNS or BGP hijack, or a pool \
+                         that moved. Only while monitoring.",
+                    ),
+                    &["name", "remote"],
+                )?,
+            )?,
             executable_changed: register(
                 registry,
                 prometheus::IntGaugeVec::new(
@@ -305,8 +318,15 @@ impl BaselineMetrics {
                 changed_executables,
                 new_names,
                 tunnels,
+                moved_names,
                 statuses,
             } => {
+                self.name_moved.reset();
+                for moved in moved_names {
+                    self.name_moved
+                        .with_label_values(&[moved.name.as_str(), moved.remote.as_str()])
+                        .set(1);
+                }
                 self.dns_new_names.reset();
                 for name in new_names {
                     self.dns_new_names

@@ -80,22 +80,24 @@ impl Metrics {
 
     /// The baseline service's latest report: gauges, counters and the JSON view.
     pub fn publish_baseline(&self, report: BaselineReport) {
-        self.baseline.publish(&report);
-        let BaselineReport { state, .. } = report;
-        let mode = state.name().to_owned();
-        let view = match state {
+        // The view first: whatever a scrape shows of this report is listed by then (a test
+        // that saw an unexpected counter once read the list from before it).
+        let mode = report.state.name().to_owned();
+        let view = match &report.state {
             BaselineState::Monitoring {
                 unexpected,
                 changed_executables,
                 new_names,
                 tunnels,
+                moved_names,
                 ..
             } => BaselineView {
                 mode,
-                unexpected,
-                changed_executables,
-                new_names,
-                dns_tunnels: tunnels,
+                unexpected: unexpected.clone(),
+                changed_executables: changed_executables.clone(),
+                new_names: new_names.clone(),
+                dns_tunnels: tunnels.clone(),
+                moved_names: moved_names.clone(),
             },
             _ => BaselineView {
                 mode,
@@ -103,6 +105,7 @@ impl Metrics {
             },
         };
         self.api.set_view(view);
+        self.baseline.publish(&report);
     }
 }
 
