@@ -42,13 +42,7 @@ impl fmt::Display for Shown<'_> {
             }
             let indent = " ".repeat(width + 4);
             write_holder(f, rule, &indent)?;
-            if let Some(account) = &rule.account {
-                writeln!(f, "{indent}logs in as {}", printable(account))?;
-            }
-            if let Some(asks) = &rule.asks {
-                let names: Vec<String> = asks.iter().map(|name| printable(name)).collect();
-                writeln!(f, "{indent}asks for {}", names.join(", "))?;
-            }
+            write_checks(f, rule, &indent)?;
             let Some(normal) = &rule.normal else {
                 writeln!(f, "{indent}accepted by hand: no recorded normal")?;
                 continue;
@@ -144,6 +138,45 @@ fn write_holder(f: &mut fmt::Formatter<'_>, rule: &Rule, indent: &str) -> fmt::R
     )
 }
 
+/// The payout account, networks and names a rule checks, and those a re-record would add.
+fn write_checks(f: &mut fmt::Formatter<'_>, rule: &Rule, indent: &str) -> fmt::Result {
+    if let Some(account) = &rule.account {
+        writeln!(f, "{indent}logs in as {}", printable(account))?;
+    }
+    if let Some(prefixes) = &rule.prefixes {
+        writeln!(f, "{indent}within {}", prefixes.join(", "))?;
+    }
+    if let Some(asks) = &rule.asks {
+        let names: Vec<String> = asks.iter().map(|name| printable(name)).collect();
+        writeln!(f, "{indent}asks for {}", names.join(", "))?;
+    }
+    let by_name = rule
+        .remote_matcher()
+        .is_ok_and(|remote| matches!(remote, crate::baseline::matching::RemoteMatcher::Name(_)));
+    let app = rule.app.as_deref();
+    let open: Vec<&str> = [
+        (
+            "any account: another payee goes unnoticed",
+            app == Some("stratum") && rule.account.is_none(),
+        ),
+        (
+            "any address for the name: a hijacked name goes unnoticed",
+            by_name && !rule.remote.starts_with('*') && rule.prefixes.is_none(),
+        ),
+        (
+            "any name asked: new names go unlisted",
+            app == Some("dns") && rule.asks.is_none(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(text, open)| open.then_some(text))
+    .collect();
+    for text in open {
+        writeln!(f, "{indent}{text} (a re-record records it)")?;
+    }
+    Ok(())
+}
+
 /// One line saying when and where a baseline was recorded.
 pub(super) fn describe_recording(recording: &Recording) -> String {
     format!(
@@ -168,6 +201,39 @@ fn describe_rate_stats(stats: &RateStats) -> String {
 mod tests {
     use super::*;
     use crate::baseline::test_support::sample;
+
+    #[test]
+    fn show_says_which_checks_a_rule_makes_and_which_a_re_record_would_add() {
+        let open = Rule {
+            app: Some("stratum".to_owned()),
+            ..Rule::new("xmrig", "pool.example.org", Some(3333), "tcp")
+        };
+        let pinned = Rule {
+            account: Some("wallet.rig01".to_owned()),
+            prefixes: Some(vec!["203.0.113.0/24".to_owned()]),
+            ..open.clone()
+        };
+        let dns = Rule {
+            app: Some("dns".to_owned()),
+            asks: Some(vec!["pool.example.org".to_owned()]),
+            ..Rule::new("xmrig", "10.0.0.53", Some(53), "udp")
+        };
+        let text = show(&Baseline::new(None, vec![open, pinned, dns]));
+        for expected in [
+            "     any account: another payee goes unnoticed (a re-record records it)",
+            "     any address for the name: a hijacked name goes unnoticed (a re-record records it)",
+            "     logs in as wallet.rig01",
+            "     within 203.0.113.0/24",
+            "     asks for pool.example.org",
+        ] {
+            assert!(
+                text.lines().any(|line| line == expected),
+                "{expected:?} in\n{text}"
+            );
+        }
+        assert_eq!(text.matches("any account").count(), 1, "{text}");
+        assert!(!text.contains("any name asked"), "{text}");
+    }
 
     #[test]
     fn show_lists_the_recording_and_rules() {
