@@ -26,7 +26,7 @@ use serde_json::Value;
 
 const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
-const EXPECTED: [(&str, &[(&str, &str)]); 6] = [
+const EXPECTED: [(&str, &[(&str, &str)]); 7] = [
     (
         "new-process",
         &[
@@ -35,6 +35,13 @@ const EXPECTED: [(&str, &[(&str, &str)]); 6] = [
         ],
     ),
     ("burst", &[("BitSecureRateDeviation", "rig-monitor")]),
+    (
+        "dns-tunnel",
+        &[
+            ("BitSecureDnsTunnel", "resolved"),
+            ("BitSecureRateDeviation", "resolved"),
+        ],
+    ),
     (
         "impostor",
         &[

@@ -112,6 +112,51 @@ pub struct UdpTickerArgs {
     /// Milliseconds between requests.
     #[arg(long)]
     every_ms: u64,
+    /// Send a DNS query for this name (type A) instead of `--bytes` filler bytes.
+    #[arg(long)]
+    dns_name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DnsBurstArgs {
+    /// The DNS server to send the queries to.
+    #[arg(long)]
+    to: SocketAddr,
+    /// The domain the random names are under (`<random>.DOMAIN`).
+    #[arg(long)]
+    domain: String,
+    /// Queries to send (without waiting for answers).
+    #[arg(long)]
+    count: u32,
+    /// Milliseconds between two queries.
+    #[arg(long, default_value_t = 0)]
+    every_ms: u64,
+}
+
+/// Wire bytes of a DNS query (type A) for `name`.
+fn dns_query(id: u16, name: &str) -> Result<Vec<u8>> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut message = Message::new(id, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    let name = Name::from_ascii(format!("{name}.")).context("not a DNS name")?;
+    message.add_query(Query::query(name, RecordType::A));
+    message.to_vec().context("cannot encode a DNS query")
+}
+
+/// Data leaving inside DNS questions: `count` queries for random names under a domain.
+pub fn dns_burst(args: &DnsBurstArgs) -> Result<()> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind")?;
+    let mut state = u64::from(std::process::id()) | 1;
+    for i in 0..args.count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let query = dns_query(i as u16, &format!("x{state:016x}.{}", args.domain))?;
+        socket.send_to(&query, args.to)?;
+        thread::sleep(Duration::from_millis(args.every_ms));
+    }
+    Ok(())
 }
 
 fn announce_ready() -> Result<()> {
@@ -423,7 +468,10 @@ pub fn udp_responder(args: &UdpResponderArgs) -> Result<()> {
 pub fn udp_ticker(args: &UdpTickerArgs) -> Result<()> {
     let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind")?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-    let request = vec![0xa5; args.bytes];
+    let request = match &args.dns_name {
+        Some(name) => dns_query(0x4242, name)?,
+        None => vec![0xa5; args.bytes],
+    };
     let mut answer = [0u8; 2048];
     loop {
         socket.send_to(&request, args.to)?;

@@ -1,4 +1,4 @@
-//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in six
+//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in seven
 //! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
 //!
 //! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
@@ -40,6 +40,8 @@ const MONITOR_PORT: u16 = 8080;
 /// Host name the reporter sends: the agent names the monitor after it.
 const MONITOR_NAME: &str = "monitor.rig.example";
 const INTRUDER_PORT: u16 = 4444;
+/// The name the rig's resolver looks up.
+const POOL_NAME: &str = "pool.rig.example";
 /// Real-life timings, divided by the time scale.
 const JOB_CYCLE: Duration = Duration::from_secs(300);
 /// Twelve job cycles: cadence detection needs about nine to stay sure of a cycle when a couple
@@ -56,7 +58,7 @@ struct Anomaly {
     expected: &'static [(&'static str, &'static str)],
 }
 
-const ANOMALIES: [Anomaly; 6] = [
+const ANOMALIES: [Anomaly; 7] = [
     Anomaly {
         phase: "new-process",
         what: "a new process (`backdoor`) uploads 2 MB to a host the rig never talked to",
@@ -69,6 +71,14 @@ const ANOMALIES: [Anomaly; 6] = [
         phase: "burst",
         what: "an exfiltration-like burst: the monitoring reporter uploads 30 MB at once",
         expected: &[("BitSecureRateDeviation", REPORTER)],
+    },
+    Anomaly {
+        phase: "dns-tunnel",
+        what: "data leaving through DNS: the resolver asks for 300 random names under one domain",
+        expected: &[
+            ("BitSecureDnsTunnel", RESOLVER),
+            ("BitSecureRateDeviation", RESOLVER),
+        ],
     },
     Anomaly {
         phase: "impostor",
@@ -367,23 +377,24 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
             MONITOR_NAME,
         ],
     )?;
-    for (name, every, port, bytes) in [
-        (RESOLVER, DNS_EVERY, 53, "40"),
-        (TIME_SYNC, NTP_EVERY, 123, "48"),
+    // The resolver looks the pool's name up every minute; NTP ticks.
+    for (name, every, port, extra) in [
+        (RESOLVER, DNS_EVERY, 53, ["--dns-name", POOL_NAME]),
+        (TIME_SYNC, NTP_EVERY, 123, ["--bytes", "48"]),
     ] {
         let every_ms = pace.real(every).as_millis().to_string();
-        lab.start_on_rig(
-            name,
-            &[
-                "udp-ticker",
-                "--to",
-                &at("infra", port),
-                "--bytes",
-                bytes,
-                "--every-ms",
-                &every_ms,
-            ],
-        )?;
+        let to = at("infra", port);
+        let mut args = vec![
+            "udp-ticker",
+            "--to",
+            &to,
+            "--every-ms",
+            &every_ms,
+            "--bytes",
+            "40",
+        ];
+        args.extend(extra);
+        lab.start_on_rig(name, &args)?;
     }
 
     step("learning the baseline");
@@ -459,6 +470,20 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                     "1",
                     "--host",
                     MONITOR_NAME,
+                ],
+            )?,
+            "dns-tunnel" => lab.run_on_rig(
+                RESOLVER,
+                &[
+                    "dns-burst",
+                    "--to",
+                    &at("infra", 53),
+                    "--domain",
+                    "t.exfil.example",
+                    "--count",
+                    "300",
+                    "--every-ms",
+                    "5",
                 ],
             )?,
             "impostor" => {

@@ -40,6 +40,8 @@ enum Command {
     UdpResponder(actors::UdpResponderArgs),
     /// Sends a UDP request every interval and waits briefly for the answer.
     UdpTicker(actors::UdpTickerArgs),
+    /// Sends DNS queries for random names under a domain (a DNS tunnel).
+    DnsBurst(actors::DnsBurstArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Reporter(args) => actors::reporter(args),
         Command::UdpResponder(args) => actors::udp_responder(args),
         Command::UdpTicker(args) => actors::udp_ticker(args),
+        Command::DnsBurst(args) => actors::dns_burst(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
