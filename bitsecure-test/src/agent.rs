@@ -208,6 +208,17 @@ impl Drop for Agent {
 
 /// Scrapes until `check` accepts the samples (returning what it found) or `seconds` have
 /// passed (then panics with the last reason and the agent's log).
+/// Waits (up to 30 s) for the agent to finish learning and write `baseline`; returns its text.
+pub fn learnt_baseline(agent: &Agent, baseline: &std::path::Path) -> String {
+    eventually(agent, 30, |samples| {
+        match crate::exposition::sum_metric(samples, "bitsecure_baseline_learning", &[]) {
+            0.0 if baseline.exists() => Ok(()),
+            learning => Err(format!("still learning ({learning})")),
+        }
+    });
+    std::fs::read_to_string(baseline).expect("read the learnt baseline")
+}
+
 pub fn eventually<T>(
     agent: &Agent,
     seconds: u64,

@@ -5,7 +5,7 @@
 //! the queries the client itself reports.
 
 use bitsecure_test::{
-    agent::{Agent, agent_binary, eventually},
+    agent::{Agent, agent_binary, eventually, learnt_baseline},
     cgroup::TestCgroup,
     exposition::sum_metric,
     process::{run_generator, scratch_dir},
@@ -66,13 +66,7 @@ fn new_names_are_listed_once_and_a_burst_of_names_is_a_tunnel() {
 
     // Learning: the miner resolves its pool now and then.
     ask(&miner, "pool.example.org", 3, 500);
-    eventually(&agent, 30, |samples| {
-        match sum_metric(samples, "bitsecure_baseline_learning", &[]) {
-            0.0 if baseline.exists() => Ok(()),
-            learning => Err(format!("still learning ({learning})")),
-        }
-    });
-    let text = std::fs::read_to_string(&baseline).unwrap();
+    let text = learnt_baseline(&agent, &baseline);
     assert!(
         text.contains("asks = [\"pool.example.org\"]"),
         "the miner's DNS rule lists what it asked:\n{text}"

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 
 use bitsecure_test::{
-    agent::{Agent, eventually},
+    agent::{Agent, eventually, learnt_baseline},
     cgroup::TestCgroup,
     exposition::{Sample, sum_metric},
     process::{free_port, run_generator, scratch_dir, spawn_until},
@@ -260,13 +260,7 @@ fn a_name_answered_outside_its_learnt_networks_is_reported_as_moved() {
     };
     resolve_and_mine(&learnt_dns, pool);
     resolve_and_mine(&learnt_dns, pool);
-    eventually(&agent, 30, |samples| {
-        match sum_metric(samples, "bitsecure_baseline_learning", &[]) {
-            0.0 if baseline.exists() => Ok(()),
-            learning => Err(format!("still learning ({learning})")),
-        }
-    });
-    let text = std::fs::read_to_string(&baseline).unwrap();
+    let text = learnt_baseline(&agent, &baseline);
     let learnt = format!("{}.{}.{}.0/24", octets[0], octets[1], octets[2]);
     assert!(
         text.contains(&format!("remote = \"{POOL_NAME}\""))

@@ -7,14 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use bitsecure_test::{
-    agent::{Agent, eventually},
+    agent::{Agent, eventually, learnt_baseline},
     cgroup::{TestCgroup, cgroup2_mount},
     exposition::{Sample, sum_metric},
     process::{Spawned, scratch_dir, sh, spawn_until},
     testnet::TestNet,
 };
 
-use crate::install_generator;
+use crate::{install_generator, rule_of};
 
 /// The miner's name; every impostor takes it.
 const MINER: &str = "bsg-imp-miner";
@@ -95,20 +95,8 @@ fn impostors_of_an_expected_process_are_unexpected_and_named_as_such() {
     let _miner = mine(&rig, &miner_exe, &pool, &[]);
 
     // The learnt rule pins the program: its path, its content, its cgroup.
-    eventually(&agent, 30, |samples| {
-        match sum_metric(samples, "bitsecure_baseline_learning", &[]) {
-            0.0 if baseline.exists() => Ok(()),
-            learning => Err(format!("still learning ({learning})")),
-        }
-    });
-    let text = std::fs::read_to_string(&baseline).unwrap();
-    let file: toml::Table = toml::from_str(&text).unwrap();
-    let rule = file["rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|rule| rule["process"].as_str() == Some(MINER))
-        .unwrap_or_else(|| panic!("no rule for {MINER} in\n{text}"));
+    let text = learnt_baseline(&agent, &baseline);
+    let rule = rule_of(&text, MINER);
     assert_eq!(rule["exe"].as_str(), miner_exe.to_str(), "{text}");
     assert_eq!(
         rule["sha256"].as_str(),

@@ -32,6 +32,20 @@ use std::path::PathBuf;
 
 use bitsecure_test::process::install_as;
 
+/// The first `[[rule]]` of `process` in a baseline file's text.
+fn rule_of(text: &str, process: &str) -> toml::Value {
+    let file: toml::Table = toml::from_str(text).expect("a baseline is TOML");
+    file["rule"]
+        .as_array()
+        .and_then(|rules| {
+            rules
+                .iter()
+                .find(|rule| rule["process"].as_str() == Some(process))
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no rule for {process} in\n{text}"))
+}
+
 /// Copies the traffic generator to `name` (≤ 15 bytes, so the kernel comm is exactly `name`).
 fn install_generator(name: &str) -> PathBuf {
     install_as(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), name)

@@ -5,14 +5,14 @@
 //! test gave the miner on its command line.
 
 use bitsecure_test::{
-    agent::{Agent, agent_binary, eventually},
+    agent::{Agent, agent_binary, eventually, learnt_baseline},
     cgroup::TestCgroup,
     exposition::{Sample, sum_metric},
     process::{Spawned, scratch_dir},
     testnet::TestNet,
 };
 
-use crate::install_rig;
+use crate::{install_rig, rule_of};
 
 const MINER: &str = "bsp-miner";
 const WALLET: &str = "4OwnersWallet.rig01";
@@ -81,20 +81,8 @@ fn a_miner_paying_another_account_is_listed_alerted_and_accepted_only_on_purpose
 
     // Learnt: the account beside the rule (V1: the login is the second message).
     let owner = mine(WALLET, "v1");
-    eventually(&agent, 30, |samples| {
-        match sum_metric(samples, "bitsecure_baseline_learning", &[]) {
-            0.0 if baseline.exists() => Ok(()),
-            learning => Err(format!("still learning ({learning})")),
-        }
-    });
-    let text = std::fs::read_to_string(&baseline).unwrap();
-    let file: toml::Table = toml::from_str(&text).unwrap();
-    let rule = file["rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|rule| rule["process"].as_str() == Some(MINER))
-        .unwrap_or_else(|| panic!("no rule for {MINER} in\n{text}"));
+    let text = learnt_baseline(&agent, &baseline);
+    let rule = rule_of(&text, MINER);
     assert_eq!(rule["account"].as_str(), Some(WALLET), "{text}");
     drop(owner);
 

@@ -162,14 +162,80 @@ pub fn accept_account(
 }
 
 /// Accepts a moved name: every rule for `name` with `prefixes` takes the `networks` it lacks,
-/// with a comment saying when. Returns the text and how many rules changed; an error, and no
-/// text, when the existing text or the result is not a valid baseline.
+/// with a comment saying when. See [`edit_rules`].
 pub fn accept_prefixes(
     existing_text: &str,
     origin: &str,
     name: &str,
     networks: &[String],
     when: &str,
+) -> Result<(String, usize), BaselineError> {
+    edit_rules(existing_text, origin, |table| {
+        if table.get("remote").and_then(toml_edit::Item::as_str) != Some(name) {
+            return false;
+        }
+        let Some(prefixes) = table
+            .get_mut("prefixes")
+            .and_then(toml_edit::Item::as_array_mut)
+        else {
+            return false;
+        };
+        let missing: Vec<&String> = networks
+            .iter()
+            .filter(|network| !prefixes.iter().any(|known| known.as_str() == Some(network)))
+            .collect();
+        if missing.is_empty() {
+            return false;
+        }
+        for network in missing {
+            prefixes.push(network.as_str());
+        }
+        note_above(
+            table,
+            "prefixes",
+            &format!("a move of {name} accepted {when}"),
+        );
+        true
+    })
+}
+
+/// Sets `field` to a new value (with `note` as a comment above it) in every `[[rule]]` whose
+/// fields have the `wanted` values. See [`edit_rules`].
+fn set_rule_field(
+    existing_text: &str,
+    origin: &str,
+    wanted: &[(&str, &str)],
+    (field, value): (&str, &str),
+    note: &str,
+) -> Result<(String, usize), BaselineError> {
+    edit_rules(existing_text, origin, |table| {
+        let has = |(key, value): &(&str, &str)| {
+            table.get(key).and_then(toml_edit::Item::as_str) == Some(*value)
+        };
+        if !wanted.iter().all(has) {
+            return false;
+        }
+        table.insert(field, toml_edit::value(value));
+        note_above(table, field, note);
+        true
+    })
+}
+
+/// `# note` on the line above `key` of `table`.
+fn note_above(table: &mut toml_edit::Table, key: &str, note: &str) {
+    if let Some(mut key) = table.key_mut(key) {
+        key.leaf_decor_mut().set_prefix(format!("# {note}\n"));
+    }
+}
+
+/// Applies `edit` to every `[[rule]]` table of the text (it says whether it changed the
+/// table), keeping the rest byte for byte. Returns the text and how many rules changed (0: the
+/// text unchanged); an error, and no text, when the existing text or the result is not a valid
+/// baseline.
+fn edit_rules(
+    existing_text: &str,
+    origin: &str,
+    mut edit: impl FnMut(&mut toml_edit::Table) -> bool,
 ) -> Result<(String, usize), BaselineError> {
     parse(existing_text, origin)?;
     let (bom, body) = match existing_text.strip_prefix('\u{feff}') {
@@ -188,83 +254,9 @@ pub fn accept_prefixes(
         .and_then(toml_edit::Item::as_array_of_tables_mut)
     {
         for table in rules.iter_mut() {
-            if table.get("remote").and_then(toml_edit::Item::as_str) != Some(name) {
-                continue;
+            if edit(table) {
+                changed += 1;
             }
-            let Some(prefixes) = table
-                .get_mut("prefixes")
-                .and_then(toml_edit::Item::as_array_mut)
-            else {
-                continue;
-            };
-            let missing: Vec<&String> = networks
-                .iter()
-                .filter(|network| !prefixes.iter().any(|known| known.as_str() == Some(network)))
-                .collect();
-            if missing.is_empty() {
-                continue;
-            }
-            for network in missing {
-                prefixes.push(network.as_str());
-            }
-            if let Some(mut key) = table.key_mut("prefixes") {
-                key.leaf_decor_mut()
-                    .set_prefix(format!("# a move of {name} accepted {when}\n"));
-            }
-            changed += 1;
-        }
-    }
-    if changed == 0 {
-        return Ok((existing_text.to_owned(), 0));
-    }
-    let result = format!("{bom}{document}");
-    parse(&result, origin).map_err(|error| BaselineError::EditInvalid {
-        origin: origin.to_owned(),
-        error: Box::new(error),
-    })?;
-    Ok((result, changed))
-}
-
-/// Sets `field` to a new value (with `note` as a comment above it) in every `[[rule]]` whose
-/// fields have the `wanted` values, keeping the rest of the text byte for byte. Returns the
-/// text and how many rules changed (0: the text unchanged); an error, and no text, when the
-/// existing text or the result is not a valid baseline.
-fn set_rule_field(
-    existing_text: &str,
-    origin: &str,
-    wanted: &[(&str, &str)],
-    (field, value): (&str, &str),
-    note: &str,
-) -> Result<(String, usize), BaselineError> {
-    parse(existing_text, origin)?;
-    let edit_error = |problem: String| BaselineError::Edit {
-        origin: origin.to_owned(),
-        problem,
-    };
-    let (bom, body) = match existing_text.strip_prefix('\u{feff}') {
-        Some(body) => ("\u{feff}", body),
-        None => ("", existing_text),
-    };
-    let mut document: toml_edit::DocumentMut = body
-        .parse()
-        .map_err(|e: toml_edit::TomlError| edit_error(e.to_string()))?;
-    let mut changed = 0;
-    if let Some(rules) = document
-        .get_mut("rule")
-        .and_then(toml_edit::Item::as_array_of_tables_mut)
-    {
-        for table in rules.iter_mut() {
-            let has = |(key, value): &(&str, &str)| {
-                table.get(key).and_then(toml_edit::Item::as_str) == Some(*value)
-            };
-            if !wanted.iter().all(has) {
-                continue;
-            }
-            table.insert(field, toml_edit::value(value));
-            if let Some(mut key) = table.key_mut(field) {
-                key.leaf_decor_mut().set_prefix(format!("# {note}\n"));
-            }
-            changed += 1;
         }
     }
     if changed == 0 {
