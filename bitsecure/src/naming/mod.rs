@@ -449,8 +449,10 @@ impl Naming {
         if let Some(app) = insight.app {
             return AppDecision::Decided(app);
         }
+        // A closed socket sends nothing more, but its last payload event may have raced this
+        // poll's snapshot (events are read first): it is read at the start of the next poll.
         if !waits_for_payload
-            || closing
+            || (closing && insight.waited >= 1)
             || insight.directions == two_way
             || insight.waited >= APP_DECISION_POLLS
         {
@@ -672,8 +674,10 @@ mod tests {
             naming.decide_app(&silent, false),
             AppDecision::Decided(App::Unknown)
         );
-        // A closed socket sends nothing more: no waiting.
+        // A closed socket sends nothing more: one poll's wait, for an event racing the
+        // snapshot, then no more.
         let closed = key([10, 0, 0, 4], 8000, 6);
+        assert_eq!(naming.decide_app(&closed, true), AppDecision::Wait);
         assert_eq!(
             naming.decide_app(&closed, true),
             AppDecision::Decided(App::Unknown)
