@@ -26,7 +26,7 @@ use serde_json::Value;
 
 const TIME_SCALE: &str = "60";
 /// Anomalies of the demo and the (alert, process) each must raise.
-const EXPECTED: [(&str, &[(&str, &str)]); 7] = [
+const EXPECTED: [(&str, &[(&str, &str)]); 8] = [
     (
         "new-process",
         &[
@@ -56,6 +56,7 @@ const EXPECTED: [(&str, &[(&str, &str)]); 7] = [
             ("BitSecureUnexpectedDestination", "xmrig"),
         ],
     ),
+    ("dns-hijack", &[("BitSecureNameMoved", "xmrig")]),
     ("miner-patched", &[("BitSecureExecutableChanged", "xmrig")]),
     (
         "miner-stopped",
@@ -235,6 +236,14 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
                     fired[0]["metric"]["account"].as_str(),
                     Some("4ThiefsWallet.rig01"),
                     "the alert names the new account"
+                );
+            }
+            if *alert == "BitSecureNameMoved" {
+                let labels = &fired[0]["metric"];
+                assert_eq!(
+                    (labels["name"].as_str(), labels["remote"].as_str()),
+                    (Some("pool.rig.example"), Some("10.77.6.2")),
+                    "the alert names the pool's name and the hijacker's address"
                 );
             }
             if *alert == "BitSecureImpostorProcess" {

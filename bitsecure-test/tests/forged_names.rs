@@ -270,7 +270,11 @@ fn a_name_answered_outside_its_learnt_networks_is_reported_as_moved() {
 
     // Hijacked: the name now answers outside that network.
     resolve_and_mine(&hijacked_dns, moved);
-    let labels = [("name", POOL_NAME), ("remote", &moved.to_string())];
+    let labels = [
+        ("process", "bsv-miner"),
+        ("name", POOL_NAME),
+        ("remote", &moved.to_string()),
+    ];
     let moved_text = moved.to_string();
     eventually(&agent, 15, |samples| {
         match sum_metric(samples, "bitsecure_name_moved", &labels) {

@@ -208,7 +208,8 @@ pub struct Monitor {
     /// The names processes ask for: new ones, and bursts of them (tunnels).
     dns: DnsWatch,
     /// By name and address.
-    moved_names: BTreeMap<(String, String), MovedName>,
+    /// By (name, address, process).
+    moved_names: BTreeMap<(String, String, String), MovedName>,
 }
 
 impl Monitor {
@@ -341,7 +342,7 @@ impl Monitor {
             }
         });
         // A moved name stays listed while a rule for the name has networks that miss it.
-        self.moved_names.retain(|(name, remote), _| {
+        self.moved_names.retain(|(name, remote, _), _| {
             let Ok(address) = remote.parse::<std::net::IpAddr>() else {
                 return false;
             };
@@ -558,7 +559,7 @@ impl Monitor {
         let remote = remote_label(delta.remote);
         let entry = self
             .moved_names
-            .entry((name.name.clone(), remote.clone()))
+            .entry((name.name.clone(), remote.clone(), delta.process.clone()))
             .or_insert_with(|| MovedName {
                 name: name.name.clone(),
                 prefix: super::matching::name_prefix(delta.remote),

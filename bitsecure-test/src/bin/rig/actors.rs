@@ -10,12 +10,14 @@
 //! - `monitor`: an HTTP endpoint that accepts the reporter's POSTs (204 No Content).
 //! - `reporter`: POSTs a stats document of a given size every interval, or once (a burst).
 //! - `udp-responder` / `udp-ticker`: DNS- and NTP-like request/response background traffic.
+//! - `dns-server`: answers A questions from a zone file it reads for every query.
 //!
 //! Servers print `ready` once listening; everything runs until killed, except a reporter with
 //! `--count`.
 
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -99,6 +101,20 @@ pub struct UdpResponderArgs {
     /// Size of each answer in bytes.
     #[arg(long)]
     reply_bytes: usize,
+}
+
+#[derive(Args)]
+pub struct DnsServerArgs {
+    /// Address to answer DNS queries on (UDP).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// The zone: one `NAME ADDRESS` (IPv4) per line, read again for every query, so the demo
+    /// can change an answer while the server runs (a hijacked name). Other names: NXDOMAIN.
+    #[arg(long)]
+    zone: PathBuf,
+    /// TTL of the answers, in seconds.
+    #[arg(long, default_value_t = 300)]
+    ttl: u32,
 }
 
 #[derive(Args)]
@@ -462,6 +478,67 @@ pub fn udp_responder(args: &UdpResponderArgs) -> Result<()> {
     loop {
         let (_, from) = socket.recv_from(&mut request)?;
         socket.send_to(&answer, from)?;
+    }
+}
+
+/// The address `name` has in the zone file, if any.
+fn zone_address(zone: &Path, name: &str) -> Result<Option<Ipv4Addr>> {
+    let text = std::fs::read_to_string(zone)
+        .with_context(|| format!("cannot read the zone {}", zone.display()))?;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(owner), Some(address)) = (fields.next(), fields.next())
+            && owner.trim_end_matches('.').eq_ignore_ascii_case(name)
+        {
+            return Ok(Some(address.parse().with_context(|| {
+                format!("{address:?} in the zone is not an IPv4 address")
+            })?));
+        }
+    }
+    Ok(None)
+}
+
+/// The encoded answer to the encoded `query`: the zone's address for an A question, else
+/// NXDOMAIN.
+fn dns_answer(query: &[u8], zone: &Path, ttl: u32) -> Result<Vec<u8>> {
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let request = Message::from_vec(query).context("not a DNS message")?;
+    let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    let Some(question) = request.queries.first() else {
+        response.metadata.response_code = ResponseCode::FormErr;
+        return response.to_vec().context("cannot encode a DNS answer");
+    };
+    response.add_query(question.clone());
+    let name = question.name().to_ascii();
+    match zone_address(zone, name.trim_end_matches('.'))? {
+        Some(address) if question.query_type() == RecordType::A => {
+            let owner = question.name().clone();
+            response.add_answer(Record::from_rdata(owner, ttl, RData::A(A(address))));
+        }
+        Some(_) => {}
+        None => response.metadata.response_code = ResponseCode::NXDomain,
+    }
+    response.to_vec().context("cannot encode a DNS answer")
+}
+
+pub fn dns_server(args: &DnsServerArgs) -> Result<()> {
+    let socket =
+        UdpSocket::bind(args.listen).with_context(|| format!("cannot bind {}", args.listen))?;
+    zone_address(&args.zone, "")?;
+    announce_ready()?;
+    let mut query = [0u8; 2048];
+    loop {
+        let (length, from) = socket.recv_from(&mut query)?;
+        match dns_answer(&query[..length], &args.zone, args.ttl) {
+            Ok(answer) => {
+                socket.send_to(&answer, from)?;
+            }
+            Err(error) => eprintln!("dns-server: query from {from}: {error:#}"),
+        }
     }
 }
 

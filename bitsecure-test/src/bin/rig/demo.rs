@@ -1,4 +1,4 @@
-//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in seven
+//! The demo scenario: a rig that learns its baseline, runs normally, then misbehaves in eight
 //! ways, with the agent and a real Prometheus (loaded with the bundled alert rules) watching.
 //!
 //! Time is compressed by `--time-scale`: at 60, the 5-minute job cycle takes 5 s and the
@@ -58,7 +58,7 @@ struct Anomaly {
     expected: &'static [(&'static str, &'static str)],
 }
 
-const ANOMALIES: [Anomaly; 7] = [
+const ANOMALIES: [Anomaly; 8] = [
     Anomaly {
         phase: "new-process",
         what: "a new process (`backdoor`) uploads 2 MB to a host the rig never talked to",
@@ -95,6 +95,12 @@ const ANOMALIES: [Anomaly; 7] = [
             ("BitSecurePayoutIdentityChanged", MINER),
             ("BitSecureUnexpectedDestination", MINER),
         ],
+    },
+    Anomaly {
+        phase: "dns-hijack",
+        what: "the pool's name is hijacked: DNS answers an attacker's address and the miner \
+               reconnects there",
+        expected: &[("BitSecureNameMoved", MINER)],
     },
     Anomaly {
         phase: "miner-patched",
@@ -297,19 +303,47 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         "outside",
         &["monitor", "--listen", &at("outside", INTRUDER_PORT)],
     )?;
-    for (name, port, reply) in [("dns", "53", "120"), ("ntp", "123", "48")] {
-        lab.start_at_site(
-            "infra",
-            name,
-            &[
-                "udp-responder",
-                "--listen",
-                &at("infra", port.parse()?),
-                "--reply-bytes",
-                reply,
-            ],
-        )?;
-    }
+    // The pool's name and its hijacker's address: the DNS server reads the zone per query.
+    let zone = lab.dir.join("zone");
+    let answer_pool = |site: &str| {
+        fs::write(&zone, format!("{POOL_NAME} {}\n", site_address(site)))
+            .context("cannot write the DNS zone")
+    };
+    answer_pool("pool")?;
+    let zone_arg = zone.to_string_lossy().into_owned();
+    lab.start_at_site(
+        "infra",
+        "dns",
+        &[
+            "dns-server",
+            "--listen",
+            &at("infra", 53),
+            "--zone",
+            &zone_arg,
+        ],
+    )?;
+    lab.start_at_site(
+        "infra",
+        "ntp",
+        &[
+            "udp-responder",
+            "--listen",
+            &at("infra", 123),
+            "--reply-bytes",
+            "48",
+        ],
+    )?;
+    lab.start_at_site(
+        "hijack",
+        "hijacked-pool",
+        &[
+            "pool",
+            "--listen",
+            &at("hijack", POOL_PORT),
+            "--job-interval-ms",
+            &cycle_ms,
+        ],
+    )?;
 
     step("starting the agent (learns a baseline first) and Prometheus");
     let agent_listen = free_address()?;
@@ -319,11 +353,15 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         format!(
             "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
              [kernel]\npin_path = \"\"\ninterfaces = [\"{PREFIX}-*\"]\n\n\
-             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n",
+             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n\n\
+             [names]\ntrusted_resolvers = [\"{}\"]\n",
             pace.poll.as_secs_f64(),
             lab.cgroup.display(),
             lab.dir.join("baseline.toml").display(),
             pace.real(LEARNING).as_secs_f64(),
+            // The rig's resolver serves everyone's lookups, as systemd-resolved does: its
+            // answers name the pool's address for the miner too.
+            lab.program(RESOLVER)?.display(),
         ),
     )?;
     let mut agent = Command::new(agent_binary);
@@ -362,7 +400,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     let pool = at("pool", POOL_PORT);
     let miner_args = ["miner", "--pool", pool.as_str(), "--worker", WALLET];
     let thief_args = ["miner", "--pool", pool.as_str(), "--worker", THIEF_WALLET];
-    lab.start_on_rig(MINER, &miner_args)?;
+    let hijacked = at("hijack", POOL_PORT);
+    let hijacked_args = ["miner", "--pool", hijacked.as_str(), "--worker", WALLET];
     lab.start_on_rig(
         REPORTER,
         &[
@@ -396,6 +435,11 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         args.extend(extra);
         lab.start_on_rig(name, &args)?;
     }
+    // The miner connects once the resolver has looked the pool up, as a miner resolving
+    // through the system's resolver does: its rule is learnt by name.
+    let lookup = pace.real(DNS_EVERY) * 2;
+    pause(lookup)?;
+    lab.start_on_rig(MINER, &miner_args)?;
 
     step("learning the baseline");
     let learning_timeout = pace.real(LEARNING) + pace.cycle * 2 + Duration::from_secs(30);
@@ -494,6 +538,12 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                 lab.stop(MINER)?;
                 lab.start_on_rig(MINER, &thief_args)?;
             }
+            "dns-hijack" => {
+                answer_pool("hijack")?;
+                pause(lookup)?;
+                lab.stop(MINER)?;
+                lab.start_on_rig(MINER, &hijacked_args)?;
+            }
             "miner-patched" => {
                 lab.stop(MINER)?;
                 lab.patch_program(MINER)?;
@@ -506,6 +556,13 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
             "impostor" => lab.stop(IMPOSTOR)?,
             // The owner's wallet again.
             "payout" => {
+                lab.stop(MINER)?;
+                lab.start_on_rig(MINER, &miner_args)?;
+            }
+            // The pool's own address again.
+            "dns-hijack" => {
+                answer_pool("pool")?;
+                pause(lookup)?;
                 lab.stop(MINER)?;
                 lab.start_on_rig(MINER, &miner_args)?;
             }
@@ -690,6 +747,16 @@ fn show(prometheus: &str, pace: &Pace) -> Result<()> {
             label("port"),
             label("account"),
             sample.value
+        );
+    }
+    let moved = prometheus::query(prometheus, "bitsecure_name_moved == 1")?;
+    for sample in &moved {
+        let label = |key: &str| sample.labels.get(key).map_or("", String::as_str);
+        println!(
+            "  dashboard — name moved: {} now at {} (outside its learnt networks; {} talks to it)",
+            label("name"),
+            label("remote"),
+            label("process")
         );
     }
     let impostors = prometheus::query(prometheus, "bitsecure_impostor_bytes_total")?;

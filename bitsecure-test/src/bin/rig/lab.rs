@@ -19,8 +19,14 @@ use bitsecure_test::lab::{NetLab, Subnet};
 pub const PREFIX: &str = "bsdemo";
 
 /// The remote sites, each a namespace `bsdemo-<name>` on 10.77.<subnet>.0/24: the host side is
-/// .1, the site is .2.
-pub const SITES: [(&str, u8); 4] = [("pool", 1), ("monitor", 2), ("infra", 3), ("outside", 9)];
+/// .1, the site is .2. `hijack` is an attacker's copy of the pool, in another network.
+pub const SITES: [(&str, u8); 5] = [
+    ("pool", 1),
+    ("monitor", 2),
+    ("infra", 3),
+    ("hijack", 6),
+    ("outside", 9),
+];
 
 /// The address of a site.
 pub fn site_address(site: &str) -> Ipv4Addr {

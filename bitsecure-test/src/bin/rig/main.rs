@@ -38,6 +38,8 @@ enum Command {
     Reporter(actors::ReporterArgs),
     /// Answers every UDP datagram (DNS- or NTP-like server).
     UdpResponder(actors::UdpResponderArgs),
+    /// Answers DNS A questions from a zone file (read again for every query).
+    DnsServer(actors::DnsServerArgs),
     /// Sends a UDP request every interval and waits briefly for the answer.
     UdpTicker(actors::UdpTickerArgs),
     /// Sends DNS queries for random names under a domain (a DNS tunnel).
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Monitor(args) => actors::monitor(args),
         Command::Reporter(args) => actors::reporter(args),
         Command::UdpResponder(args) => actors::udp_responder(args),
+        Command::DnsServer(args) => actors::dns_server(args),
         Command::UdpTicker(args) => actors::udp_ticker(args),
         Command::DnsBurst(args) => actors::dns_burst(args),
     };

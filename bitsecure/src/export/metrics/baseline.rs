@@ -178,11 +178,11 @@ impl BaselineMetrics {
                 prometheus::IntGaugeVec::new(
                     Opts::new(
                         "bitsecure_name_moved",
-                        "1 while a name a rule expects was seen at an address (remote) outside \
-                         the networks it had while learning: a DNS or BGP hijack, or a pool \
-                         that moved. Only while monitoring.",
+                        "1 while a name a rule of a process expects was seen at an address \
+                         (remote) outside the networks it had while learning: a DNS or BGP \
+                         hijack, or a pool that moved. Only while monitoring.",
                     ),
-                    &["name", "remote"],
+                    &["process", "name", "remote"],
                 )?,
             )?,
             executable_changed: register(
@@ -324,7 +324,11 @@ impl BaselineMetrics {
                 self.name_moved.reset();
                 for moved in moved_names {
                     self.name_moved
-                        .with_label_values(&[moved.name.as_str(), moved.remote.as_str()])
+                        .with_label_values(&[
+                            moved.process.as_str(),
+                            moved.name.as_str(),
+                            moved.remote.as_str(),
+                        ])
                         .set(1);
                 }
                 self.dns_new_names.reset();
