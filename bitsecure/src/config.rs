@@ -91,6 +91,20 @@ pub struct BaselineConfig {
     /// More distinct names than this under one domain from one process within a minute is
     /// taken as data tunnelled through DNS.
     pub dns_tunnel_names_per_minute: u64,
+    /// A rule by name remembers the IPv4 networks of this prefix length its addresses were in
+    /// while learning; an address outside them is a moved name.
+    pub name_network_v4: u8,
+    /// The same for IPv6.
+    pub name_network_v6: u8,
+}
+
+impl BaselineConfig {
+    pub fn name_networks(&self) -> crate::baseline::matching::NameNetworks {
+        crate::baseline::matching::NameNetworks {
+            v4: self.name_network_v4,
+            v6: self.name_network_v6,
+        }
+    }
 }
 
 impl Default for BaselineConfig {
@@ -100,6 +114,8 @@ impl Default for BaselineConfig {
             learn_seconds: 1800.0,
             max_unexpected: 200,
             dns_tunnel_names_per_minute: 100,
+            name_network_v4: 24,
+            name_network_v6: 48,
         }
     }
 }
@@ -257,6 +273,13 @@ impl Config {
                     .into(),
             );
         }
+        let (v4, v6) = (self.baseline.name_network_v4, self.baseline.name_network_v6);
+        if !(8..=32).contains(&v4) || !(16..=128).contains(&v6) {
+            return Err(format!(
+                "baseline.name_network_v4 must be 8..=32 and name_network_v6 16..=128 (prefix \
+                 lengths of the networks a name may move within), not {v4} and {v6}"
+            ));
+        }
         if self.baseline.max_unexpected == 0 {
             return Err("baseline.max_unexpected must be at least 1".into());
         }
@@ -378,6 +401,9 @@ mod tests {
             "[agent]\npoll_interval_seconds = 0.0\n",
             "[kernel]\nflow_capacity = 1\n",
             "[metrics]\nmax_series = 0\n",
+            "[baseline]\nname_network_v4 = 33\n",
+            "[baseline]\nname_network_v4 = 0\n",
+            "[baseline]\nname_network_v6 = 129\n",
         ] {
             assert!(Config::parse(text, "t").is_err(), "{text} was accepted");
         }

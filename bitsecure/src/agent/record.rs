@@ -90,7 +90,8 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
             human::clock_duration(duration.as_secs_f64())
         );
         let mut recording = Recording {
-            recorder: Recorder::new(step, timestamp_now(), 2000),
+            recorder: Recorder::new(step, timestamp_now(), 2000)
+                .with_name_networks(config.baseline.name_networks()),
             duration,
             steps,
             polls: 0,

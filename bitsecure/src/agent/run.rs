@@ -74,6 +74,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             max_unexpected: config.baseline.max_unexpected,
             step_seconds: config.agent.poll_interval_seconds,
             dns_tunnel_names_per_minute: config.baseline.dns_tunnel_names_per_minute,
+            name_networks: config.baseline.name_networks(),
         },
         unix_now(),
     );

@@ -384,20 +384,33 @@ fn canonical_address(address: IpAddr) -> IpAddr {
     }
 }
 
-/// Prefix length of the network a name's IPv4 address is remembered in (`prefixes`).
-pub const NAME_PREFIX_V4: u8 = 24;
-/// Prefix length of the network a name's IPv6 address is remembered in.
-pub const NAME_PREFIX_V6: u8 = 48;
+/// How wide the networks are that a rule by name remembers its addresses in (`prefixes`):
+/// `baseline.name_network_v4` / `_v6`. A name answered outside them has moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NameNetworks {
+    /// Prefix length for IPv4 addresses (default /24).
+    pub v4: u8,
+    /// Prefix length for IPv6 addresses (default /48).
+    pub v6: u8,
+}
 
-/// The network a name's address is remembered in: its /24 (IPv4) or /48 (IPv6), as text.
-pub fn name_prefix(address: IpAddr) -> String {
-    let address = canonical_address(address);
-    let prefix = if address.is_ipv4() {
-        NAME_PREFIX_V4
-    } else {
-        NAME_PREFIX_V6
-    };
-    format!("{}/{prefix}", mask(address, prefix))
+impl Default for NameNetworks {
+    fn default() -> Self {
+        Self { v4: 24, v6: 48 }
+    }
+}
+
+impl NameNetworks {
+    /// The network a name's address is remembered in (e.g. its /24 or /48), as text.
+    pub fn of(&self, address: IpAddr) -> String {
+        let address = canonical_address(address);
+        let prefix = if address.is_ipv4() {
+            self.v4.min(32)
+        } else {
+            self.v6.min(128)
+        };
+        format!("{}/{prefix}", mask(address, prefix))
+    }
 }
 
 impl Rule {

@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::{
     ClassKey,
     dns_watch::{DnsWatch, NewName, Tunnel},
-    matching::{LiveFlow, RemoteMatcher},
+    matching::{LiveFlow, NameNetworks, RemoteMatcher},
     model::{Baseline, Rule, RuleIdentity},
     stats,
 };
@@ -207,9 +207,10 @@ pub struct Monitor {
     changed_executables: BTreeMap<(String, String), ChangedExecutable>,
     /// The names processes ask for: new ones, and bursts of them (tunnels).
     dns: DnsWatch,
-    /// By name and address.
     /// By (name, address, process).
     moved_names: BTreeMap<(String, String, String), MovedName>,
+    /// How wide the network is that accepting a moved name adds.
+    name_networks: NameNetworks,
 }
 
 impl Monitor {
@@ -235,6 +236,7 @@ impl Monitor {
             changed_executables: BTreeMap::new(),
             dns: DnsWatch::new(DEFAULT_TUNNEL_NAMES_PER_MINUTE, max_unexpected),
             moved_names: BTreeMap::new(),
+            name_networks: NameNetworks::default(),
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -242,6 +244,12 @@ impl Monitor {
 
     pub fn baseline(&self) -> &Baseline {
         &self.baseline
+    }
+
+    /// Moved names are offered with their address's network this wide.
+    pub fn with_name_networks(mut self, name_networks: NameNetworks) -> Self {
+        self.name_networks = name_networks;
+        self
     }
 
     /// Distinct names under one domain per minute above which a process is tunnelling.
@@ -562,7 +570,7 @@ impl Monitor {
             .entry((name.name.clone(), remote.clone(), delta.process.clone()))
             .or_insert_with(|| MovedName {
                 name: name.name.clone(),
-                prefix: super::matching::name_prefix(delta.remote),
+                prefix: self.name_networks.of(delta.remote),
                 remote,
                 known: known.clone(),
                 process: delta.process.clone(),

@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    matching::name_prefix,
+    matching::NameNetworks,
     model::{Baseline, FORMAT_VERSION, Normal, PacketSocketRule, Profile, Recording, Rule},
     stats,
 };
@@ -163,6 +163,8 @@ pub struct Recorder {
     /// The names each DNS class (a process's queries to one server) asked for; `None` once
     /// past [`MAX_ASKS_PER_RULE`] (a process resolving everything: its rule checks no names).
     asks: HashMap<RecordedClass, Option<BTreeSet<String>>>,
+    /// How wide the networks are that rules by name remember.
+    name_networks: NameNetworks,
 }
 
 impl Recorder {
@@ -176,7 +178,14 @@ impl Recorder {
             dropped_observations: 0,
             packet_sockets: BTreeMap::new(),
             asks: HashMap::new(),
+            name_networks: NameNetworks::default(),
         }
+    }
+
+    /// Rules by name remember their addresses' networks this wide.
+    pub fn with_name_networks(mut self, name_networks: NameNetworks) -> Self {
+        self.name_networks = name_networks;
+        self
     }
 
     /// Notes the DNS questions of one poll, under the DNS class each was asked in.
@@ -321,7 +330,7 @@ impl Recorder {
                     .then(|| {
                         let networks: BTreeSet<String> = addresses
                             .iter()
-                            .map(|&address| name_prefix(address))
+                            .map(|&address| self.name_networks.of(address))
                             .collect();
                         networks.into_iter().collect::<Vec<_>>()
                     })
@@ -548,6 +557,20 @@ mod tests {
         assert_eq!(by_address.prefixes, None);
         let text = crate::baseline::file::render(&baseline);
         crate::baseline::file::parse(&text, "recorded").expect("valid");
+
+        // Wider networks when configured (a pool behind a CDN).
+        let mut recorder =
+            Recorder::new(5.0, start, 100).with_name_networks(NameNetworks { v4: 16, v6: 32 });
+        recorder.record_step(&[
+            named("10.0.0.7"),
+            named("10.0.200.9"),
+            named("fd00:1:2:3::9"),
+        ]);
+        let baseline = recorder.finish("rig");
+        assert_eq!(
+            baseline.rules[0].prefixes,
+            Some(vec!["10.0.0.0/16".to_owned(), "fd00:1::/32".to_owned()])
+        );
     }
 
     #[test]

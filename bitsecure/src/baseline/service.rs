@@ -15,6 +15,7 @@ use log::{error, info, warn};
 use super::{
     dns_watch::{NewName, Tunnel},
     file,
+    matching::NameNetworks,
     model::Baseline,
     monitor::{ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
@@ -85,6 +86,8 @@ pub struct Settings {
     pub step_seconds: f64,
     /// Distinct names under one domain per minute above which a process tunnels through DNS.
     pub dns_tunnel_names_per_minute: u64,
+    /// How wide the networks are that rules by name remember.
+    pub name_networks: NameNetworks,
 }
 
 pub struct BaselineService {
@@ -113,11 +116,14 @@ impl BaselineService {
                 service.settings.path.display(),
                 service.settings.learn_seconds
             );
-            service.mode = Mode::Learning(Box::new(Recorder::new(
-                service.settings.step_seconds,
-                timestamp(now_unix),
-                MAX_LEARNED_CLASSES,
-            )));
+            service.mode = Mode::Learning(Box::new(
+                Recorder::new(
+                    service.settings.step_seconds,
+                    timestamp(now_unix),
+                    MAX_LEARNED_CLASSES,
+                )
+                .with_name_networks(service.settings.name_networks),
+            ));
         } else {
             warn!(
                 "no baseline at {} and learning is off (baseline.learn_seconds = 0): \
@@ -199,7 +205,8 @@ impl BaselineService {
                         self.settings.max_unexpected,
                         now_unix,
                     )
-                    .with_tunnel_threshold(self.settings.dns_tunnel_names_per_minute),
+                    .with_tunnel_threshold(self.settings.dns_tunnel_names_per_minute)
+                    .with_name_networks(self.settings.name_networks),
                 ));
             }
         }
@@ -336,6 +343,7 @@ mod tests {
             max_unexpected: 10,
             step_seconds: 1.0,
             dns_tunnel_names_per_minute: 100,
+            name_networks: NameNetworks::default(),
         };
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);
