@@ -254,7 +254,12 @@ fn simulated_rig_learn_then_monitor() {
         value(
             samples,
             "bitsecure_unexpected_sent_bytes_total",
-            &[("process", "bsg-intruder")],
+            // A program the baseline does not know: high risk, it pages.
+            &[
+                ("process", "bsg-intruder"),
+                ("risk", "high"),
+                ("reason", "new-process"),
+            ],
         )
         .unwrap_or(0.0)
             > 0.0
@@ -281,6 +286,11 @@ fn simulated_rig_learn_then_monitor() {
         "{entry}"
     );
     assert!(entry["sent_bytes"].as_u64().unwrap() >= 100_000);
+    assert_eq!(
+        (entry["risk"].as_str(), entry["reason"].as_str()),
+        (Some("high"), Some("new-process")),
+        "{entry}"
+    );
 
     // A burst from the miner to its pool: deviation crosses the threshold.
     let miner_exe = install_generator("bsg-miner");

@@ -7,6 +7,7 @@ use std::{collections::BTreeSet, fs, io::ErrorKind, path::PathBuf, process::Comm
 /// The alert names other code depends on.
 const ALERTS: &[&str] = &[
     "BitSecureUnexpectedDestination",
+    "BitSecureUnexpectedForReview",
     "BitSecureNewProcessOnNetwork",
     "BitSecureExpectedTrafficSilent",
     "BitSecureRateDeviation",

@@ -4,12 +4,16 @@
 //! Only reading and checking the settings lives here; what a setting does is its user's business.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use crate::fsutil::{self, ReadError};
+use crate::{
+    baseline::risk::{Grades, Reason, Risk},
+    fsutil::{self, ReadError},
+};
 
 use serde::Deserialize;
 
@@ -44,6 +48,41 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub baseline: BaselineConfig,
     pub names: NamesConfig,
+    pub risk: RiskConfig,
+}
+
+/// How much each kind of departure from the baseline matters, and which page.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RiskConfig {
+    /// Risks whose unexpected traffic fires `BitSecureUnexpectedDestination` (critical: it
+    /// pages); the others fire `BitSecureUnexpectedForReview` (info) and are listed.
+    pub page: Vec<Risk>,
+    /// The risk of each reason; a reason not listed keeps its default.
+    pub grades: BTreeMap<Reason, Risk>,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        Self {
+            page: vec![Risk::High],
+            grades: Reason::ALL
+                .into_iter()
+                .map(|reason| (reason, reason.default_risk()))
+                .collect(),
+        }
+    }
+}
+
+impl RiskConfig {
+    pub fn grades(&self) -> Grades {
+        Grades::new(self.grades.clone())
+    }
+
+    /// Whether departures of `risk` page.
+    pub fn pages(&self, risk: Risk) -> bool {
+        self.page.contains(&risk)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

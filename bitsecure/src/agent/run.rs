@@ -75,9 +75,11 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             step_seconds: config.agent.poll_interval_seconds,
             dns_tunnel_names_per_minute: config.baseline.dns_tunnel_names_per_minute,
             name_networks: config.baseline.name_networks(),
+            grades: config.risk.grades(),
         },
         unix_now(),
     );
+    metrics.baseline.set_paging(|risk| config.risk.pages(risk));
     metrics.publish_baseline(report);
     let mut monitoring = Monitoring(baseline);
 

@@ -198,6 +198,11 @@ impl DnsWatch {
         self.new_names.values().cloned().collect()
     }
 
+    /// How many new names and tunnels are listed (for counting what each step adds).
+    pub fn counts(&self) -> (usize, usize) {
+        (self.new_names.len(), self.tunnels.len())
+    }
+
     pub fn tunnels(&self) -> Vec<Tunnel> {
         self.tunnels.values().cloned().collect()
     }

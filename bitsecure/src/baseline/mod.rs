@@ -8,6 +8,7 @@
 //!   edits, atomic writes with a backup, `show` and `diff`.
 //! - [`recorder`]: learning: per-step samples per traffic class, turned into rules.
 //! - [`monitor`]: comparing: expected or unexpected, deviation, cadence, silence, reference.
+//! - [`risk`]: why a departure is one, and how much it matters (what pages).
 
 pub mod dns_watch;
 pub mod file;
@@ -15,6 +16,7 @@ pub mod matching;
 pub mod model;
 pub mod monitor;
 pub mod recorder;
+pub mod risk;
 pub mod service;
 pub mod stats;
 #[cfg(test)]

@@ -22,6 +22,7 @@ use super::{
     dns_watch::{DnsWatch, NewName, Tunnel},
     matching::{LiveFlow, NameNetworks, RemoteMatcher},
     model::{Baseline, Rule, RuleIdentity},
+    risk::{self, Evidence, Grades, Reason, Risk},
     stats,
 };
 use crate::{
@@ -73,6 +74,11 @@ pub struct Unexpected {
     /// Application protocol of the traffic.
     #[serde(default = "unknown_app")]
     pub app: App,
+    /// How much it matters, and why it is not expected (see [`risk`](super::risk)).
+    #[serde(default)]
+    pub risk: Risk,
+    #[serde(default = "unknown_reason")]
+    pub reason: Reason,
     pub sent_bytes: u64,
     pub received_bytes: u64,
     /// RFC 3339, UTC.
@@ -144,6 +150,11 @@ fn unknown_app() -> App {
     App::Unknown
 }
 
+/// The reason of an entry from an agent that did not report one: the least it can be.
+fn unknown_reason() -> Reason {
+    Reason::NewPort
+}
+
 /// An entry of the unexpected list: its class, and the executable and cgroup of its process.
 type UnexpectedKey = (ClassKey, Option<String>, Option<String>);
 
@@ -190,6 +201,8 @@ pub struct UnexpectedIncrement {
     pub impostor: Option<(String, String)>,
     /// The traffic is a rule's, but its login used this other account.
     pub changed_account: Option<String>,
+    pub risk: Risk,
+    pub reason: Reason,
 }
 
 pub struct Monitor {
@@ -209,8 +222,13 @@ pub struct Monitor {
     dns: DnsWatch,
     /// By (name, address, process).
     moved_names: BTreeMap<(String, String, String), MovedName>,
-    /// How wide the network is that accepting a moved name adds.
+    /// How wide the network is that accepting a moved name adds (and that a new
+    /// destination counts as near a known one in).
     name_networks: NameNetworks,
+    /// The risk of each reason.
+    grades: Grades,
+    /// Departures first seen since the last [`Monitor::take_departures`].
+    departures: Vec<(Risk, Reason)>,
 }
 
 impl Monitor {
@@ -237,6 +255,8 @@ impl Monitor {
             dns: DnsWatch::new(DEFAULT_TUNNEL_NAMES_PER_MINUTE, max_unexpected),
             moved_names: BTreeMap::new(),
             name_networks: NameNetworks::default(),
+            grades: Grades::default(),
+            departures: Vec::new(),
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -252,6 +272,22 @@ impl Monitor {
         self
     }
 
+    /// The risk of each reason (`risk.grades`).
+    pub fn with_grades(mut self, grades: Grades) -> Self {
+        self.grades = grades;
+        self
+    }
+
+    /// The departures first seen since the last call, with their risk: the noise a user
+    /// would get (`bitsecure_alertable_departures_total`).
+    pub fn take_departures(&mut self) -> Vec<(Risk, Reason)> {
+        std::mem::take(&mut self.departures)
+    }
+
+    fn depart(&mut self, reason: Reason) {
+        self.departures.push((self.grades.of(reason), reason));
+    }
+
     /// Distinct names under one domain per minute above which a process is tunnelling.
     pub fn with_tunnel_threshold(mut self, names_per_minute: u64) -> Self {
         self.dns = DnsWatch::new(names_per_minute, self.max_unexpected);
@@ -261,6 +297,7 @@ impl Monitor {
     /// The DNS questions of one poll: names their DNS rule does not list, and bursts.
     pub fn observe_asked(&mut self, asked: &[AskedName], now_unix: f64) {
         let now_text = timestamp_text(now_unix);
+        let (names_before, tunnels_before) = self.dns.counts();
         for question in asked {
             let flow = LiveFlow {
                 process: &question.process,
@@ -283,6 +320,14 @@ impl Monitor {
                 now_unix,
                 &now_text,
             );
+        }
+        // Observing only adds to the lists; expiry (below) drops tunnels that ended.
+        let (names, tunnels) = self.dns.counts();
+        for _ in names_before..names {
+            self.depart(Reason::NewName);
+        }
+        for _ in tunnels_before..tunnels {
+            self.depart(Reason::DnsTunnel);
         }
         self.dns.expire(now_unix);
     }
@@ -440,16 +485,39 @@ impl Monitor {
                 )
             });
             let listed_key = (key.clone(), delta.exe.clone(), delta.cgroup.clone());
-            let known = self.unexpected.contains_key(&listed_key);
-            if !known && self.unexpected.len() >= self.max_unexpected {
+            let listed = self.unexpected.get(&listed_key);
+            // An entry keeps the grade it was first given: its series keep their labels.
+            let reason = listed.map_or_else(
+                || {
+                    let evidence = Evidence {
+                        impostor: impostor.is_some(),
+                        payout_changed: changed_account.is_some(),
+                    };
+                    risk::reason_of(
+                        &self.baseline.rules,
+                        &self.remotes,
+                        &flow,
+                        evidence,
+                        self.name_networks,
+                    )
+                },
+                |entry| entry.reason,
+            );
+            let risk = listed.map_or_else(|| self.grades.of(reason), |entry| entry.risk);
+            if listed.is_none() && self.unexpected.len() >= self.max_unexpected {
                 increments.push(UnexpectedIncrement {
                     key,
                     listed: false,
                     traffic: delta.traffic,
                     impostor,
                     changed_account,
+                    risk,
+                    reason,
                 });
                 continue;
+            }
+            if listed.is_none() {
+                self.departures.push((risk, reason));
             }
             let now_text = timestamp_text(now_unix);
             let entry = self
@@ -469,6 +537,8 @@ impl Monitor {
                     name: None,
                     name_source: None,
                     app: key.app,
+                    risk,
+                    reason,
                     sent_bytes: 0,
                     received_bytes: 0,
                     first_seen: now_text.clone(),
@@ -500,6 +570,8 @@ impl Monitor {
                 traffic: delta.traffic,
                 impostor,
                 changed_account,
+                risk,
+                reason,
             });
         }
         for (index, state) in self.rules.iter_mut().enumerate() {
@@ -528,24 +600,28 @@ impl Monitor {
     /// Notes a process matching rule `index` whose executable is not the one the rule
     /// recorded (by content).
     fn check_executable(&mut self, index: usize, delta: &FlowDelta, now_unix: f64) {
-        let Some(expected) = &self.baseline.rules[index].sha256 else {
+        let Some(expected) = self.baseline.rules[index].sha256.clone() else {
             return;
         };
         let exe = delta.exe.clone().unwrap_or_default();
-        if delta.exe_sha256.as_ref() == Some(expected) {
+        if delta.exe_sha256.as_ref() == Some(&expected) {
             // The expected content is back (reinstalled): nothing to report any more.
             self.changed_executables
                 .remove(&(delta.process.clone(), exe));
             return;
         }
         let now_text = timestamp_text(now_unix);
+        let key = (delta.process.clone(), exe.clone());
+        if !self.changed_executables.contains_key(&key) {
+            self.depart(Reason::ExecutableChanged);
+        }
         let entry = self
             .changed_executables
-            .entry((delta.process.clone(), exe.clone()))
+            .entry(key)
             .or_insert_with(|| ChangedExecutable {
                 process: delta.process.clone(),
                 exe,
-                expected_sha256: expected.clone(),
+                expected_sha256: expected,
                 sha256: delta.exe_sha256.clone(),
                 first_seen: now_text.clone(),
                 last_seen: now_text.clone(),
@@ -563,20 +639,22 @@ impl Monitor {
         if rule.prefixes_cover(delta.remote) || self.moved_names.len() >= self.max_unexpected {
             return;
         }
+        let known = known.clone();
         let now_text = timestamp_text(now_unix);
         let remote = remote_label(delta.remote);
-        let entry = self
-            .moved_names
-            .entry((name.name.clone(), remote.clone(), delta.process.clone()))
-            .or_insert_with(|| MovedName {
-                name: name.name.clone(),
-                prefix: self.name_networks.of(delta.remote),
-                remote,
-                known: known.clone(),
-                process: delta.process.clone(),
-                first_seen: now_text.clone(),
-                last_seen: now_text.clone(),
-            });
+        let key = (name.name.clone(), remote.clone(), delta.process.clone());
+        if !self.moved_names.contains_key(&key) {
+            self.depart(Reason::NameMoved);
+        }
+        let entry = self.moved_names.entry(key).or_insert_with(|| MovedName {
+            name: name.name.clone(),
+            prefix: self.name_networks.of(delta.remote),
+            remote,
+            known,
+            process: delta.process.clone(),
+            first_seen: now_text.clone(),
+            last_seen: now_text.clone(),
+        });
         entry.last_seen = now_text;
     }
 
@@ -838,6 +916,58 @@ mod tests {
         assert_eq!(curl.exe.as_deref(), Some("/usr/bin/curl"));
         assert_eq!(curl.port, Some(3333));
         assert_eq!(curl.protocol, "tcp");
+    }
+
+    #[test]
+    fn unexpected_traffic_is_graded_once_and_counted_as_a_departure() {
+        let resolver = Rule::new("resolved", "10.0.5.53", Some(53), "tcp");
+        let rules = vec![pool_rule(), resolver];
+        let mut monitor = Monitor::new(baseline(rules.clone()), STEP, 10, START);
+        let step = [
+            // The miner asking the resolver's server: low.
+            delta("xmrig", "10.0.5.53", 53, 60, 120),
+            // The miner to a host nothing comes near: high.
+            delta("xmrig", "198.51.100.7", 4444, 5, 6),
+            // A new program: high.
+            delta("curl", "10.0.0.7", 3333, 7, 8),
+        ];
+        let increments = monitor.observe_step(&step, START + STEP);
+        let graded: Vec<(&str, Risk, Reason)> = increments
+            .iter()
+            .map(|i| (i.key.process.as_str(), i.risk, i.reason))
+            .collect();
+        assert_eq!(
+            graded,
+            [
+                ("xmrig", Risk::Low, Reason::SharedDestination),
+                ("xmrig", Risk::High, Reason::NewNetwork),
+                ("curl", Risk::High, Reason::NewProcess),
+            ]
+        );
+        let list = monitor.unexpected();
+        assert!(list.iter().all(|entry| increments
+            .iter()
+            .any(|i| (i.risk, i.reason) == (entry.risk, entry.reason))));
+        let mut departures = monitor.take_departures();
+        departures.sort();
+        assert_eq!(
+            departures,
+            [
+                (Risk::Low, Reason::SharedDestination),
+                (Risk::High, Reason::NewProcess),
+                (Risk::High, Reason::NewNetwork),
+            ]
+        );
+        // Seen again: the same entries, no new departures.
+        monitor.observe_step(&step, START + 2.0 * STEP);
+        assert!(monitor.take_departures().is_empty());
+
+        // Configured grades apply.
+        let grades = Grades::new([(Reason::SharedDestination, Risk::High)].into());
+        let mut strict = Monitor::new(baseline(rules), STEP, 10, START).with_grades(grades);
+        let increments = strict.observe_step(&step[..1], START + STEP);
+        assert_eq!(increments[0].risk, Risk::High);
+        assert_eq!(strict.unexpected()[0].risk, Risk::High);
     }
 
     #[test]
@@ -1260,6 +1390,8 @@ mod tests {
             name: Some("pool.example.org".into()),
             name_source: Some(Source::Sni),
             app: App::Http,
+            risk: Risk::Low,
+            reason: Reason::NewPort,
             sent_bytes: 1,
             received_bytes: 2,
             first_seen: "2027-01-15T08:00:00Z".into(),

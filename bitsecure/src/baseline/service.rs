@@ -19,6 +19,7 @@ use super::{
     model::Baseline,
     monitor::{ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
+    risk::{Grades, Reason, Risk},
 };
 use crate::flow::{PacketSocketClass, Polled};
 
@@ -38,6 +39,8 @@ pub struct BaselineReport {
     /// Packet and raw sockets held at this step that the baseline does not expect (none
     /// unless monitoring); `None` when the report is not of a step (a reload).
     pub unexpected_packet_sockets: Option<Vec<PacketSocketClass>>,
+    /// Departures first seen since the last report, with their risk.
+    pub departures: Vec<(Risk, Reason)>,
     pub state: BaselineState,
 }
 
@@ -88,6 +91,8 @@ pub struct Settings {
     pub dns_tunnel_names_per_minute: u64,
     /// How wide the networks are that rules by name remember.
     pub name_networks: NameNetworks,
+    /// The risk of each reason a departure has.
+    pub grades: Grades,
 }
 
 pub struct BaselineService {
@@ -97,6 +102,8 @@ pub struct BaselineService {
     loaded_mtime: Option<SystemTime>,
     /// What happened since the last report.
     pending: BaselineReport,
+    /// Unexpected packet-socket classes already counted as departures.
+    reported_packet_sockets: std::collections::HashSet<PacketSocketClass>,
 }
 
 impl BaselineService {
@@ -107,6 +114,7 @@ impl BaselineService {
             mode: Mode::Off,
             loaded_mtime: None,
             pending: BaselineReport::default(),
+            reported_packet_sockets: std::collections::HashSet::new(),
         };
         if service.settings.path.exists() {
             service.load("start", now_unix);
@@ -154,8 +162,18 @@ impl BaselineService {
             Mode::Monitoring(monitor) => {
                 self.pending.unexpected_traffic = monitor.observe_step(&polled.deltas, now_unix);
                 monitor.observe_asked(&polled.asked, now_unix);
-                self.pending.unexpected_packet_sockets =
-                    Some(monitor.unexpected_packet_sockets(polled.packet_sockets.keys()));
+                let packet_sockets =
+                    monitor.unexpected_packet_sockets(polled.packet_sockets.keys());
+                self.pending.departures.extend(monitor.take_departures());
+                let packet_socket_risk = self.settings.grades.of(Reason::PacketSocket);
+                for class in &packet_sockets {
+                    if self.reported_packet_sockets.insert(class.clone()) {
+                        self.pending
+                            .departures
+                            .push((packet_socket_risk, Reason::PacketSocket));
+                    }
+                }
+                self.pending.unexpected_packet_sockets = Some(packet_sockets);
             }
         }
         self.report(now_unix)
@@ -206,7 +224,8 @@ impl BaselineService {
                         now_unix,
                     )
                     .with_tunnel_threshold(self.settings.dns_tunnel_names_per_minute)
-                    .with_name_networks(self.settings.name_networks),
+                    .with_name_networks(self.settings.name_networks)
+                    .with_grades(self.settings.grades.clone()),
                 ));
             }
         }
@@ -344,6 +363,7 @@ mod tests {
             step_seconds: 1.0,
             dns_tunnel_names_per_minute: 100,
             name_networks: NameNetworks::default(),
+            grades: Grades::default(),
         };
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);

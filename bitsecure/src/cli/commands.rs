@@ -9,6 +9,7 @@ use crate::baseline::{
     file,
     model::{Baseline, FORMAT_VERSION, Rule, printable},
     monitor::{ChangedExecutable, Unexpected},
+    risk::{Reason, Risk},
 };
 use crate::export::api::BaselineView;
 use crate::{cli::client, human};
@@ -38,11 +39,15 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
         print!("{}", get(agent, "/api/unexpected")?);
         return Ok(());
     }
-    let view = fetch_view(agent)?;
+    let mut view = fetch_view(agent)?;
     if view.unexpected.is_empty() {
         println!("no unexpected traffic");
     } else {
+        // Riskiest first; within a risk, the agent's order (most recent, then biggest).
+        view.unexpected
+            .sort_by_key(|entry| std::cmp::Reverse(entry.risk));
         print!("{}", format_table(&view.unexpected));
+        print!("{}", format_reasons(&view.unexpected));
         print!("{}", format_impostors(&view.unexpected));
     }
     print!("{}", format_changed_executables(&view.changed_executables));
@@ -217,10 +222,12 @@ pub fn accept_executable(agent: &str, baseline_path: &Path, exe: &str) -> anyhow
 
 /// A terminal table of the unexpected list.
 pub fn format_table(list: &[Unexpected]) -> String {
-    let rows: Vec<[String; 10]> = list
+    let rows: Vec<[String; 12]> = list
         .iter()
         .map(|entry| {
             [
+                entry.risk.as_str().to_owned(),
+                entry.reason.as_str().to_owned(),
                 entry.process.clone(),
                 entry.exe.clone().unwrap_or_else(|| "?".into()),
                 entry.remote.clone(),
@@ -238,6 +245,8 @@ pub fn format_table(list: &[Unexpected]) -> String {
         })
         .collect();
     let header = [
+        "RISK",
+        "WHY",
         "PROCESS",
         "EXECUTABLE",
         "REMOTE",
@@ -271,6 +280,21 @@ pub fn format_table(list: &[Unexpected]) -> String {
     line(&header);
     for row in &rows {
         line(&row.each_ref().map(String::as_str));
+    }
+    out
+}
+
+/// What each reason in the list means, once each, riskiest first.
+pub fn format_reasons(list: &[Unexpected]) -> String {
+    let mut reasons: Vec<(Risk, Reason)> = list.iter().map(|e| (e.risk, e.reason)).collect();
+    reasons.sort_by(|a, b| b.cmp(a));
+    reasons.dedup();
+    let mut out = String::new();
+    for (risk, reason) in reasons {
+        out.push_str(&format!("{risk} risk, {reason}: {}\n", reason.explain()));
+    }
+    if list.iter().any(|entry| entry.risk == Risk::High) {
+        out.push_str("high risk pages (risk.page); the rest is listed for review\n");
     }
     out
 }
@@ -453,6 +477,8 @@ mod tests {
             name: name.map(|(name, _)| name.to_owned()),
             name_source: name.map(|(_, source)| source),
             app,
+            risk: Risk::High,
+            reason: Reason::NewNetwork,
             sent_bytes: 1500,
             received_bytes: 20,
             first_seen: "2027-01-15T08:00:00Z".into(),
@@ -482,6 +508,8 @@ mod tests {
         assert_eq!(
             lines[0],
             [
+                "RISK",
+                "WHY",
                 "PROCESS",
                 "EXECUTABLE",
                 "REMOTE",
@@ -495,8 +523,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            lines[1][..7],
+            lines[1][..9],
             [
+                "high",
+                "new-network",
                 "xmrig",
                 "/usr/bin/xmrig",
                 "10.0.0.7",
@@ -506,7 +536,12 @@ mod tests {
                 "http"
             ]
         );
-        assert_eq!(lines[2][2..7], ["10.0.0.8", "-", "3333", "tcp", "unknown"]);
+        assert_eq!(lines[2][4..9], ["10.0.0.8", "-", "3333", "tcp", "unknown"]);
+        let reasons = format_reasons(&[entry("10.0.0.7", POOL, App::Http)]);
+        assert!(
+            reasons.starts_with("high risk, new-network: a known program to a network"),
+            "{reasons}"
+        );
         // Columns line up: every row puts NAME at the same offset.
         let name_at = table.lines().next().and_then(|h| h.find("NAME"));
         assert_eq!(

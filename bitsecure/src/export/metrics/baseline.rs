@@ -9,6 +9,7 @@ use super::register;
 use crate::{
     baseline::{
         monitor::RuleStatus,
+        risk::Risk,
         service::{BaselineReport, BaselineState},
     },
     flow::{SeriesKey, port_label},
@@ -25,6 +26,8 @@ pub struct BaselineMetrics {
     pub unexpected_received_bytes: IntCounterVec,
     pub unexpected_flows: IntGauge,
     pub unexpected_packet_sockets: prometheus::IntGaugeVec,
+    pub risk_pages: prometheus::IntGaugeVec,
+    pub departures: IntCounterVec,
     pub impostor_bytes: IntCounterVec,
     pub payout_changed_bytes: IntCounterVec,
     pub executable_changed: prometheus::IntGaugeVec,
@@ -42,6 +45,17 @@ pub struct BaselineMetrics {
     pub rule_observed_cadence: prometheus::GaugeVec,
 }
 
+/// Labels of the unexpected-traffic series: the class, then how much it matters and why.
+const UNEXPECTED_LABELS: [&str; 7] = [
+    SeriesKey::LABEL_NAMES[0],
+    SeriesKey::LABEL_NAMES[1],
+    SeriesKey::LABEL_NAMES[2],
+    SeriesKey::LABEL_NAMES[3],
+    SeriesKey::LABEL_NAMES[4],
+    "risk",
+    "reason",
+];
+
 impl BaselineMetrics {
     pub(super) fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
@@ -54,8 +68,9 @@ impl BaselineMetrics {
         // matches any application).
         const RULE_LABELS: [&str; 5] = SeriesKey::LABEL_NAMES;
         let with_direction = [&RULE_LABELS[..], &["direction"]].concat();
-        // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum.
-        let unexpected_labels = SeriesKey::LABEL_NAMES;
+        // `app` tells "the miner speaks HTTP to its pool" apart from its usual stratum; `risk`
+        // and `reason` say how much it matters and why (what pages: bitsecure_risk_pages).
+        let unexpected_labels = UNEXPECTED_LABELS;
         Ok(Self {
             rules: register(
                 registry,
@@ -110,6 +125,29 @@ impl BaselineMetrics {
                         "L3 bytes received by traffic no baseline rule matches; remote=\"other\" when the list is full.",
                     ),
                     &unexpected_labels,
+                )?,
+            )?,
+            risk_pages: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_risk_pages",
+                        "1 for each risk whose unexpected traffic pages (risk.page: \
+                         BitSecureUnexpectedDestination), 0 for the risks listed for review.",
+                    ),
+                    &["risk"],
+                )?,
+            )?,
+            departures: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_alertable_departures_total",
+                        "Departures from the baseline first seen (an unexpected traffic class, a \
+                         changed executable, a moved name, a new name asked, a DNS tunnel, a \
+                         packet socket), by risk and reason: how noisy this rig is.",
+                    ),
+                    &["risk", "reason"],
                 )?,
             )?,
             unexpected_packet_sockets: register(
@@ -252,6 +290,15 @@ impl BaselineMetrics {
         })
     }
 
+    /// Which risks page (`risk.page`), as `bitsecure_risk_pages`.
+    pub fn set_paging(&self, pages: impl Fn(Risk) -> bool) {
+        for risk in Risk::ALL {
+            self.risk_pages
+                .with_label_values(&[risk.as_str()])
+                .set(i64::from(pages(risk)));
+        }
+    }
+
     /// A report of the baseline service: counters of this step's unexpected traffic, then the
     /// gauges of where it stands.
     pub(super) fn publish(&self, report: &BaselineReport) {
@@ -274,13 +321,27 @@ impl BaselineMetrics {
                 ])
                 .inc();
         }
+        for (risk, reason) in &report.departures {
+            self.departures
+                .with_label_values(&[risk.as_str(), reason.as_str()])
+                .inc();
+        }
         for increment in &report.unexpected_traffic {
             let mut series = SeriesKey::of(&increment.key);
             if !increment.listed {
                 // The list is full: keep the process and app, fold remote and port.
                 series = series.folded();
             }
-            let labels = series.labels();
+            let [process, remote, port, protocol, app] = series.labels();
+            let labels = [
+                process,
+                remote,
+                port,
+                protocol,
+                app,
+                increment.risk.as_str(),
+                increment.reason.as_str(),
+            ];
             self.unexpected_sent_bytes
                 .with_label_values(&labels)
                 .inc_by(increment.traffic.sent_bytes);
@@ -358,7 +419,7 @@ impl BaselineMetrics {
                 self.unexpected_last_seen.reset();
                 // Two programs under one name may share a series: the earliest first and the
                 // latest last sighting.
-                let mut seen: BTreeMap<[String; 5], (f64, f64)> = BTreeMap::new();
+                let mut seen: BTreeMap<[String; 7], (f64, f64)> = BTreeMap::new();
                 for entry in unexpected {
                     let labels = [
                         entry.process.clone(),
@@ -366,6 +427,8 @@ impl BaselineMetrics {
                         port_label(entry.port),
                         entry.protocol.clone(),
                         entry.app.as_str().to_owned(),
+                        entry.risk.as_str().to_owned(),
+                        entry.reason.as_str().to_owned(),
                     ];
                     let (first, last) = seen
                         .entry(labels)
