@@ -203,6 +203,12 @@ pub struct Normal {
     /// Period of the traffic in seconds, for periodic traffic only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cadence_seconds: Option<f64>,
+    /// Bursts (runs of polls with traffic) while learning; absent in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bursts: Option<u64>,
+    /// The longest quiet spell between two bursts while learning, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longest_gap_seconds: Option<f64>,
 }
 
 /// The expected rate over one cycle, in bins of `step_seconds`.

@@ -702,7 +702,7 @@ impl Monitor {
                     silence_seconds,
                     silence_ratio: stats::silence_ratio(
                         silence_seconds,
-                        cadence,
+                        &rhythm(normal),
                         self.step_seconds,
                     ),
                     expected_cadence: cadence,
@@ -793,6 +793,16 @@ fn find_impersonated(
     })
 }
 
+/// What a rule's recorded normal says about its traffic over time (nothing recorded: steady).
+fn rhythm(normal: Option<&crate::baseline::model::Normal>) -> stats::Rhythm {
+    normal.map_or_else(stats::Rhythm::default, |normal| stats::Rhythm {
+        cadence_seconds: normal.cadence_seconds,
+        bursts: normal.bursts,
+        longest_gap_seconds: normal.longest_gap_seconds,
+        active_fraction: normal.active_fraction,
+    })
+}
+
 fn window_steps(rule: &Rule, step_seconds: f64) -> usize {
     let cadence = rule
         .normal
@@ -847,6 +857,8 @@ mod tests {
                 active_fraction: 0.1,
                 connections_per_hour: 0.0,
                 cadence_seconds: Some(60.0),
+                bursts: None,
+                longest_gap_seconds: None,
             }),
             profile: Some(Profile {
                 step_seconds: 30.0,
@@ -945,9 +957,11 @@ mod tests {
             ]
         );
         let list = monitor.unexpected();
-        assert!(list.iter().all(|entry| increments
-            .iter()
-            .any(|i| (i.risk, i.reason) == (entry.risk, entry.reason))));
+        assert!(list.iter().all(|entry| {
+            increments
+                .iter()
+                .any(|i| (i.risk, i.reason) == (entry.risk, entry.reason))
+        }));
         let mut departures = monitor.take_departures();
         departures.sort();
         assert_eq!(

@@ -338,6 +338,7 @@ impl Recorder {
                 let both: Vec<u64> = sent.iter().zip(&received).map(|(s, r)| s + r).collect();
                 let hours = (total_steps as f64 * step_seconds / 3600.0).max(f64::EPSILON);
                 let cadence = stats::detect_cadence(&both, step_seconds);
+                let (bursts, longest_gap) = stats::bursts_and_longest_gap(&both, step_seconds);
                 let profile = cadence.as_ref().map(|cadence| {
                     let bins = ((cadence.period_seconds / step_seconds).round() as usize)
                         .clamp(1, MAX_PROFILE_BINS);
@@ -374,6 +375,8 @@ impl Recorder {
                         active_fraction: stats::active_fraction(&both),
                         connections_per_hour: connections as f64 / hours,
                         cadence_seconds: cadence.map(|cadence| cadence.period_seconds),
+                        bursts: Some(bursts),
+                        longest_gap_seconds: longest_gap,
                     }),
                     profile,
                 };
@@ -461,6 +464,38 @@ mod tests {
                 received_packets: 1,
             },
         }
+    }
+
+    #[test]
+    fn rules_record_their_bursts_and_longest_quiet_spell() {
+        let start: jiff::Timestamp = "2026-11-24T12:00:00Z".parse().unwrap();
+        let mut recorder = Recorder::new(5.0, start, 100);
+        // A lookup at start-up and one 10 polls later; a connection busy all along.
+        for step in 0..20 {
+            let mut deltas = vec![delta("xmrig", "10.0.0.2", 3333, 100, step == 0)];
+            if step == 2 || step == 12 {
+                deltas.push(delta("xmrig", "10.0.0.53", 53, 40, true));
+            }
+            recorder.record_step(&deltas);
+        }
+        let baseline = recorder.finish("rig");
+        let normal_of = |remote: &str| {
+            let rule = baseline.rules.iter().find(|r| r.remote == remote).unwrap();
+            rule.normal.clone().unwrap()
+        };
+        let lookup = normal_of("10.0.0.53");
+        assert_eq!(
+            (lookup.bursts, lookup.longest_gap_seconds),
+            (Some(2), Some(45.0))
+        );
+        let pool = normal_of("10.0.0.2");
+        assert_eq!((pool.bursts, pool.longest_gap_seconds), (Some(1), None));
+        let text = crate::baseline::file::render(&baseline);
+        assert!(text.contains("longest_gap_seconds = 45.0"), "{text}");
+        let parsed = crate::baseline::file::parse(&text, "recorded").expect("valid");
+        assert_eq!(parsed.rules, baseline.rules);
+        let shown = crate::baseline::file::show(&parsed);
+        assert!(shown.contains("rare: never reported silent"), "{shown}");
     }
 
     #[test]

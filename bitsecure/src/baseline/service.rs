@@ -378,11 +378,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let text = metrics.render().unwrap();
         // The prometheus encoder writes labels in alphabetical order.
-        let labels = r#"app="http",port="3333",process="xmrig",protocol="tcp",remote="10.0.0.7""#;
+        // The pool's own host and port in another application: low risk, a new port.
+        let labels = r#"app="http",port="3333",process="xmrig",protocol="tcp",reason="new-port",remote="10.0.0.7",risk="low""#;
         for expected in [
             format!("bitsecure_unexpected_sent_bytes_total{{{labels}}} 7\n"),
             format!("bitsecure_unexpected_last_seen_timestamp_seconds{{{labels}}} 1001\n"),
             "bitsecure_unexpected_flows 1\n".to_owned(),
+            "bitsecure_alertable_departures_total{reason=\"new-port\",risk=\"low\"} 1\n".to_owned(),
             "bitsecure_rule_silence_seconds{app=\"stratum\",port=\"3333\",process=\"xmrig\",\
              protocol=\"tcp\",remote=\"pool.example.org\"} 0\n"
                 .to_owned(),

@@ -83,6 +83,39 @@ pub const DEFAULT_GAP_STEPS: f64 = 10.0;
 /// ...and never less than this many seconds.
 pub const DEFAULT_GAP_MIN_SECONDS: f64 = 60.0;
 
+/// A rule seen in fewer bursts than this while learning, and active less than half of the
+/// time, has no rhythm to miss: it is never silent (a lookup at start-up, a reconnect).
+pub const MIN_BURSTS_FOR_SILENCE: u64 = 3;
+
+/// An aperiodic rule is silent past this many times its longest quiet spell while learning
+/// (the alert then waits for 1.5 times that: three times the longest gap seen).
+pub const LEARNT_GAP_MARGIN: f64 = 2.0;
+
+/// What a rule's traffic looked like over time while learning, for [`silence_ratio`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rhythm {
+    /// Period of periodic traffic.
+    pub cadence_seconds: Option<f64>,
+    /// Bursts (runs of steps with traffic) while learning; `None` when not recorded.
+    pub bursts: Option<u64>,
+    /// Longest quiet spell between two bursts while learning.
+    pub longest_gap_seconds: Option<f64>,
+    /// Share of the learning steps with traffic.
+    pub active_fraction: f64,
+}
+
+impl Default for Rhythm {
+    /// Nothing known: traffic expected all the time, the default gap applies.
+    fn default() -> Self {
+        Self {
+            cadence_seconds: None,
+            bursts: None,
+            longest_gap_seconds: None,
+            active_fraction: 1.0,
+        }
+    }
+}
+
 /// Averaging window of [`window_seconds`] for aperiodic traffic, in steps...
 pub const DEFAULT_WINDOW_STEPS: f64 = 6.0;
 /// ...and never less than this many seconds.
@@ -167,6 +200,30 @@ pub fn burst_onsets(bytes_per_step: &[u64], step_seconds: f64) -> Vec<f64> {
         .into_iter()
         .map(|index| index as f64 * step_seconds)
         .collect()
+}
+
+/// How many bursts (runs of steps with traffic) a series has, and its longest run of quiet
+/// steps between two bursts in seconds (`None` with fewer than two bursts or an invalid step).
+pub fn bursts_and_longest_gap(bytes_per_step: &[u64], step_seconds: f64) -> (u64, Option<f64>) {
+    let onsets = onset_steps(bytes_per_step, 0);
+    let mut longest: Option<usize> = None;
+    let mut quiet = 0usize;
+    let mut seen_traffic = false;
+    for &bytes in bytes_per_step {
+        if bytes > 0 {
+            if seen_traffic && quiet > 0 {
+                longest = Some(longest.map_or(quiet, |l| l.max(quiet)));
+            }
+            seen_traffic = true;
+            quiet = 0;
+        } else {
+            quiet += 1;
+        }
+    }
+    let gap = longest
+        .filter(|_| valid_step(step_seconds))
+        .map(|steps| steps as f64 * step_seconds);
+    (onsets.len() as u64, gap)
 }
 
 /// Median interval between consecutive burst onsets (as from [`burst_onsets`], in seconds), in
@@ -605,34 +662,45 @@ pub fn deviation_ratio(current_rate: f64, normal: &RateStats) -> f64 {
     if ratio.is_nan() { 0.0 } else { ratio }
 }
 
-/// The gap between packets that is still normal, in seconds: one cadence (never under one
-/// step) for periodic traffic, else `max(DEFAULT_GAP_STEPS × step, DEFAULT_GAP_MIN_SECONDS)`.
-fn expected_gap_seconds(cadence_seconds: Option<f64>, step_seconds: f64) -> f64 {
-    match cadence_seconds.filter(|&cadence| valid_duration(cadence)) {
-        Some(cadence) => cadence.max(step_seconds),
-        None => (DEFAULT_GAP_STEPS * step_seconds).max(DEFAULT_GAP_MIN_SECONDS),
+/// The gap between packets that is still normal, in seconds, or `None` for rare traffic that
+/// has no gap to exceed: one cadence (never under one step) for periodic traffic; nothing for
+/// traffic seen in fewer than [`MIN_BURSTS_FOR_SILENCE`] bursts and active less than half of
+/// the time; else the default `max(DEFAULT_GAP_STEPS × step, DEFAULT_GAP_MIN_SECONDS)`, or
+/// [`LEARNT_GAP_MARGIN`] times the longest quiet spell seen while learning when that is longer.
+pub fn expected_gap_seconds(rhythm: &Rhythm, step_seconds: f64) -> Option<f64> {
+    if let Some(cadence) = rhythm.cadence_seconds.filter(|&c| valid_duration(c)) {
+        return Some(cadence.max(step_seconds));
     }
+    if rhythm
+        .bursts
+        .is_some_and(|bursts| bursts < MIN_BURSTS_FOR_SILENCE)
+        && rhythm.active_fraction < 0.5
+    {
+        return None;
+    }
+    let default = (DEFAULT_GAP_STEPS * step_seconds).max(DEFAULT_GAP_MIN_SECONDS);
+    let learnt = rhythm
+        .longest_gap_seconds
+        .filter(|&gap| valid_duration(gap))
+        .map_or(0.0, |gap| gap * LEARNT_GAP_MARGIN);
+    Some(default.max(learnt))
 }
 
 /// How long a rule has been silent compared with normal: `seconds_since_last_traffic` divided
-/// by the expected gap, which is the cadence (seconds) for periodic traffic, else
-/// `max(10 × step_seconds, 60 s)`.
+/// by the expected gap ([`expected_gap_seconds`]).
 ///
-/// Above 1.0 the rule has been quiet for longer than a whole cycle (a crashed miner, a dead
-/// pool). A cadence that is not a positive number counts as none. A negative or NaN silence, or
-/// an invalid step, gives 0.0.
-pub fn silence_ratio(
-    seconds_since_last_traffic: f64,
-    cadence_seconds: Option<f64>,
-    step_seconds: f64,
-) -> f64 {
+/// Above 1.0 the rule has been quiet for longer than a whole cycle, or than it ever was while
+/// learning (a crashed miner, a dead pool). A cadence that is not a positive number counts as
+/// none. Rare traffic (no expected gap), a negative or NaN silence, or an invalid step give
+/// 0.0.
+pub fn silence_ratio(seconds_since_last_traffic: f64, rhythm: &Rhythm, step_seconds: f64) -> f64 {
     if !valid_step(step_seconds)
         || seconds_since_last_traffic.is_nan()
         || seconds_since_last_traffic <= 0.0
     {
         return 0.0;
     }
-    seconds_since_last_traffic / expected_gap_seconds(cadence_seconds, step_seconds)
+    expected_gap_seconds(rhythm, step_seconds).map_or(0.0, |gap| seconds_since_last_traffic / gap)
 }
 
 /// Length of the window live rates are averaged over before [`deviation_ratio`], in seconds:
@@ -1258,33 +1326,88 @@ mod tests {
 
     // --- silence_ratio, window_seconds ---
 
+    fn periodic(cadence: f64) -> Rhythm {
+        Rhythm {
+            cadence_seconds: Some(cadence),
+            ..Rhythm::default()
+        }
+    }
+
     #[test]
     fn silence_ratio_with_cadence() {
-        assert_close(silence_ratio(150.0, Some(300.0), STEP), 0.5);
-        assert_close(silence_ratio(900.0, Some(300.0), STEP), 3.0);
-        assert_close(silence_ratio(0.0, Some(300.0), STEP), 0.0);
+        assert_close(silence_ratio(150.0, &periodic(300.0), STEP), 0.5);
+        assert_close(silence_ratio(900.0, &periodic(300.0), STEP), 3.0);
+        assert_close(silence_ratio(0.0, &periodic(300.0), STEP), 0.0);
         // A cadence shorter than a step is measured against one step.
-        assert_close(silence_ratio(10.0, Some(2.0), STEP), 2.0);
+        assert_close(silence_ratio(10.0, &periodic(2.0), STEP), 2.0);
     }
 
     #[test]
     fn silence_ratio_without_cadence() {
         // max(10 × 5 s, 60 s) = 60 s.
-        assert_close(silence_ratio(120.0, None, STEP), 2.0);
+        assert_close(silence_ratio(120.0, &Rhythm::default(), STEP), 2.0);
         // max(10 × 10 s, 60 s) = 100 s.
-        assert_close(silence_ratio(50.0, None, 10.0), 0.5);
+        assert_close(silence_ratio(50.0, &Rhythm::default(), 10.0), 0.5);
         // Unusable cadences count as none.
         for cadence in [0.0, -300.0, f64::NAN, f64::INFINITY] {
-            assert_close(silence_ratio(120.0, Some(cadence), STEP), 2.0);
+            assert_close(silence_ratio(120.0, &periodic(cadence), STEP), 2.0);
         }
     }
 
     #[test]
     fn silence_ratio_bad_input_is_neutral() {
-        assert_close(silence_ratio(-1.0, Some(300.0), STEP), 0.0);
-        assert_close(silence_ratio(f64::NAN, None, STEP), 0.0);
-        assert_close(silence_ratio(600.0, Some(300.0), 0.0), 0.0);
-        assert_close(silence_ratio(600.0, None, f64::NAN), 0.0);
+        assert_close(silence_ratio(-1.0, &periodic(300.0), STEP), 0.0);
+        assert_close(silence_ratio(f64::NAN, &Rhythm::default(), STEP), 0.0);
+        assert_close(silence_ratio(600.0, &periodic(300.0), 0.0), 0.0);
+        assert_close(silence_ratio(600.0, &Rhythm::default(), f64::NAN), 0.0);
+    }
+
+    #[test]
+    fn rare_traffic_is_never_silent_and_irregular_traffic_gets_its_own_gap() {
+        // A lookup at start-up and one at a reconnect: two bursts in a mostly quiet learning.
+        let rare = Rhythm {
+            bursts: Some(2),
+            longest_gap_seconds: Some(900.0),
+            active_fraction: 0.01,
+            cadence_seconds: None,
+        };
+        assert_eq!(expected_gap_seconds(&rare, STEP), None);
+        assert_close(silence_ratio(86_400.0, &rare, STEP), 0.0);
+        // A connection that stayed up: one burst, but active all the time: the default gap.
+        let steady = Rhythm {
+            bursts: Some(1),
+            longest_gap_seconds: None,
+            active_fraction: 1.0,
+            cadence_seconds: None,
+        };
+        assert_close(silence_ratio(120.0, &steady, STEP), 2.0);
+        // Jobs at random times, quiet for up to 200 s while learning: silent past 400 s.
+        let irregular = Rhythm {
+            bursts: Some(40),
+            longest_gap_seconds: Some(200.0),
+            active_fraction: 0.2,
+            cadence_seconds: None,
+        };
+        assert_eq!(expected_gap_seconds(&irregular, STEP), Some(400.0));
+        assert_close(silence_ratio(600.0, &irregular, STEP), 1.5);
+        // Gaps shorter than the default keep the default.
+        let busy = Rhythm {
+            longest_gap_seconds: Some(10.0),
+            ..irregular
+        };
+        assert_eq!(expected_gap_seconds(&busy, STEP), Some(60.0));
+    }
+
+    #[test]
+    fn bursts_and_their_longest_gap() {
+        assert_eq!(
+            bursts_and_longest_gap(&[5, 5, 0, 0, 7, 0, 3, 0, 0, 0], STEP),
+            (3, Some(2.0 * STEP))
+        );
+        // Quiet before the first and after the last burst is not a gap between bursts.
+        assert_eq!(bursts_and_longest_gap(&[0, 0, 4, 4, 0, 0], STEP), (1, None));
+        assert_eq!(bursts_and_longest_gap(&[0; 4], STEP), (0, None));
+        assert_eq!(bursts_and_longest_gap(&[1, 0, 1], f64::NAN), (2, None));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub(crate) fn xmrig_rule() -> Rule {
             active_fraction: 0.12,
             connections_per_hour: 2.0,
             cadence_seconds: Some(300.0),
+            bursts: None,
+            longest_gap_seconds: None,
         }),
         profile: Some(Profile {
             step_seconds: 5.0,
@@ -59,6 +61,8 @@ pub(crate) fn chronyd_rule() -> Rule {
             active_fraction: 1.0,
             connections_per_hour: 0.0,
             cadence_seconds: None,
+            bursts: None,
+            longest_gap_seconds: None,
         }),
         ..Rule::new("chronyd", "fd00::/64", None, "udp")
     }

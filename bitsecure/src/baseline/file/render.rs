@@ -142,6 +142,12 @@ pub(super) fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
         if let Some(cadence) = normal.cadence_seconds {
             writeln!(f, "  cadence_seconds = {}", toml_float(cadence))?;
         }
+        if let Some(bursts) = normal.bursts {
+            writeln!(f, "  bursts = {bursts}")?;
+        }
+        if let Some(gap) = normal.longest_gap_seconds {
+            writeln!(f, "  longest_gap_seconds = {}", toml_float(gap))?;
+        }
     }
     if let Some(profile) = &rule.profile {
         writeln!(f, "  [rule.profile]")?;

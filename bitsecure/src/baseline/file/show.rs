@@ -63,9 +63,29 @@ impl fmt::Display for Shown<'_> {
                 human::decimal(normal.active_fraction * 100.0),
                 human::decimal(normal.connections_per_hour)
             )?;
-            match normal.cadence_seconds {
-                Some(cadence) => writeln!(f, ", periodic every {}", human::duration(cadence))?,
-                None => writeln!(f)?,
+            if let Some(cadence) = normal.cadence_seconds {
+                write!(f, ", periodic every {}", human::duration(cadence))?;
+            }
+            if let Some(bursts) = normal.bursts {
+                write!(f, ", {bursts} bursts")?;
+            }
+            if let Some(gap) = normal.longest_gap_seconds {
+                write!(f, ", quiet at most {} between them", human::duration(gap))?;
+            }
+            let rhythm = crate::baseline::stats::Rhythm {
+                cadence_seconds: normal.cadence_seconds,
+                bursts: normal.bursts,
+                longest_gap_seconds: normal.longest_gap_seconds,
+                active_fraction: normal.active_fraction,
+            };
+            let step = baseline
+                .recording
+                .as_ref()
+                .map_or(1.0, |recording| recording.step_seconds);
+            match crate::baseline::stats::expected_gap_seconds(&rhythm, step) {
+                // Rare traffic: nothing to miss.
+                None => writeln!(f, "; rare: never reported silent")?,
+                Some(_) => writeln!(f)?,
             }
             if let Some(profile) = &rule.profile {
                 writeln!(

@@ -420,6 +420,9 @@ fn validate_normal(normal: &Normal) -> Result<(), FieldProblem> {
     if let Some(cadence) = normal.cadence_seconds {
         positive("normal.cadence_seconds", cadence)?;
     }
+    if let Some(gap) = normal.longest_gap_seconds {
+        positive("normal.longest_gap_seconds", gap)?;
+    }
     Ok(())
 }
 

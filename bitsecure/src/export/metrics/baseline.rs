@@ -274,7 +274,7 @@ impl BaselineMetrics {
             )?,
             rule_silence_ratio: gauge_vec(
                 "bitsecure_rule_silence_ratio",
-                "Silence divided by the rule's normal gap (its cadence): above 1 means quieter than normal.",
+                "Silence divided by the rule's normal gap (its cadence, else twice its longest quiet spell while learning, at least 60 s): above 1 means quieter than normal. 0 for rare rules (fewer than 3 bursts while learning).",
                 &RULE_LABELS,
             )?,
             rule_expected_cadence: gauge_vec(
