@@ -25,6 +25,7 @@ mod names;
 mod payout;
 mod prometheus_rules;
 mod restart;
+mod settling;
 mod tamper;
 mod wire;
 

@@ -135,9 +135,21 @@ pub struct BaselineConfig {
     pub name_network_v4: u8,
     /// The same for IPv6.
     pub name_network_v6: u8,
+    /// After learning, the baseline settles until no traffic class joined it for this long:
+    /// meanwhile low-risk newcomers join it (marked `learnt_late`). 0 = do not settle.
+    pub settle_quiet_seconds: f64,
+    /// ...and at the latest this long after learning ended.
+    pub settle_max_seconds: f64,
 }
 
 impl BaselineConfig {
+    pub fn settle(&self) -> crate::baseline::settle::SettleConfig {
+        crate::baseline::settle::SettleConfig {
+            quiet_seconds: self.settle_quiet_seconds,
+            max_seconds: self.settle_max_seconds,
+        }
+    }
+
     pub fn name_networks(&self) -> crate::baseline::matching::NameNetworks {
         crate::baseline::matching::NameNetworks {
             v4: self.name_network_v4,
@@ -155,6 +167,8 @@ impl Default for BaselineConfig {
             dns_tunnel_names_per_minute: 100,
             name_network_v4: 24,
             name_network_v6: 48,
+            settle_quiet_seconds: 21_600.0,
+            settle_max_seconds: 604_800.0,
         }
     }
 }
@@ -312,6 +326,16 @@ impl Config {
                     .into(),
             );
         }
+        for (key, value) in [
+            ("settle_quiet_seconds", self.baseline.settle_quiet_seconds),
+            ("settle_max_seconds", self.baseline.settle_max_seconds),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!(
+                    "baseline.{key} must be a number of seconds, 0 or more, not {value}"
+                ));
+            }
+        }
         let (v4, v6) = (self.baseline.name_network_v4, self.baseline.name_network_v6);
         if !(8..=32).contains(&v4) || !(16..=128).contains(&v6) {
             return Err(format!(
@@ -443,6 +467,8 @@ mod tests {
             "[baseline]\nname_network_v4 = 33\n",
             "[baseline]\nname_network_v4 = 0\n",
             "[baseline]\nname_network_v6 = 129\n",
+            "[baseline]\nsettle_quiet_seconds = -1.0\n",
+            "[baseline]\nsettle_max_seconds = nan\n",
         ] {
             assert!(Config::parse(text, "t").is_err(), "{text} was accepted");
         }

@@ -80,13 +80,34 @@ enum BaselineCommand {
         #[command(flatten)]
         config: ConfigArg,
         /// How long to record, e.g. 30m, 2h, 90s. Cover several cycles of your miner's job
-        /// cadence so it can be detected.
+        /// cadence (nine or more) so it can be detected.
         #[arg(long, short, value_parser = human::parse_duration)]
         duration: std::time::Duration,
+        /// Then go on until no new traffic class came for this long, e.g. 2h: rare-but-normal
+        /// traffic (a reconnect, an hourly job) gets learnt too.
+        #[arg(long, value_parser = human::parse_duration, value_name = "DURATION")]
+        until_quiet: Option<std::time::Duration>,
+        /// With --until-quiet: stop after this long in all, quiet or not.
+        #[arg(long, value_parser = human::parse_duration, default_value = "7d", requires = "until_quiet")]
+        max: std::time::Duration,
+        /// Add what this recording sees to the existing file instead of replacing it: the
+        /// traffic classes it lacks become rules (its rules and comments stay), e.g. to cover a
+        /// weekly job or a restart.
+        #[arg(long)]
+        resume: bool,
         /// Where to write; default: baseline.path of the config. An existing file is kept as
         /// FILE.bak.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+    /// Where the running agent's baseline stands: learning (time left), settling (low-risk
+    /// newcomers join it, marked learnt_late) or stable, with the evidence.
+    Status {
+        #[command(flatten)]
+        agent: AgentArg,
+        /// Print JSON (for scripts) instead of a line.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the rules of a baseline file.
     Show(FileArg),
@@ -233,11 +254,25 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Baseline(BaselineCommand::Record {
             config,
             duration,
+            until_quiet,
+            max,
+            resume,
             output,
         }) => {
             let config = load_config(config.config.as_deref())?;
             let output = output.unwrap_or_else(|| config.baseline.path.clone());
-            agent::record(config, duration, &output)
+            if max < duration {
+                anyhow::bail!("--max ({max:?}) is shorter than --duration ({duration:?})");
+            }
+            let length = agent::RecordLength {
+                duration,
+                until_quiet,
+                max,
+            };
+            agent::record(config, length, &output, resume)
+        }
+        Command::Baseline(BaselineCommand::Status { agent, json }) => {
+            commands::status(&agent.address()?, json)
         }
         Command::Baseline(BaselineCommand::Show(file)) => commands::show(&file.path()?),
         Command::Baseline(BaselineCommand::Diff { old, new }) => commands::diff(&old, &new),

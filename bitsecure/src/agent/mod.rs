@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-pub use record::record;
+pub use record::{RecordLength, record};
 pub use run::{run, uninstall};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

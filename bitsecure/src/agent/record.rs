@@ -1,4 +1,5 @@
-//! `bitsecure baseline record`: attach, poll, learn for a while, write a baseline file.
+//! `bitsecure baseline record`: attach, poll, learn for a while (and, if asked, on until no new
+//! traffic class came for a quiet period), write a baseline file or extend one.
 
 use std::{path::Path, sync::mpsc, thread, time::Duration};
 
@@ -19,24 +20,51 @@ use crate::{
     kernel::cgroup,
 };
 
+/// How long a recording goes on.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordLength {
+    /// At least this long.
+    pub duration: Duration,
+    /// Then on until no new traffic class came for this long (`None`: stop at `duration`)...
+    pub until_quiet: Option<Duration>,
+    /// ...but never longer than this in all.
+    pub max: Duration,
+}
+
 /// The recording's consumer of flow deltas: the first poll only sets the starting counters;
-/// each of the next `steps` is recorded, with a progress line.
+/// each next one is recorded, with a progress line, until the [`RecordLength`] is reached.
 struct Recording {
     recorder: Recorder,
-    duration: Duration,
-    steps: usize,
+    length: RecordLength,
     /// Polls so far, the first included.
     polls: usize,
+    /// Recorded seconds when the latest new traffic class appeared.
+    last_new_class: f64,
 }
 
 impl Recording {
+    fn quiet_seconds(&self) -> f64 {
+        self.recorder.elapsed_seconds() - self.last_new_class
+    }
+
     fn step_done(&mut self) {
         self.polls += 1;
         if self.polls > 1 {
+            let elapsed = human::clock_duration(self.recorder.elapsed_seconds());
+            let minimum = human::clock_duration(self.length.duration.as_secs_f64());
+            let (length, quiet) = match self.length.until_quiet {
+                Some(needed) => (
+                    format!("{elapsed} (at least {minimum})"),
+                    format!(
+                        " · no new class for {} of {}",
+                        human::clock_duration(self.quiet_seconds()),
+                        human::clock_duration(needed.as_secs_f64())
+                    ),
+                ),
+                None => (format!("{elapsed} of {minimum}"), String::new()),
+            };
             eprintln!(
-                "recording: {} of {} · {} destinations · {} traffic classes",
-                human::clock_duration(self.recorder.elapsed_seconds()),
-                human::clock_duration(self.duration.as_secs_f64()),
+                "recording: {length} · {} destinations · {} traffic classes{quiet}",
                 self.recorder.destinations(),
                 self.recorder.classes()
             );
@@ -47,7 +75,11 @@ impl Recording {
 impl Consumer for Recording {
     fn on_poll(&mut self, polled: &Polled, _metrics: &Metrics) {
         if self.polls > 0 {
+            let classes = self.recorder.classes();
             self.recorder.record_step(&polled.deltas);
+            if self.recorder.classes() > classes {
+                self.last_new_class = self.recorder.elapsed_seconds();
+            }
             self.recorder
                 .record_packet_sockets(polled.packet_sockets.keys());
             self.recorder.record_asked(&polled.asked);
@@ -60,14 +92,43 @@ impl Consumer for Recording {
     }
 
     fn done(&self) -> bool {
-        self.polls > self.steps
+        let elapsed = self.recorder.elapsed_seconds();
+        if self.polls <= 1 || elapsed < self.length.duration.as_secs_f64() {
+            return false;
+        }
+        match self.length.until_quiet {
+            None => true,
+            Some(quiet) => {
+                self.quiet_seconds() >= quiet.as_secs_f64()
+                    || elapsed >= self.length.max.as_secs_f64()
+            }
+        }
     }
 }
 
-/// `bitsecure baseline record`: learns for `duration`, showing progress, and writes the
-/// baseline to `output` (atomically, keeping a backup of an existing file). Ctrl-C stops early
-/// and writes what was recorded so far.
-pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Result<()> {
+/// `bitsecure baseline record`: learns for `length`, showing progress, and writes the
+/// baseline to `output` (atomically, keeping a backup of an existing file), or with `resume`
+/// adds the traffic classes `output` lacks to it (its rules and comments kept). Ctrl-C stops
+/// early and writes what was recorded so far.
+pub fn record(
+    config: Config,
+    length: RecordLength,
+    output: &Path,
+    resume: bool,
+) -> anyhow::Result<()> {
+    // A resumed file must be there and valid before anything is recorded.
+    let existing = resume
+        .then(|| {
+            let text = std::fs::read_to_string(output).with_context(|| {
+                format!(
+                    "nothing to resume: cannot read {} (record without --resume first)",
+                    output.display()
+                )
+            })?;
+            file::parse(&text, &output.display().to_string())?;
+            anyhow::Ok(text)
+        })
+        .transpose()?;
     let cgroup = cgroup::resolve_attach_path(&config.agent.cgroup)?;
     if let Some(parent) = output
         .parent()
@@ -83,18 +144,25 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
         // Never pinned: a recording runs beside the agent and must not share its maps.
         let (programs, mut poller, _logger) = attach(&config, &cgroup, &metrics, None)?;
         let step = config.agent.poll_interval_seconds;
-        let steps = (duration.as_secs_f64() / step).ceil().max(1.0) as usize;
+        let until = match length.until_quiet {
+            Some(quiet) => format!(
+                ", then on until no new traffic class came for {} (at most {} in all)",
+                human::clock_duration(quiet.as_secs_f64()),
+                human::clock_duration(length.max.as_secs_f64())
+            ),
+            None => String::new(),
+        };
         eprintln!(
-            "recording normal traffic for {} ({steps} polls of {step} s); Ctrl-C stops early \
-             and keeps what was recorded",
-            human::clock_duration(duration.as_secs_f64())
+            "recording normal traffic for {} (a poll every {step} s){until}; Ctrl-C stops \
+             early and keeps what was recorded",
+            human::clock_duration(length.duration.as_secs_f64())
         );
         let mut recording = Recording {
             recorder: Recorder::new(step, timestamp_now(), 2000)
                 .with_name_networks(config.baseline.name_networks()),
-            duration,
-            steps,
+            length,
             polls: 0,
+            last_new_class: 0.0,
         };
         let (control, controls) = mpsc::channel::<Control>();
         let interval = config.poll_interval();
@@ -136,11 +204,28 @@ pub fn record(config: Config, duration: Duration, output: &Path) -> anyhow::Resu
             );
         }
         let baseline = recorder.finish(&service::hostname());
-        file::write_atomically(output, &file::render(&baseline))
+        let (text, written) = match &existing {
+            Some(existing) => {
+                let origin = output.display().to_string();
+                let known: std::collections::HashSet<_> = file::parse(existing, &origin)?
+                    .rules
+                    .iter()
+                    .map(|rule| rule.identity())
+                    .collect();
+                let new: Vec<_> = baseline
+                    .rules
+                    .into_iter()
+                    .filter(|rule| !known.contains(&rule.identity()))
+                    .collect();
+                (file::append_rules(existing, &origin, &new)?, new.len())
+            }
+            None => (file::render(&baseline), baseline.rules.len()),
+        };
+        file::write_atomically(output, &text)
             .with_context(|| format!("cannot write the baseline to {}", output.display()))?;
         eprintln!(
-            "wrote {} rules to {} (review: bitsecure baseline show --file {})",
-            baseline.rules.len(),
+            "{} {written} rules to {} (review: bitsecure baseline show --file {})",
+            if resume { "added" } else { "wrote" },
             output.display(),
             output.display()
         );

@@ -76,6 +76,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             dns_tunnel_names_per_minute: config.baseline.dns_tunnel_names_per_minute,
             name_networks: config.baseline.name_networks(),
             grades: config.risk.grades(),
+            settle: config.baseline.settle(),
         },
         unix_now(),
     );

@@ -9,6 +9,7 @@
 //! - [`recorder`]: learning: per-step samples per traffic class, turned into rules.
 //! - [`monitor`]: comparing: expected or unexpected, deviation, cadence, silence, reference.
 //! - [`risk`]: why a departure is one, and how much it matters (what pages).
+//! - [`settle`]: after learning, low-risk newcomers join the baseline until the rig is quiet.
 
 pub mod dns_watch;
 pub mod file;
@@ -18,6 +19,7 @@ pub mod monitor;
 pub mod recorder;
 pub mod risk;
 pub mod service;
+pub mod settle;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod test_support;

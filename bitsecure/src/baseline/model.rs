@@ -152,6 +152,11 @@ pub struct Rule {
     /// Free text for the reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// When the agent added this rule by itself while the baseline settled (RFC 3339): a
+    /// low-risk class first seen after learning, for the user to review. `None` = learnt or
+    /// accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learnt_late: Option<String>,
     /// What normal looked like; `None` for a rule accepted by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normal: Option<Normal>,
@@ -279,6 +284,7 @@ impl Rule {
             prefixes: None,
             asks: None,
             note: None,
+            learnt_late: None,
             normal: None,
             profile: None,
         }

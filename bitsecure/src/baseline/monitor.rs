@@ -91,6 +91,40 @@ pub struct Unexpected {
     pub last_seen_unix: f64,
 }
 
+impl Unexpected {
+    /// The labels of this entry's traffic series (without its risk and reason).
+    pub fn series(&self) -> SeriesKey {
+        SeriesKey {
+            process: self.process.clone(),
+            remote: self.remote.clone(),
+            port: port_label(self.port),
+            protocol: self.protocol.clone(),
+            app: self.app.as_str().to_owned(),
+        }
+    }
+
+    /// The rule that makes this entry expected: for the remote's name when known (unless
+    /// `by_address`), with the entry's program, app and account.
+    pub fn rule(&self, by_address: bool, note: Option<&str>) -> Rule {
+        Rule {
+            process: self.process.clone(),
+            exe: self.exe.clone(),
+            sha256: self.sha256.clone(),
+            cgroup: self.cgroup.clone(),
+            remote: match &self.name {
+                Some(name) if !by_address => name.clone(),
+                _ => self.remote.clone(),
+            },
+            port: self.port,
+            protocol: self.protocol.clone(),
+            app: Some(self.app.as_str().to_owned()),
+            account: self.account.clone(),
+            note: note.map(str::to_owned),
+            ..Rule::new(String::new(), String::new(), None, String::new())
+        }
+    }
+}
+
 /// A process as a rule expects it: a name, and where the rule says, an executable and a
 /// cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
@@ -843,6 +877,7 @@ mod tests {
             prefixes: None,
             asks: None,
             note: None,
+            learnt_late: None,
             normal: Some(Normal {
                 sent_bytes_per_second: RateStats {
                     mean: 10.0,

@@ -369,6 +369,7 @@ impl Recorder {
                     prefixes,
                     asks: class_asks,
                     note: None,
+                    learnt_late: None,
                     normal: Some(Normal {
                         sent_bytes_per_second: stats::rate_stats(&sent, step_seconds),
                         received_bytes_per_second: stats::rate_stats(&received, step_seconds),

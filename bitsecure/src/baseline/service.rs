@@ -6,6 +6,7 @@
 //! view).
 
 use std::{
+    collections::HashSet,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -20,8 +21,9 @@ use super::{
     monitor::{ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement},
     recorder::Recorder,
     risk::{Grades, Reason, Risk},
+    settle::{self, Maturity, SettleConfig, Stage},
 };
-use crate::flow::{PacketSocketClass, Polled};
+use crate::flow::{PacketSocketClass, Polled, SeriesKey};
 
 /// Most traffic classes a learning run keeps (the rest is counted and left out).
 const MAX_LEARNED_CLASSES: usize = 2000;
@@ -61,6 +63,8 @@ pub enum BaselineState {
         tunnels: Vec<Tunnel>,
         moved_names: Vec<MovedName>,
         statuses: Vec<RuleStatus>,
+        /// Settling or stable, with its evidence.
+        maturity: Box<Maturity>,
     },
 }
 
@@ -93,6 +97,8 @@ pub struct Settings {
     pub name_networks: NameNetworks,
     /// The risk of each reason a departure has.
     pub grades: Grades,
+    /// How long the baseline settles after learning.
+    pub settle: SettleConfig,
 }
 
 pub struct BaselineService {
@@ -174,9 +180,54 @@ impl BaselineService {
                     }
                 }
                 self.pending.unexpected_packet_sockets = Some(packet_sockets);
+                self.settle(now_unix);
             }
         }
         self.report(now_unix)
+    }
+
+    /// While the baseline settles, its low-risk newcomers join it (marked `learnt_late`): the
+    /// file is extended like `baseline accept` does (comments kept, atomic, `.bak`), reloaded,
+    /// and their traffic of this step is not counted as unexpected.
+    fn settle(&mut self, now_unix: f64) {
+        let Mode::Monitoring(monitor) = &self.mode else {
+            return;
+        };
+        let stage = settle::maturity(monitor.baseline(), &self.settings.settle, now_unix).stage;
+        if stage != Stage::Settling {
+            return;
+        }
+        let late_entries: Vec<Unexpected> = monitor
+            .unexpected()
+            .into_iter()
+            .filter(|entry| entry.risk == Risk::Low)
+            .collect();
+        let rules = settle::late_rules(&late_entries, &timestamp(now_unix).to_string());
+        if rules.is_empty() {
+            return;
+        }
+        let path = &self.settings.path;
+        let origin = path.display().to_string();
+        let written = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| file::append_rules(&text, &origin, &rules).map_err(|e| e.to_string()))
+            .and_then(|text| file::write_atomically(path, &text).map_err(|e| e.to_string()));
+        if let Err(problem) = written {
+            // Listed for review instead; tried again next poll (a full disk may clear).
+            warn!("cannot add the rules learnt while settling to {origin}: {problem}");
+            return;
+        }
+        for rule in &rules {
+            info!(
+                "learnt late (low risk, while the baseline settles): {}",
+                rule.describe()
+            );
+        }
+        self.load("learnt while settling", now_unix);
+        let learnt: HashSet<SeriesKey> = late_entries.iter().map(Unexpected::series).collect();
+        self.pending
+            .unexpected_traffic
+            .retain(|increment| !learnt.contains(&SeriesKey::of(&increment.key)));
     }
 
     /// Reloads the file (SIGHUP); on failure the baseline in force stays.
@@ -281,6 +332,11 @@ impl BaselineService {
                 tunnels: monitor.tunnels(),
                 moved_names: monitor.moved_names(),
                 statuses: monitor.statuses(now_unix),
+                maturity: Box::new(settle::maturity(
+                    monitor.baseline(),
+                    &self.settings.settle,
+                    now_unix,
+                )),
             },
         };
         BaselineReport {
@@ -364,6 +420,7 @@ mod tests {
             dns_tunnel_names_per_minute: 100,
             name_networks: NameNetworks::default(),
             grades: Grades::default(),
+            settle: SettleConfig::default(),
         };
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);
@@ -394,5 +451,94 @@ mod tests {
         let unexpected = metrics.api.view().unexpected;
         assert_eq!(unexpected.len(), 1);
         assert_eq!(unexpected[0].name.as_deref(), Some("pool.example.org"));
+    }
+
+    #[test]
+    fn low_risk_newcomers_join_a_settling_baseline_and_nothing_else_does() {
+        let dir = std::env::temp_dir().join(format!(
+            "bitsecure-service-settle-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("baseline.toml");
+        // Learnt from 900 to 1000 (Unix time); a comment of the user's.
+        let learnt = "format_version = 1\n[recording]\nstarted_at = \"1970-01-01T00:15:00Z\"\n\
+             duration_seconds = 100.0\nstep_seconds = 1.0\nhost = \"rig\"\n\n\
+             # the pool, checked by hand\n[[rule]]\nprocess = \"xmrig\"\n\
+             remote = \"pool.example.org\"\nport = 3333\nprotocol = \"tcp\"\napp = \"stratum\"\n";
+        let settings = |path: &Path| Settings {
+            path: path.to_owned(),
+            learn_seconds: 0.0,
+            max_unexpected: 10,
+            step_seconds: 1.0,
+            dns_tunnel_names_per_minute: 100,
+            name_networks: NameNetworks::default(),
+            grades: Grades::default(),
+            settle: SettleConfig {
+                quiet_seconds: 3600.0,
+                max_seconds: 86_400.0,
+            },
+        };
+        let intruder = FlowDelta {
+            process: "backdoor".into(),
+            name: None,
+            remote: "198.51.100.7".parse().unwrap(),
+            ..pool_delta(App::Http, 5000)
+        };
+        let step = Polled {
+            deltas: vec![pool_delta(App::Http, 7), intruder],
+            ..Polled::default()
+        };
+
+        // Settling (10 s after learning): the miner's HTTP to its pool's host (low: a new
+        // port) joins the file; the new program (high) is listed.
+        std::fs::write(&path, learnt).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let (mut service, report) = BaselineService::start(settings(&path), 1010.0);
+        metrics.publish_baseline(report);
+        metrics.publish_baseline(service.on_step(&step, 1011.0));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(learnt), "the file only grows:\n{text}");
+        let added = crate::baseline::file::parse(&text, "t").unwrap().rules;
+        assert_eq!(added.len(), 2, "{text}");
+        assert_eq!(
+            added[1].describe(),
+            "xmrig → pool.example.org:3333/tcp (http)"
+        );
+        assert_eq!(
+            added[1].learnt_late.as_deref(),
+            Some("1970-01-01T00:16:51Z")
+        );
+        let view = metrics.api.view();
+        let listed: Vec<&str> = view.unexpected.iter().map(|e| e.process.as_str()).collect();
+        assert_eq!(listed, ["backdoor"]);
+        let maturity = view.maturity.unwrap();
+        assert_eq!((maturity.stage, maturity.learnt_late), (Stage::Settling, 1));
+        let exposition = metrics.render().unwrap();
+        assert!(
+            exposition.contains("bitsecure_baseline_settling 1\n"),
+            "{exposition}"
+        );
+        assert!(exposition.contains("bitsecure_baseline_learnt_late_rules 1\n"));
+        assert!(
+            !exposition.contains(
+                "bitsecure_unexpected_sent_bytes_total{app=\"http\",port=\"3333\",process=\"xmrig\""
+            ),
+            "learnt late, never unexpected:\n{exposition}"
+        );
+        assert!(exposition.contains("process=\"backdoor\""));
+
+        // Stable (settled long ago): the same newcomer is listed for review, the file stays.
+        std::fs::write(&path, learnt).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let (mut service, report) = BaselineService::start(settings(&path), 200_000.0);
+        metrics.publish_baseline(report);
+        metrics.publish_baseline(service.on_step(&step, 200_001.0));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), learnt);
+        let view = metrics.api.view();
+        assert_eq!(view.unexpected.len(), 2);
+        assert_eq!(view.maturity.unwrap().stage, Stage::Stable);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

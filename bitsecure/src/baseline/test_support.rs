@@ -33,6 +33,7 @@ pub(crate) fn xmrig_rule() -> Rule {
         prefixes: None,
         asks: None,
         note: Some("pool".to_owned()),
+        learnt_late: None,
         normal: Some(Normal {
             sent_bytes_per_second: stats(120.5, 800.0, 2400.0),
             received_bytes_per_second: stats(10.0, 80.0, 240.0),

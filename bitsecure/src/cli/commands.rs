@@ -55,6 +55,29 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bitsecure baseline status`: one line saying where the baseline stands, with its evidence.
+pub fn status(agent: &str, json: bool) -> anyhow::Result<()> {
+    let view = fetch_view(agent)?;
+    if json {
+        println!("{}", serde_json::to_string(&view.maturity)?);
+        return Ok(());
+    }
+    println!("{}", describe_status(&view));
+    Ok(())
+}
+
+/// The status line of a baseline view.
+pub fn describe_status(view: &BaselineView) -> String {
+    match (&view.maturity, view.learning_remaining_seconds) {
+        (Some(maturity), _) => maturity.describe(),
+        (None, Some(left)) => format!(
+            "learning: {} left, then the baseline is written and settles",
+            human::duration(left)
+        ),
+        (None, None) => "off: no baseline and not learning (`bitsecure baseline record`)".into(),
+    }
+}
+
 /// The names processes asked for that their DNS rule does not list, DNS tunnels, and names
 /// seen outside their networks.
 pub fn format_dns(view: &BaselineView) -> String {
@@ -356,25 +379,7 @@ pub fn rules_for(entries: &[Unexpected], by_address: bool, note: Option<&str>) -
     let mut seen = HashSet::new();
     entries
         .iter()
-        .map(|entry| Rule {
-            process: entry.process.clone(),
-            exe: entry.exe.clone(),
-            sha256: entry.sha256.clone(),
-            cgroup: entry.cgroup.clone(),
-            remote: match &entry.name {
-                Some(name) if !by_address => name.clone(),
-                _ => entry.remote.clone(),
-            },
-            port: entry.port,
-            protocol: entry.protocol.clone(),
-            app: Some(entry.app.as_str().to_owned()),
-            account: entry.account.clone(),
-            prefixes: None,
-            asks: None,
-            note: note.map(str::to_owned),
-            normal: None,
-            profile: None,
-        })
+        .map(|entry| entry.rule(by_address, note))
         .filter(|rule| seen.insert(rule.identity()))
         .collect()
 }

@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::baseline::{
     dns_watch::{NewName, Tunnel},
     monitor::{ChangedExecutable, MovedName, Unexpected},
+    settle::Maturity,
 };
 
 /// What `/api/baseline` shows.
@@ -29,6 +30,12 @@ pub struct BaselineView {
     /// Names rules expect, seen at addresses outside the networks they had while learning.
     #[serde(default)]
     pub moved_names: Vec<MovedName>,
+    /// While monitoring: settling or stable, with the evidence.
+    #[serde(default)]
+    pub maturity: Option<Maturity>,
+    /// While learning: seconds left.
+    #[serde(default)]
+    pub learning_remaining_seconds: Option<f64>,
 }
 
 /// The latest view, replaced after every poll and read by the HTTP server.

@@ -112,6 +112,9 @@ pub(super) fn write_rule(f: &mut impl fmt::Write, rule: &Rule) -> fmt::Result {
     if let Some(note) = &rule.note {
         writeln!(f, "note = {}", toml_string(note))?;
     }
+    if let Some(when) = &rule.learnt_late {
+        writeln!(f, "learnt_late = {}", toml_string(when))?;
+    }
     if let Some(normal) = &rule.normal {
         writeln!(f, "  [rule.normal]")?;
         for (name, stats) in [

@@ -41,10 +41,20 @@ impl fmt::Display for Shown<'_> {
                 None => writeln!(f)?,
             }
             let indent = " ".repeat(width + 4);
+            if let Some(when) = &rule.learnt_late {
+                writeln!(
+                    f,
+                    "{indent}learnt late ({}) while the baseline settled: review it, then \
+                     remove its learnt_late line",
+                    printable(when)
+                )?;
+            }
             write_holder(f, rule, &indent)?;
             write_checks(f, rule, &indent)?;
             let Some(normal) = &rule.normal else {
-                writeln!(f, "{indent}accepted by hand: no recorded normal")?;
+                if rule.learnt_late.is_none() {
+                    writeln!(f, "{indent}accepted by hand: no recorded normal")?;
+                }
                 continue;
             };
             writeln!(

@@ -385,6 +385,18 @@ pub(super) fn validate_rule(rule: &Rule) -> Result<(), FieldProblem> {
             ),
         ));
     }
+    if let Some(when) = &rule.learnt_late
+        && !is_rfc3339_utc(when)
+    {
+        return Err(problem(
+            "learnt_late",
+            format!(
+                "learnt_late {:?} is not an RFC 3339 time in UTC like \"2026-11-24T12:00:00Z\" \
+                 (remove the line once you reviewed the rule)",
+                printable(when)
+            ),
+        ));
+    }
     if let Some(normal) = &rule.normal {
         validate_normal(normal)?;
     }

@@ -11,6 +11,7 @@ use crate::{
         monitor::RuleStatus,
         risk::Risk,
         service::{BaselineReport, BaselineState},
+        settle::Stage,
     },
     flow::{SeriesKey, port_label},
 };
@@ -27,6 +28,9 @@ pub struct BaselineMetrics {
     pub unexpected_flows: IntGauge,
     pub unexpected_packet_sockets: prometheus::IntGaugeVec,
     pub risk_pages: prometheus::IntGaugeVec,
+    pub settling: IntGauge,
+    pub quiet_seconds: prometheus::Gauge,
+    pub learnt_late_rules: IntGauge,
     pub departures: IntCounterVec,
     pub impostor_bytes: IntCounterVec,
     pub payout_changed_bytes: IntCounterVec,
@@ -125,6 +129,30 @@ impl BaselineMetrics {
                         "L3 bytes received by traffic no baseline rule matches; remote=\"other\" when the list is full.",
                     ),
                     &unexpected_labels,
+                )?,
+            )?,
+            settling: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_settling",
+                    "1 while the baseline settles after learning (low-risk newcomers join it, \
+                     marked learnt_late), 0 once stable or while not monitoring.",
+                )?,
+            )?,
+            quiet_seconds: register(
+                registry,
+                prometheus::Gauge::new(
+                    "bitsecure_baseline_quiet_seconds",
+                    "Seconds since the last traffic class joined the baseline (learning's end \
+                     or the latest rule learnt late): the evidence of a settled baseline.",
+                )?,
+            )?,
+            learnt_late_rules: register(
+                registry,
+                IntGauge::new(
+                    "bitsecure_baseline_learnt_late_rules",
+                    "Rules the agent added while the baseline settled, not yet reviewed (their \
+                     learnt_late line is still in the file).",
                 )?,
             )?,
             risk_pages: register(
@@ -368,6 +396,7 @@ impl BaselineMetrics {
             BaselineState::Off => {
                 self.learning.set(0);
                 self.rules.set(0);
+                self.settling.set(0);
             }
             BaselineState::Learning { remaining_seconds } => {
                 self.learning.set(1);
@@ -381,7 +410,14 @@ impl BaselineMetrics {
                 tunnels,
                 moved_names,
                 statuses,
+                maturity,
             } => {
+                self.settling
+                    .set(i64::from(maturity.stage == Stage::Settling));
+                self.quiet_seconds
+                    .set(maturity.quiet_seconds.unwrap_or(0.0));
+                self.learnt_late_rules
+                    .set(i64::try_from(maturity.learnt_late).unwrap_or(i64::MAX));
                 self.name_moved.reset();
                 for moved in moved_names {
                     self.name_moved

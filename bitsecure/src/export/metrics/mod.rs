@@ -90,6 +90,7 @@ impl Metrics {
                 new_names,
                 tunnels,
                 moved_names,
+                maturity,
                 ..
             } => BaselineView {
                 mode,
@@ -98,6 +99,13 @@ impl Metrics {
                 new_names: new_names.clone(),
                 dns_tunnels: tunnels.clone(),
                 moved_names: moved_names.clone(),
+                maturity: Some(maturity.as_ref().clone()),
+                learning_remaining_seconds: None,
+            },
+            BaselineState::Learning { remaining_seconds } => BaselineView {
+                mode,
+                learning_remaining_seconds: Some(*remaining_seconds),
+                ..BaselineView::default()
             },
             _ => BaselineView {
                 mode,

@@ -1,0 +1,344 @@
+//! Privileged tests of "quiet and sure": after learning the baseline settles — a known
+//! program's low-risk newcomer (the resolver another program uses) joins the file, marked
+//! learnt late, and is never listed; a new program doing the same is listed and pages. A
+//! recording can end when the rig is quiet and be resumed. Truth: the file on disk, the
+//! generator's own traffic, and the agent's JSON list.
+
+use std::process::Command;
+
+use bitsecure_test::{
+    agent::{Agent, TEST_POLL_SECONDS, agent_binary, eventually, learnt_baseline},
+    cgroup::TestCgroup,
+    exposition::sum_metric,
+    process::{GeneratorReport, run_generator, scratch_dir, spawn_until},
+    testnet::TestNet,
+};
+
+use crate::install_generator;
+
+fn unexpected(agent: &Agent) -> Vec<serde_json::Value> {
+    let output = Command::new(agent_binary())
+        .args(["unexpected", "--json", "--agent"])
+        .arg(format!("127.0.0.1:{}", agent.port))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn status(agent: &Agent) -> String {
+    let output = Command::new(agent_binary())
+        .args(["baseline", "status", "--agent"])
+        .arg(format!("127.0.0.1:{}", agent.port))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A rig in a cgroup of its own (the only one its agent watches, so parallel tests stay out):
+/// a miner on its pool (TCP), and a resolver (a DNS server) at another address of the pool's
+/// network.
+struct Rig {
+    net: TestNet,
+    cgroup: TestCgroup,
+    resolver: String,
+    _miner: bitsecure_test::process::Spawned,
+}
+
+const POOL_NAME: &str = "pool.settle.example";
+
+fn rig(tag: &str, miner: &str) -> Rig {
+    let mut net = TestNet::new();
+    let pool = format!("{}:3333", net.peer_v4);
+    let resolver_address = net.peer_v4_host(53);
+    net.add_peer_address(resolver_address.into());
+    let resolver = format!("{resolver_address}:53");
+    net.spawn_server(
+        &install_generator(&format!("bss-{tag}-pool")),
+        &["serve", "--tcp", &pool],
+    );
+    net.spawn_server(
+        &install_generator(&format!("bss-{tag}-dns")),
+        &[
+            "dns-serve",
+            "--listen",
+            &resolver,
+            "--record",
+            &format!("{POOL_NAME}=A:{}", net.peer_v4),
+        ],
+    );
+    let cgroup = TestCgroup::new(&format!("settle-{tag}"));
+    let miner = spawn_until(
+        cgroup.command(&install_generator(miner)).args([
+            "periodic",
+            "--connect",
+            &pool,
+            "--every-ms",
+            "300",
+            "--job-bytes",
+            "1500",
+        ]),
+        "connected",
+    );
+    Rig {
+        net,
+        cgroup,
+        resolver,
+        _miner: miner,
+    }
+}
+
+/// `program` (installed under that name) resolves the pool's name `queries` times, 200 ms
+/// apart (long enough to be known by its executable); returns the generator's report.
+fn ask(rig: &Rig, program: &str, queries: u32) -> GeneratorReport {
+    let exe = install_generator(program);
+    run_generator(rig.cgroup.command(&exe).args([
+        "dns-query",
+        "--server",
+        &rig.resolver,
+        "--name",
+        POOL_NAME,
+        "--count",
+        &queries.to_string(),
+        "--every-ms",
+        "200",
+    ]))
+}
+
+#[test]
+fn a_settling_baseline_learns_low_risk_newcomers_and_lists_the_rest() {
+    const MINER: &str = "bss-miner";
+    const HELPER: &str = "bss-resolved";
+    let rig = rig("a", MINER);
+    let baseline = scratch_dir().join(format!("settling-{}.toml", rig.net.ns));
+    let _ = std::fs::remove_file(&baseline);
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 4\n",
+        rig.cgroup.path.display(),
+        baseline.display()
+    ));
+    // While learning, only the helper asks the resolver.
+    for _ in 0..3 {
+        ask(&rig, HELPER, 2);
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    }
+    let learnt = learnt_baseline(&agent, &baseline);
+    assert!(
+        learnt.contains(&format!("process = \"{HELPER}\"")),
+        "{learnt}"
+    );
+    assert!(
+        !learnt.contains("learnt_late"),
+        "nothing is late yet:\n{learnt}"
+    );
+    eventually(&agent, 10, |samples| {
+        match sum_metric(samples, "bitsecure_baseline_settling", &[]) {
+            1.0 => Ok(()),
+            other => Err(format!("bitsecure_baseline_settling {other}")),
+        }
+    });
+
+    // The miner asks the same resolver (its next reconnect's lookup): low risk, learnt late.
+    // A program never seen asks it too: high risk, listed, never learnt.
+    ask(&rig, MINER, 3);
+    ask(&rig, "bss-stranger", 3);
+    let stranger = eventually(&agent, 15, |_| {
+        unexpected(&agent)
+            .into_iter()
+            .find(|entry| entry["process"] == "bss-stranger")
+            .ok_or_else(|| "the stranger is not listed".to_owned())
+    });
+    assert_eq!(
+        (stranger["risk"].as_str(), stranger["reason"].as_str()),
+        (Some("high"), Some("new-process")),
+        "{stranger}"
+    );
+    let text = eventually(&agent, 15, |_| {
+        let text = std::fs::read_to_string(&baseline).unwrap();
+        if text.contains("learnt_late") {
+            Ok(text)
+        } else {
+            Err(format!("nothing learnt late:\n{text}"))
+        }
+    });
+    assert!(
+        text.starts_with(&learnt),
+        "the learnt file is kept as it was, and only grows:\n{text}"
+    );
+    let file: toml::Table = toml::from_str(&text).unwrap();
+    let late: Vec<&toml::Value> = file["rule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| rule.get("learnt_late").is_some())
+        .collect();
+    assert_eq!(late.len(), 1, "only the miner's lookup:\n{text}");
+    assert_eq!(late[0]["process"].as_str(), Some(MINER));
+    assert_eq!(
+        late[0]["remote"].as_str(),
+        Some(rig.net.peer_v4_host(53).to_string().as_str())
+    );
+    assert_eq!(late[0]["port"].as_integer(), Some(53));
+    assert_eq!(late[0]["app"].as_str(), Some("dns"));
+    assert!(
+        late[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("another program"),
+        "{text}"
+    );
+    // Never listed, never counted as unexpected; the state says so.
+    let list = unexpected(&agent);
+    assert!(
+        list.iter().all(|entry| entry["process"] != MINER),
+        "{list:#?}"
+    );
+    let samples = agent.scrape();
+    assert_eq!(
+        sum_metric(
+            &samples,
+            "bitsecure_unexpected_sent_bytes_total",
+            &[("process", MINER)]
+        ),
+        0.0
+    );
+    assert_eq!(
+        sum_metric(&samples, "bitsecure_baseline_learnt_late_rules", &[]),
+        1.0
+    );
+    let said = status(&agent);
+    assert!(said.starts_with("settling: no new class for"), "{said}");
+    assert!(said.contains("1 learnt late"), "{said}");
+}
+
+/// With settling off (a stable baseline), the same low-risk newcomer is listed for review —
+/// low risk, the reason given — and nothing is added to the file.
+#[test]
+fn a_stable_baseline_lists_low_risk_newcomers_for_review() {
+    const MINER: &str = "bss-st-miner";
+    let rig = rig("b", MINER);
+    let baseline = scratch_dir().join(format!("stable-{}.toml", rig.net.ns));
+    let _ = std::fs::remove_file(&baseline);
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 4\nsettle_quiet_seconds = 0\n",
+        rig.cgroup.path.display(),
+        baseline.display()
+    ));
+    for _ in 0..3 {
+        ask(&rig, "bss-st-resolved", 2);
+        std::thread::sleep(std::time::Duration::from_millis(800));
+    }
+    let learnt = learnt_baseline(&agent, &baseline);
+    let report = ask(&rig, MINER, 3);
+    // What the miner sent, as the agent counts it: L3 bytes (20 IPv4 + 8 UDP per datagram).
+    let sent = report.sent_bytes + 28 * report.packets_sent;
+    let entry = eventually(&agent, 15, |_| {
+        unexpected(&agent)
+            .into_iter()
+            .find(|entry| entry["process"] == MINER)
+            .ok_or_else(|| "the miner's lookup is not listed".to_owned())
+    });
+    assert_eq!(
+        (entry["risk"].as_str(), entry["reason"].as_str()),
+        (Some("low"), Some("shared-destination")),
+        "{entry}"
+    );
+    assert_eq!(entry["sent_bytes"].as_u64(), Some(sent), "{entry}");
+    eventually(&agent, 10, |samples| {
+        let low = sum_metric(
+            samples,
+            "bitsecure_unexpected_sent_bytes_total",
+            &[
+                ("process", MINER),
+                ("risk", "low"),
+                ("reason", "shared-destination"),
+            ],
+        );
+        let pages = sum_metric(samples, "bitsecure_risk_pages", &[("risk", "low")]);
+        match (low, pages) {
+            (low, 0.0) if low == sent as f64 => Ok(()),
+            other => Err(format!("low-risk bytes and paging: {other:?}")),
+        }
+    });
+    assert_eq!(std::fs::read_to_string(&baseline).unwrap(), learnt);
+    assert!(status(&agent).starts_with("stable: "));
+}
+
+/// `baseline record --until-quiet` goes on while new traffic classes keep coming, and
+/// `--resume` adds to the file only what it lacks, keeping the rest (comments included).
+#[test]
+fn a_recording_ends_when_the_rig_is_quiet_and_can_be_resumed() {
+    const MINER: &str = "bss-rec-miner";
+    let rig = rig("c", MINER);
+    let dir = scratch_dir();
+    let baseline = dir.join(format!("quiet-{}.toml", rig.net.ns));
+    let config = dir.join(format!("quiet-{}-config.toml", rig.net.ns));
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:1\"\npoll_interval_seconds = {TEST_POLL_SECONDS}\n\
+             cgroup = \"{}\"\n[kernel]\npin_path = \"\"\n[baseline]\npath = \"{}\"\n",
+            rig.cgroup.path.display(),
+            baseline.display()
+        ),
+    )
+    .unwrap();
+    let record = |extra: &[&str]| {
+        Command::new(agent_binary())
+            .args(["baseline", "record", "--config"])
+            .arg(&config)
+            .args(extra)
+            .spawn()
+            .unwrap()
+    };
+    // At least 1 s, then until 5 s without a new class: the miner's class comes at once, a
+    // new one at ~3 s (before the quiet time is up), so the recording goes on past ~8 s.
+    let started = std::time::Instant::now();
+    let mut recording = record(&["--duration", "1s", "--until-quiet", "5s", "--max", "60s"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    ask(&rig, "bss-rec-late", 2);
+    let asked_at = started.elapsed();
+    assert!(recording.wait().unwrap().success());
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    assert!(
+        text.contains("bss-rec-late"),
+        "the late class was recorded:\n{text}"
+    );
+    let file: toml::Table = toml::from_str(&text).unwrap();
+    let recorded = file["recording"]["duration_seconds"].as_float().unwrap();
+    // The recording starts after the programs are attached (under a second here).
+    assert!(
+        recorded >= asked_at.as_secs_f64() + 5.0 - 1.5,
+        "recorded {recorded} s, a new class came at {asked_at:?}: it goes on 5 s after"
+    );
+
+    // Resumed: a weekly job shows up; the file keeps everything and gains only that.
+    let kept = format!("# reviewed by the owner\n{text}");
+    std::fs::write(&baseline, &kept).unwrap();
+    let mut resumed = record(&["--duration", "3s", "--resume"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    ask(&rig, "bss-rec-weekly", 2);
+    assert!(resumed.wait().unwrap().success());
+    let after = std::fs::read_to_string(&baseline).unwrap();
+    assert!(after.starts_with(&kept), "kept as it was:\n{after}");
+    let added = &after[kept.len()..];
+    assert!(added.contains("bss-rec-weekly"), "{after}");
+    assert!(
+        !added.contains(MINER),
+        "the miner's rule was there already:\n{added}"
+    );
+    // Resuming a file that is not there says so.
+    let missing = Command::new(agent_binary())
+        .args(["baseline", "record", "--config"])
+        .arg(&config)
+        .args(["--duration", "1s", "--resume", "--output"])
+        .arg(dir.join("no-such-baseline.toml"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("nothing to resume"),
+        "{missing:?}"
+    );
+}
