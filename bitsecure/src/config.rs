@@ -140,6 +140,8 @@ pub struct BaselineConfig {
     pub settle_quiet_seconds: f64,
     /// ...and at the latest this long after learning ended.
     pub settle_max_seconds: f64,
+    /// A rule that saw no traffic this long is flagged stale, for review.
+    pub stale_seconds: f64,
 }
 
 impl BaselineConfig {
@@ -169,6 +171,7 @@ impl Default for BaselineConfig {
             name_network_v6: 48,
             settle_quiet_seconds: 21_600.0,
             settle_max_seconds: 604_800.0,
+            stale_seconds: 604_800.0,
         }
     }
 }
@@ -329,6 +332,7 @@ impl Config {
         for (key, value) in [
             ("settle_quiet_seconds", self.baseline.settle_quiet_seconds),
             ("settle_max_seconds", self.baseline.settle_max_seconds),
+            ("stale_seconds", self.baseline.stale_seconds),
         ] {
             if !(value.is_finite() && value >= 0.0) {
                 return Err(format!(

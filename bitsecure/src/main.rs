@@ -141,6 +141,14 @@ enum BaselineCommand {
             conflicts_with_all = ["all", "executable", "process", "remote", "port", "protocol", "app", "by_address"]
         )]
         moved_name: Option<String>,
+        /// Turn the rules by address that the agent saw resolved from a name (by the same
+        /// process) into rules by that name, keeping the address's network as the name's
+        /// `prefixes`. `bitsecure baseline status` lists them.
+        #[arg(
+            long,
+            conflicts_with_all = ["all", "executable", "moved_name", "process", "remote", "port", "protocol", "app", "by_address"]
+        )]
+        upgrade: bool,
         /// Only entries of this process.
         #[arg(long)]
         process: Option<String>,
@@ -282,6 +290,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             all,
             executable,
             moved_name,
+            upgrade,
             process,
             remote,
             port,
@@ -290,6 +299,11 @@ fn execute(command: Command) -> anyhow::Result<()> {
             by_address,
             note,
         }) => {
+            if upgrade {
+                let changed = commands::accept_upgrades(&agent.address()?, &file.path()?)?;
+                eprintln!("{changed} rules are now by name");
+                return Ok(());
+            }
             if let Some(name) = moved_name {
                 let changed = commands::accept_moved_name(&agent.address()?, &file.path()?, &name)?;
                 eprintln!("{changed} rules now expect {name} where the agent saw it");

@@ -77,6 +77,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
             name_networks: config.baseline.name_networks(),
             grades: config.risk.grades(),
             settle: config.baseline.settle(),
+            stale_seconds: config.baseline.stale_seconds,
         },
         unix_now(),
     );

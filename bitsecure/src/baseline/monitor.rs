@@ -37,6 +37,9 @@ use crate::{
 /// through DNS (`baseline.dns_tunnel_names_per_minute`).
 pub const DEFAULT_TUNNEL_NAMES_PER_MINUTE: u64 = 100;
 
+/// A rule not seen for this long is stale (`baseline.stale_seconds`): 7 days.
+pub const DEFAULT_STALE_SECONDS: f64 = 7.0 * 86_400.0;
+
 /// Burst onsets remembered per rule for the observed cadence.
 const MAX_ONSETS: usize = 16;
 
@@ -198,7 +201,14 @@ struct RuleState {
     window_steps: usize,
     sent: VecDeque<u64>,
     received: VecDeque<u64>,
+    /// When it last had traffic, or monitoring started (the silence clock).
     last_traffic_unix: f64,
+    /// When it last had traffic; `None` before the first since monitoring started.
+    last_seen_unix: Option<f64>,
+    /// Flow observations (a flow with traffic in a poll) it matched since monitoring started.
+    hits: u64,
+    /// Of those, the ones of the latest step (for the counters).
+    step_hits: u64,
     was_active: bool,
     onsets: VecDeque<f64>,
 }
@@ -221,6 +231,32 @@ pub struct RuleStatus {
     /// Expected rate at this moment of the recorded cycle (or the mean rate).
     pub reference_sent: Option<f64>,
     pub reference_received: Option<f64>,
+    /// Flow observations it matched since monitoring started, and in the latest step.
+    pub hits: u64,
+    pub step_hits: u64,
+    /// When it last had traffic (Unix time); `None` not since monitoring started.
+    pub last_seen_unix: Option<f64>,
+    /// Not seen for `baseline.stale_seconds` (or since monitoring started that long ago): a
+    /// rule to review, perhaps no longer needed.
+    pub stale: bool,
+}
+
+/// A rule by address whose traffic the same process resolved from a name: the name rule it
+/// could be (`baseline accept --upgrade`), keeping the address's network as evidence for the
+/// moved-name check.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Upgrade {
+    pub process: String,
+    /// The rule's remote as written (an address).
+    pub remote: String,
+    pub port: Option<u16>,
+    pub protocol: String,
+    /// The name the address was resolved from (DNS).
+    pub name: String,
+    /// The address's network, the name rule's `prefixes`.
+    pub prefix: String,
+    /// RFC 3339, UTC.
+    pub first_seen: String,
 }
 
 /// Unexpected traffic of one poll, for the counters.
@@ -263,6 +299,10 @@ pub struct Monitor {
     grades: Grades,
     /// Departures first seen since the last [`Monitor::take_departures`].
     departures: Vec<(Risk, Reason)>,
+    /// Rules by address that could be by name, by (process, remote, port, protocol).
+    upgrades: BTreeMap<(String, String, Option<u16>, String), Upgrade>,
+    /// A rule not seen this long is stale.
+    stale_seconds: f64,
 }
 
 impl Monitor {
@@ -291,6 +331,8 @@ impl Monitor {
             name_networks: NameNetworks::default(),
             grades: Grades::default(),
             departures: Vec::new(),
+            upgrades: BTreeMap::new(),
+            stale_seconds: DEFAULT_STALE_SECONDS,
         };
         monitor.replace_baseline(baseline, now_unix);
         monitor
@@ -303,6 +345,12 @@ impl Monitor {
     /// Moved names are offered with their address's network this wide.
     pub fn with_name_networks(mut self, name_networks: NameNetworks) -> Self {
         self.name_networks = name_networks;
+        self
+    }
+
+    /// A rule not seen this long is stale (`baseline.stale_seconds`).
+    pub fn with_stale_after(mut self, seconds: f64) -> Self {
+        self.stale_seconds = seconds;
         self
     }
 
@@ -396,6 +444,9 @@ impl Monitor {
                     received: VecDeque::new(),
                     // A rule starts its silence clock when monitoring starts.
                     last_traffic_unix: now_unix,
+                    last_seen_unix: None,
+                    hits: 0,
+                    step_hits: 0,
                     was_active: false,
                     onsets: VecDeque::new(),
                 })
@@ -428,6 +479,16 @@ impl Monitor {
                 ),
             }
         });
+        // An upgrade stays offered while its rule is still by address.
+        self.upgrades
+            .retain(|(process, remote, port, protocol), _| {
+                rules.iter().any(|rule| {
+                    rule.process == *process
+                        && rule.remote == *remote
+                        && rule.port == *port
+                        && rule.protocol == *protocol
+                })
+            });
         // A moved name stays listed while a rule for the name has networks that miss it.
         self.moved_names.retain(|(name, remote, _), _| {
             let Ok(address) = remote.parse::<std::net::IpAddr>() else {
@@ -473,6 +534,7 @@ impl Monitor {
         now_unix: f64,
     ) -> Vec<UnexpectedIncrement> {
         let mut step_sent = vec![0u64; self.rules.len()];
+        let mut step_hits = vec![0u64; self.rules.len()];
         let mut step_received = vec![0u64; self.rules.len()];
         // Rules whose traffic came, though listed elsewhere (a changed payout).
         let mut step_alive = vec![false; self.rules.len()];
@@ -490,6 +552,8 @@ impl Monitor {
             if let Some(index) = matched {
                 self.check_executable(index, delta, now_unix);
                 self.check_moved(index, delta, now_unix);
+                self.check_upgrade(index, delta, now_unix);
+                step_hits[index] += 1;
                 let rule = &self.baseline.rules[index];
                 match (&rule.account, &delta.account) {
                     (Some(expected), Some(seen)) if expected != seen => {
@@ -617,8 +681,11 @@ impl Monitor {
                 state.received.pop_front();
             }
             let active = sent + received > 0 || step_alive[index];
+            state.step_hits = step_hits[index];
+            state.hits += step_hits[index];
             if active {
                 state.last_traffic_unix = now_unix;
+                state.last_seen_unix = Some(now_unix);
                 if !state.was_active {
                     state.onsets.push_back(now_unix);
                     if state.onsets.len() > MAX_ONSETS {
@@ -692,6 +759,43 @@ impl Monitor {
         entry.last_seen = now_text;
     }
 
+    /// Notes a rule by address whose traffic its process resolved from a name (DNS).
+    fn check_upgrade(&mut self, index: usize, delta: &FlowDelta, now_unix: f64) {
+        let (Some(Some(RemoteMatcher::Address(_))), Some(name)) =
+            (self.remotes.get(index), &delta.name)
+        else {
+            return;
+        };
+        if name.source != Source::Dns || self.upgrades.len() >= self.max_unexpected {
+            return;
+        }
+        let rule = &self.baseline.rules[index];
+        let key = (
+            rule.process.clone(),
+            rule.remote.clone(),
+            rule.port,
+            rule.protocol.clone(),
+        );
+        if self.upgrades.contains_key(&key) {
+            return;
+        }
+        let upgrade = Upgrade {
+            process: rule.process.clone(),
+            remote: rule.remote.clone(),
+            port: rule.port,
+            protocol: rule.protocol.clone(),
+            name: name.name.clone(),
+            prefix: self.name_networks.of(delta.remote),
+            first_seen: timestamp_text(now_unix),
+        };
+        self.upgrades.insert(key, upgrade);
+    }
+
+    /// Rules by address that could be by name.
+    pub fn upgrades(&self) -> Vec<Upgrade> {
+        self.upgrades.values().cloned().collect()
+    }
+
     /// Names rules expect, seen at addresses outside the networks they recorded.
     pub fn moved_names(&self) -> Vec<MovedName> {
         self.moved_names.values().cloned().collect()
@@ -743,6 +847,10 @@ impl Monitor {
                     observed_cadence: stats::observed_cadence(&onsets),
                     reference_sent,
                     reference_received,
+                    hits: state.hits,
+                    step_hits: state.step_hits,
+                    last_seen_unix: state.last_seen_unix,
+                    stale: silence_seconds >= self.stale_seconds,
                 }
             })
             .collect()
@@ -1017,6 +1125,45 @@ mod tests {
         let increments = strict.observe_step(&step[..1], START + STEP);
         assert_eq!(increments[0].risk, Risk::High);
         assert_eq!(strict.unexpected()[0].risk, Risk::High);
+    }
+
+    #[test]
+    fn rules_count_their_hits_go_stale_and_offer_their_name() {
+        let by_address = Rule::new("xmrig", "10.0.0.7", Some(3333), "tcp");
+        let idle = Rule::new("chronyd", "10.0.0.123", Some(123), "udp");
+        let mut monitor = Monitor::new(baseline(vec![by_address, idle]), STEP, 10, START)
+            .with_stale_after(3600.0);
+        let named = |source| FlowDelta {
+            name: Some(crate::flow::RemoteName {
+                name: "pool.example.org".into(),
+                source,
+            }),
+            ..delta("xmrig", "10.0.0.7", 3333, 100, 200)
+        };
+        // A name the client claims (SNI) is no evidence; what its process resolved is.
+        monitor.observe_step(&[named(Source::Sni), named(Source::Sni)], START + STEP);
+        assert!(monitor.upgrades().is_empty());
+        monitor.observe_step(&[named(Source::Dns)], START + 2.0 * STEP);
+        let upgrades = monitor.upgrades();
+        assert_eq!(upgrades.len(), 1);
+        assert_eq!(
+            (upgrades[0].name.as_str(), upgrades[0].prefix.as_str()),
+            ("pool.example.org", "10.0.0.0/24")
+        );
+        let statuses = monitor.statuses(START + 2.0 * STEP);
+        assert_eq!((statuses[0].hits, statuses[0].step_hits), (3, 1));
+        assert_eq!(statuses[0].last_seen_unix, Some(START + 2.0 * STEP));
+        assert_eq!((statuses[1].hits, statuses[1].last_seen_unix), (0, None));
+        assert!(!statuses[1].stale);
+        // An hour without traffic: stale; the busy rule is not.
+        monitor.observe_step(&[named(Source::Dns)], START + 3600.0);
+        let statuses = monitor.statuses(START + 3600.0);
+        assert!(statuses[1].stale && !statuses[0].stale);
+        // Once the rule is by name, nothing is offered any more.
+        let mut pool = Rule::new("xmrig", "pool.example.org", Some(3333), "tcp");
+        pool.prefixes = Some(vec!["10.0.0.0/24".into()]);
+        monitor.replace_baseline(baseline(vec![pool]), START + 3605.0);
+        assert!(monitor.upgrades().is_empty());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use super::{
     file,
     matching::NameNetworks,
     model::Baseline,
-    monitor::{ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement},
+    monitor::{
+        ChangedExecutable, Monitor, MovedName, RuleStatus, Unexpected, UnexpectedIncrement, Upgrade,
+    },
     recorder::Recorder,
     risk::{Grades, Reason, Risk},
     settle::{self, Maturity, SettleConfig, Stage},
@@ -65,6 +67,8 @@ pub enum BaselineState {
         statuses: Vec<RuleStatus>,
         /// Settling or stable, with its evidence.
         maturity: Box<Maturity>,
+        /// Rules by address that could be by name.
+        upgrades: Vec<Upgrade>,
     },
 }
 
@@ -99,6 +103,8 @@ pub struct Settings {
     pub grades: Grades,
     /// How long the baseline settles after learning.
     pub settle: SettleConfig,
+    /// A rule not seen this long is stale.
+    pub stale_seconds: f64,
 }
 
 pub struct BaselineService {
@@ -276,7 +282,8 @@ impl BaselineService {
                     )
                     .with_tunnel_threshold(self.settings.dns_tunnel_names_per_minute)
                     .with_name_networks(self.settings.name_networks)
-                    .with_grades(self.settings.grades.clone()),
+                    .with_grades(self.settings.grades.clone())
+                    .with_stale_after(self.settings.stale_seconds),
                 ));
             }
         }
@@ -332,6 +339,7 @@ impl BaselineService {
                 tunnels: monitor.tunnels(),
                 moved_names: monitor.moved_names(),
                 statuses: monitor.statuses(now_unix),
+                upgrades: monitor.upgrades(),
                 maturity: Box::new(settle::maturity(
                     monitor.baseline(),
                     &self.settings.settle,
@@ -421,6 +429,7 @@ mod tests {
             name_networks: NameNetworks::default(),
             grades: Grades::default(),
             settle: SettleConfig::default(),
+            stale_seconds: 604_800.0,
         };
         let (mut service, report) = BaselineService::start(settings, 1000.0);
         metrics.publish_baseline(report);
@@ -479,6 +488,7 @@ mod tests {
                 quiet_seconds: 3600.0,
                 max_seconds: 86_400.0,
             },
+            stale_seconds: 604_800.0,
         };
         let intruder = FlowDelta {
             process: "backdoor".into(),

@@ -52,6 +52,7 @@ pub fn unexpected(agent: &str, json: bool) -> anyhow::Result<()> {
     }
     print!("{}", format_changed_executables(&view.changed_executables));
     print!("{}", format_dns(&view));
+    print!("{}", format_upgrades(&view));
     Ok(())
 }
 
@@ -63,7 +64,86 @@ pub fn status(agent: &str, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{}", describe_status(&view));
+    print!("{}", format_rule_use(&view));
     Ok(())
+}
+
+/// The stale rules and the rules that could be by name, one line each.
+pub fn format_rule_use(view: &BaselineView) -> String {
+    let mut out = String::new();
+    for rule in view.rules.iter().filter(|rule| rule.stale) {
+        out.push_str(&format!(
+            "stale: {} saw no traffic {} ({} hits): still needed?\n",
+            printable(&rule.rule),
+            match &rule.last_seen {
+                Some(when) => format!("since {when}"),
+                None => "since monitoring started".to_owned(),
+            },
+            rule.hits
+        ));
+    }
+    out.push_str(&format_upgrades(view));
+    out
+}
+
+/// The rules by address whose traffic was resolved from a name.
+pub fn format_upgrades(view: &BaselineView) -> String {
+    let mut out = String::new();
+    for upgrade in &view.upgrades {
+        out.push_str(&format!(
+            "~ the rule {} → {}{}/{} could be by name {}: its process resolved the address \
+             from it (`bitsecure baseline accept --upgrade` writes it, keeping {} as the \
+             name's network)\n",
+            printable(&upgrade.process),
+            printable(&upgrade.remote),
+            upgrade
+                .port
+                .map(|port| format!(":{port}"))
+                .unwrap_or_default(),
+            printable(&upgrade.protocol),
+            printable(&upgrade.name),
+            printable(&upgrade.prefix),
+        ));
+    }
+    out
+}
+
+/// `bitsecure baseline accept --upgrade`: every rule by address the agent offers to name
+/// becomes the rule by that name (with the address's network as its `prefixes`). Returns how
+/// many rules changed.
+pub fn accept_upgrades(agent: &str, baseline_path: &Path) -> anyhow::Result<usize> {
+    let view = fetch_view(agent)?;
+    if view.upgrades.is_empty() {
+        bail!(
+            "the agent offers no rule by address to name; `bitsecure baseline status` lists \
+             the offers"
+        );
+    }
+    let origin = baseline_path.display().to_string();
+    let mut text =
+        std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
+    let when = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let mut changed = 0;
+    for upgrade in &view.upgrades {
+        let (edited, count) = file::accept_upgrade(
+            &text,
+            &origin,
+            &upgrade.process,
+            (&upgrade.remote, upgrade.port, &upgrade.protocol),
+            &upgrade.name,
+            &upgrade.prefix,
+            &when,
+        )?;
+        text = edited;
+        changed += count;
+    }
+    if changed == 0 {
+        bail!("no rule of {origin} matches the agent's offers (edited meanwhile?)");
+    }
+    file::write_atomically(baseline_path, &text)?;
+    Ok(changed)
 }
 
 /// The status line of a baseline view.

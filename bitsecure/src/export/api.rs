@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::baseline::{
     dns_watch::{NewName, Tunnel},
-    monitor::{ChangedExecutable, MovedName, Unexpected},
+    monitor::{ChangedExecutable, MovedName, Unexpected, Upgrade},
     settle::Maturity,
 };
 
@@ -36,6 +36,25 @@ pub struct BaselineView {
     /// While learning: seconds left.
     #[serde(default)]
     pub learning_remaining_seconds: Option<f64>,
+    /// Rules by address whose traffic was resolved from a name (`baseline accept --upgrade`).
+    #[serde(default)]
+    pub upgrades: Vec<Upgrade>,
+    /// How much each rule is used: hits, last seen, stale.
+    #[serde(default)]
+    pub rules: Vec<RuleUse>,
+}
+
+/// How much one rule of the baseline in force is used.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct RuleUse {
+    /// The rule as `process → remote:port/protocol (app)`.
+    pub rule: String,
+    /// Flow observations it matched since monitoring started.
+    pub hits: u64,
+    /// RFC 3339, UTC; `None` when not seen since monitoring started.
+    pub last_seen: Option<String>,
+    /// Not seen for `baseline.stale_seconds`.
+    pub stale: bool,
 }
 
 /// The latest view, replaced after every poll and read by the HTTP server.

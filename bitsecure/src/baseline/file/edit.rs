@@ -199,6 +199,41 @@ pub fn accept_prefixes(
     })
 }
 
+/// Turns the rules by `address` of `process` (on `port` and `protocol`, as written) into rules
+/// by `name`, which its traffic was resolved from, keeping the address's `network` as the
+/// name's `prefixes` (what the moved-name check compares with), with a comment saying when.
+pub fn accept_upgrade(
+    existing_text: &str,
+    origin: &str,
+    process: &str,
+    (address, port, protocol): (&str, Option<u16>, &str),
+    name: &str,
+    network: &str,
+    when: &str,
+) -> Result<(String, usize), BaselineError> {
+    edit_rules(existing_text, origin, |table| {
+        let text = |key: &str| table.get(key).and_then(toml_edit::Item::as_str);
+        let rule_port = table.get("port").and_then(toml_edit::Item::as_integer);
+        if text("process") != Some(process)
+            || text("remote") != Some(address)
+            || text("protocol") != Some(protocol)
+            || rule_port != port.map(i64::from)
+        {
+            return false;
+        }
+        table.insert("remote", toml_edit::value(name));
+        note_above(
+            table,
+            "remote",
+            &format!("by name since {when}: {address} was resolved from {name}"),
+        );
+        let mut networks = toml_edit::Array::new();
+        networks.push(network);
+        table.insert("prefixes", toml_edit::value(networks));
+        true
+    })
+}
+
 /// Sets `field` to a new value (with `note` as a comment above it) in every `[[rule]]` whose
 /// fields have the `wanted` values. See [`edit_rules`].
 fn set_rule_field(
@@ -356,6 +391,52 @@ mod tests {
             append_rules(EXISTING, "rig.toml", &[]).expect("ok"),
             EXISTING
         );
+    }
+
+    #[test]
+    fn an_upgraded_rule_is_by_name_with_its_address_network_and_a_comment() {
+        let (text, changed) = accept_upgrade(
+            EXISTING,
+            "rig.toml",
+            "xmrig",
+            ("10.0.0.2", Some(3333), "tcp"),
+            "pool.example.org",
+            "10.0.0.0/24",
+            "2027-01-15T08:00:00Z",
+        )
+        .expect("upgraded");
+        assert_eq!(changed, 1);
+        assert!(
+            text.contains(
+                "# by name since 2027-01-15T08:00:00Z: 10.0.0.2 was resolved from \
+                 pool.example.org\nremote = \"pool.example.org\""
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# My rig's baseline. Hand-tuned: keep this comment!"));
+        assert!(text.contains("{mean=1.0,p95=2.0,  max=3.0}   # odd spacing, kept"));
+        let rule = &parse(&text, "t").expect("valid").rules[0];
+        assert_eq!(rule.remote, "pool.example.org");
+        assert_eq!(rule.prefixes.as_deref(), Some(&["10.0.0.0/24".to_owned()][..]));
+        assert!(rule.normal.is_some(), "what normal looked like stays");
+        // Another port, protocol or process: not this rule.
+        for other in [
+            ("xmrig", Some(3334), "tcp"),
+            ("xmrig", Some(3333), "udp"),
+            ("curl", Some(3333), "tcp"),
+        ] {
+            let (same, changed) = accept_upgrade(
+                EXISTING,
+                "rig.toml",
+                other.0,
+                ("10.0.0.2", other.1, other.2),
+                "pool.example.org",
+                "10.0.0.0/24",
+                "now",
+            )
+            .expect("no error");
+            assert_eq!((same.as_str(), changed), (EXISTING, 0), "{other:?}");
+        }
     }
 
     #[test]

@@ -117,7 +117,8 @@ use std::path::Path;
 
 pub use diff::{DIFF_RELATIVE_THRESHOLD, diff, diff_with_threshold};
 pub use edit::{
-    accept_account, accept_executable, accept_prefixes, append_rules, write_atomically,
+    accept_account, accept_executable, accept_prefixes, accept_upgrade, append_rules,
+    write_atomically,
 };
 pub use error::BaselineError;
 use error::toml_error;

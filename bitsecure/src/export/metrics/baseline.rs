@@ -47,6 +47,10 @@ pub struct BaselineMetrics {
     pub rule_silence_ratio: prometheus::GaugeVec,
     pub rule_expected_cadence: prometheus::GaugeVec,
     pub rule_observed_cadence: prometheus::GaugeVec,
+    pub rule_hits: IntCounterVec,
+    pub rule_last_seen: prometheus::GaugeVec,
+    pub rule_stale: prometheus::GaugeVec,
+    pub rule_upgradable: prometheus::IntGaugeVec,
 }
 
 /// Labels of the unexpected-traffic series: the class, then how much it matters and why.
@@ -315,6 +319,40 @@ impl BaselineMetrics {
                 "Median interval between the rule's recent bursts.",
                 &RULE_LABELS,
             )?,
+            rule_hits: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_rule_hits_total",
+                        "Flow observations (a flow with traffic in a poll) the rule matched; \
+                         starts afresh when the baseline is reloaded.",
+                    ),
+                    &RULE_LABELS,
+                )?,
+            )?,
+            rule_last_seen: gauge_vec(
+                "bitsecure_rule_last_seen_timestamp_seconds",
+                "When the rule last matched traffic (Unix time); absent until it did since the \
+                 agent started monitoring.",
+                &RULE_LABELS,
+            )?,
+            rule_stale: gauge_vec(
+                "bitsecure_rule_stale",
+                "1 when the rule saw no traffic for baseline.stale_seconds (or not since \
+                 monitoring started that long ago): perhaps no longer needed, review it.",
+                &RULE_LABELS,
+            )?,
+            rule_upgradable: register(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "bitsecure_rule_upgradable",
+                        "1 for a rule by address whose traffic its process resolved from a \
+                         name: it could be the name rule (bitsecure baseline accept --upgrade).",
+                    ),
+                    &["process", "remote", "port", "protocol", "name"],
+                )?,
+            )?,
         })
     }
 
@@ -411,6 +449,7 @@ impl BaselineMetrics {
                 moved_names,
                 statuses,
                 maturity,
+                upgrades,
             } => {
                 self.settling
                     .set(i64::from(maturity.stage == Stage::Settling));
@@ -481,15 +520,41 @@ impl BaselineMetrics {
                         .with_label_values(&labels)
                         .set(*last);
                 }
+                let step = report.unexpected_packet_sockets.is_some();
                 for status in statuses {
-                    self.publish_rule(status);
+                    self.publish_rule(status, step);
+                }
+                self.rule_upgradable.reset();
+                for upgrade in upgrades.iter() {
+                    self.rule_upgradable
+                        .with_label_values(&[
+                            upgrade.process.as_str(),
+                            upgrade.remote.as_str(),
+                            &port_label(upgrade.port),
+                            upgrade.protocol.as_str(),
+                            upgrade.name.as_str(),
+                        ])
+                        .set(1);
                 }
             }
         }
     }
 
-    fn publish_rule(&self, status: &RuleStatus) {
+    /// One rule's gauges; its hit counter too when the report is of a step (`step`), so a
+    /// reload does not count the last step twice.
+    fn publish_rule(&self, status: &RuleStatus, step: bool) {
         let rule = status.labels.labels();
+        if step {
+            self.rule_hits
+                .with_label_values(&rule)
+                .inc_by(status.step_hits);
+        }
+        if let Some(seen) = status.last_seen_unix {
+            self.rule_last_seen.with_label_values(&rule).set(seen);
+        }
+        self.rule_stale
+            .with_label_values(&rule)
+            .set(f64::from(u8::from(status.stale)));
         let with =
             |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
         for (direction, rate, reference, deviation) in [
@@ -546,8 +611,11 @@ impl BaselineMetrics {
             &self.rule_silence_ratio,
             &self.rule_expected_cadence,
             &self.rule_observed_cadence,
+            &self.rule_last_seen,
+            &self.rule_stale,
         ] {
             gauge.reset();
         }
+        self.rule_hits.reset();
     }
 }

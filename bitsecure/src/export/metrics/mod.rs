@@ -91,6 +91,8 @@ impl Metrics {
                 tunnels,
                 moved_names,
                 maturity,
+                upgrades,
+                statuses,
                 ..
             } => BaselineView {
                 mode,
@@ -101,6 +103,8 @@ impl Metrics {
                 moved_names: moved_names.clone(),
                 maturity: Some(maturity.as_ref().clone()),
                 learning_remaining_seconds: None,
+                upgrades: upgrades.clone(),
+                rules: statuses.iter().map(rule_use).collect(),
             },
             BaselineState::Learning { remaining_seconds } => BaselineView {
                 mode,
@@ -114,6 +118,33 @@ impl Metrics {
         };
         self.api.set_view(view);
         self.baseline.publish(&report);
+    }
+}
+
+/// A rule's use, as the JSON view shows it.
+fn rule_use(status: &crate::baseline::monitor::RuleStatus) -> super::api::RuleUse {
+    let labels = &status.labels;
+    let port = if labels.port.is_empty() {
+        String::new()
+    } else {
+        format!(":{}", labels.port)
+    };
+    let app = if labels.app.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", labels.app)
+    };
+    super::api::RuleUse {
+        rule: format!(
+            "{} → {}{port}/{}{app}",
+            labels.process, labels.remote, labels.protocol
+        ),
+        hits: status.hits,
+        last_seen: status
+            .last_seen_unix
+            .and_then(|unix| jiff::Timestamp::from_millisecond((unix * 1000.0) as i64).ok())
+            .map(|when| when.to_string()),
+        stale: status.stale,
     }
 }
 
