@@ -24,6 +24,7 @@ mod load;
 mod names;
 mod payout;
 mod prometheus_rules;
+mod quiet_day;
 mod restart;
 mod settling;
 mod tamper;
@@ -32,6 +33,10 @@ mod wire;
 use std::path::PathBuf;
 
 use bitsecure_test::process::install_as;
+
+/// The simulated rig's lab has fixed namespaces, addresses and a cgroup: its scenarios (the
+/// demo, the quiet day) take turns.
+static RIG_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The first `[[rule]]` of `process` in a baseline file's text.
 fn rule_of(text: &str, process: &str) -> toml::Value {

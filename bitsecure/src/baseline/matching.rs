@@ -167,14 +167,21 @@ impl Rule {
 
     /// Whether the flow's process is the one the rule expects: the same name, started from
     /// the rule's executable and creating its sockets in the rule's cgroup (each when the rule
-    /// names it). An executable or cgroup the agent could not tell never matches one named.
+    /// names it). A cgroup the agent could not tell never matches one named; nor does an
+    /// unknown executable, unless the rule also pins a cgroup and the kernel recorded the
+    /// socket in it: a process gone before its executable could be read (a job of a few
+    /// milliseconds) is vouched for by the cgroup, which a process cannot choose.
     pub fn same_holder(&self, flow: &LiveFlow<'_>) -> bool {
-        self.process == flow.process
-            && self.exe.as_deref().is_none_or(|exe| flow.exe == Some(exe))
-            && self
-                .cgroup
-                .as_deref()
-                .is_none_or(|cgroup| flow.cgroup == Some(cgroup))
+        let cgroup_matches = self
+            .cgroup
+            .as_deref()
+            .is_none_or(|cgroup| flow.cgroup == Some(cgroup));
+        let exe_matches = match (self.exe.as_deref(), flow.exe) {
+            (None, _) => true,
+            (Some(exe), Some(seen)) => exe == seen,
+            (Some(_), None) => self.cgroup.is_some() && cgroup_matches,
+        };
+        self.process == flow.process && exe_matches && cgroup_matches
     }
 
     /// Whether the flow's traffic is the rule's, whoever sends it: an impostor of the rule's
@@ -754,14 +761,22 @@ mod tests {
             ..live("xmrig", "10.0.0.2", Some(3333), "tcp")
         };
         assert!(rule.matches(&miner));
-        // The same name from another file, an unknown file, another cgroup (a user's own
-        // `xmrig.service` lives below user@UID.service) or an unknown cgroup: an impostor.
+        // A process of the miner's cgroup gone before its executable could be read: the
+        // kernel-recorded cgroup vouches for it.
+        assert!(rule.matches(&LiveFlow { exe: None, ..miner }));
+        // The same name from another file, an unknown file in another cgroup, another cgroup
+        // (a user's own `xmrig.service` lives below user@UID.service) or an unknown cgroup:
+        // an impostor.
         for impostor in [
             LiveFlow {
                 exe: Some("/tmp/xmrig"),
                 ..miner
             },
-            LiveFlow { exe: None, ..miner },
+            LiveFlow {
+                exe: None,
+                cgroup: Some("/user.slice/user-1000.slice/session-4.scope"),
+                ..miner
+            },
             LiveFlow {
                 cgroup: Some("/user.slice/user-1000.slice/user@1000.service/xmrig.service"),
                 ..miner
@@ -781,6 +796,12 @@ mod tests {
             ..miner
         };
         assert!(!rule.matches_traffic(&remote, &elsewhere));
+        // A rule naming only an executable has nothing to vouch for an unknown one.
+        let exe_only = Rule {
+            cgroup: None,
+            ..rule.clone()
+        };
+        assert!(!exe_only.matches(&LiveFlow { exe: None, ..miner }));
         // A rule without them matches the name from anywhere (old baselines keep working).
         let any = Rule::new("xmrig", "10.0.0.2", Some(3333), "tcp");
         assert!(any.matches(&LiveFlow {

@@ -704,7 +704,10 @@ impl Monitor {
         let Some(expected) = self.baseline.rules[index].sha256.clone() else {
             return;
         };
-        let exe = delta.exe.clone().unwrap_or_default();
+        // A process gone before its executable could be read: nothing to compare.
+        let Some(exe) = delta.exe.clone() else {
+            return;
+        };
         if delta.exe_sha256.as_ref() == Some(&expected) {
             // The expected content is back (reinstalled): nothing to report any more.
             self.changed_executables

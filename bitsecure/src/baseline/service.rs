@@ -116,6 +116,8 @@ pub struct BaselineService {
     pending: BaselineReport,
     /// Unexpected packet-socket classes already counted as departures.
     reported_packet_sockets: std::collections::HashSet<PacketSocketClass>,
+    /// The last attempt to write rules learnt while settling failed (warned once).
+    settle_write_failed: bool,
 }
 
 impl BaselineService {
@@ -127,6 +129,7 @@ impl BaselineService {
             loaded_mtime: None,
             pending: BaselineReport::default(),
             reported_packet_sockets: std::collections::HashSet::new(),
+            settle_write_failed: false,
         };
         if service.settings.path.exists() {
             service.load("start", now_unix);
@@ -219,10 +222,18 @@ impl BaselineService {
             .and_then(|text| file::append_rules(&text, &origin, &rules).map_err(|e| e.to_string()))
             .and_then(|text| file::write_atomically(path, &text).map_err(|e| e.to_string()));
         if let Err(problem) = written {
-            // Listed for review instead; tried again next poll (a full disk may clear).
-            warn!("cannot add the rules learnt while settling to {origin}: {problem}");
+            // Listed for review instead; tried again next poll (a full disk may clear), said
+            // once (a read-only file would say it every poll).
+            if !self.settle_write_failed {
+                warn!(
+                    "cannot add the rules learnt while settling to {origin}: {problem}; they \
+                     are listed for review instead"
+                );
+            }
+            self.settle_write_failed = true;
             return;
         }
+        self.settle_write_failed = false;
         for rule in &rules {
             info!(
                 "learnt late (low risk, while the baseline settles): {}",

@@ -37,6 +37,32 @@ pub struct PoolArgs {
     /// Approximate size of one `mining.notify` message in bytes.
     #[arg(long, default_value_t = 2048)]
     job_bytes: usize,
+    /// Push jobs at random times (a Poisson process whose mean interval is
+    /// `--job-interval-ms`), as real pools do when blocks come, instead of every interval.
+    #[arg(long)]
+    poisson: bool,
+}
+
+/// A source of random intervals (xorshift; reproducible per process, no crate needed).
+struct Random(u64);
+
+impl Random {
+    fn new() -> Self {
+        Self(u64::from(std::process::id()).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    /// An exponential interval of mean `mean` (the gaps of a Poisson process).
+    fn exponential(&mut self, mean: Duration) -> Duration {
+        mean.mul_f64(-self.unit().ln())
+    }
 }
 
 /// The dialect of Stratum a miner speaks (the pool answers both).
@@ -64,6 +90,17 @@ pub struct MinerArgs {
     /// closes the connection (an error).
     #[arg(long, default_value_t = 0)]
     jobs: u64,
+    /// Resolve this name (type A, at `--dns`) before connecting, and connect to its address
+    /// (on the port of `--pool`), as a miner given the pool by name does.
+    #[arg(long, requires = "dns")]
+    resolve: Option<String>,
+    /// The DNS server `--resolve` asks.
+    #[arg(long, requires = "resolve")]
+    dns: Option<SocketAddr>,
+    /// Reconnect (resolving again) after random times of this mean, in milliseconds, as a
+    /// miner does when its pool drops it; 0 = keep the one connection.
+    #[arg(long, default_value_t = 0)]
+    reconnect_mean_ms: u64,
 }
 
 #[derive(Args)]
@@ -195,10 +232,16 @@ pub fn pool(args: &PoolArgs) -> Result<()> {
     announce_ready()?;
     let miners: Arc<Mutex<Vec<(TcpStream, Flavour)>>> = Arc::default();
     let (interval, job_bytes) = (Duration::from_millis(args.job_interval_ms), args.job_bytes);
+    let poisson = args.poisson;
     let subscribed = Arc::clone(&miners);
     thread::spawn(move || {
+        let mut random = Random::new();
         for job in 1u64.. {
-            thread::sleep(interval);
+            thread::sleep(if poisson {
+                random.exponential(interval)
+            } else {
+                interval
+            });
             // A miner whose connection broke is dropped from the list.
             subscribed
                 .lock()
@@ -329,9 +372,62 @@ fn job_id(flavour: Flavour, message: &Value) -> Option<Value> {
     }
 }
 
+/// The first IPv4 address `server` answers for `name`.
+fn resolve(server: SocketAddr, name: &str) -> Result<Ipv4Addr> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("cannot bind")?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let id = (std::process::id() & 0xffff) as u16;
+    socket.send_to(&dns_query(id, name)?, server)?;
+    let mut answer = [0u8; 2048];
+    loop {
+        let (length, from) = socket
+            .recv_from(&mut answer)
+            .with_context(|| format!("no answer from {server} for {name}"))?;
+        let Ok(message) = Message::from_vec(&answer[..length]) else {
+            continue;
+        };
+        if from != server || message.metadata.id != id {
+            continue;
+        }
+        return message
+            .answers
+            .iter()
+            .find_map(|record| match &record.data {
+                RData::A(address) => Some(address.0),
+                _ => None,
+            })
+            .with_context(|| format!("{server} has no address for {name}"));
+    }
+}
+
 pub fn miner(args: &MinerArgs) -> Result<()> {
-    let stream = TcpStream::connect(args.pool)
-        .with_context(|| format!("cannot reach the pool at {}", args.pool))?;
+    let mut random = Random::new();
+    loop {
+        let until = (args.reconnect_mean_ms > 0).then(|| {
+            std::time::Instant::now()
+                + random.exponential(Duration::from_millis(args.reconnect_mean_ms))
+        });
+        if mine_once(args, until)? {
+            return Ok(());
+        }
+    }
+}
+
+/// One connection to the pool (resolved first when asked), mining until `until` (then
+/// `Ok(false)`: reconnect) or `--jobs` jobs (`Ok(true)`).
+fn mine_once(args: &MinerArgs, until: Option<std::time::Instant>) -> Result<bool> {
+    let pool = match (&args.resolve, args.dns) {
+        (Some(name), Some(dns)) => SocketAddr::new(resolve(dns, name)?.into(), args.pool.port()),
+        _ => args.pool,
+    };
+    let stream =
+        TcpStream::connect(pool).with_context(|| format!("cannot reach the pool at {pool}"))?;
+    if until.is_some() {
+        // Wake up now and then to see whether it is time to reconnect.
+        stream.set_read_timeout(Some(Duration::from_millis(100)))?;
+    }
     let mut next_id = match args.flavour {
         Flavour::V1 => {
             send_line(
@@ -354,9 +450,30 @@ pub fn miner(args: &MinerArgs) -> Result<()> {
         }
     };
     let mut jobs = 0;
-    for line in BufReader::new(stream.try_clone()?).lines() {
-        let message: Value = serde_json::from_str(&line.context("pool connection failed")?)
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    loop {
+        if until.is_some_and(|until| std::time::Instant::now() >= until) {
+            return Ok(false);
+        }
+        match reader.read_line(&mut line) {
+            Ok(0) => bail!("the pool closed the connection"),
+            Ok(_) if line.ends_with('\n') => {}
+            // A timeout (or a line cut by one): read on.
+            Ok(_) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => return Err(error).context("pool connection failed"),
+        }
+        let message: Value = serde_json::from_str(line.trim_end())
             .context("the pool sent something that is not JSON")?;
+        line.clear();
         let Some(job) = job_id(args.flavour, &message) else {
             continue;
         };
@@ -378,10 +495,9 @@ pub fn miner(args: &MinerArgs) -> Result<()> {
         next_id += 1;
         jobs += 1;
         if jobs == args.jobs {
-            return Ok(());
+            return Ok(true);
         }
     }
-    bail!("the pool closed the connection")
 }
 
 pub fn monitor(args: &MonitorArgs) -> Result<()> {

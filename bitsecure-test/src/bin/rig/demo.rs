@@ -157,7 +157,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// Sleeps, but returns an error as soon as the user interrupts.
-fn pause(duration: Duration) -> Result<()> {
+pub(crate) fn pause(duration: Duration) -> Result<()> {
     let until = Instant::now() + duration;
     while Instant::now() < until {
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -168,7 +168,7 @@ fn pause(duration: Duration) -> Result<()> {
     Ok(())
 }
 
-fn now_unix() -> f64 {
+pub(crate) fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |since| since.as_secs_f64())
@@ -206,10 +206,10 @@ impl Pace {
 }
 
 /// The timeline, printed and optionally written as JSON lines.
-struct Timeline(Option<File>);
+pub(crate) struct Timeline(pub(crate) Option<File>);
 
 impl Timeline {
-    fn record(&mut self, event: serde_json::Value) -> Result<()> {
+    pub(crate) fn record(&mut self, event: serde_json::Value) -> Result<()> {
         if let Some(file) = &mut self.0 {
             writeln!(file, "{event}").context("cannot write the events file")?;
         }
@@ -218,14 +218,28 @@ impl Timeline {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    with_lab(
+        args.agent.as_ref(),
+        args.dir.as_ref(),
+        |agent_binary, lab| scenario(args, agent_binary, lab),
+    )
+}
+
+/// Builds the lab (as root), runs `scenario` in it with the agent binary, and cleans up —
+/// also on Ctrl-C or SIGTERM. `dir` keeps the working files; by default a temporary one.
+pub(crate) fn with_lab(
+    agent: Option<&PathBuf>,
+    dir: Option<&PathBuf>,
+    scenario: impl FnOnce(&std::path::Path, &mut Lab) -> Result<()>,
+) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "the demo needs root: it creates network namespaces and a cgroup and loads eBPF \
-             programs (run `sudo cargo xtask demo`)"
+            "the scenario needs root: it creates network namespaces and a cgroup and loads \
+             eBPF programs (run `sudo cargo xtask demo`)"
         );
     }
-    let agent_binary = match &args.agent {
+    let agent_binary = match agent {
         Some(path) => path.clone(),
         None => std::env::current_exe()?.with_file_name("bitsecure"),
     };
@@ -239,13 +253,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
-    let temporary = args.dir.is_none();
-    let dir = args.dir.clone().unwrap_or_else(|| {
+    let temporary = dir.is_none();
+    let dir = dir.cloned().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bitsecure-demo-{}", std::process::id()))
     });
     let result = (|| {
         let mut lab = Lab::create(&dir)?;
-        let outcome = scenario(args, &agent_binary, &mut lab);
+        let outcome = scenario(&agent_binary, &mut lab);
         if let Err(error) = &outcome {
             println!("\n✗ {error:#}\n  logs: {}", lab.dir.join("logs").display());
         }
@@ -400,6 +414,18 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     let pool = at("pool", POOL_PORT);
     let miner_args = ["miner", "--pool", pool.as_str(), "--worker", WALLET];
     let thief_args = ["miner", "--pool", pool.as_str(), "--worker", THIEF_WALLET];
+    let dns = at("infra", 53);
+    let resolving_args = [
+        "miner",
+        "--pool",
+        pool.as_str(),
+        "--worker",
+        WALLET,
+        "--resolve",
+        POOL_NAME,
+        "--dns",
+        dns.as_str(),
+    ];
     let hijacked = at("hijack", POOL_PORT);
     let hijacked_args = ["miner", "--pool", hijacked.as_str(), "--worker", WALLET];
     lab.start_on_rig(
@@ -418,23 +444,23 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     )?;
     // The resolver looks the pool's name up every minute; NTP ticks.
     for (name, every, port, extra) in [
-        (RESOLVER, DNS_EVERY, 53, ["--dns-name", POOL_NAME]),
-        (TIME_SYNC, NTP_EVERY, 123, ["--bytes", "48"]),
+        (
+            RESOLVER,
+            DNS_EVERY,
+            53,
+            &["--bytes", "40", "--dns-name", POOL_NAME][..],
+        ),
+        (TIME_SYNC, NTP_EVERY, 123, &["--bytes", "48"][..]),
     ] {
         let every_ms = pace.real(every).as_millis().to_string();
         let to = at("infra", port);
-        let mut args = vec![
-            "udp-ticker",
-            "--to",
-            &to,
-            "--every-ms",
-            &every_ms,
-            "--bytes",
-            "40",
-        ];
+        let mut args = vec!["udp-ticker", "--to", &to, "--every-ms", &every_ms];
         args.extend(extra);
         lab.start_on_rig(name, &args)?;
     }
+    // A rig program that refused its arguments would leave a hole in the scene, quietly.
+    pause(Duration::from_millis(300))?;
+    lab.check_running()?;
     // The miner connects once the resolver has looked the pool up, as a miner resolving
     // through the system's resolver does: its rule is learnt by name.
     let lookup = pace.real(DNS_EVERY) * 2;
@@ -468,9 +494,15 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     )?;
     print_baseline(agent_binary, lab)?;
 
-    step("normal operation: everything matches the baseline");
+    step(
+        "normal operation: everything matches the baseline; the miner reconnects, resolving \
+         its pool's name itself this time (rare but normal: learnt while the baseline settles)",
+    );
     let normal_start = now_unix();
-    pause((pace.cycle * 3).max(pace.scrape * 10))?;
+    pause(pace.cycle)?;
+    lab.stop(MINER)?;
+    lab.start_on_rig(MINER, &resolving_args)?;
+    pause((pace.cycle * 2).max(pace.scrape * 10))?;
     show(&prometheus_listen, &pace)?;
     timeline.record(
         json!({"event": "phase", "phase": "normal", "start": normal_start, "end": now_unix()}),
@@ -602,24 +634,28 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     Ok(())
 }
 
-fn step(what: &str) {
+pub(crate) fn step(what: &str) {
     println!("\n▶ {what}");
 }
 
-fn free_address() -> Result<String> {
+pub(crate) fn free_address() -> Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0").context("no free port")?;
     Ok(listener.local_addr()?.to_string())
 }
 
 /// The value of an unlabelled gauge in a /metrics text.
-fn gauge(metrics: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let (metric, value) = line.split_once(' ')?;
         (metric == name).then(|| value.trim().parse().ok())?
     })
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done()? {
         if Instant::now() > deadline {
@@ -646,7 +682,7 @@ fn print_baseline(agent_binary: &std::path::Path, lab: &Lab) -> Result<()> {
 
 /// Polls Prometheus until every expected (alert, process) fires or `timeout` passes; returns
 /// what fired.
-fn wait_for_alerts(
+pub(crate) fn wait_for_alerts(
     prometheus: &str,
     expected: &[(&str, &str)],
     timeout: Duration,

@@ -164,6 +164,19 @@ impl Lab {
         self.spawn(name, command, false)
     }
 
+    /// Fails naming the first process the lab started that has exited already (a program
+    /// that refused its arguments, a server that could not bind), with its log.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (name, child) in &mut self.processes {
+            if let Some(status) = child.try_wait()? {
+                let log = fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
+                    .unwrap_or_default();
+                bail!("{name} exited ({status}): {}", log.trim());
+            }
+        }
+        Ok(())
+    }
+
     /// Stops a process the lab started: SIGTERM, then SIGKILL after 10 s.
     pub fn stop(&mut self, name: &str) -> Result<()> {
         let index = self

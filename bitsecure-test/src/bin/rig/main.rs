@@ -4,6 +4,7 @@
 //! scenario; the other subcommands are the programs of that scene (see [`actors`]).
 
 mod actors;
+mod day;
 mod demo;
 mod lab;
 mod prometheus;
@@ -28,6 +29,10 @@ enum Command {
     /// Build the rig, learn its baseline with the agent, inject anomalies, and show what
     /// Prometheus (with the bundled alert rules) and the dashboard queries say. Needs root.
     Demo(demo::DemoArgs),
+    /// A quiet day: 10 minutes of learning, then a time-compressed day of rare-but-normal
+    /// life (reconnects with lookups, hourly jobs, a restart, an NTP burst) that must page
+    /// nobody, then two attacks that must. Needs root.
+    Day(day::DayArgs),
     /// Stratum-like pool: pushes a job to every subscribed miner each interval.
     Pool(actors::PoolArgs),
     /// Stratum-like miner: subscribes and submits a share per job.
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Day(args) => day::run(args),
         Command::Pool(args) => actors::pool(args),
         Command::Miner(args) => actors::miner(args),
         Command::Monitor(args) => actors::monitor(args),

@@ -417,7 +417,10 @@ mod tests {
         assert!(text.contains("{mean=1.0,p95=2.0,  max=3.0}   # odd spacing, kept"));
         let rule = &parse(&text, "t").expect("valid").rules[0];
         assert_eq!(rule.remote, "pool.example.org");
-        assert_eq!(rule.prefixes.as_deref(), Some(&["10.0.0.0/24".to_owned()][..]));
+        assert_eq!(
+            rule.prefixes.as_deref(),
+            Some(&["10.0.0.0/24".to_owned()][..])
+        );
         assert!(rule.normal.is_some(), "what normal looked like stays");
         // Another port, protocol or process: not this rule.
         for other in [
