@@ -135,43 +135,12 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = scratch_dir().join("demo");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let events = dir.join("events.jsonl");
-    let output = dir.join("demo.out");
-    let log = std::fs::File::create(&output).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_bitsecure-rig"))
-        .args([
-            "demo",
-            "--time-scale",
-            TIME_SCALE,
-            "--keep-running",
-            "--agent",
-        ])
-        .arg(agent_binary())
-        .arg("--events")
-        .arg(&events)
-        .arg("--dir")
-        .arg(dir.join("work"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start the demo");
-    let mut demo = Demo { child, output };
-
-    let timeline = wait_for_scenario(&mut demo, &events);
+    let (mut demo, timeline) = play(&["demo", "--time-scale", TIME_SCALE], &dir);
     let ready = &timeline["ready"];
     let prometheus = Prometheus(ready["prometheus"].as_str().unwrap());
     let agent = ready["agent"].as_str().unwrap();
     let scrape = ready["scrape_interval_seconds"].as_f64().unwrap();
-    let phase = |name: &str| {
-        let phase = &timeline[name];
-        (
-            phase["start"].as_f64().unwrap(),
-            phase["end"].as_f64().unwrap(),
-        )
-    };
+    let phase = |name: &str| phase_of(&timeline, name);
     let (_, learned) = phase("learning");
     let end = phase("miner-stopped").1;
 
@@ -289,13 +258,7 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
     // The miner's own lookup at its reconnect (normal phase) joined the baseline while it
     // settled: a rule of its own, marked for review, and never an alert (checked above).
     let baseline = std::fs::read_to_string(dir.join("work").join("baseline.toml")).unwrap();
-    let file: toml::Table = toml::from_str(&baseline).unwrap();
-    let late: Vec<&toml::Value> = file["rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|rule| rule.get("learnt_late").is_some())
-        .collect();
+    let late = crate::learnt_late(&baseline);
     assert!(
         late.iter()
             .any(|rule| rule["process"].as_str() == Some("xmrig")
@@ -333,6 +296,42 @@ fn demo_rig_raises_the_right_alerts_and_every_dashboard_query_has_data() {
         survivors.is_empty(),
         "processes left running: {survivors:?}"
     );
+}
+
+/// Starts a scenario of the rig (`args`: its subcommand and options) with the real agent,
+/// working in `dir` and kept running once done, and waits for it to be done; returns it with
+/// its `ready` event and phases by name. Take [`crate::RIG_LAB`] first.
+pub(crate) fn play(args: &[&str], dir: &Path) -> (Demo, BTreeMap<String, Value>) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let events = dir.join("events.jsonl");
+    let output = dir.join("scenario.out");
+    let log = std::fs::File::create(&output).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_bitsecure-rig"))
+        .args(args)
+        .args(["--keep-running", "--agent"])
+        .arg(agent_binary())
+        .arg("--events")
+        .arg(&events)
+        .arg("--dir")
+        .arg(dir.join("work"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start the rig's scenario");
+    let mut scenario = Demo { child, output };
+    let timeline = wait_for_scenario(&mut scenario, &events);
+    (scenario, timeline)
+}
+
+/// (start, end) of a phase of the timeline, as Unix time.
+pub(crate) fn phase_of(timeline: &BTreeMap<String, Value>, name: &str) -> (f64, f64) {
+    let phase = &timeline[name];
+    (
+        phase["start"].as_f64().unwrap(),
+        phase["end"].as_f64().unwrap(),
+    )
 }
 
 /// Waits for the demo's `done` event; returns the `ready` event and the phases by name.

@@ -52,6 +52,19 @@ fn rule_of(text: &str, process: &str) -> toml::Value {
         .unwrap_or_else(|| panic!("no rule for {process} in\n{text}"))
 }
 
+/// The `[[rule]]` tables of a baseline file's text that the agent added while the baseline
+/// settled (those with a `learnt_late` time).
+fn learnt_late(text: &str) -> Vec<toml::Value> {
+    let file: toml::Table = toml::from_str(text).expect("a baseline is TOML");
+    file["rule"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|rule| rule.get("learnt_late").is_some())
+        .cloned()
+        .collect()
+}
+
 /// Copies the traffic generator to `name` (≤ 15 bytes, so the kernel comm is exactly `name`).
 fn install_generator(name: &str) -> PathBuf {
     install_as(env!("CARGO_BIN_EXE_bitsecure-trafficgen"), name)

@@ -6,14 +6,9 @@
 //! an impostor of the miner must page, high risk, for the right reason. Prometheus decides
 //! what fired, the baseline file on disk what was learnt.
 
-use std::process::{Command, Stdio};
+use bitsecure_test::process::{require_root, scratch_dir};
 
-use bitsecure_test::{
-    agent::agent_binary,
-    process::{require_root, scratch_dir},
-};
-
-use crate::demo::{Demo, Prometheus, wait_for_scenario};
+use crate::demo::{Prometheus, phase_of, play};
 
 #[test]
 fn a_quiet_day_pages_nobody_and_attacks_still_page() {
@@ -21,36 +16,11 @@ fn a_quiet_day_pages_nobody_and_attacks_still_page() {
     let _lab = crate::RIG_LAB
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let dir = scratch_dir().join("day");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let events = dir.join("events.jsonl");
-    let output = dir.join("day.out");
-    let log = std::fs::File::create(&output).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_bitsecure-rig"))
-        .args(["day", "--keep-running", "--agent"])
-        .arg(agent_binary())
-        .arg("--events")
-        .arg(&events)
-        .arg("--dir")
-        .arg(dir.join("work"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start the quiet day");
-    let mut day = Demo { child, output };
-    let timeline = wait_for_scenario(&mut day, &events);
+    let (mut day, timeline) = play(&["day"], &scratch_dir().join("day"));
     let ready = &timeline["ready"];
     let prometheus = Prometheus(ready["prometheus"].as_str().unwrap());
     let scrape = ready["scrape_interval_seconds"].as_f64().unwrap();
-    let phase = |name: &str| {
-        let phase = &timeline[name];
-        (
-            phase["start"].as_f64().unwrap(),
-            phase["end"].as_f64().unwrap(),
-        )
-    };
+    let phase = |name: &str| phase_of(&timeline, name);
 
     // The day: nothing critical fires.
     let (start, end) = phase("day");
@@ -97,13 +67,7 @@ fn a_quiet_day_pages_nobody_and_attacks_still_page() {
         assert_eq!(entry["risk"], "low", "{entry}");
     }
     let baseline = std::fs::read_to_string(ready["baseline"].as_str().unwrap()).unwrap();
-    let file: toml::Table = toml::from_str(&baseline).unwrap();
-    let late: Vec<&toml::Value> = file["rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|rule| rule.get("learnt_late").is_some())
-        .collect();
+    let late = crate::learnt_late(&baseline);
     // The hourly job first ran after learning: its new port was learnt late.
     assert!(
         late.iter()

@@ -166,13 +166,7 @@ fn a_settling_baseline_learns_low_risk_newcomers_and_lists_the_rest() {
         text.starts_with(&learnt),
         "the learnt file is kept as it was, and only grows:\n{text}"
     );
-    let file: toml::Table = toml::from_str(&text).unwrap();
-    let late: Vec<&toml::Value> = file["rule"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|rule| rule.get("learnt_late").is_some())
-        .collect();
+    let late = crate::learnt_late(&text);
     assert_eq!(late.len(), 1, "only the miner's lookup:\n{text}");
     assert_eq!(late[0]["process"].as_str(), Some(MINER));
     assert_eq!(

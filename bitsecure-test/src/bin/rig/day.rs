@@ -15,7 +15,6 @@
 
 use std::fs::{self, File};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
@@ -24,9 +23,10 @@ use clap::Args;
 use serde_json::json;
 
 use crate::demo::{
-    Timeline, free_address, gauge, now_unix, pause, step, wait_for_alerts, wait_until, with_lab,
+    Timeline, free_address, gauge, now_unix, pause, start_agent, step, wait_for_alerts, wait_until,
+    with_lab,
 };
-use crate::lab::{Lab, PREFIX, site_address};
+use crate::lab::{Lab, site_address};
 use crate::prometheus::{self, Setup};
 
 const MINER: &str = "xmrig";
@@ -208,30 +208,18 @@ fn scenario(args: &DayArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> Re
     lab.check_running()?;
 
     step("the agent learns for 10 minutes of rig time, then settles");
-    let agent_listen = free_address()?;
-    let poll = Duration::from_millis(500);
-    let config = lab.dir.join("bitsecure.toml");
-    fs::write(
-        &config,
-        format!(
-            "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
-             [kernel]\npin_path = \"\"\ninterfaces = [\"{PREFIX}-*\"]\n\n\
-             [baseline]\npath = \"{}\"\nlearn_seconds = {}\nsettle_quiet_seconds = {}\n\
-             settle_max_seconds = {}\n",
-            poll.as_secs_f64(),
-            lab.cgroup.display(),
-            lab.dir.join("baseline.toml").display(),
-            real(LEARNING).as_secs_f64(),
+    // Settling's quiet time and ceiling in rig time: the agent counts real seconds.
+    let agent_listen = start_agent(
+        lab,
+        agent_binary,
+        Duration::from_millis(500),
+        real(LEARNING),
+        &format!(
+            "settle_quiet_seconds = {}\nsettle_max_seconds = {}\n",
             real(6 * HOUR).as_secs_f64(),
-            real(7 * DAY).as_secs_f64(),
+            real(7 * DAY).as_secs_f64()
         ),
     )?;
-    let mut agent = Command::new(agent_binary);
-    agent.args(["run", "--config"]).arg(&config);
-    lab.start("agent", agent)?;
-    wait_until("the agent serves /metrics", Duration::from_secs(30), || {
-        Ok(http_client::get(&agent_listen, "/metrics").is_ok())
-    })?;
     let prometheus_listen = free_address()?;
     let scrape = Duration::from_secs(1);
     prometheus::start(

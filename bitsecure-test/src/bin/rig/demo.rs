@@ -360,30 +360,18 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
     )?;
 
     step("starting the agent (learns a baseline first) and Prometheus");
-    let agent_listen = free_address()?;
-    let config = lab.dir.join("bitsecure.toml");
-    fs::write(
-        &config,
-        format!(
-            "[agent]\nlisten = \"{agent_listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
-             [kernel]\npin_path = \"\"\ninterfaces = [\"{PREFIX}-*\"]\n\n\
-             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n\n\
-             [names]\ntrusted_resolvers = [\"{}\"]\n",
-            pace.poll.as_secs_f64(),
-            lab.cgroup.display(),
-            lab.dir.join("baseline.toml").display(),
-            pace.real(LEARNING).as_secs_f64(),
-            // The rig's resolver serves everyone's lookups, as systemd-resolved does: its
-            // answers name the pool's address for the miner too.
-            lab.program(RESOLVER)?.display(),
+    // The rig's resolver serves everyone's lookups, as systemd-resolved does: its answers
+    // name the pool's address for the miner too.
+    let agent_listen = start_agent(
+        lab,
+        agent_binary,
+        pace.poll,
+        pace.real(LEARNING),
+        &format!(
+            "[names]\ntrusted_resolvers = [\"{}\"]\n",
+            lab.program(RESOLVER)?.display()
         ),
     )?;
-    let mut agent = Command::new(agent_binary);
-    agent.args(["run", "--config"]).arg(&config);
-    lab.start("agent", agent)?;
-    wait_until("the agent serves /metrics", Duration::from_secs(30), || {
-        Ok(http_client::get(&agent_listen, "/metrics").is_ok())
-    })?;
     let prometheus_listen = match args.prometheus_listen.strip_suffix(":0") {
         Some(_) => free_address()?,
         None => args.prometheus_listen.clone(),
@@ -632,6 +620,40 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         bail!("alerts that did not fire: {}", missing.join(", "));
     }
     Ok(())
+}
+
+/// Writes the agent's config (watching the rig's cgroup and the sites' interfaces, learning
+/// for `learning` into the lab's `baseline.toml`; `extra` is TOML that goes on with the
+/// `[baseline]` table, then may add tables), starts it and waits until it serves /metrics;
+/// returns its address.
+pub(crate) fn start_agent(
+    lab: &mut Lab,
+    agent_binary: &std::path::Path,
+    poll: Duration,
+    learning: Duration,
+    extra: &str,
+) -> Result<String> {
+    let listen = free_address()?;
+    let config = lab.dir.join("bitsecure.toml");
+    fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"{listen}\"\npoll_interval_seconds = {}\ncgroup = \"{}\"\n\n\
+             [kernel]\npin_path = \"\"\ninterfaces = [\"{PREFIX}-*\"]\n\n\
+             [baseline]\npath = \"{}\"\nlearn_seconds = {}\n\n{extra}",
+            poll.as_secs_f64(),
+            lab.cgroup.display(),
+            lab.dir.join("baseline.toml").display(),
+            learning.as_secs_f64(),
+        ),
+    )?;
+    let mut agent = Command::new(agent_binary);
+    agent.args(["run", "--config"]).arg(&config);
+    lab.start("agent", agent)?;
+    wait_until("the agent serves /metrics", Duration::from_secs(30), || {
+        Ok(http_client::get(&listen, "/metrics").is_ok())
+    })?;
+    Ok(listen)
 }
 
 pub(crate) fn step(what: &str) {
