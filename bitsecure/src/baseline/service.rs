@@ -209,7 +209,7 @@ impl BaselineService {
         let late_entries: Vec<Unexpected> = monitor
             .unexpected()
             .into_iter()
-            .filter(|entry| entry.risk == Risk::Low)
+            .filter(settle::learns)
             .collect();
         let rules = settle::late_rules(&late_entries, &timestamp(now_unix).to_string());
         if rules.is_empty() {

@@ -137,17 +137,19 @@ pub fn maturity(baseline: &Baseline, config: &SettleConfig, now_unix: f64) -> Ma
     }
 }
 
-/// The rules that make the low-risk entries of the unexpected list expected, marked learnt at
-/// `now_text` (RFC 3339). Impostors and changed payouts never qualify, whatever their grade.
+/// Whether a settling baseline learns this entry: low risk, and neither an impostor nor a
+/// changed payout, whatever their grade.
+pub fn learns(entry: &Unexpected) -> bool {
+    entry.risk == Risk::Low && entry.impostor_of.is_none() && entry.expected_account.is_none()
+}
+
+/// The rules that make the entries of the unexpected list a settling baseline learns
+/// ([`learns`]) expected, marked learnt at `now_text` (RFC 3339).
 pub fn late_rules(unexpected: &[Unexpected], now_text: &str) -> Vec<Rule> {
     let mut seen = std::collections::HashSet::new();
     unexpected
         .iter()
-        .filter(|entry| {
-            entry.risk == Risk::Low
-                && entry.impostor_of.is_none()
-                && entry.expected_account.is_none()
-        })
+        .filter(|entry| learns(entry))
         .map(|entry| {
             let note = format!("learnt while settling: {}", entry.reason.explain());
             Rule {
