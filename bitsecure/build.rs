@@ -30,6 +30,31 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded; aya-build's child cargo inherits this PATH.
     unsafe { env::set_var("PATH", &path) };
 
+    // For bitsecure_build_info: the commit and the compiler the agent was built from.
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let revision = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BITSECURE_REVISION={revision}");
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        println!("cargo:rerun-if-changed={git_dir}/HEAD");
+        println!("cargo:rerun-if-changed={git_dir}/refs/heads");
+    }
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=BITSECURE_RUSTC={rustc_version}");
+
     let ebpf_dir = workspace.join("bitsecure-ebpf");
     let root_dir = ebpf_dir
         .to_str()

@@ -429,3 +429,96 @@ fn capabilities_are_dropped_after_attaching() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The exposition follows the exporter conventions: gzip for a client that asks (curl's own
+/// decompression is the independent check: the same metrics as the plain body, in a fraction
+/// of the bytes), `/-/healthy` and `/-/ready`, `process_*` metrics, and a `build_info` that
+/// names the commit, the compiler and the eBPF object.
+#[test]
+fn exposition_is_gzipped_on_request_with_health_process_and_build_metrics() {
+    let agent = Agent::start();
+    let url = |path: &str| format!("http://127.0.0.1:{}{path}", agent.port);
+    let curl = |args: &[&str]| {
+        let output = Command::new("curl")
+            .args(["-sS"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "curl {args:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // Ready once polled: the test agent polls at once, so within a few polls.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&["-o", "/dev/null", "-w", "%{http_code}", &url("/-/ready")]) != "200" {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(curl(&[&url("/-/healthy")]), "Healthy\n");
+
+    let families = |text: &str| -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let plain = curl(&[&url("/metrics")]);
+    let headers = curl(&[
+        "--compressed",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &url("/metrics"),
+    ]);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-encoding: gzip"),
+        "{headers}"
+    );
+    let compressed_bytes: usize = curl(&[
+        "-H",
+        "Accept-Encoding: gzip",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{size_download}",
+        &url("/metrics"),
+    ])
+    .parse()
+    .unwrap();
+    let decompressed = curl(&["--compressed", &url("/metrics")]);
+    assert_eq!(families(&decompressed), families(&plain));
+    assert!(
+        compressed_bytes * 3 < plain.len(),
+        "gzip: {compressed_bytes} bytes for {} plain",
+        plain.len()
+    );
+    // Without Accept-Encoding: no gzip.
+    let identity = curl(&["-D", "-", "-o", "/dev/null", &url("/metrics")]);
+    assert!(!identity.to_ascii_lowercase().contains("content-encoding"));
+
+    let samples = agent.scrape();
+    assert!(metric(&samples, "process_resident_memory_bytes", None) > 1e6);
+    assert!(metric(&samples, "process_open_fds", None) > 0.0);
+    let build = samples
+        .iter()
+        .find(|sample| sample.name == "bitsecure_build_info")
+        .expect("build_info");
+    let label = |key: &str| build.labels.get(key).cloned().unwrap_or_default();
+    let version = Command::new(agent_binary())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("bitsecure {}", label("version"))
+    );
+    assert!(label("rustc").starts_with("rustc "), "{build:?}");
+    assert!(!label("revision").is_empty(), "{build:?}");
+    let hash = label("ebpf_sha256");
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{build:?}"
+    );
+}

@@ -1,6 +1,8 @@
-//! A deliberately small HTTP/1.1 server for `/metrics` and the JSON API (GET only, one
-//! response per connection). Requests are bounded in size and time so a slow or hostile client cannot hold
-//! the agent's resources.
+//! A deliberately small HTTP/1.1 server for `/metrics`, the JSON API and the health endpoints
+//! (`/-/healthy`, `/-/ready`, as Prometheus' own exporters have them), GET only, one response
+//! per connection, gzip when the client asks for it (Prometheus does: an exposition at the
+//! series cap is megabytes). Requests are bounded in size and time so a slow or hostile client
+//! cannot hold the agent's resources.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -70,6 +72,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     );
     let path = target.split('?').next().unwrap_or_default();
     let head_only = method == "HEAD";
+    let gzip = accepts_gzip(&head);
     let mut stream = Response {
         stream: &mut stream,
         head_only,
@@ -77,11 +80,11 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => match metrics.render() {
             Ok(body) => {
-                respond(
+                respond_encoded(
                     &mut stream,
-                    200,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    &body,
+                    body.as_bytes(),
+                    gzip,
                 )
                 .await
             }
@@ -90,17 +93,37 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
                 respond(&mut stream, 500, "text/plain", "rendering metrics failed\n").await
             }
         },
+        ("GET" | "HEAD", "/-/healthy") => {
+            respond(&mut stream, 200, "text/plain", "Healthy\n").await
+        }
+        ("GET" | "HEAD", "/-/ready") if metrics.is_ready() => {
+            respond(&mut stream, 200, "text/plain", "Ready\n").await
+        }
+        ("GET" | "HEAD", "/-/ready") => {
+            respond(
+                &mut stream,
+                503,
+                "text/plain",
+                "not ready: the kernel maps were not polled yet\n",
+            )
+            .await
+        }
         ("GET" | "HEAD", "/api/unexpected" | "/api/baseline") => match metrics.api.body(path) {
-            Some(Ok(body)) => respond(&mut stream, 200, "application/json", body.as_str()).await,
+            Some(Ok(body)) => {
+                respond_encoded(&mut stream, "application/json", body.as_bytes(), gzip).await
+            }
             _ => respond(&mut stream, 500, "text/plain", "serialising failed\n").await,
         },
-        ("GET" | "HEAD", "/") => respond(
-            &mut stream,
-            200,
-            "text/plain",
-            "BitSecure agent: /metrics (Prometheus), /api/unexpected and /api/baseline (JSON)\n",
-        )
-        .await,
+        ("GET" | "HEAD", "/") => {
+            respond(
+                &mut stream,
+                200,
+                "text/plain",
+                "BitSecure agent: /metrics (Prometheus), /api/unexpected and /api/baseline (JSON), \
+             /-/healthy, /-/ready\n",
+            )
+            .await
+        }
         ("GET" | "HEAD", _) => respond(&mut stream, 404, "text/plain", "not found\n").await,
         _ => respond(&mut stream, 405, "text/plain", "only GET is supported\n").await,
     }
@@ -126,6 +149,49 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
     Ok(Some(String::from_utf8_lossy(&buffer).into_owned()))
 }
 
+/// Whether the request's `Accept-Encoding` allows gzip (not refused with `q=0`).
+fn accepts_gzip(head: &str) -> bool {
+    head.lines().skip(1).any(|line| {
+        let Some((name, value)) = line.split_once(':') else {
+            return false;
+        };
+        name.trim().eq_ignore_ascii_case("accept-encoding")
+            && value.split(',').any(|coding| {
+                let mut parts = coding.split(';').map(str::trim);
+                let name = parts.next().unwrap_or_default();
+                let refused = parts.any(|param| {
+                    param
+                        .strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q == 0.0)
+                });
+                (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+            })
+    })
+}
+
+/// Bodies smaller than this go as they are: compressing them saves nothing worth the time.
+const GZIP_MIN_BYTES: usize = 1024;
+
+/// A 200 response of `body`, gzip-compressed when the client accepts it and it is worth it.
+async fn respond_encoded(
+    response: &mut Response<'_>,
+    content_type: &str,
+    body: &[u8],
+    gzip: bool,
+) -> std::io::Result<()> {
+    if !gzip || body.len() < GZIP_MIN_BYTES {
+        return write_response(response, 200, content_type, None, body).await;
+    }
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    std::io::Write::write_all(&mut encoder, body)?;
+    let compressed = encoder.finish()?;
+    write_response(response, 200, content_type, Some("gzip"), &compressed).await
+}
+
 /// Where a response goes; HEAD requests get the head only.
 struct Response<'a> {
     stream: &'a mut TcpStream,
@@ -138,22 +204,63 @@ async fn respond(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    write_response(response, status, content_type, None, body.as_bytes()).await
+}
+
+async fn write_response(
+    response: &mut Response<'_>,
+    status: u16,
+    content_type: &str,
+    encoding: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
+    let encoding = encoding
+        .map(|encoding| format!("Content-Encoding: {encoding}\r\n"))
+        .unwrap_or_default();
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{encoding}\
+         Vary: Accept-Encoding\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     response.stream.write_all(head.as_bytes()).await?;
     if !response.head_only {
-        response.stream.write_all(body.as_bytes()).await?;
+        response.stream.write_all(body).await?;
     }
     response.stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts_gzip;
+
+    #[test]
+    fn gzip_is_sent_only_to_who_asks_for_it() {
+        let head = |encoding: &str| format!("GET /metrics HTTP/1.1\r\n{encoding}\r\n\r\n");
+        for asked in [
+            "Accept-Encoding: gzip",
+            "accept-encoding: deflate, GZIP;q=0.5",
+            "Accept-Encoding: *",
+        ] {
+            assert!(accepts_gzip(&head(asked)), "{asked}");
+        }
+        for not in [
+            "",
+            "Accept-Encoding: identity",
+            "Accept-Encoding: gzip;q=0",
+            "X-Accept-Encoding: gzip",
+        ] {
+            assert!(!accepts_gzip(&head(not)), "{not}");
+        }
+        // The request line is not a header.
+        assert!(!accepts_gzip("GET /accept-encoding:gzip HTTP/1.1\r\n\r\n"));
+    }
 }

@@ -31,6 +31,16 @@ use crate::kernel::{
 /// The compiled programs, built by build.rs from `bitsecure-ebpf`.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bitsecure"));
 
+/// SHA-256 of the embedded eBPF object (hex), for `bitsecure_build_info`: which kernel
+/// programs this agent loads.
+pub fn programs_sha256() -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(PROGRAMS)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Oldest kernel with everything used: cgroup/sock_release (5.9), batch map ops (5.6),
 /// bpf_ktime_get_boot_ns (5.8). 5.10 is the LTS release that covers them.
 pub const MINIMUM_KERNEL: (u32, u32) = (5, 10);

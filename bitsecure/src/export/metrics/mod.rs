@@ -31,25 +31,42 @@ pub struct Metrics {
     pub baseline: BaselineMetrics,
     /// The JSON view of the baseline state (served at /api/...).
     pub api: Api,
+    /// A poll has completed.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let build_info = IntGaugeVec::new(
-            Opts::new(BUILD_INFO, "Always 1; labels tell the agent's version."),
-            &["version"],
+            Opts::new(
+                BUILD_INFO,
+                "Always 1; labels tell the agent's version, the commit it was built from, the \
+                 compiler, and the SHA-256 of the eBPF object it loads.",
+            ),
+            &["version", "revision", "rustc", "ebpf_sha256"],
         )?;
         build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("BITSECURE_REVISION"),
+                env!("BITSECURE_RUSTC"),
+                &crate::kernel::programs::programs_sha256(),
+            ])
             .set(1);
         registry.register(Box::new(build_info))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // exporter convention, from the prometheus crate's collector (/proc/self).
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(Self {
             traffic: TrafficMetrics::new(&registry)?,
             poller: PollerMetrics::new(&registry)?,
             naming: NamingMetrics::new(&registry)?,
             baseline: BaselineMetrics::new(&registry)?,
             api: Api::default(),
+            ready: std::sync::atomic::AtomicBool::new(false),
             registry,
         })
     }
@@ -65,7 +82,13 @@ impl Metrics {
     }
 
     /// One poll of the kernel maps: its traffic, and what the poller saw on the way.
+    /// Whether the agent has polled its kernel maps at least once (`/-/ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn record_poll(&self, report: &PollReport) {
+        self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         self.traffic.add(&report.deltas);
         self.poller.record(report);
         self.naming.record_events(&report.events);
