@@ -34,7 +34,8 @@ fn bad_config_is_refused_with_the_line_and_a_nonzero_exit() {
     );
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("line 5") && stderr.contains("flow_capacity"),
         "{stderr}"
@@ -43,7 +44,8 @@ fn bad_config_is_refused_with_the_line_and_a_nonzero_exit() {
     let (mut command, _) = agent_command("[agent]\nlisten_address = \"x\"\n", "unknown-key.toml");
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains("listen_address") && stderr.contains("line 2"),
         "{stderr}"
@@ -61,7 +63,8 @@ fn taken_port_fails_before_touching_the_kernel() {
     );
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
@@ -77,7 +80,8 @@ fn missing_cgroup_path_is_a_clear_error() {
     );
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("no-such-slice"), "{stderr}");
 }
 

@@ -367,7 +367,7 @@ fn bitsecure_config_env_names_the_config_file() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert_eq!(output.status.code(), Some(78), "{}", describe(&output));
     assert!(
         stderr.contains("(from BITSECURE_CONFIG)") && stderr.contains("missing.toml"),
         "{stderr}"

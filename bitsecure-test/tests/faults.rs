@@ -716,8 +716,9 @@ fn output_within(command: &mut Command) -> Output {
     }
 }
 
-/// `bitsecure run` and `bitsecure config` with `config` must both fail with exit status 1,
-/// without a panic, naming every one of `expected` on stderr.
+/// `bitsecure run` and `bitsecure config` with `config` must both fail with exit status 78
+/// (EX_CONFIG: systemd does not restart it in a loop), without a panic, naming every one of
+/// `expected` on stderr.
 fn assert_refused(case: &str, config: &Path, expected: &[&str], limit_memory: bool) {
     for subcommand in ["config", "run"] {
         let mut command = bitsecure();
@@ -743,7 +744,7 @@ fn assert_refused(case: &str, config: &Path, expected: &[&str], limit_memory: bo
         let shown: String = stderr.chars().take(2000).collect();
         assert_eq!(
             output.status.code(),
-            Some(1),
+            Some(78),
             "{case}: `bitsecure {subcommand}` exit status {}: {shown}",
             output.status
         );

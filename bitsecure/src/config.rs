@@ -15,7 +15,7 @@ use crate::{
     fsutil::{self, ReadError},
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The default configuration, embedded so `bitsecure run` works with no file at all.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/bitsecure.toml");
@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// The code defaults equal the embedded file; a unit test checks that.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub agent: AgentConfig,
@@ -52,7 +52,7 @@ pub struct Config {
 }
 
 /// How much each kind of departure from the baseline matters, and which page.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RiskConfig {
     /// Risks whose unexpected traffic fires `BitSecureUnexpectedDestination` (critical: it
@@ -85,7 +85,7 @@ impl RiskConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamesConfig {
     /// Most addresses the address → name map holds (the soonest to expire go first).
@@ -118,7 +118,7 @@ impl Default for NamesConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BaselineConfig {
     /// The baseline file (learned, then edited with `bitsecure baseline accept`).
@@ -176,7 +176,7 @@ impl Default for BaselineConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     pub listen: SocketAddr,
@@ -185,7 +185,7 @@ pub struct AgentConfig {
     pub cgroup: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
     pub flow_capacity: u32,
@@ -199,7 +199,7 @@ pub struct KernelConfig {
     pub interfaces: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     pub max_remotes: usize,
@@ -393,6 +393,15 @@ mod tests {
         let parsed = Config::parse(DEFAULT_CONFIG, "default").expect("default config parses");
         assert_eq!(parsed, Config::default());
         assert_eq!(parsed.agent.listen.to_string(), "127.0.0.1:9977");
+    }
+
+    #[test]
+    fn the_printed_effective_config_reads_back_the_same() {
+        let mut config = Config::default();
+        config.baseline.learn_seconds = 60.0;
+        config.risk.page = vec![Risk::High, Risk::Medium];
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(Config::parse(&text, "printed").unwrap(), config, "{text}");
     }
 
     #[test]

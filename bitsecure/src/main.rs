@@ -231,7 +231,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
-            ExitCode::FAILURE
+            // EX_CONFIG: systemd's RestartPreventExitStatus=78 stops restarting a config that
+            // cannot work until someone fixes it.
+            if error.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -247,7 +253,8 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 let location = ConfigLocation::find(config.config.as_deref());
                 let effective = Config::load(location.path.as_deref())?;
                 println!("# config: {location}");
-                println!("{effective:#?}");
+                println!("# the effective configuration (every key, defaults filled in)");
+                print!("{}", toml::to_string_pretty(&effective)?);
             }
             Ok(())
         }
@@ -334,6 +341,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Exit status of a config that cannot be used (sysexits' EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
 
 /// The environment variable naming the config file when there is no `--config`.
 const CONFIG_ENV: &str = "BITSECURE_CONFIG";
