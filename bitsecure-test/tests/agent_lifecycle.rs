@@ -63,8 +63,8 @@ fn taken_port_fails_before_touching_the_kernel() {
     );
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    // Not a config error: the port or the cgroup may be there at the next try.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
         "{stderr}"
@@ -80,8 +80,8 @@ fn missing_cgroup_path_is_a_clear_error() {
     );
     let output = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    // EX_CONFIG: the unit's RestartPreventExitStatus=78 stops restarting it.
-    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    // Not a config error: the port or the cgroup may be there at the next try.
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no-such-slice"), "{stderr}");
 }
 
