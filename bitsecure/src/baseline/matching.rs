@@ -420,6 +420,18 @@ impl NameNetworks {
     }
 }
 
+impl super::model::Normal {
+    /// What the rule's traffic looked like over time while learning, for the silence check.
+    pub fn rhythm(&self) -> super::stats::Rhythm {
+        super::stats::Rhythm {
+            cadence_seconds: self.cadence_seconds,
+            bursts: self.bursts,
+            longest_gap_seconds: self.longest_gap_seconds,
+            active_fraction: self.active_fraction,
+        }
+    }
+}
+
 impl Rule {
     /// Whether `address` lies in the networks the rule's name resolved to while learning
     /// (always, for a rule without `prefixes`; never for a prefix that does not parse).

@@ -21,7 +21,7 @@ use super::{
     ClassKey,
     dns_watch::{DnsWatch, NewName, Tunnel},
     matching::{LiveFlow, NameNetworks, RemoteMatcher},
-    model::{Baseline, Rule, RuleIdentity},
+    model::{Baseline, Normal, Rule, RuleIdentity},
     risk::{self, Evidence, Grades, Reason, Risk},
     stats,
 };
@@ -843,7 +843,7 @@ impl Monitor {
                     silence_seconds,
                     silence_ratio: stats::silence_ratio(
                         silence_seconds,
-                        &rhythm(normal),
+                        &normal.map_or_else(stats::Rhythm::default, Normal::rhythm),
                         self.step_seconds,
                     ),
                     expected_cadence: cadence,
@@ -935,16 +935,6 @@ fn find_impersonated(
             && remote
                 .as_ref()
                 .is_some_and(|remote| rule.matches_traffic(remote, flow))
-    })
-}
-
-/// What a rule's recorded normal says about its traffic over time (nothing recorded: steady).
-fn rhythm(normal: Option<&crate::baseline::model::Normal>) -> stats::Rhythm {
-    normal.map_or_else(stats::Rhythm::default, |normal| stats::Rhythm {
-        cadence_seconds: normal.cadence_seconds,
-        bursts: normal.bursts,
-        longest_gap_seconds: normal.longest_gap_seconds,
-        active_fraction: normal.active_fraction,
     })
 }
 

@@ -417,12 +417,7 @@ mod tests {
 
     #[test]
     fn unexpected_and_rule_metrics_carry_the_app() {
-        let dir = std::env::temp_dir().join(format!(
-            "bitsecure-service-app-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fsutil::TempDir::new("service-app");
         let path = dir.join("baseline.toml");
         std::fs::write(
             &path,
@@ -452,7 +447,6 @@ mod tests {
             1001.0,
         );
         metrics.publish_baseline(report);
-        let _ = std::fs::remove_dir_all(&dir);
         let text = metrics.render().unwrap();
         // The prometheus encoder writes labels in alphabetical order.
         // The pool's own host and port in another application: low risk, a new port.
@@ -475,12 +469,7 @@ mod tests {
 
     #[test]
     fn low_risk_newcomers_join_a_settling_baseline_and_nothing_else_does() {
-        let dir = std::env::temp_dir().join(format!(
-            "bitsecure-service-settle-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::fsutil::TempDir::new("service-settle");
         let path = dir.join("baseline.toml");
         // Learnt from 900 to 1000 (Unix time); a comment of the user's.
         let learnt = "format_version = 1\n[recording]\nstarted_at = \"1970-01-01T00:15:00Z\"\n\
@@ -560,6 +549,5 @@ mod tests {
         let view = metrics.api.view();
         assert_eq!(view.unexpected.len(), 2);
         assert_eq!(view.maturity.unwrap().stage, Stage::Stable);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

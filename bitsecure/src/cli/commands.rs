@@ -119,31 +119,27 @@ pub fn accept_upgrades(agent: &str, baseline_path: &Path) -> anyhow::Result<usiz
              the offers"
         );
     }
-    let origin = baseline_path.display().to_string();
-    let mut text =
-        std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
-    let when = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let mut changed = 0;
-    for upgrade in &view.upgrades {
-        let (edited, count) = file::accept_upgrade(
-            &text,
-            &origin,
-            &upgrade.process,
-            (&upgrade.remote, upgrade.port, &upgrade.protocol),
-            &upgrade.name,
-            &upgrade.prefix,
-            &when,
-        )?;
-        text = edited;
-        changed += count;
-    }
-    if changed == 0 {
-        bail!("no rule of {origin} matches the agent's offers (edited meanwhile?)");
-    }
-    file::write_atomically(baseline_path, &text)?;
-    Ok(changed)
+    edit_baseline_file(
+        baseline_path,
+        |origin| format!("no rule of {origin} matches the agent's offers (edited meanwhile?)"),
+        |mut text, origin, when| {
+            let mut changed = 0;
+            for upgrade in &view.upgrades {
+                let (edited, count) = file::accept_upgrade(
+                    &text,
+                    origin,
+                    &upgrade.process,
+                    (&upgrade.remote, upgrade.port, &upgrade.protocol),
+                    &upgrade.name,
+                    &upgrade.prefix,
+                    when,
+                )?;
+                text = edited;
+                changed += count;
+            }
+            Ok((text, changed))
+        },
+    )
 }
 
 /// The status line of a baseline view.
@@ -264,15 +260,30 @@ pub fn accept_moved_name(agent: &str, baseline_path: &Path, name: &str) -> anyho
     if networks.is_empty() {
         bail!("the agent reports no move of {name}; `bitsecure unexpected` lists the moved names");
     }
+    edit_baseline_file(
+        baseline_path,
+        |origin| format!("no rule of {origin} for {name} lists networks to add to"),
+        |text, origin, when| Ok(file::accept_prefixes(&text, origin, name, &networks, when)?),
+    )
+}
+
+/// Reads the baseline file, applies `edit` (text, origin, now in RFC 3339 → text, rules
+/// changed) and writes the result atomically (keeping `.bak`); `nothing(origin)` is the error
+/// when no rule changed. Returns how many did.
+fn edit_baseline_file(
+    baseline_path: &Path,
+    nothing: impl FnOnce(&str) -> String,
+    edit: impl FnOnce(String, &str, &str) -> anyhow::Result<(String, usize)>,
+) -> anyhow::Result<usize> {
     let origin = baseline_path.display().to_string();
     let text =
         std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
     let when = jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string();
-    let (text, changed) = file::accept_prefixes(&text, &origin, name, &networks, &when)?;
+    let (text, changed) = edit(text, &origin, &when)?;
     if changed == 0 {
-        bail!("no rule of {origin} for {name} lists networks to add to");
+        bail!("{}", nothing(&origin));
     }
     file::write_atomically(baseline_path, &text)?;
     Ok(changed)
@@ -293,34 +304,39 @@ pub fn accept_executable(agent: &str, baseline_path: &Path, exe: &str) -> anyhow
              the changed ones"
         );
     }
-    let origin = baseline_path.display().to_string();
-    let mut text =
-        std::fs::read_to_string(baseline_path).with_context(|| format!("cannot read {origin}"))?;
-    let when = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let mut changed_rules = 0;
-    let mut done = HashSet::new();
-    for changed in changes {
-        let Some(new) = &changed.sha256 else {
-            bail!(
-                "the agent could not read the executable {exe} that {} runs: nothing to accept",
-                changed.process
-            );
-        };
-        if !done.insert((&changed.expected_sha256, new)) {
-            continue;
-        }
-        let (edited, count) =
-            file::accept_executable(&text, &origin, exe, &changed.expected_sha256, new, &when)?;
-        text = edited;
-        changed_rules += count;
-    }
-    if changed_rules == 0 {
-        bail!("no rule of {origin} expects {exe} with the hash the agent compared it with");
-    }
-    file::write_atomically(baseline_path, &text)?;
-    Ok(changed_rules)
+    edit_baseline_file(
+        baseline_path,
+        |origin| {
+            format!("no rule of {origin} expects {exe} with the hash the agent compared it with")
+        },
+        |mut text, origin, when| {
+            let mut changed_rules = 0;
+            let mut done = HashSet::new();
+            for changed in changes {
+                let Some(new) = &changed.sha256 else {
+                    bail!(
+                        "the agent could not read the executable {exe} that {} runs: nothing \
+                         to accept",
+                        changed.process
+                    );
+                };
+                if !done.insert((&changed.expected_sha256, new)) {
+                    continue;
+                }
+                let (edited, count) = file::accept_executable(
+                    &text,
+                    origin,
+                    exe,
+                    &changed.expected_sha256,
+                    new,
+                    when,
+                )?;
+                text = edited;
+                changed_rules += count;
+            }
+            Ok((text, changed_rules))
+        },
+    )
 }
 
 /// A terminal table of the unexpected list.

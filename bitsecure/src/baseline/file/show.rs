@@ -82,12 +82,7 @@ impl fmt::Display for Shown<'_> {
             if let Some(gap) = normal.longest_gap_seconds {
                 write!(f, ", quiet at most {} between them", human::duration(gap))?;
             }
-            let rhythm = crate::baseline::stats::Rhythm {
-                cadence_seconds: normal.cadence_seconds,
-                bursts: normal.bursts,
-                longest_gap_seconds: normal.longest_gap_seconds,
-                active_fraction: normal.active_fraction,
-            };
+            let rhythm = normal.rhythm();
             let step = baseline
                 .recording
                 .as_ref()
