@@ -485,6 +485,25 @@ fn fifty_thousand_remotes_fold_at_the_series_cap() {
         scrape_time < Duration::from_secs(2),
         "one scrape took {scrape_time:?}"
     );
+    // The example scrape configs' sample_limit leaves room for a scrape at the cap.
+    for file in ["scrape-single.yml", "scrape-fleet.yml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../prometheus")
+            .join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let limit: usize = text
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("sample_limit:"))
+            .unwrap_or_else(|| panic!("{file} has no sample_limit"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            samples.len() * 2 <= limit,
+            "{file}: sample_limit {limit} leaves no room over a scrape at the cap ({} samples)",
+            samples.len()
+        );
+    }
     assert!(
         rss <= RSS_BOUND,
         "agent peak RSS {:.1} MiB > {:.0} MiB",

@@ -385,3 +385,100 @@ fn a_restart_at_the_series_cap_keeps_the_cap() {
     assert!(folded >= 1.0, "folded flows: {folded}");
     second.stop();
 }
+
+/// Series lifecycle: a series that counted nothing for `metrics.series_idle_seconds` is
+/// dropped; a restart does not reset its idle time (the state file keeps when it was last
+/// active); traffic that comes back starts the series again from zero, so it then holds exactly
+/// what nftables counted since (the documented counter reset).
+#[test]
+fn an_idle_series_is_dropped_across_a_restart_and_starts_again_from_zero() {
+    const IDLE_SECONDS: u64 = 6;
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let setup = Setup::new("idle");
+    let mut net = TestNet::new();
+    let server = install_generator("bsg-idle-server");
+    let target = format!("{}:5000", net.peer_v4);
+    net.spawn_server(&server, &["serve", "--udp", &target]);
+    let process = "bsg-idle-client";
+    let client = install_generator(process);
+    let remote = net.peer_v4.to_string();
+    let send = |datagrams: &str| {
+        run_generator(setup.cgroup.command(&client).args([
+            "--timeout-secs",
+            "30",
+            "udp",
+            "--to",
+            &target,
+            "--datagrams",
+            datagrams,
+            "--size",
+            "700",
+        ]))
+    };
+    let udp_truth = |net: &TestNet| {
+        let (sent_packets, sent_bytes) = net.counter("sent", "udp");
+        let (received_packets, received_bytes) = net.counter("received", "udp");
+        Exported {
+            sent_bytes,
+            received_bytes,
+            sent_packets,
+            received_packets,
+        }
+    };
+    let config = format!(
+        "{}[metrics]\nseries_idle_seconds = {IDLE_SECONDS}\n",
+        setup.config(4096)
+    );
+    let until = |agent: &Agent, what: &str, seconds: u64, done: &dyn Fn(&Agent) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        while !done(agent) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: agent has {:?}\n{}",
+                exported(agent, process, &remote),
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let first = Agent::start_with(&config);
+    send("20");
+    let first_burst = udp_truth(&net);
+    assert!(first_burst.sent_packets >= 20);
+    until(&first, "the first burst", 15, &|agent| {
+        exported(agent, process, &remote) == first_burst
+    });
+    assert!(first.stop().success());
+    // Idle past the limit while no agent runs: the next one drops the series at its first poll.
+    std::thread::sleep(Duration::from_secs(IDLE_SECONDS + 1));
+    // Well before a full idle time of its own: a restart that forgot the idle time would keep
+    // the series for IDLE_SECONDS more.
+    let second = Agent::start_with(&config);
+    until(
+        &second,
+        "the idle series dropped",
+        IDLE_SECONDS / 2,
+        &|agent| {
+            let samples = agent.scrape();
+            exported(agent, process, &remote) == Exported::default()
+                && sum_metric(&samples, "bitsecure_expired_series_total", &[]) >= 1.0
+        },
+    );
+
+    send("7");
+    let since = udp_truth(&net);
+    let comeback = Exported {
+        sent_bytes: since.sent_bytes - first_burst.sent_bytes,
+        received_bytes: since.received_bytes - first_burst.received_bytes,
+        sent_packets: since.sent_packets - first_burst.sent_packets,
+        received_packets: since.received_packets - first_burst.received_packets,
+    };
+    assert!(comeback.sent_packets >= 7);
+    until(&second, "the series back from zero", 15, &|agent| {
+        exported(agent, process, &remote) == comeback
+    });
+    second.stop();
+}

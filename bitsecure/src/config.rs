@@ -204,6 +204,8 @@ pub struct KernelConfig {
 pub struct MetricsConfig {
     pub max_remotes: usize,
     pub max_series: usize,
+    /// A traffic series that counted nothing for this long is dropped (0 = never).
+    pub series_idle_seconds: u64,
 }
 
 impl Default for AgentConfig {
@@ -233,6 +235,7 @@ impl Default for MetricsConfig {
         Self {
             max_remotes: 500,
             max_series: 5000,
+            series_idle_seconds: 24 * 3600,
         }
     }
 }
@@ -376,6 +379,15 @@ impl Config {
         if self.metrics.max_remotes == 0 || self.metrics.max_series == 0 {
             return Err("metrics.max_remotes and metrics.max_series must be at least 1".into());
         }
+        let idle = self.metrics.series_idle_seconds as f64;
+        if idle > 0.0 && idle < 2.0 * self.agent.poll_interval_seconds {
+            return Err(format!(
+                "metrics.series_idle_seconds = {}: must be 0 (never drop a series) or at least \
+                 two poll intervals ({} s), or a series of a steady flow would start over",
+                self.metrics.series_idle_seconds,
+                2.0 * self.agent.poll_interval_seconds
+            ));
+        }
         Ok(())
     }
 
@@ -477,6 +489,7 @@ mod tests {
             "[agent]\npoll_interval_seconds = 0.0\n",
             "[kernel]\nflow_capacity = 1\n",
             "[metrics]\nmax_series = 0\n",
+            "[metrics]\nseries_idle_seconds = 9\n",
             "[baseline]\nname_network_v4 = 33\n",
             "[baseline]\nname_network_v4 = 0\n",
             "[baseline]\nname_network_v6 = 129\n",

@@ -71,6 +71,9 @@ pub struct SavedSeries {
     #[serde(flatten)]
     pub key: SeriesKey,
     pub traffic: Traffic,
+    /// When it last counted traffic (Unix seconds; absent in states of agents before expiry).
+    #[serde(default)]
+    pub last_active: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

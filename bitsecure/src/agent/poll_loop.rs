@@ -93,7 +93,7 @@ fn poll_once(poller: &mut Poller, metrics: &Metrics) -> Option<Polled> {
                 "poll: {} flows, {} sockets, {} closed sockets folded, {} flows awaiting an owner",
                 report.flows, report.sockets, report.folded_sockets, report.deferred_flows
             );
-            metrics.record_poll(&report);
+            metrics.record_poll(&report, super::unix_now() as u64);
             let remotes = metrics.traffic.remotes_with_own_series();
             metrics.traffic.set_remote_names(&poller.names_of(&remotes));
             Some(Polled {

@@ -102,8 +102,13 @@ fn resume(persistence: &Persistence, poller: &mut Poller, metrics: &Metrics) {
             return;
         }
     };
+    // A state from before series expiry has no activity times: its series count as active now.
+    let now = super::unix_now() as u64;
     for series in &saved.series {
-        metrics.traffic.restore(&series.key, &series.traffic);
+        let last_active = series.last_active.unwrap_or(now);
+        metrics
+            .traffic
+            .restore(&series.key, &series.traffic, last_active);
     }
     let same_maps = persistence.found == Found::Reusable
         && saved.boot_id == state::boot_id()
@@ -151,7 +156,11 @@ impl StateSaver {
                 .traffic
                 .snapshot()
                 .into_iter()
-                .map(|(key, traffic)| SavedSeries { key, traffic })
+                .map(|(key, traffic, last_active)| SavedSeries {
+                    key,
+                    traffic,
+                    last_active: Some(last_active),
+                })
                 .collect(),
         };
         self.file.save(&state)
@@ -190,9 +199,11 @@ pub fn attach(
         ("peers", capacities.peers),
         ("sockets", capacities.sockets),
     ]);
-    metrics
-        .traffic
-        .set_limits(config.metrics.max_remotes, config.metrics.max_series);
+    metrics.traffic.set_limits(
+        config.metrics.max_remotes,
+        config.metrics.max_series,
+        config.metrics.series_idle_seconds,
+    );
     metrics
         .naming
         .names_limit

@@ -36,6 +36,7 @@ const TRAFFIC_COUNTERS: [(&str, &str); 4] = [
 pub struct TrafficMetrics {
     state: Mutex<TrafficState>,
     pub folded_flows: IntCounter,
+    pub expired_series: IntCounter,
     pub series: IntGauge,
     pub series_limit: IntGauge,
 }
@@ -54,6 +55,10 @@ impl TrafficMetrics {
             "bitsecure_folded_flows_total",
             "Flow updates folded into remote=\"other\" by the cardinality limits.",
         )?;
+        let expired_series = IntCounter::new(
+            "bitsecure_expired_series_total",
+            "Traffic series dropped after metrics.series_idle_seconds without traffic (a series that comes back starts again from zero).",
+        )?;
         let series = IntGauge::new(
             "bitsecure_traffic_series",
             "Number of (process, remote, port, protocol, app) series exported.",
@@ -63,60 +68,71 @@ impl TrafficMetrics {
             "Cap on traffic series (metrics.max_series); beyond it flows fold into remote=\"other\".",
         )?;
         registry.register(Box::new(folded_flows.clone()))?;
+        registry.register(Box::new(expired_series.clone()))?;
         registry.register(Box::new(series.clone()))?;
         registry.register(Box::new(series_limit.clone()))?;
         Ok(Self {
             state: Mutex::new(TrafficState {
-                table: FlowTable::new(0, 0),
+                table: FlowTable::new(0, 0, 0),
                 totals: HashMap::new(),
                 remote_names: Vec::new(),
             }),
             folded_flows,
+            expired_series,
             series,
             series_limit,
         })
     }
 
-    /// Sets the cardinality limits (`metrics.max_remotes`, `metrics.max_series`).
-    pub fn set_limits(&self, max_remotes: usize, max_series: usize) {
+    /// Sets the cardinality limits (`metrics.max_remotes`, `metrics.max_series`) and the idle
+    /// time after which a series is dropped (`metrics.series_idle_seconds`, 0 = never).
+    pub fn set_limits(&self, max_remotes: usize, max_series: usize, idle_seconds: u64) {
         if let Ok(mut state) = self.state.lock() {
-            state.table = FlowTable::new(max_remotes, max_series);
+            state.table = FlowTable::new(max_remotes, max_series, idle_seconds);
         }
         self.series_limit.set(max_series as i64);
     }
 
-    /// Adds one poll's deltas to their series.
-    pub fn add(&self, deltas: &[FlowDelta]) {
+    /// Adds one poll's deltas (made at `now`, Unix seconds) to their series, and drops the
+    /// series idle since long enough.
+    pub fn add(&self, deltas: &[FlowDelta], now: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let applied = state.table.apply(deltas);
+        let applied = state.table.apply(deltas, now);
         for (series, traffic) in &applied.increments {
             state.totals.entry(series.clone()).or_default().add(traffic);
         }
+        for series in &applied.expired {
+            state.totals.remove(series);
+        }
         self.folded_flows.inc_by(applied.folded);
+        self.expired_series.inc_by(applied.expired.len() as u64);
         self.series.set(state.table.len() as i64);
     }
 
     /// Continues a series of a previous agent (it counts toward the limits, as before the
-    /// restart).
-    pub fn restore(&self, key: &SeriesKey, traffic: &Traffic) {
+    /// restart), last active at `last_active` (Unix seconds).
+    pub fn restore(&self, key: &SeriesKey, traffic: &Traffic, last_active: u64) {
         if let Ok(mut state) = self.state.lock() {
             state.totals.entry(key.clone()).or_default().add(traffic);
-            state.table.restore(key);
+            state.table.restore(key, last_active);
             self.series.set(state.table.len() as i64);
         }
     }
 
-    /// Every series and its totals (for the agent state).
-    pub fn snapshot(&self) -> Vec<(SeriesKey, Traffic)> {
+    /// Every series, its totals and when it last counted traffic (for the agent state).
+    pub fn snapshot(&self) -> Vec<(SeriesKey, Traffic, u64)> {
         self.state
             .lock()
             .map(|state| {
                 state
                     .totals
                     .iter()
-                    .map(|(key, traffic)| (key.clone(), *traffic))
+                    .map(|(key, traffic)| {
+                        let last_active = state.table.last_active(key).unwrap_or_default();
+                        (key.clone(), *traffic, last_active)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -188,7 +204,7 @@ impl TrafficMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP bitsecure_remote_info Always 1: a name of a remote address, learnt from a DNS answer this host received (source=\"dns\"), the TLS server name (\"sni\") or HTTP Host (\"http\") of a connection it opened.\n# TYPE bitsecure_remote_info gauge"
+            "# HELP bitsecure_remote_info Always 1: the name of a remote address (one per remote: the one most of its live flows use), learnt from a DNS answer this host received (source=\"dns\"), the TLS server name (\"sni\") or HTTP Host (\"http\") of a connection it opened.\n# TYPE bitsecure_remote_info gauge"
         );
         for (remote, name, source) in &rows {
             out.push_str("bitsecure_remote_info{remote=\"");
@@ -233,8 +249,8 @@ mod tests {
             sent_packets: 3,
             received_packets: 4,
         };
-        metrics.traffic.restore(&key, &traffic);
-        metrics.traffic.restore(&key, &traffic);
+        metrics.traffic.restore(&key, &traffic, 0);
+        metrics.traffic.restore(&key, &traffic, 0);
         let text = metrics.render().unwrap();
         let labels = r#"{process="we\"ird\\name",remote="10.0.0.1",port="3333",protocol="tcp",app="stratum"}"#;
         for (name, value) in [

@@ -62,9 +62,6 @@ pub mod sock_diag;
 
 pub use service_port::{Role, service_port};
 
-/// Most names exported per remote address in `bitsecure_remote_info` (a CDN address serves
-/// many names; each new connection could add one).
-const MAX_NAMES_PER_REMOTE: usize = 8;
 /// Polls a TCP peer entry (a listener's handshake) waits for the connection it belongs to
 /// before it is accounted on its own: the accepted socket's first packet comes right after
 /// the handshake, unless neither side speaks.
@@ -868,38 +865,41 @@ impl Poller {
         counts
     }
 
-    /// The names of `remotes` (the remotes with a series of their own): those their live flows
-    /// carry (at most `MAX_NAMES_PER_REMOTE` each) and what the name map says now.
+    /// One name for each of `remotes` (the remotes with a series of their own), so that a
+    /// PromQL join on the remote is one-to-one even for a CDN address with many names: the
+    /// name most of its live flows carry (ties: the first by name), else what the name map
+    /// says now.
     pub fn names_of(&self, remotes: &[IpAddr]) -> Vec<(IpAddr, RemoteName)> {
         let now = Instant::now();
         let wanted: HashSet<IpAddr> = remotes.iter().copied().collect();
-        let mut names: HashMap<IpAddr, HashSet<&RemoteName>> = HashMap::new();
+        let mut flows_per_name: HashMap<IpAddr, HashMap<&RemoteName, usize>> = HashMap::new();
         for (key, accounted) in &self.last_seen {
             let Some(name) = &accounted.name else {
                 continue;
             };
             let remote = IpAddr::V6(Ipv6Addr::from(key.remote_addr)).to_canonical();
             if wanted.contains(&remote) {
-                let of_remote = names.entry(remote).or_default();
-                if of_remote.len() < MAX_NAMES_PER_REMOTE {
-                    of_remote.insert(name);
-                }
+                *flows_per_name
+                    .entry(remote)
+                    .or_default()
+                    .entry(name)
+                    .or_default() += 1;
             }
         }
-        let mut rows: Vec<(IpAddr, RemoteName)> = names
-            .into_iter()
-            .flat_map(|(remote, of_remote)| {
-                of_remote
-                    .into_iter()
-                    .map(move |name| (remote, name.clone()))
+        remotes
+            .iter()
+            .filter_map(|remote| {
+                let most_used = flows_per_name.get(remote).and_then(|names| {
+                    names
+                        .iter()
+                        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.name.cmp(&a.0.name)))
+                        .map(|(name, _)| (*name).clone())
+                });
+                most_used
+                    .or_else(|| self.naming.name_of_address(*remote, now))
+                    .map(|name| (*remote, name))
             })
-            .collect();
-        for remote in remotes {
-            if let Some(name) = self.naming.name_of_address(*remote, now) {
-                rows.push((*remote, name));
-            }
-        }
-        rows
+            .collect()
     }
 
     /// What the kernel programs counted since the last poll (and a warning for each loss).

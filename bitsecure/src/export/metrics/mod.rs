@@ -81,15 +81,16 @@ impl Metrics {
         Ok(text)
     }
 
-    /// One poll of the kernel maps: its traffic, and what the poller saw on the way.
     /// Whether the agent has polled its kernel maps at least once (`/-/ready`).
     pub fn is_ready(&self) -> bool {
         self.ready.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn record_poll(&self, report: &PollReport) {
+    /// One poll of the kernel maps, made at `now` (Unix seconds): its traffic, and what the
+    /// poller saw on the way.
+    pub fn record_poll(&self, report: &PollReport, now: u64) {
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.traffic.add(&report.deltas);
+        self.traffic.add(&report.deltas, now);
         self.poller.record(report);
         self.naming.record_events(&report.events);
         self.naming.record_dropped(report.kernel.events_dropped);
