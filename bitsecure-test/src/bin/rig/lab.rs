@@ -45,10 +45,38 @@ pub struct Lab {
     /// the processes stop.
     sites: Vec<NetLab>,
     processes: Vec<(String, Child)>,
+    /// Held while the lab exists: its names and addresses are fixed, so a second lab on the
+    /// machine (another test run, a demo by hand) waits instead of tearing this one down.
+    _machine_lock: fs::File,
+}
+
+/// The lock file that keeps one rig lab per machine.
+const MACHINE_LOCK: &str = "/run/bitsecure-rig.lock";
+
+/// Takes the machine's rig lab lock, waiting (and saying so) while another lab holds it.
+fn lock_machine() -> Result<fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file =
+        fs::File::create(MACHINE_LOCK).with_context(|| format!("cannot create {MACHINE_LOCK}"))?;
+    // SAFETY: flock on a descriptor we own; released when the file is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "another rig lab runs on this machine ({MACHINE_LOCK} is locked): waiting for it to end"
+        );
+        // SAFETY: as above; blocks until the other lab's process exits or drops its lab.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!(
+                "cannot lock {MACHINE_LOCK}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    Ok(file)
 }
 
 impl Lab {
     pub fn create(dir: &Path) -> Result<Self> {
+        let machine_lock = lock_machine()?;
         remove_leftover_cgroup();
         fs::create_dir_all(dir.join("bin"))?;
         fs::create_dir_all(dir.join("logs"))?;
@@ -58,6 +86,7 @@ impl Lab {
             cgroup: cgroup.clone(),
             sites: Vec::new(),
             processes: Vec::new(),
+            _machine_lock: machine_lock,
         };
         fs::create_dir(&cgroup).with_context(|| format!("cannot create {}", cgroup.display()))?;
         for (site, subnet) in SITES {
