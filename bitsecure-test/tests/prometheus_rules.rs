@@ -25,6 +25,10 @@ const ALERTS: &[&str] = &[
     "BitSecurePayoutIdentityChanged",
     "BitSecureDnsTunnel",
     "BitSecureNameMoved",
+    "BitSecureAgentPollerStuck",
+    "BitSecureNoBaseline",
+    "BitSecureKernelEventsDropped",
+    "BitSecureSeriesCapReached",
 ];
 
 fn prometheus_dir() -> PathBuf {
@@ -118,5 +122,206 @@ fn every_alert_has_a_unit_test_where_it_fires() {
     assert!(
         untested.is_empty(),
         "alerts without a unit test where they fire: {untested:?}"
+    );
+}
+
+/// Every alert links its own section of docs/runbook.md (a `### AlertName` heading, whose
+/// anchor is the lowercase name), and every runbook section is an alert's.
+#[test]
+fn every_alert_links_its_runbook_section() {
+    let rules = read("bitsecure.rules.yml");
+    let runbook = fs::read_to_string(prometheus_dir().join("../docs/runbook.md")).unwrap();
+    let sections: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|line| line.strip_prefix("### "))
+        .map(|name| name.trim().to_string())
+        .collect();
+    let mut alert = None;
+    let mut linked = BTreeSet::new();
+    for line in rules.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("- alert:") {
+            alert = Some(name.trim().to_string());
+        }
+        if let Some(url) = line.strip_prefix("runbook_url:") {
+            let name = alert.clone().expect("a runbook_url outside an alert");
+            let expected = format!("docs/runbook.md#{}\"", name.to_lowercase());
+            assert!(url.trim().ends_with(&expected), "{name}: runbook_url {url}");
+            linked.insert(name);
+        }
+    }
+    let alerts: BTreeSet<String> = ALERTS.iter().map(|name| name.to_string()).collect();
+    assert_eq!(linked, alerts, "alerts without a runbook_url");
+    assert_eq!(sections, alerts, "runbook sections and alerts differ");
+}
+
+/// `bitsecure rules` prints the bundled file by default, and rules for another job and
+/// runbook that promtool accepts.
+#[test]
+fn bitsecure_rules_fit_another_job_and_runbook() {
+    let bundled = Command::new(bitsecure_test::agent::agent_binary())
+        .arg("rules")
+        .output()
+        .unwrap();
+    assert!(bundled.status.success());
+    assert_eq!(
+        String::from_utf8(bundled.stdout).unwrap(),
+        read("bitsecure.rules.yml")
+    );
+
+    let fitted = Command::new(bitsecure_test::agent::agent_binary())
+        .args([
+            "rules",
+            "--job",
+            "rigs",
+            "--runbook-base",
+            "https://wiki.example/rb",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        fitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fitted.stderr)
+    );
+    let text = String::from_utf8(fitted.stdout).unwrap();
+    assert!(text.contains("up{job=\"rigs\"}") && !text.contains("job=\"bitsecure\""));
+    let path = bitsecure_test::process::scratch_dir().join("rigs.rules.yml");
+    fs::write(&path, &text).unwrap();
+    promtool(&["check", "rules", path.to_str().unwrap()]);
+
+    let refused = Command::new(bitsecure_test::agent::agent_binary())
+        .args(["rules", "--runbook-base", "wiki/runbook"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--runbook-base"));
+}
+
+/// amtool in `prometheus/`; its stdout.
+fn amtool(args: &[&str]) -> String {
+    let output = Command::new("amtool")
+        .args(args)
+        .current_dir(prometheus_dir())
+        .output()
+        .expect("amtool (Debian prometheus-alertmanager): run `cargo xtask setup`");
+    assert!(
+        output.status.success(),
+        "amtool {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The example Alertmanager config is valid, pages on critical and batches the rest for
+/// review, and a real Alertmanager inhibits a rig's traffic alerts while its agent is down,
+/// not another rig's.
+#[test]
+fn alertmanager_example_routes_and_inhibits() {
+    const CONFIG: &str = "alertmanager.example.yml";
+    amtool(&["check-config", CONFIG]);
+    let route = |labels: &[&str]| {
+        let mut args = vec!["config", "routes", "test", "--config.file", CONFIG];
+        args.extend(labels);
+        amtool(&args).trim().to_owned()
+    };
+    assert_eq!(
+        route(&["alertname=BitSecureNameMoved", "severity=critical"]),
+        "page-now"
+    );
+    assert_eq!(
+        route(&["alertname=BitSecureUnexpectedForReview", "severity=info"]),
+        "review"
+    );
+
+    let dir = bitsecure_test::process::scratch_dir().join("alertmanager");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let port = bitsecure_test::process::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut alertmanager = Command::new("prometheus-alertmanager")
+        .arg(format!(
+            "--config.file={}",
+            prometheus_dir().join(CONFIG).display()
+        ))
+        .arg(format!("--storage.path={}", dir.display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--cluster.listen-address=")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-alertmanager: run `cargo xtask setup`");
+    let alertmanager_url = format!("--alertmanager.url={url}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Command::new("amtool")
+        .args(["config", "show", &alertmanager_url])
+        .output()
+        .map_or(true, |output| !output.status.success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Alertmanager did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for labels in [
+        [
+            "alertname=BitSecureAgentDown",
+            "instance=rig1:9977",
+            "severity=critical",
+        ],
+        [
+            "alertname=BitSecureExpectedTrafficSilent",
+            "instance=rig1:9977",
+            "severity=critical",
+        ],
+        [
+            "alertname=BitSecureExpectedTrafficSilent",
+            "instance=rig2:9977",
+            "severity=critical",
+        ],
+    ] {
+        let mut args = vec!["alert", "add", &alertmanager_url];
+        args.extend(labels);
+        amtool(&args);
+    }
+    // Inhibition is computed when the API is asked: the states settle at once.
+    let state_of = |alerts: &serde_json::Value, alertname: &str, instance: &str| {
+        alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|alert| {
+                alert["labels"]["alertname"] == alertname && alert["labels"]["instance"] == instance
+            })
+            .map(|alert| alert["status"]["state"].as_str().unwrap_or("").to_owned())
+    };
+    let mut states = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let output = Command::new("curl")
+            .args(["-sS", &format!("{url}/api/v2/alerts")])
+            .output()
+            .unwrap();
+        let alerts: serde_json::Value =
+            serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+        if alerts.is_array() {
+            states = vec![
+                state_of(&alerts, "BitSecureAgentDown", "rig1:9977"),
+                state_of(&alerts, "BitSecureExpectedTrafficSilent", "rig1:9977"),
+                state_of(&alerts, "BitSecureExpectedTrafficSilent", "rig2:9977"),
+            ];
+            if states.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = alertmanager.kill();
+    let _ = alertmanager.wait();
+    let states: Vec<String> = states.into_iter().map(Option::unwrap_or_default).collect();
+    assert_eq!(
+        states,
+        ["active", "suppressed", "active"],
+        "agent down on rig1: its traffic alert is inhibited, rig2's is not"
     );
 }

@@ -14,6 +14,7 @@ use bitsecure::{
     cli::{
         check,
         commands::{self, AcceptFilter},
+        rules,
     },
     config::{self, Config},
     human,
@@ -70,6 +71,20 @@ enum Command {
     /// Record, review and extend the baseline of normal traffic.
     #[command(subcommand)]
     Baseline(BaselineCommand),
+    /// Print the Prometheus alert and recording rules for these agents (a file for
+    /// Prometheus' rule_files), fitted to your scrape job's name and runbook address.
+    ///
+    /// Example: bitsecure rules --job rigs > /etc/prometheus/bitsecure.rules.yml
+    Rules {
+        /// The job_name of the scrape config that scrapes the agents (the agent-down alerts
+        /// select it).
+        #[arg(long, default_value = rules::DEFAULT_JOB)]
+        job: String,
+        /// Address of the runbook (docs/runbook.md, e.g. a copy on your wiki) the alerts'
+        /// runbook_url points to; each alert adds its section as #alertname.
+        #[arg(long, value_name = "URL", default_value = rules::DEFAULT_RUNBOOK)]
+        runbook_base: String,
+    },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -256,6 +271,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 println!("# the effective configuration (every key, defaults filled in)");
                 print!("{}", toml::to_string_pretty(&effective)?);
             }
+            Ok(())
+        }
+        Command::Rules { job, runbook_base } => {
+            print!("{}", rules::render(&job, &runbook_base)?);
             Ok(())
         }
         Command::Check(config) => {

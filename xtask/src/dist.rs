@@ -9,7 +9,9 @@
 //! config/bitsecure.toml       the default config
 //! systemd/bitsecure.service   the hardened unit
 //! install.sh                  install, upgrade, uninstall
-//! grafana/  prometheus/       dashboard and alert rules, for the monitoring host
+//! grafana/  prometheus/       dashboard, alert rules and Alertmanager example, for the
+//!                             monitoring host
+//! docs/runbook.md             what each alert means and what to do
 //! README.md  INSTALL.md       the project README and deploy/README.md
 //! ```
 //!
@@ -60,7 +62,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     for (from, to, mode) in &files {
         copy_file(from, &stage.join(to), *mode)?;
     }
-    for folder in ["grafana", "prometheus"] {
+    for folder in ["grafana", "prometheus", "docs"] {
         copy_tree(&root.join(folder), &stage.join(folder))?;
     }
 

@@ -19,7 +19,8 @@ use crate::util;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages used by the tests (nft counters, netns + veth, offload switches; `dig`,
 /// `openssl` and `curl` as independent DNS, TLS and HTTP clients in the name tests), the bench,
-/// the demo (a real Prometheus; `promtool` checks the alert rules and the exposition) and the
+/// the demo (a real Prometheus; `promtool` checks the alert rules and the exposition; a real
+/// Alertmanager checks the example's routes and inhibitions) and the
 /// systemd unit's checks (`systemd-analyze`).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
@@ -28,6 +29,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "iperf3"),
     ("bpftool", "bpftool"),
     ("prometheus", "promtool"),
+    ("prometheus-alertmanager", "amtool"),
     ("systemd", "systemd-analyze"),
     ("bind9-dnsutils", "dig"),
     ("openssl", "openssl"),

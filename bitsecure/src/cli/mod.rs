@@ -1,9 +1,11 @@
 //! The command line's own work, apart from running the agent: the review commands
 //! ([`commands`]) talking to a running agent through [`client`], and `bitsecure check`
-//! ([`check`]), which diagnoses a host without running anything.
+//! ([`check`]), which diagnoses a host without running anything, and the Prometheus rules
+//! for this agent ([`rules`]).
 //! Nothing here attaches programs or reads kernel maps: the commands talk to the agent over
 //! HTTP and read or edit files.
 
 pub mod check;
 pub mod client;
 pub mod commands;
+pub mod rules;
