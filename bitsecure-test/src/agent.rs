@@ -66,6 +66,15 @@ impl Agent {
 
     /// [`Agent::start_with`], polling every `poll_seconds` (e.g. the default 5 s).
     pub fn start_polling(extra: &str, poll_seconds: f64) -> Self {
+        Self::launch(extra, poll_seconds, &[])
+    }
+
+    /// [`Agent::start_with`] with these environment variables (e.g. systemd's NOTIFY_SOCKET).
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Self {
+        Self::launch(extra, TEST_POLL_SECONDS, env)
+    }
+
+    fn launch(extra: &str, poll_seconds: f64, env: &[(&str, &str)]) -> Self {
         require_root();
         let original_extra = extra.to_owned();
         let port = free_port();
@@ -104,6 +113,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&config)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("create log"))
             .spawn()

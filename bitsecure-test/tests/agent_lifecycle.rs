@@ -529,3 +529,69 @@ fn exposition_is_gzipped_on_request_with_health_process_and_build_metrics() {
         "{build:?}"
     );
 }
+
+/// systemd's `Type=notify` protocol, spoken to a socket of the test's own (as systemd would
+/// bind one): `READY=1` only once the agent has polled (its `/-/ready` says so too),
+/// `WATCHDOG=1` a few times per `WATCHDOG_USEC` while it runs, `STOPPING=1` at SIGTERM.
+#[test]
+fn systemd_hears_ready_after_the_first_poll_a_fed_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = bitsecure_test::process::scratch_dir().join(format!("notify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let receive = |until: Duration| {
+        let deadline = Instant::now() + until;
+        let mut messages = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(length) = socket.recv(&mut buffer) {
+                // One datagram per notification, its states one per line.
+                messages.push(String::from_utf8_lossy(&buffer[..length]).trim().to_owned());
+            }
+        }
+        messages
+    };
+    // A 2 s watchdog: fed every 0.5 s at most apart.
+    let agent = Agent::start_with_env(
+        "",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let first = receive(Duration::from_secs(3));
+    let ready_at = first
+        .iter()
+        .position(|message| message.lines().any(|line| line == "READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1 in {first:?}"));
+    assert!(
+        agent.try_get("/-/ready").is_some(),
+        "READY=1 sent, but /-/ready does not answer 200"
+    );
+    let fed = first
+        .iter()
+        .filter(|message| *message == "WATCHDOG=1")
+        .count();
+    assert!(
+        fed >= 4,
+        "the watchdog was fed {fed} times in 3 s: {first:?}"
+    );
+    assert_eq!(
+        first.iter().filter(|m| m.contains("READY=1")).count(),
+        1,
+        "READY=1 once: {first:?} (first at {ready_at})"
+    );
+    agent.signal(libc::SIGTERM);
+    let last = receive(Duration::from_secs(3));
+    assert!(
+        last.iter().any(|message| message == "STOPPING=1"),
+        "no STOPPING=1 at SIGTERM: {last:?}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}

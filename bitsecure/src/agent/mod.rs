@@ -14,6 +14,7 @@ mod poll_loop;
 mod record;
 mod run;
 mod setup;
+mod systemd;
 
 use std::time::SystemTime;
 

@@ -9,7 +9,7 @@ use std::{
 
 use log::{debug, warn};
 
-use super::setup::StateSaver;
+use super::{setup::StateSaver, systemd::Notifier};
 use crate::{export::metrics::Metrics, flow::Polled, poller::Poller};
 
 /// Longest a control (reload, stop) waits for the poll loop.
@@ -53,7 +53,9 @@ pub fn poll_loop(
     last_poll: LastPoll,
 ) {
     let mut next_poll = Instant::now();
+    let mut systemd = Notifier::from_env();
     while !consumer.done() {
+        systemd.alive();
         match controls.try_recv() {
             Ok(Control::Reload) => {
                 consumer.on_reload(metrics);
@@ -61,6 +63,7 @@ pub fn poll_loop(
             }
             Err(mpsc::TryRecvError::Empty) => {}
             Err(mpsc::TryRecvError::Disconnected) => {
+                systemd.stopping();
                 if last_poll == LastPoll::Take {
                     poll_once(poller, metrics);
                     save(saver, poller, metrics);
@@ -78,7 +81,10 @@ pub fn poll_loop(
         // A slow poll must not make the next ones pile up.
         next_poll = (next_poll + interval).max(Instant::now());
         match poll_once(poller, metrics) {
-            Some(polled) => consumer.on_poll(&polled, metrics),
+            Some(polled) => {
+                systemd.polled();
+                consumer.on_poll(&polled, metrics);
+            }
             None => consumer.on_failed_poll(),
         }
         save(saver, poller, metrics);
