@@ -6,7 +6,8 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use log::{error, info};
 
 use bitsecure::{
@@ -85,6 +86,12 @@ enum Command {
         #[arg(long, value_name = "URL", default_value = rules::DEFAULT_RUNBOOK)]
         runbook_base: String,
     },
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Example: bitsecure completions bash > /usr/share/bash-completion/completions/bitsecure
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (bitsecure.1, bitsecure-run.1, ...) into DIR.
+    Man { dir: PathBuf },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -273,9 +280,20 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Rules { job, runbook_base } => {
-            print!("{}", rules::render(&job, &runbook_base)?);
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "bitsecure", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
             Ok(())
+        }
+        Command::Rules { job, runbook_base } => {
+            write_stdout(rules::render(&job, &runbook_base)?.as_bytes())
         }
         Command::Check(config) => {
             let location = ConfigLocation::find(config.config.as_deref());
@@ -448,5 +466,17 @@ mod tests {
         let embedded = ConfigLocation::choose(None, None, false);
         assert_eq!(embedded.path, None);
         assert!(embedded.to_string().starts_with("the embedded default"));
+    }
+}
+
+/// Writes a command's whole output; a reader that went away early (`| head`) is no error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to standard output")
+        }
+        _ => Ok(()),
     }
 }
