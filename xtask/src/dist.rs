@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{setup, util};
+use crate::{deb, setup, util};
 
 /// Sets up, builds and packs; prints where the tarball is and how big it is.
 pub fn run(root: &Path) -> anyhow::Result<()> {
@@ -103,7 +103,10 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         size as f64 / 1_000_000.0
     );
     println!("dist: {}", checksum_file.display());
-    match required_glibc(&fs::read(&binary).context("cannot read the agent binary")?) {
+    let glibc = required_glibc(&fs::read(&binary).context("cannot read the agent binary")?);
+    let deb = deb::build(root, &binary, &version, glibc, &dist)?;
+    println!("dist: {}", deb.display());
+    match glibc {
         Some((major, minor)) => println!(
             "dist: bin/bitsecure needs glibc {major}.{minor} or newer on the target machine"
         ),
@@ -138,7 +141,7 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Copies a folder of plain files and folders (files 0644, folders 0755).
-fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("cannot set the mode of {}", to.display()))?;

@@ -5,6 +5,7 @@
 //! each task is a module of its own, with its options.
 
 mod bench;
+mod deb;
 mod demo;
 mod dist;
 mod run;

@@ -329,7 +329,13 @@ pub fn load_and_attach(
     let (_, egress_id) = load_program(&mut ebpf, INTERFACE_EGRESS)?;
     let (_, ingress_id) = load_program(&mut ebpf, INTERFACE_INGRESS)?;
     let interface_map = take_map(&mut ebpf, map_names::INTERFACES)?;
-    let interface_map_id = interface_map.info()?.id();
+    // The poller reads the map the guard writes: a second handle from a duplicate of the fd.
+    // (Reopening it by id would need CAP_SYS_ADMIN, which the service does not have.)
+    let interface_map_fd = interface_map
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot duplicate the interface map's descriptor")?;
     let interfaces =
         InterfaceWatch::new(interface_map, interfaces.to_vec(), [egress_id, ingress_id])?;
 
@@ -341,7 +347,7 @@ pub fn load_and_attach(
         events: take_ring_buffer(&mut ebpf, map_names::EVENTS)?,
         event_bytes: capacities.event_bytes,
         socket_events: take_ring_buffer(&mut ebpf, map_names::SOCKET_EVENTS)?,
-        interfaces: MapData::from_id(interface_map_id)
+        interfaces: MapData::from_fd(interface_map_fd)
             .context("cannot open the interface map a second time")?,
     };
     let slots = attacher.slots;
