@@ -29,8 +29,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{deb, setup, util};
 
-/// Sets up, builds and packs; prints where the tarball is and how big it is.
-pub fn run(root: &Path) -> anyhow::Result<()> {
+/// Sets up, builds and packs; prints where the tarball and the Debian package are and how big
+/// they are, and returns their paths.
+pub fn run(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     setup::run(root)?;
     util::build_release(root, &["bitsecure"])?;
     let target = util::target_dir(root)?;
@@ -112,7 +113,7 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
         ),
         None => println!("dist: bin/bitsecure references no versioned glibc symbol"),
     }
-    Ok(())
+    Ok((tarball, deb))
 }
 
 /// The version a binary reports with `--version` ("bitsecure 0.1.0" → "0.1.0").

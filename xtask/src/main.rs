@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&root, &args),
         Command::Demo(args) => demo::run(&root, &args),
         Command::Bench(args) => bench::run(&root, &args),
-        Command::Dist => dist::run(&root),
+        Command::Dist => dist::run(&root).map(|_| ()),
     }
 }
 

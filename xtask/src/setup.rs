@@ -20,8 +20,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages used by the tests (nft counters, netns + veth, offload switches; `dig`,
 /// `openssl` and `curl` as independent DNS, TLS and HTTP clients in the name tests), the bench,
 /// the demo (a real Prometheus; `promtool` checks the alert rules and the exposition; a real
-/// Alertmanager checks the example's routes and inhibitions) and the
-/// systemd unit's checks (`systemd-analyze`).
+/// Alertmanager checks the example's routes and inhibitions) and the systemd unit's checks
+/// (`systemd-analyze`; `systemd-nspawn` boots a container that installs the tarball and the
+/// .deb under a real systemd).
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("iproute2", "ip"),
@@ -30,6 +31,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("prometheus", "promtool"),
     ("prometheus-alertmanager", "amtool"),
+    ("systemd-container", "systemd-nspawn"),
     ("systemd", "systemd-analyze"),
     ("bind9-dnsutils", "dig"),
     ("openssl", "openssl"),

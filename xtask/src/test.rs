@@ -1,12 +1,15 @@
 //! `cargo xtask test`: formatting, lints, a fuzzing run of the packet parsers, the unit tests,
 //! then the privileged integration tests of bitsecure-test (as root, against the agent binary
-//! this builds first) — ending with one summary line over all the tests.
+//! this builds first) — ending with one summary line over all the tests. A full run (no filter)
+//! then builds the release tarball and Debian package (`cargo xtask dist`) and installs both
+//! under a real systemd in a container (`deploy/nspawn-check.sh`): the hardened unit with its
+//! real capabilities, which the tests (as root) cannot show.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use anyhow::Context as _;
 
-use crate::{setup, util};
+use crate::{dist, setup, util};
 
 /// Random cases per parser property in the fuzzing run (proptest's default is 256).
 const PARSER_FUZZ_CASES: &str = "10000";
@@ -95,5 +98,14 @@ pub fn run(root: &Path, args: &Args) -> anyhow::Result<()> {
                 env: &[],
             },
         ],
-    )
+    )?;
+    if args.args.is_empty() {
+        let (tarball, deb) = dist::run(root)?;
+        let mut check = Command::new(root.join("deploy/nspawn-check.sh"));
+        check.arg(&tarball).arg(&deb);
+        util::status(check).context(
+            "the service does not install and run under systemd (deploy/nspawn-check.sh)",
+        )?;
+    }
+    Ok(())
 }
