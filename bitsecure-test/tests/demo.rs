@@ -413,13 +413,11 @@ fn check_dashboard_queries(prometheus: &Prometheus, start: f64, end: f64, scrape
             )
             .replace("$__range", &format!("{}s", (end - start).ceil() as u64))
     };
-    let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let expr = target["expr"].as_str().expect("every target has an expr");
-            queries.push((panel["title"].to_string(), substitute(expr)));
-        }
-    }
+    // Every panel's (in rows too) and every annotation's.
+    let mut queries: Vec<(String, String)> = crate::grafana_dashboard::expressions(&dashboard)
+        .into_iter()
+        .map(|(who, expr)| (who, substitute(&expr)))
+        .collect();
     for variable in dashboard["templating"]["list"]
         .as_array()
         .expect("variables")

@@ -1,8 +1,10 @@
 //! Lint of the bundled Grafana dashboard (`grafana/dashboards/bitsecure.json`) and its
-//! provisioning files, without a Grafana: structure, layout, documentation, data source
-//! references, variables and queries. Every finding names the panel it is about.
+//! provisioning files, without a Grafana: structure, layout (rows: overview, the core view
+//! repeated per rig, review, agent health collapsed), documentation, data source references,
+//! variables and queries. Every finding names the panel it is about.
 //!
-//! The queries themselves are evaluated against a real Prometheus by the end-to-end test, which
+//! Every query is parsed by Prometheus' own parser (`promtool check rules` on the queries as
+//! recording rules), and evaluated against a real Prometheus by the end-to-end test, which
 //! substitutes exactly `$job`, `$instance`, `$__rate_interval` and `$__range`; this lint makes
 //! sure no query needs anything else.
 
@@ -35,11 +37,47 @@ fn datasource_ref() -> Value {
     json!({"type": "prometheus", "uid": "${datasource}"})
 }
 
-fn panels(dashboard: &Value) -> &[Value] {
-    dashboard["panels"]
+/// Every panel that shows data, top-level or inside a collapsed row (rows themselves are not).
+pub fn panels(dashboard: &Value) -> Vec<&Value> {
+    laid_out(dashboard)
+        .into_iter()
+        .filter(|panel| panel["type"] != "row")
+        .collect()
+}
+
+/// Every panel as laid out when all rows are expanded: rows and what they hold.
+fn laid_out(dashboard: &Value) -> Vec<&Value> {
+    let mut all = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        all.push(panel);
+        all.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    all
+}
+
+/// Every PromQL expression of the dashboard: panel targets and annotation queries.
+pub fn expressions(dashboard: &Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    for panel in panels(dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                found.push((name(panel), expr.to_owned()));
+            }
+        }
+    }
+    for annotation in dashboard["annotations"]["list"]
         .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
+        .into_iter()
+        .flatten()
+    {
+        if let Some(expr) = annotation["expr"].as_str() {
+            found.push((
+                format!("annotation {}", annotation["name"]),
+                expr.to_owned(),
+            ));
+        }
+    }
+    found
 }
 
 /// How findings name a panel: its id and title.
@@ -83,6 +121,25 @@ fn check_identity(dashboard: &Value) -> Vec<String> {
             dashboard["schemaVersion"]
         )),
     }
+    if dashboard["editable"] != false {
+        findings.push(
+            "editable must be false: the dashboard is provisioned (edits would be lost at the next start)"
+                .into(),
+        );
+    }
+    let alert_annotation = dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|annotation| {
+            annotation["enable"] == true
+                && annotation["expr"]
+                    .as_str()
+                    .is_some_and(|expr| expr.contains("ALERTS{") && expr.contains("BitSecure"))
+        });
+    if !alert_annotation {
+        findings.push("no enabled annotation of the firing BitSecure alerts (ALERTS)".into());
+    }
     if dashboard["graphTooltip"] != 1 {
         findings.push(
             "graphTooltip must be 1 (shared crosshair): the live and reference graphs are read side by side"
@@ -99,7 +156,37 @@ fn check_layout(dashboard: &Value) -> Vec<String> {
     let mut findings = Vec::new();
     let mut ids: BTreeMap<u64, String> = BTreeMap::new();
     let mut boxes: Vec<(String, [u64; 4])> = Vec::new();
-    for panel in panels(dashboard) {
+    for row in dashboard["panels"].as_array().into_iter().flatten() {
+        if row["type"] != "row" {
+            if row.get("panels").is_some() || row.get("collapsed").is_some() {
+                findings.push(format!("{}: only rows hold panels", name(row)));
+            }
+            continue;
+        }
+        let who = name(row);
+        let grid = &row["gridPos"];
+        if grid["x"] != 0 || grid["w"] != GRID_COLUMNS || grid["h"] != 1 {
+            findings.push(format!("{who}: a row spans the 24 columns at x 0, 1 high"));
+        }
+        let held = row["panels"].as_array().map_or(0, Vec::len);
+        match row["collapsed"].as_bool() {
+            Some(true) if held == 0 => findings.push(format!("{who}: collapsed and empty")),
+            Some(false) if held > 0 => findings.push(format!(
+                "{who}: an expanded row's panels follow it, they are not inside it"
+            )),
+            None => findings.push(format!("{who}: no `collapsed`")),
+            _ => {}
+        }
+        for held in row["panels"].as_array().into_iter().flatten() {
+            if held["type"] == "row" {
+                findings.push(format!("{}: a row inside {who}", name(held)));
+            }
+            if held["gridPos"]["y"].as_u64() <= grid["y"].as_u64() {
+                findings.push(format!("{}: above its row {who}", name(held)));
+            }
+        }
+    }
+    for panel in laid_out(dashboard) {
         let who = name(panel);
         match panel["id"].as_u64() {
             None => findings.push(format!("{who}: no numeric id")),
@@ -108,14 +195,6 @@ fn check_layout(dashboard: &Value) -> Vec<String> {
                     findings.push(format!("{who}: id {id} is also used by {other}"));
                 }
             }
-        }
-        if panel["type"] == "row"
-            || panel.get("panels").is_some()
-            || panel.get("collapsed").is_some()
-        {
-            findings.push(format!(
-                "{who}: row panels are not allowed (keep the layout flat, every panel with a unit)"
-            ));
         }
         let grid = &panel["gridPos"];
         let field = |key: &str| grid[key].as_u64();
@@ -274,6 +353,14 @@ fn check_templating(dashboard: &Value) -> Vec<String> {
             }
         }
     }
+    if let Some(var) = variable(dashboard, "job")
+        && (var["includeAll"] != true || var["allValue"] != ".+")
+    {
+        findings.push(
+            "templating: variable `job` must offer All as the regex .+ (not a list of every job)"
+                .into(),
+        );
+    }
     if let Some(var) = variable(dashboard, "instance") {
         if !variables(variable_query(var)).contains(&"job".to_string()) {
             findings.push("templating: variable `instance` must depend on $job".into());
@@ -401,22 +488,73 @@ fn check_queries(dashboard: &Value) -> Vec<String> {
     findings
 }
 
-/// The core view: live traffic beside the baseline reference, for both directions, must be
-/// directly comparable.
+/// The core view, repeated per rig: live traffic beside the baseline reference, per process and
+/// direction, on one y-axis range (each graph of a pair carries its counterpart's series drawn
+/// invisible), and the same two in one graph (reference dashed).
 fn check_core_view(dashboard: &Value) -> Vec<String> {
     let mut findings = Vec::new();
-    let by_title = |title: &str| {
-        panels(dashboard)
-            .iter()
-            .find(|panel| panel["title"] == title)
+    let all = panels(dashboard);
+    let by_title = |title: &str| all.iter().copied().find(|panel| panel["title"] == title);
+    let exprs_of = |panel: &Value, ref_id: &str| {
+        panel["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|target| target["refId"] == ref_id)
+            .filter_map(|target| target["expr"].as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
     };
+    let is_live =
+        |expr: &str, direction: &str| expr.contains(&format!("bitsecure_{direction}_bytes_total"));
+    let is_reference = |expr: &str, direction: &str| {
+        expr.contains("bitsecure_rule_reference_bytes_per_second")
+            && expr.contains(&format!(r#"direction="{direction}""#))
+    };
+    // The override of refId B, and the value of one of its properties.
+    let override_of_b = |panel: &Value, property: &str| -> Option<Value> {
+        panel["fieldConfig"]["overrides"]
+            .as_array()?
+            .iter()
+            .filter(|o| o["matcher"]["id"] == "byFrameRefID" && o["matcher"]["options"] == "B")
+            .flat_map(|o| o["properties"].as_array().into_iter().flatten())
+            .find(|p| p["id"] == property)
+            .map(|p| p["value"].clone())
+    };
+    let repeated_row = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|row| row["type"] == "row" && row["repeat"] == "instance");
+    let Some(repeated_row) = repeated_row else {
+        findings.push("no row repeated per instance (the core view of each rig)".into());
+        return findings;
+    };
+    let row_y = repeated_row["gridPos"]["y"].as_u64().unwrap_or(0);
+    let next_row_y = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|row| row["type"] == "row")
+        .filter_map(|row| row["gridPos"]["y"].as_u64())
+        .filter(|y| *y > row_y)
+        .min()
+        .unwrap_or(u64::MAX);
     for direction in ["sent", "received"] {
-        let live_title = format!("Live traffic — {direction}, by application");
-        let reference_title = format!("Baseline reference — {direction}, by application");
-        let (Some(live), Some(reference)) = (by_title(&live_title), by_title(&reference_title))
-        else {
+        let live_title = format!("Live traffic — {direction}, by process");
+        let reference_title = format!("Baseline reference — {direction}, by process");
+        let overlay_title = format!(
+            "{}{} — live (solid) and baseline (dashed), by process",
+            direction[..1].to_uppercase(),
+            &direction[1..]
+        );
+        let (Some(live), Some(reference), Some(overlay)) = (
+            by_title(&live_title),
+            by_title(&reference_title),
+            by_title(&overlay_title),
+        ) else {
             findings.push(format!(
-                "no \"{live_title}\" and \"{reference_title}\" pair of panels"
+                "no \"{live_title}\", \"{reference_title}\" and \"{overlay_title}\" panels"
             ));
             continue;
         };
@@ -433,8 +571,12 @@ fn check_core_view(dashboard: &Value) -> Vec<String> {
                 "{pair}: must sit side by side (live left, reference right), 12 columns each, same row and height"
             ));
         }
-        for panel in [live, reference] {
+        for panel in [live, reference, overlay] {
             let who = name(panel);
+            let y = grid(panel, "y").unwrap_or(0);
+            if y <= row_y || y >= next_row_y {
+                findings.push(format!("{who}: must be in the row repeated per instance"));
+            }
             let defaults = &panel["fieldConfig"]["defaults"];
             if defaults["unit"] != "Bps" {
                 findings.push(format!("{who}: unit must be Bps, is {}", defaults["unit"]));
@@ -444,7 +586,7 @@ fn check_core_view(dashboard: &Value) -> Vec<String> {
             }
             if defaults["color"]["mode"] != "palette-classic-by-name" {
                 findings.push(format!(
-                    "{who}: colour mode must be palette-classic-by-name (one colour per application in both graphs)"
+                    "{who}: colour mode must be palette-classic-by-name (one colour per process in every graph)"
                 ));
             }
             for target in panel["targets"].as_array().into_iter().flatten() {
@@ -456,29 +598,49 @@ fn check_core_view(dashboard: &Value) -> Vec<String> {
                 }
             }
         }
-        let exprs = |panel: &Value| {
-            panel["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|target| target["expr"].as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        if !exprs(live).contains(&format!("bitsecure_{direction}_bytes_total")) {
-            findings.push(format!(
-                "{}: must query bitsecure_{direction}_bytes_total",
-                name(live)
-            ));
+        // Live and reference: A shows, B is the counterpart, drawn invisible so that it
+        // counts toward the axis range (hidden from the graph it would not).
+        for (panel, shown, counterpart) in [
+            (live, "live", "reference"),
+            (reference, "reference", "live"),
+        ] {
+            let who = name(panel);
+            let (a, b) = (exprs_of(panel, "A"), exprs_of(panel, "B"));
+            let shown_ok = if shown == "live" {
+                is_live(&a, direction)
+            } else {
+                is_reference(&a, direction)
+            };
+            let counterpart_ok = if counterpart == "live" {
+                is_live(&b, direction)
+            } else {
+                is_reference(&b, direction)
+            };
+            if !shown_ok || !counterpart_ok {
+                findings.push(format!(
+                    "{who}: refId A must query the {shown} {direction} rate and B the {counterpart} one"
+                ));
+            }
+            let invisible = override_of_b(panel, "color")
+                .is_some_and(|color| color["fixedColor"] == "transparent")
+                && override_of_b(panel, "custom.hideFrom")
+                    .is_some_and(|hide| hide["viz"] == false && hide["legend"] == true);
+            if !invisible {
+                findings.push(format!(
+                    "{who}: refId B must be drawn transparent and left out of the legend, not hidden from the graph (it sets the shared y range)"
+                ));
+            }
         }
-        let reference_exprs = exprs(reference);
-        if !reference_exprs.contains("bitsecure_rule_reference_bytes_per_second")
-            || !reference_exprs.contains(&format!(r#"direction="{direction}""#))
+        let who = name(overlay);
+        if !is_live(&exprs_of(overlay, "A"), direction)
+            || !is_reference(&exprs_of(overlay, "B"), direction)
         {
             findings.push(format!(
-                "{}: must query bitsecure_rule_reference_bytes_per_second with direction=\"{direction}\"",
-                name(reference)
+                "{who}: refId A must query the live {direction} rate and B the reference"
             ));
+        }
+        if override_of_b(overlay, "custom.lineStyle").is_none_or(|style| style["fill"] != "dash") {
+            findings.push(format!("{who}: the reference (refId B) must be dashed"));
         }
     }
     findings
@@ -549,7 +711,7 @@ fn dashboard_is_identified() {
 }
 
 #[test]
-fn layout_is_flat_unique_and_non_overlapping() {
+fn layout_has_rows_unique_ids_and_no_overlaps() {
     assert_clean("layout", check_layout(&dashboard()));
 }
 
@@ -605,7 +767,7 @@ fn lint_catches_broken_dashboards() {
             Box::new(|d| d["panels"][1]["gridPos"]["w"] = json!(30)),
         ),
         (
-            "row panel",
+            "a row not spanning the width",
             check_layout,
             Box::new(|d| d["panels"][1]["type"] = json!("row")),
         ),
@@ -681,6 +843,48 @@ fn lint_catches_broken_dashboards() {
             .any(|finding| finding.contains("instance")),
         "lint misses a missing `instance` variable"
     );
+    // The core view: a counterpart made visible (it would stack a second set of lines) or
+    // hidden from the graph (it would no longer set the shared range) is caught.
+    for hide in [
+        json!({"legend": false, "tooltip": false, "viz": false}),
+        json!({"legend": true, "tooltip": true, "viz": true}),
+    ] {
+        let mut broken = original.clone();
+        let live = broken["panels"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|panel| panel["title"] == "Live traffic — sent, by process")
+            .unwrap();
+        live["fieldConfig"]["overrides"][0]["properties"][3]["value"] = hide.clone();
+        assert!(
+            check_core_view(&broken)
+                .iter()
+                .any(|finding| finding.contains("Live traffic — sent")
+                    && finding.contains("transparent")),
+            "lint misses a counterpart with hideFrom {hide}"
+        );
+    }
+    let mut broken = original.clone();
+    broken["editable"] = json!(true);
+    assert!(
+        check_identity(&broken)
+            .iter()
+            .any(|f| f.contains("editable"))
+    );
+    let mut broken = original.clone();
+    let last_row = broken["panels"].as_array_mut().unwrap().last_mut().unwrap();
+    assert_eq!(
+        last_row["collapsed"], true,
+        "the last row is the collapsed health row"
+    );
+    last_row["panels"][0]["gridPos"]["y"] = last_row["gridPos"]["y"].clone();
+    assert!(
+        check_layout(&broken)
+            .iter()
+            .any(|f| f.contains("above its row")),
+        "lint misses a panel above its collapsed row"
+    );
     assert_eq!(
         variables(r#"rate(x{job=~"$job", a=~"b$"}[${__rate_interval}]) [[old]] ${instance:pipe}"#),
         ["job", "__rate_interval", "instance", "[[old]]"]
@@ -688,4 +892,44 @@ fn lint_catches_broken_dashboards() {
     assert_eq!(unbalanced(r#"sum(x{a="("}"#), Some("unclosed `(`".into()));
     assert_eq!(unbalanced(r#"sum(x{a="("))"#), Some("unmatched `)`".into()));
     assert_eq!(unbalanced(r#"sum(x{a="("})"#), None);
+}
+
+/// Every query parses with Prometheus' own parser: promtool checks them as recording rules
+/// (variables replaced as the end-to-end test does).
+#[test]
+fn every_query_parses_with_promtool() {
+    let dashboard = dashboard();
+    let queries = expressions(&dashboard);
+    assert!(queries.len() > 30, "only {} queries", queries.len());
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, (_, expr)) in queries.iter().enumerate() {
+        let expr = expr
+            .replace("$job", "bitsecure")
+            .replace("$instance", ".+")
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{index}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    let path = bitsecure_test::process::scratch_dir().join("dashboard-queries.rules.yml");
+    std::fs::write(&path, &rules).unwrap();
+    let output = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool: run `cargo xtask setup`");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    let named: Vec<String> = queries
+        .iter()
+        .enumerate()
+        .map(|(index, (who, _))| format!("query_{index}: {who}"))
+        .collect();
+    assert!(
+        output.status.success(),
+        "a dashboard query does not parse:\n{text}\n{}",
+        named.join("\n")
+    );
 }
