@@ -438,6 +438,18 @@ fn load_config(flag: Option<&Path>) -> anyhow::Result<Config> {
     Ok(Config::load(location.path.as_deref())?)
 }
 
+/// Writes a command's whole output; a reader that went away early (`| head`) is no error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(error).context("cannot write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,17 +478,5 @@ mod tests {
         let embedded = ConfigLocation::choose(None, None, false);
         assert_eq!(embedded.path, None);
         assert!(embedded.to_string().starts_with("the embedded default"));
-    }
-}
-
-/// Writes a command's whole output; a reader that went away early (`| head`) is no error.
-fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(error).context("cannot write to standard output")
-        }
-        _ => Ok(()),
     }
 }
