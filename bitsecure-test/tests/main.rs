@@ -15,6 +15,7 @@ mod check;
 mod demo;
 mod deploy;
 mod dns_questions;
+mod farm;
 mod faults;
 mod forged_names;
 mod grafana_dashboard;

@@ -135,6 +135,21 @@ enum BaselineCommand {
     Show(FileArg),
     /// Show what changed between two baseline files.
     Diff { old: PathBuf, new: PathBuf },
+    /// Merge the baselines of identical rigs into one for the whole farm (printed, or written
+    /// with --output): every rule any rig has; rates combined so no rig's normal alerts;
+    /// what cannot be combined without losing a check (executable hashes, payout accounts
+    /// that differ) is left out and reported on stderr.
+    ///
+    /// Example: bitsecure baseline merge rig1.toml rig2.toml rig3.toml > farm.toml
+    Merge {
+        /// The rigs' baseline files (at least two).
+        #[arg(required = true, num_args = 2..)]
+        files: Vec<PathBuf>,
+        /// Write the merged baseline here (atomically, the previous file kept as .bak)
+        /// instead of printing it.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Add unexpected traffic to the baseline (one entry, a filtered set, or all).
     ///
     /// Edits keep the file's comments and layout; the previous version is kept as FILE.bak.
@@ -328,6 +343,17 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Baseline(BaselineCommand::Show(file)) => commands::show(&file.path()?),
         Command::Baseline(BaselineCommand::Diff { old, new }) => commands::diff(&old, &new),
+        Command::Baseline(BaselineCommand::Merge { files, output }) => {
+            let merged = commands::merge(&files)?;
+            match output {
+                Some(path) => {
+                    bitsecure::baseline::file::write_atomically(&path, &merged)?;
+                    eprintln!("merge: wrote {}", path.display());
+                    Ok(())
+                }
+                None => write_stdout(merged.as_bytes()),
+            }
+        }
         Command::Baseline(BaselineCommand::Accept {
             file,
             agent,

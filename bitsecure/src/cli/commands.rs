@@ -552,6 +552,25 @@ pub fn show(path: &Path) -> anyhow::Result<()> {
 }
 
 /// `bitsecure baseline diff OLD NEW`.
+/// `bitsecure baseline merge`: the farm's baseline as TOML; what differed goes to stderr.
+pub fn merge(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    let inputs = files
+        .iter()
+        .map(|path| Ok((path.display().to_string(), file::load(path)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let merged = file::merge(&inputs);
+    for conflict in &merged.conflicts {
+        eprintln!("merge: {conflict}");
+    }
+    eprintln!(
+        "merge: {} rules from {} baselines ({} to review above)",
+        merged.baseline.rules.len(),
+        inputs.len(),
+        merged.conflicts.len()
+    );
+    Ok(file::render(&merged.baseline))
+}
+
 pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
     let (old, new) = (file::load(old)?, file::load(new)?);
     print!("{}", file::diff(&old, &new));

@@ -109,6 +109,7 @@
 mod diff;
 mod edit;
 mod error;
+mod merge;
 mod render;
 mod show;
 mod validate;
@@ -122,6 +123,7 @@ pub use edit::{
 };
 pub use error::BaselineError;
 use error::toml_error;
+pub use merge::{Merged, merge};
 pub use render::render;
 pub use show::show;
 use validate::{check_version, validate};
