@@ -336,3 +336,63 @@ fn a_recording_ends_when_the_rig_is_quiet_and_can_be_resumed() {
         "{missing:?}"
     );
 }
+
+/// `baseline record` shows its progress as one bar with an ETA on a terminal (a pty from
+/// `script`), and in a log (a pipe) as a line per tenth of the way, not one per poll.
+#[test]
+fn a_recording_shows_a_bar_on_a_terminal_and_few_lines_in_a_log() {
+    let cgroup = TestCgroup::new("record-progress");
+    let dir = scratch_dir().join(format!("progress-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.toml");
+    // Polls every 0.1 s: 40 in the 4 s recorded.
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\nlisten = \"127.0.0.1:1\"\npoll_interval_seconds = 0.1\ncgroup = \"{}\"\n\
+             [kernel]\npin_path = \"\"\n",
+            cgroup.path.display()
+        ),
+    )
+    .unwrap();
+    let command = |output: &str| {
+        format!(
+            "{} baseline record --duration 4s --config {} --output {}",
+            agent_binary().display(),
+            config.display(),
+            dir.join(output).display()
+        )
+    };
+    let on_terminal = Command::new("script")
+        .args(["-qec", &command("tty.toml"), "/dev/null"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(
+        shown.contains("ETA") && shown.contains("recording [") && shown.contains("100%"),
+        "no progress bar on a terminal:\n{shown}"
+    );
+    assert!(
+        !shown.contains("recording: "),
+        "lines on a terminal:\n{shown}"
+    );
+
+    let in_log = Command::new("sh")
+        .args(["-c", &command("log.toml")])
+        .output()
+        .unwrap();
+    let logged = String::from_utf8_lossy(&in_log.stderr);
+    assert!(in_log.status.success(), "{logged}");
+    let lines = logged
+        .lines()
+        .filter(|line| line.starts_with("recording: "))
+        .count();
+    assert!(
+        (5..=12).contains(&lines),
+        "{lines} progress lines for 40 polls (a line per tenth expected):\n{logged}"
+    );
+    assert!(!logged.contains("ETA"), "a bar in a log:\n{logged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

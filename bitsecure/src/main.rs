@@ -52,7 +52,13 @@ enum Command {
     ///
     /// Prints one line per check (OK, WARN or FAIL), each problem followed by its fix. Exits 0
     /// when nothing FAILs, 1 otherwise. Run it as the user the agent runs as.
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON (for scripts): one object per check, then the counts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a config file and print where it comes from and the effective configuration.
     Config {
         #[command(flatten)]
@@ -60,6 +66,9 @@ enum Command {
         /// Print the embedded default config file (with comments) and exit.
         #[arg(long, conflicts_with = "config")]
         default: bool,
+        /// Print the effective configuration as JSON (for scripts).
+        #[arg(long, conflicts_with = "default")]
+        json: bool,
     },
     /// List the traffic the running agent saw that no baseline rule expects.
     Unexpected {
@@ -132,9 +141,21 @@ enum BaselineCommand {
         json: bool,
     },
     /// Show the rules of a baseline file.
-    Show(FileArg),
+    Show {
+        #[command(flatten)]
+        file: FileArg,
+        /// Print the baseline as JSON (for scripts) instead of a listing.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what changed between two baseline files.
-    Diff { old: PathBuf, new: PathBuf },
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        /// Print JSON (for scripts): the added, removed and changed rules.
+        #[arg(long)]
+        json: bool,
+    },
     /// Merge the baselines of identical rigs into one for the whole farm (printed, or written
     /// with --output): every rule any rig has; rates combined so no rig's normal alerts;
     /// what cannot be combined without losing a check (executable hashes, payout accounts
@@ -283,9 +304,17 @@ fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(config) => agent::run(load_config(config.config.as_deref())?),
         Command::Uninstall(config) => agent::uninstall(&load_config(config.config.as_deref())?),
-        Command::Config { config, default } => {
+        Command::Config {
+            config,
+            default,
+            json,
+        } => {
             if default {
                 print!("{}", config::DEFAULT_CONFIG);
+            } else if json {
+                let location = ConfigLocation::find(config.config.as_deref());
+                let effective = Config::load(location.path.as_deref())?;
+                println!("{}", serde_json::to_string_pretty(&effective)?);
             } else {
                 let location = ConfigLocation::find(config.config.as_deref());
                 let effective = Config::load(location.path.as_deref())?;
@@ -310,9 +339,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Rules { job, runbook_base } => {
             write_stdout(rules::render(&job, &runbook_base)?.as_bytes())
         }
-        Command::Check(config) => {
+        Command::Check { config, json } => {
             let location = ConfigLocation::find(config.config.as_deref());
-            match check::run(location.path.as_deref(), &location.to_string()) {
+            match check::run(location.path.as_deref(), &location.to_string(), json) {
                 0 => Ok(()),
                 fails => anyhow::bail!("{fails} check(s) failed"),
             }
@@ -341,8 +370,12 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Baseline(BaselineCommand::Status { agent, json }) => {
             commands::status(&agent.address()?, json)
         }
-        Command::Baseline(BaselineCommand::Show(file)) => commands::show(&file.path()?),
-        Command::Baseline(BaselineCommand::Diff { old, new }) => commands::diff(&old, &new),
+        Command::Baseline(BaselineCommand::Show { file, json }) => {
+            commands::show(&file.path()?, json)
+        }
+        Command::Baseline(BaselineCommand::Diff { old, new, json }) => {
+            commands::diff(&old, &new, json)
+        }
         Command::Baseline(BaselineCommand::Merge { files, output }) => {
             let merged = commands::merge(&files)?;
             match output {

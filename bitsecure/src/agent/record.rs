@@ -32,7 +32,7 @@ pub struct RecordLength {
 }
 
 /// The recording's consumer of flow deltas: the first poll only sets the starting counters;
-/// each next one is recorded, with a progress line, until the [`RecordLength`] is reached.
+/// each next one is recorded, with its progress shown, until the [`RecordLength`] is reached.
 struct Recording {
     recorder: Recorder,
     length: RecordLength,
@@ -40,6 +40,49 @@ struct Recording {
     polls: usize,
     /// Recorded seconds when the latest new traffic class appeared.
     last_new_class: f64,
+    progress: Progress,
+}
+
+/// How a recording shows its progress: on a terminal a bar with its ETA (indicatif), redrawn
+/// in place; elsewhere (a log, a pipe) a line at each tenth of the way and when a new traffic
+/// class appears, not one per poll.
+enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        /// Recorded seconds of the next periodic line.
+        next_at: f64,
+        classes: usize,
+    },
+}
+
+/// Tenths of a second: the unit of the bar's position.
+const BAR_UNITS_PER_SECOND: f64 = 10.0;
+
+impl Progress {
+    fn new(length: &RecordLength) -> Self {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() {
+            return Self::Lines {
+                next_at: 0.0,
+                classes: 0,
+            };
+        }
+        let bar = indicatif::ProgressBar::new(
+            (length.duration.as_secs_f64() * BAR_UNITS_PER_SECOND) as u64,
+        );
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "recording [{bar:30}] {percent:>3}% · ETA {eta} · {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self::Bar(bar)
+    }
+
+    fn finish(&self) {
+        if let Self::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 impl Recording {
@@ -47,27 +90,57 @@ impl Recording {
         self.recorder.elapsed_seconds() - self.last_new_class
     }
 
+    /// When the recording will end if no new class comes (seconds).
+    fn expected_end(&self) -> f64 {
+        let minimum = self.length.duration.as_secs_f64();
+        match self.length.until_quiet {
+            None => minimum,
+            Some(quiet) => (self.last_new_class + quiet.as_secs_f64())
+                .max(minimum)
+                .min(self.length.max.as_secs_f64()),
+        }
+    }
+
     fn step_done(&mut self) {
         self.polls += 1;
-        if self.polls > 1 {
-            let elapsed = human::clock_duration(self.recorder.elapsed_seconds());
-            let minimum = human::clock_duration(self.length.duration.as_secs_f64());
-            let (length, quiet) = match self.length.until_quiet {
-                Some(needed) => (
-                    format!("{elapsed} (at least {minimum})"),
-                    format!(
-                        " · no new class for {} of {}",
-                        human::clock_duration(self.quiet_seconds()),
-                        human::clock_duration(needed.as_secs_f64())
-                    ),
-                ),
-                None => (format!("{elapsed} of {minimum}"), String::new()),
-            };
-            eprintln!(
-                "recording: {length} · {} destinations · {} traffic classes{quiet}",
-                self.recorder.destinations(),
-                self.recorder.classes()
-            );
+        if self.polls <= 1 {
+            return;
+        }
+        let elapsed = self.recorder.elapsed_seconds();
+        let quiet = match self.length.until_quiet {
+            Some(needed) => format!(
+                " · no new class for {} of {}",
+                human::clock_duration(self.quiet_seconds()),
+                human::clock_duration(needed.as_secs_f64())
+            ),
+            None => String::new(),
+        };
+        let classes = self.recorder.classes();
+        let found = format!(
+            "{} destinations · {classes} traffic classes{quiet}",
+            self.recorder.destinations()
+        );
+        let end = self.expected_end();
+        match &mut self.progress {
+            Progress::Bar(bar) => {
+                bar.set_length((end * BAR_UNITS_PER_SECOND) as u64);
+                bar.set_position((elapsed.min(end) * BAR_UNITS_PER_SECOND) as u64);
+                bar.set_message(found);
+            }
+            Progress::Lines {
+                next_at,
+                classes: shown,
+            } => {
+                if elapsed >= *next_at || classes > *shown {
+                    *next_at = elapsed + end / 10.0;
+                    *shown = classes;
+                    eprintln!(
+                        "recording: {} of {} · {found}",
+                        human::clock_duration(elapsed),
+                        human::clock_duration(end)
+                    );
+                }
+            }
         }
     }
 }
@@ -163,6 +236,7 @@ pub fn record(
             length,
             polls: 0,
             last_new_class: 0.0,
+            progress: Progress::new(&length),
         };
         let (control, controls) = mpsc::channel::<Control>();
         let interval = config.poll_interval();
@@ -190,7 +264,10 @@ pub fn record(
             _ = sigterm.recv() => { interrupted = true; drop(control); finished.await }
         };
         let recorder = match joined {
-            Ok(Ok(recording)) => recording.recorder,
+            Ok(Ok(recording)) => {
+                recording.progress.finish();
+                recording.recorder
+            }
             _ => anyhow::bail!("the poller thread failed: nothing recorded, nothing written"),
         };
         drop(programs);

@@ -545,13 +545,16 @@ pub fn accept(
 }
 
 /// `bitsecure baseline show`.
-pub fn show(path: &Path) -> anyhow::Result<()> {
+pub fn show(path: &Path, json: bool) -> anyhow::Result<()> {
     let baseline = file::load(path)?;
-    print!("{}", file::show(&baseline));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&baseline)?);
+    } else {
+        print!("{}", file::show(&baseline));
+    }
     Ok(())
 }
 
-/// `bitsecure baseline diff OLD NEW`.
 /// `bitsecure baseline merge`: the farm's baseline as TOML; what differed goes to stderr.
 pub fn merge(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
     let inputs = files
@@ -571,9 +574,17 @@ pub fn merge(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
     Ok(file::render(&merged.baseline))
 }
 
-pub fn diff(old: &Path, new: &Path) -> anyhow::Result<()> {
+/// `bitsecure baseline diff OLD NEW`.
+pub fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<()> {
     let (old, new) = (file::load(old)?, file::load(new)?);
-    print!("{}", file::diff(&old, &new));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&file::diff_json(&old, &new))?
+        );
+    } else {
+        print!("{}", file::diff(&old, &new));
+    }
     Ok(())
 }
 

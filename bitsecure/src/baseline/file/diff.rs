@@ -271,6 +271,44 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
+/// The differences for scripts (`bitsecure baseline diff --json`): the rules added and
+/// removed, and for each rule in both whose content differs at all, the old and the new rule.
+pub fn diff_json(old: &Baseline, new: &Baseline) -> serde_json::Value {
+    let by_identity = |baseline: &Baseline| -> HashMap<RuleIdentity, Rule> {
+        baseline
+            .rules
+            .iter()
+            .rev() // the first of duplicates wins
+            .map(|rule| (rule.identity(), rule.clone()))
+            .collect()
+    };
+    let (old_rules, new_rules) = (by_identity(old), by_identity(new));
+    let removed: Vec<&Rule> = old
+        .rules
+        .iter()
+        .filter(|rule| !new_rules.contains_key(&rule.identity()))
+        .collect();
+    let added: Vec<&Rule> = new
+        .rules
+        .iter()
+        .filter(|rule| !old_rules.contains_key(&rule.identity()))
+        .collect();
+    let changed: Vec<serde_json::Value> = new
+        .rules
+        .iter()
+        .filter_map(|rule| {
+            let before = old_rules.get(&rule.identity())?;
+            (before != rule).then(|| serde_json::json!({ "old": before, "new": rule }))
+        })
+        .collect();
+    serde_json::json!({
+        "added": added,
+        "removed": removed,
+        "changed": changed,
+        "recording_changed": old.recording != new.recording,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,5 +384,26 @@ mod tests {
         let text = diff(&old, &rerecorded);
         assert!(text.contains("recording: Recorded on rig-01"), "{text}");
         assert!(text.contains("        now Recorded on rig-02"), "{text}");
+    }
+
+    #[test]
+    fn json_lists_added_removed_and_changed_rules() {
+        let old = sample();
+        let mut new = sample();
+        let removed = new.rules.remove(0);
+        new.rules[0].note = Some("edited".into());
+        let mut added = removed.clone();
+        added.port = Some(4444);
+        new.rules.push(added);
+        let json = diff_json(&old, &new);
+        assert_eq!(json["removed"].as_array().unwrap().len(), 1);
+        assert_eq!(json["removed"][0]["port"], removed.port.unwrap());
+        assert_eq!(json["added"][0]["port"], 4444);
+        assert_eq!(json["changed"].as_array().unwrap().len(), 1);
+        assert_eq!(json["changed"][0]["new"]["note"], "edited");
+        assert_eq!(
+            diff_json(&old, &old)["changed"].as_array().unwrap().len(),
+            0
+        );
     }
 }

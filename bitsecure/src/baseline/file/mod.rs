@@ -116,7 +116,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use diff::{DIFF_RELATIVE_THRESHOLD, diff, diff_with_threshold};
+pub use diff::{DIFF_RELATIVE_THRESHOLD, diff, diff_json, diff_with_threshold};
 pub use edit::{
     accept_account, accept_executable, accept_prefixes, accept_upgrade, append_rules,
     write_atomically,

@@ -181,22 +181,42 @@ pub fn gather(config_path: Option<&Path>, origin: &str, mut report: impl FnMut(C
     report(check_memlock(release, memlock_limit(), needed));
 }
 
-/// `bitsecure check`: prints the report to stdout and returns the number of FAILs.
+/// `bitsecure check`: prints the report to stdout (as it goes; with `json`, one JSON document
+/// at the end) and returns the number of FAILs.
 ///
 /// `origin` says where the config comes from, e.g. `/etc/bitsecure/bitsecure.toml (default
 /// location)`.
-pub fn run(config_path: Option<&Path>, origin: &str) -> usize {
+pub fn run(config_path: Option<&Path>, origin: &str, json: bool) -> usize {
     let mut stdout = io::stdout().lock();
     let (mut fails, mut warnings) = (0, 0);
+    let mut checks = Vec::new();
     gather(config_path, origin, |check| {
         match check.status {
             Status::Ok => {}
             Status::Warn => warnings += 1,
             Status::Fail => fails += 1,
         }
-        // A closed stdout is no reason to stop checking; the exit code still tells.
-        let _ = writeln!(stdout, "{check}").and_then(|()| stdout.flush());
+        if json {
+            checks.push(serde_json::json!({
+                "status": check.status.to_string(),
+                "topic": check.topic,
+                "message": check.message,
+                "fix": check.fix,
+            }));
+        } else {
+            // A closed stdout is no reason to stop checking; the exit code still tells.
+            let _ = writeln!(stdout, "{check}").and_then(|()| stdout.flush());
+        }
     });
+    if json {
+        let report = serde_json::json!({
+            "checks": checks,
+            "failures": fails,
+            "warnings": warnings,
+        });
+        let _ = writeln!(stdout, "{report:#}");
+        return fails;
+    }
     let summary = match (fails, warnings) {
         (0, 0) => "all checks passed: the agent can run here".to_owned(),
         (0, warnings) => {
