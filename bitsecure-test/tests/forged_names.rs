@@ -178,20 +178,27 @@ fn forged_dns_answers_do_not_make_a_c2_address_the_pool() {
         "--name",
         POOL_NAME,
     ]));
-    let before = unexpected_sent(&agent.scrape(), IpAddr::V4(c2));
+    let rule_sent = |samples: &[bitsecure_test::exposition::Sample]| {
+        sum_metric(
+            samples,
+            "bitsecure_rule_bytes_total",
+            &[("process", MINER), ("direction", "sent")],
+        )
+    };
+    let samples = agent.scrape();
+    let (before, rule_before) = (
+        unexpected_sent(&samples, IpAddr::V4(c2)),
+        rule_sent(&samples),
+    );
     let sent = upload(IpAddr::V4(c2), 50_000).sent_bytes;
     eventually(&agent, 15, |samples| {
-        let rule = sum_metric(
-            samples,
-            "bitsecure_rule_rate_bytes_per_second",
-            &[("process", MINER), ("direction", "sent")],
-        );
+        let rule = rule_sent(samples) - rule_before;
         let unexpected = unexpected_sent(samples, IpAddr::V4(c2)) - before;
         if rule > 0.0 && unexpected < sent as f64 {
             Ok(())
         } else {
             Err(format!(
-                "after the miner's own lookup: rule rate {rule}, {unexpected} of {sent} bytes \
+                "after the miner's own lookup: rule bytes +{rule}, {unexpected} of {sent} bytes \
                  unexpected"
             ))
         }

@@ -205,11 +205,7 @@ fn a_changed_executable_is_reported_until_accepted() {
         )
     };
     let rule_bytes = |samples: &[Sample]| {
-        sum_metric(
-            samples,
-            "bitsecure_rule_rate_bytes_per_second",
-            &[("process", name)],
-        )
+        sum_metric(samples, "bitsecure_rule_bytes_total", &[("process", name)])
     };
     {
         let _miner = mine(&rig, &miner_exe, &pool, &[]);
@@ -218,7 +214,7 @@ fn a_changed_executable_is_reported_until_accepted() {
                 Ok(())
             } else {
                 Err(format!(
-                    "the original miner: rule rate {}, changed {}",
+                    "the original miner: rule bytes {}, changed {}",
                     rule_bytes(samples),
                     changed(samples)
                 ))

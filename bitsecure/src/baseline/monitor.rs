@@ -234,6 +234,11 @@ pub struct RuleStatus {
     /// Flow observations it matched since monitoring started, and in the latest step.
     pub hits: u64,
     pub step_hits: u64,
+    /// Bytes it matched in the latest step, each way (for the byte counters).
+    pub step_sent_bytes: u64,
+    pub step_received_bytes: u64,
+    /// Since when it has been silent (Unix time): its last traffic, or when monitoring started.
+    pub silent_since_unix: f64,
     /// When it last had traffic (Unix time); `None` not since monitoring started.
     pub last_seen_unix: Option<f64>,
     /// Not seen for `baseline.stale_seconds` (or since monitoring started that long ago): a
@@ -852,6 +857,9 @@ impl Monitor {
                     reference_received,
                     hits: state.hits,
                     step_hits: state.step_hits,
+                    step_sent_bytes: state.sent.back().copied().unwrap_or(0),
+                    step_received_bytes: state.received.back().copied().unwrap_or(0),
+                    silent_since_unix: state.last_traffic_unix,
                     last_seen_unix: state.last_seen_unix,
                     stale: silence_seconds >= self.stale_seconds,
                 }
@@ -1145,7 +1153,15 @@ mod tests {
         );
         let statuses = monitor.statuses(START + 2.0 * STEP);
         assert_eq!((statuses[0].hits, statuses[0].step_hits), (3, 1));
+        // The latest step's bytes (one flow of 100 sent, 200 received), for the counters.
+        assert_eq!(
+            (statuses[0].step_sent_bytes, statuses[0].step_received_bytes),
+            (100, 200)
+        );
         assert_eq!(statuses[0].last_seen_unix, Some(START + 2.0 * STEP));
+        assert_eq!(statuses[0].silent_since_unix, START + 2.0 * STEP);
+        // Never seen: silent since monitoring started.
+        assert_eq!(statuses[1].silent_since_unix, START);
         assert_eq!((statuses[1].hits, statuses[1].last_seen_unix), (0, None));
         assert!(!statuses[1].stale);
         // An hour without traffic: stale; the busy rule is not.

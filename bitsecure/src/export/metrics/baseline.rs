@@ -48,6 +48,8 @@ pub struct BaselineMetrics {
     pub rule_expected_cadence: prometheus::GaugeVec,
     pub rule_observed_cadence: prometheus::GaugeVec,
     pub rule_hits: IntCounterVec,
+    pub rule_bytes: IntCounterVec,
+    pub rule_silent_since: prometheus::GaugeVec,
     pub rule_last_seen: prometheus::GaugeVec,
     pub rule_stale: prometheus::GaugeVec,
     pub rule_upgradable: prometheus::IntGaugeVec,
@@ -286,7 +288,7 @@ impl BaselineMetrics {
             )?,
             rule_rate: gauge_vec(
                 "bitsecure_rule_rate_bytes_per_second",
-                "Current rate of a rule's traffic, averaged over one cadence (or 30 s).",
+                "Deprecated (removed in the next release): use rate(bitsecure_rule_bytes_total[...]). Current rate of a rule's traffic, averaged over one cadence (or 30 s).",
                 &with_direction,
             )?,
             rule_reference: gauge_vec(
@@ -301,7 +303,7 @@ impl BaselineMetrics {
             )?,
             rule_silence_seconds: gauge_vec(
                 "bitsecure_rule_silence_seconds",
-                "Seconds since a rule last saw traffic.",
+                "Deprecated (removed in the next release): use time() - bitsecure_rule_silent_since_timestamp_seconds. Seconds since a rule last saw traffic.",
                 &RULE_LABELS,
             )?,
             rule_silence_ratio: gauge_vec(
@@ -329,6 +331,23 @@ impl BaselineMetrics {
                     ),
                     &RULE_LABELS,
                 )?,
+            )?,
+            rule_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "bitsecure_rule_bytes_total",
+                        "L3 bytes of the traffic a rule matched, per direction; starts afresh \
+                         when the baseline is reloaded.",
+                    ),
+                    &with_direction,
+                )?,
+            )?,
+            rule_silent_since: gauge_vec(
+                "bitsecure_rule_silent_since_timestamp_seconds",
+                "Since when a rule has had no traffic (Unix time): its last traffic, or when \
+                 monitoring started.",
+                &RULE_LABELS,
             )?,
             rule_last_seen: gauge_vec(
                 "bitsecure_rule_last_seen_timestamp_seconds",
@@ -544,19 +563,30 @@ impl BaselineMetrics {
     /// reload does not count the last step twice.
     fn publish_rule(&self, status: &RuleStatus, step: bool) {
         let rule = status.labels.labels();
+        let with =
+            |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
         if step {
             self.rule_hits
                 .with_label_values(&rule)
                 .inc_by(status.step_hits);
+            for (direction, bytes) in [
+                ("sent", status.step_sent_bytes),
+                ("received", status.step_received_bytes),
+            ] {
+                self.rule_bytes
+                    .with_label_values(&with(direction))
+                    .inc_by(bytes);
+            }
         }
+        self.rule_silent_since
+            .with_label_values(&rule)
+            .set(status.silent_since_unix);
         if let Some(seen) = status.last_seen_unix {
             self.rule_last_seen.with_label_values(&rule).set(seen);
         }
         self.rule_stale
             .with_label_values(&rule)
             .set(f64::from(u8::from(status.stale)));
-        let with =
-            |direction: &'static str| [rule[0], rule[1], rule[2], rule[3], rule[4], direction];
         for (direction, rate, reference, deviation) in [
             (
                 "sent",
@@ -613,9 +643,11 @@ impl BaselineMetrics {
             &self.rule_observed_cadence,
             &self.rule_last_seen,
             &self.rule_stale,
+            &self.rule_silent_since,
         ] {
             gauge.reset();
         }
         self.rule_hits.reset();
+        self.rule_bytes.reset();
     }
 }
