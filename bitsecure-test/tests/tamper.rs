@@ -399,3 +399,94 @@ fn a_detached_interface_program_is_reported_and_reattached() {
         agent.log_text()
     );
 }
+
+/// Restores `kernel.bpf_stats_enabled` when dropped.
+struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "1").unwrap();
+        Self(before)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+/// The program self-metrics name the programs the kernel has (id, tag and name as bpftool
+/// shows them), and with the kernel's BPF statistics on, their runs and run time grow, never
+/// past what bpftool reads afterwards.
+#[test]
+fn program_metrics_match_what_bpftool_shows() {
+    let cgroup = TestCgroup::new("program-stats");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let _stats = BpfStats::enable();
+    let infos = eventually(&agent, 10, |samples| {
+        let infos: Vec<(String, String, String)> = samples
+            .iter()
+            .filter(|sample| sample.name == "bitsecure_program_info")
+            .map(|sample| {
+                let label = |key: &str| sample.labels.get(key).cloned().unwrap_or_default();
+                (label("program"), label("id"), label("tag"))
+            })
+            .collect();
+        let runs = value(samples, "bitsecure_program_runs_total", "count_egress").unwrap_or(0.0);
+        if infos.len() >= PROGRAMS.len() && runs > 0.0 {
+            Ok(infos)
+        } else {
+            // Traffic of the watched cgroup runs the socket programs.
+            let _ = cgroup
+                .command(Path::new("curl"))
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    &format!("http://127.0.0.1:{}/-/healthy", agent.port),
+                ])
+                .status();
+            Err(format!(
+                "{} programs listed, count_egress ran {runs} times",
+                infos.len()
+            ))
+        }
+    });
+    let samples = agent.scrape();
+    for (program, id, tag) in &infos {
+        let shown: serde_json::Value =
+            serde_json::from_str(&sh("bpftool", &["-j", "prog", "show", "id", id])).unwrap();
+        // bpftool shows at most 15 characters of a name.
+        let name: String = program.chars().take(15).collect();
+        assert_eq!(shown["name"], name.as_str(), "id {id}: {shown}");
+        assert_eq!(shown["tag"], tag.as_str(), "{program}: {shown}");
+        if PROGRAMS.contains(&program.as_str()) {
+            let runs = value(&samples, "bitsecure_program_runs_total", program).unwrap();
+            let kernel_runs = shown["run_cnt"].as_f64().unwrap_or(0.0);
+            assert!(
+                runs <= kernel_runs,
+                "{program}: {runs} runs exported, the kernel counted {kernel_runs}"
+            );
+        }
+    }
+    assert!(
+        value(
+            &samples,
+            "bitsecure_program_run_seconds_total",
+            "count_egress"
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        samples
+            .iter()
+            .find(|sample| sample.name == "bitsecure_bpf_stats_enabled")
+            .map(|sample| sample.value),
+        Some(1.0)
+    );
+}

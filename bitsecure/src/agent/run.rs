@@ -195,6 +195,7 @@ fn guard(
     let mut nat_error_logged = false;
     loop {
         metrics.record_attachments(&programs.check_and_repair());
+        metrics.programs.record(&programs.stats());
         match blind_spots::nat_chains() {
             Ok(chains) => metrics.poller.record_nat_chains(&chains),
             // No nf_tables in this kernel, or no CAP_NET_ADMIN: said once.

@@ -14,6 +14,6 @@ pub mod pins;
 pub mod programs;
 
 pub use programs::{
-    AttachedPrograms, KernelLogger, KernelMaps, MapCapacities, ProgramCheck, check_kernel_version,
-    load_and_attach,
+    AttachedPrograms, KernelLogger, KernelMaps, MapCapacities, ProgramCheck, ProgramStats,
+    check_kernel_version, load_and_attach,
 };

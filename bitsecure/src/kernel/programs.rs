@@ -7,6 +7,7 @@ use std::{
     fs::File,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -111,6 +112,19 @@ enum Held {
     Pinned(PinnedLink),
 }
 
+/// What the kernel says of one of the agent's loaded programs. `runs` and `run_time` grow only
+/// while the kernel's BPF statistics are on (`sysctl kernel.bpf_stats_enabled=1`, which costs
+/// every BPF program a clock read per run): otherwise they stay 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub id: u32,
+    /// The kernel's tag of the program (a hash of its instructions), as `bpftool` shows it.
+    pub tag: u64,
+    pub runs: u64,
+    pub run_time: Duration,
+}
+
 /// One program at one check: is it attached, and did the agent have to re-attach it?
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramCheck {
@@ -127,6 +141,26 @@ impl AttachedPrograms {
     /// re-attaches those that are gone (see [`crate::kernel::attachment`] for what a detach
     /// looks like). Logs a warning for each one found missing. Needs CAP_NET_ADMIN (and
     /// CAP_BPF to re-attach).
+    /// The kernel's information on every program of the agent (from the programs' own
+    /// descriptors: no capability beyond holding them).
+    pub fn stats(&self) -> Vec<ProgramStats> {
+        ALL_PROGRAMS
+            .iter()
+            .map(|(name, _)| *name)
+            .chain([INTERFACE_EGRESS, INTERFACE_INGRESS])
+            .filter_map(|program| {
+                let info = self.ebpf.program(program)?.info().ok()?;
+                Some(ProgramStats {
+                    program,
+                    id: info.id(),
+                    tag: info.tag(),
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                })
+            })
+            .collect()
+    }
+
     pub fn check_and_repair(&mut self) -> Vec<ProgramCheck> {
         let mut checks = Vec::with_capacity(self.slots.len() + 2);
         for index in 0..self.slots.len() {

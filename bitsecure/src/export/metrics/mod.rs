@@ -6,10 +6,14 @@
 mod baseline;
 mod naming;
 mod poller;
+mod programs;
 
 use prometheus::{Encoder as _, IntGaugeVec, Opts, Registry, TextEncoder};
 
-pub use self::{baseline::BaselineMetrics, naming::NamingMetrics, poller::PollerMetrics};
+pub use self::{
+    baseline::BaselineMetrics, naming::NamingMetrics, poller::PollerMetrics,
+    programs::ProgramMetrics,
+};
 use super::{
     api::{Api, BaselineView},
     traffic::TrafficMetrics,
@@ -29,6 +33,7 @@ pub struct Metrics {
     pub poller: PollerMetrics,
     pub naming: NamingMetrics,
     pub baseline: BaselineMetrics,
+    pub programs: ProgramMetrics,
     /// The JSON view of the baseline state (served at /api/...).
     pub api: Api,
     /// A poll has completed.
@@ -65,6 +70,7 @@ impl Metrics {
             poller: PollerMetrics::new(&registry)?,
             naming: NamingMetrics::new(&registry)?,
             baseline: BaselineMetrics::new(&registry)?,
+            programs: ProgramMetrics::new(&registry)?,
             api: Api::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             registry,
