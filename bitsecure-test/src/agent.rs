@@ -124,12 +124,14 @@ impl Agent {
             log,
             extra: original_extra,
         };
+        // An agent serving TLS is up when its log says so (plain GETs get no answer).
+        let plain_http = !extra.contains("tls_cert_file");
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = agent.child.try_wait().expect("wait agent") {
                 panic!("agent exited with {status}: {}", agent.log_text());
             }
-            if agent.try_get("/metrics").is_some()
+            if (!plain_http || agent.try_get("/metrics").is_some())
                 && agent.log_text().contains("attached to cgroup")
             {
                 return agent;

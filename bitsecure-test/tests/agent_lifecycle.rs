@@ -595,3 +595,139 @@ fn systemd_hears_ready_after_the_first_poll_a_fed_watchdog_and_stopping() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Off loopback the agent serves TLS with basic auth, as Prometheus' exporters do: a real
+/// Prometheus scrapes it over HTTPS with the right password (`up` 1), not with a wrong one
+/// or over plain HTTP (`up` 0); curl gets 401 without credentials, gzip with them.
+#[test]
+fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
+    let dir = scratch_dir().join(format!("tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let openssl = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=rig", "-addext"])
+        .arg("subjectAltName=IP:127.0.0.1")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(openssl.status.success(), "{openssl:?}");
+    let hash = bcrypt::hash("s3cret", 6).unwrap();
+    let agent = Agent::start_with(&format!(
+        "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[agent.basic_auth_users]\nprometheus = \"{hash}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let url = format!("https://127.0.0.1:{}/metrics", agent.port);
+    let curl = |args: &[&str]| {
+        let output = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&cert)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(&["-o", "/dev/null", "-w", "%{http_code}", &url]),
+        "401"
+    );
+    let headers = curl(&[
+        "-u",
+        "prometheus:s3cret",
+        "--compressed",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &url,
+    ]);
+    assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-encoding: gzip"),
+        "{headers}"
+    );
+
+    let prometheus_port = bitsecure_test::process::free_port();
+    let job = |name: &str, scheme: &str, password: &str| {
+        format!(
+            "  - job_name: {name}\n    scrape_interval: 1s\n    scheme: {scheme}\n    \
+             tls_config:\n      ca_file: {}\n    basic_auth:\n      username: prometheus\n      \
+             password: {password}\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+            cert.display(),
+            agent.port
+        )
+    };
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  evaluation_interval: 1s\nscrape_configs:\n{}{}{}",
+            job("tls", "https", "s3cret"),
+            job("wrong-password", "https", "nope"),
+            job("plain", "http", "s3cret")
+        ),
+    )
+    .unwrap();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus: run `cargo xtask setup`");
+    let up = |job: &str| -> Option<String> {
+        let output = Command::new("curl")
+            .args([
+                "-sS",
+                "-G",
+                &format!("http://127.0.0.1:{prometheus_port}/api/v1/query"),
+            ])
+            .arg("--data-urlencode")
+            .arg(format!("query=up{{job=\"{job}\"}}"))
+            .output()
+            .ok()?;
+        let answer: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        seen = ["tls", "wrong-password", "plain"].map(up).to_vec();
+        if seen.iter().all(Option::is_some) && seen[0].as_deref() == Some("1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(
+        seen,
+        [
+            Some("1".to_owned()),
+            Some("0".to_owned()),
+            Some("0".to_owned())
+        ],
+        "up of the tls, wrong-password and plain jobs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -183,6 +183,15 @@ pub struct AgentConfig {
     pub poll_interval_seconds: f64,
     /// cgroup v2 directory to attach to; empty = the cgroup v2 root.
     pub cgroup: String,
+    /// TLS for the HTTP endpoints: a PEM certificate (chain) and its private key; both or
+    /// neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<String>,
+    /// HTTP basic auth: user → bcrypt hash (`htpasswd -nBC 10 USER`); empty = none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub basic_auth_users: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -214,6 +223,9 @@ impl Default for AgentConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9977)),
             poll_interval_seconds: 5.0,
             cgroup: String::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            basic_auth_users: BTreeMap::new(),
         }
     }
 }
@@ -376,6 +388,29 @@ impl Config {
                 self.names.max_entries
             ));
         }
+        if self.agent.tls_cert_file.is_some() != self.agent.tls_key_file.is_some() {
+            return Err(
+                "agent.tls_cert_file and agent.tls_key_file go together: give both, or neither"
+                    .into(),
+            );
+        }
+        if let Some((user, _)) = self.agent.basic_auth_users.iter().find(|(_, hash)| {
+            !["$2a$", "$2b$", "$2y$"]
+                .iter()
+                .any(|prefix| hash.starts_with(prefix))
+        }) {
+            return Err(format!(
+                "agent.basic_auth_users.{user}: not a bcrypt hash (make one with \
+                 `htpasswd -nBC 10 {user}` and take the part after the colon)"
+            ));
+        }
+        if !self.agent.basic_auth_users.is_empty() && self.agent.tls_cert_file.is_none() {
+            return Err(
+                "agent.basic_auth_users without TLS would send the passwords in clear text: \
+                 set agent.tls_cert_file and agent.tls_key_file too"
+                    .into(),
+            );
+        }
         if self.metrics.max_remotes == 0 || self.metrics.max_series == 0 {
             return Err("metrics.max_remotes and metrics.max_series must be at least 1".into());
         }
@@ -490,6 +525,9 @@ mod tests {
             "[kernel]\nflow_capacity = 1\n",
             "[metrics]\nmax_series = 0\n",
             "[metrics]\nseries_idle_seconds = 9\n",
+            "[agent]\ntls_cert_file = \"/etc/bitsecure/tls.crt\"\n",
+            "[agent.basic_auth_users]\nprometheus = \"secret\"\n",
+            "[agent.basic_auth_users]\nprometheus = \"$2y$10$abcdefghijklmnopqrstuv\"\n",
             "[baseline]\nname_network_v4 = 33\n",
             "[baseline]\nname_network_v4 = 0\n",
             "[baseline]\nname_network_v6 = 129\n",

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     baseline::service::{BaselineService, Settings},
     config::Config,
-    export::{metrics::Metrics, server},
+    export::{metrics::Metrics, server, web::WebSecurity},
     flow::Polled,
     kernel::{AttachedPrograms, KernelLogger, caps, cgroup, pins},
     poller::blind_spots,
@@ -54,6 +54,15 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     // Bind before attaching: a taken port should fail fast and leave the kernel untouched.
     let listener = server::bind(config.agent.listen).await?;
+    let web = Arc::new(WebSecurity::from_config(&config.agent)?);
+    if !config.agent.listen.ip().is_loopback() && web.tls.is_none() {
+        warn!(
+            "serving plain HTTP on {}: anyone who reaches it reads this rig's traffic; set \
+             agent.tls_cert_file, agent.tls_key_file and agent.basic_auth_users, or firewall \
+             it to the Prometheus host",
+            config.agent.listen
+        );
+    }
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sighup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -115,7 +124,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the guard \
          CAP_NET_ADMIN and CAP_BPF, the rest none"
     );
-    let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics)));
+    let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics), web));
     let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
 
     loop {

@@ -7,10 +7,11 @@
 //!   written straight into the exposition text.
 //! - [`series`]: flow deltas → series of bounded cardinality (top-N remotes + `other`).
 //! - [`api`]: the JSON types and routes of `/api/...`.
-//! - [`server`]: the small HTTP server.
+//! - [`server`]: the small HTTP server; [`web`]: its TLS and basic auth.
 
 pub mod api;
 pub mod metrics;
 pub mod series;
 pub mod server;
 pub mod traffic;
+pub mod web;

@@ -1,17 +1,18 @@
 //! A deliberately small HTTP/1.1 server for `/metrics`, the JSON API and the health endpoints
 //! (`/-/healthy`, `/-/ready`, as Prometheus' own exporters have them), GET only, one response
 //! per connection, gzip when the client asks for it (Prometheus does: an exposition at the
-//! series cap is megabytes). Requests are bounded in size and time so a slow or hostile client
-//! cannot hold the agent's resources.
+//! series cap is megabytes), TLS and basic auth when configured ([`super::web`]). Requests are
+//! bounded in size and time so a slow or hostile client cannot hold the agent's resources.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use log::{debug, warn};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    net::TcpListener,
 };
 
+use super::web::WebSecurity;
 use crate::export::metrics::Metrics;
 
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
@@ -27,13 +28,25 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves connections until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, web: Arc<WebSecurity>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let metrics = Arc::clone(&metrics);
+                let (metrics, web) = (Arc::clone(&metrics), Arc::clone(&web));
                 tokio::spawn(async move {
-                    if let Err(error) = handle(stream, &metrics).await {
+                    let result = match &web.tls {
+                        Some(acceptor) => {
+                            match tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream))
+                                .await
+                            {
+                                Ok(Ok(stream)) => handle(stream, &metrics, &web).await,
+                                Ok(Err(error)) => Err(error),
+                                Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                            }
+                        }
+                        None => handle(stream, &metrics, &web).await,
+                    };
+                    if let Err(error) = result {
                         debug!("HTTP client {peer}: {error}");
                     }
                 });
@@ -46,7 +59,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    metrics: &Metrics,
+    web: &WebSecurity,
+) -> std::io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
         Err(_) => {
@@ -77,6 +94,9 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
         stream: &mut stream,
         head_only,
     };
+    if !web.authorized(&head) {
+        return respond(&mut stream, 401, "text/plain", "unauthorized\n").await;
+    }
     match (method, path) {
         ("GET" | "HEAD", "/metrics") => match metrics.render() {
             Ok(body) => {
@@ -130,7 +150,7 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()>
 }
 
 /// Reads up to the blank line ending the request head; `None` if it exceeds the limit.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Option<String>> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -174,8 +194,8 @@ fn accepts_gzip(head: &str) -> bool {
 const GZIP_MIN_BYTES: usize = 1024;
 
 /// A 200 response of `body`, gzip-compressed when the client accepts it and it is worth it.
-async fn respond_encoded(
-    response: &mut Response<'_>,
+async fn respond_encoded<S: AsyncWrite + Unpin>(
+    response: &mut Response<'_, S>,
     content_type: &str,
     body: &[u8],
     gzip: bool,
@@ -193,13 +213,13 @@ async fn respond_encoded(
 }
 
 /// Where a response goes; HEAD requests get the head only.
-struct Response<'a> {
-    stream: &'a mut TcpStream,
+struct Response<'a, S> {
+    stream: &'a mut S,
     head_only: bool,
 }
 
-async fn respond(
-    response: &mut Response<'_>,
+async fn respond<S: AsyncWrite + Unpin>(
+    response: &mut Response<'_, S>,
     status: u16,
     content_type: &str,
     body: &str,
@@ -207,8 +227,8 @@ async fn respond(
     write_response(response, status, content_type, None, body.as_bytes()).await
 }
 
-async fn write_response(
-    response: &mut Response<'_>,
+async fn write_response<S: AsyncWrite + Unpin>(
+    response: &mut Response<'_, S>,
     status: u16,
     content_type: &str,
     encoding: Option<&str>,
@@ -216,6 +236,7 @@ async fn write_response(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -223,9 +244,12 @@ async fn write_response(
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
-    let encoding = encoding
+    let mut encoding = encoding
         .map(|encoding| format!("Content-Encoding: {encoding}\r\n"))
         .unwrap_or_default();
+    if status == 401 {
+        encoding.push_str("WWW-Authenticate: Basic realm=\"bitsecure\"\r\n");
+    }
     let head = format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{encoding}\
          Vary: Accept-Encoding\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
