@@ -66,15 +66,20 @@ impl Agent {
 
     /// [`Agent::start_with`], polling every `poll_seconds` (e.g. the default 5 s).
     pub fn start_polling(extra: &str, poll_seconds: f64) -> Self {
-        Self::launch(extra, poll_seconds, &[])
+        Self::launch(extra, poll_seconds, &[], "127.0.0.1")
     }
 
     /// [`Agent::start_with`] with these environment variables (e.g. systemd's NOTIFY_SOCKET).
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Self {
-        Self::launch(extra, TEST_POLL_SECONDS, env)
+        Self::launch(extra, TEST_POLL_SECONDS, env, "127.0.0.1")
     }
 
-    fn launch(extra: &str, poll_seconds: f64, env: &[(&str, &str)]) -> Self {
+    /// [`Agent::start_with`], listening on every address (`0.0.0.0`), not loopback only.
+    pub fn start_on_all_addresses(extra: &str) -> Self {
+        Self::launch(extra, TEST_POLL_SECONDS, &[], "0.0.0.0")
+    }
+
+    fn launch(extra: &str, poll_seconds: f64, env: &[(&str, &str)], listen_ip: &str) -> Self {
         require_root();
         let original_extra = extra.to_owned();
         let port = free_port();
@@ -104,7 +109,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "{baseline}{kernel}[agent]\nlisten = \"127.0.0.1:{port}\"\npoll_interval_seconds = {poll_seconds:?}\n{extra}"
+                "{baseline}{kernel}[agent]\nlisten = \"{listen_ip}:{port}\"\npoll_interval_seconds = {poll_seconds:?}\n{extra}"
             ),
         )
         .expect("write config");

@@ -598,9 +598,14 @@ fn systemd_hears_ready_after_the_first_poll_a_fed_watchdog_and_stopping() {
 
 /// Off loopback the agent serves TLS with basic auth, as Prometheus' exporters do: a real
 /// Prometheus scrapes it over HTTPS with the right password (`up` 1), not with a wrong one
-/// or over plain HTTP (`up` 0); curl gets 401 without credentials, gzip with them.
+/// or over plain HTTP (`up` 0), from another address of the host (as from another machine);
+/// curl gets 401 without credentials, gzip with them. The CLI on the rig itself still talks
+/// plain HTTP to loopback, without a password.
 #[test]
 fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
+    // A non-loopback address of this host for the scrapes to come from.
+    let net = bitsecure_test::testnet::TestNet::new();
+    let host = net.host_v4;
     let dir = scratch_dir().join(format!("tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -615,7 +620,7 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
             "ec_paramgen_curve:prime256v1",
         ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=rig", "-addext"])
-        .arg("subjectAltName=IP:127.0.0.1")
+        .arg(format!("subjectAltName=IP:{host}"))
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -624,12 +629,12 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
         .unwrap();
     assert!(openssl.status.success(), "{openssl:?}");
     let hash = bcrypt::hash("s3cret", 6).unwrap();
-    let agent = Agent::start_with(&format!(
+    let agent = Agent::start_on_all_addresses(&format!(
         "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n[agent.basic_auth_users]\nprometheus = \"{hash}\"\n",
         cert.display(),
         key.display()
     ));
-    let url = format!("https://127.0.0.1:{}/metrics", agent.port);
+    let url = format!("https://{host}:{}/metrics", agent.port);
     let curl = |args: &[&str]| {
         let output = Command::new("curl")
             .args(["-sS", "--cacert"])
@@ -666,7 +671,7 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
         format!(
             "  - job_name: {name}\n    scrape_interval: 1s\n    scheme: {scheme}\n    \
              tls_config:\n      ca_file: {}\n    basic_auth:\n      username: prometheus\n      \
-             password: {password}\n    static_configs:\n      - targets: [\"127.0.0.1:{}\"]\n",
+             password: {password}\n    static_configs:\n      - targets: [\"{host}:{}\"]\n",
             cert.display(),
             agent.port
         )
@@ -729,5 +734,12 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
         ],
         "up of the tls, wrong-password and plain jobs"
     );
+    // The CLI on the rig: plain HTTP to loopback, no password.
+    let cli = Command::new(agent_binary())
+        .args(["unexpected", "--json", "--agent"])
+        .arg(format!("127.0.0.1:{}", agent.port))
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{cli:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

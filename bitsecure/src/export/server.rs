@@ -35,16 +35,27 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, web: Arc<WebSec
                 let (metrics, web) = (Arc::clone(&metrics), Arc::clone(&web));
                 tokio::spawn(async move {
                     let result = match &web.tls {
+                        // The CLI on the rig itself speaks plain HTTP to loopback: a local
+                        // client that does not open with a TLS handshake is served so, and
+                        // without a password (as with the default loopback-only listen).
+                        Some(_)
+                            if peer.ip().to_canonical().is_loopback()
+                                && !opens_with_tls(&stream).await =>
+                        {
+                            handle(stream, &metrics, &web, Trust::Local).await
+                        }
                         Some(acceptor) => {
                             match tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(stream))
                                 .await
                             {
-                                Ok(Ok(stream)) => handle(stream, &metrics, &web).await,
+                                Ok(Ok(stream)) => {
+                                    handle(stream, &metrics, &web, Trust::Remote).await
+                                }
                                 Ok(Err(error)) => Err(error),
                                 Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
                             }
                         }
-                        None => handle(stream, &metrics, &web).await,
+                        None => handle(stream, &metrics, &web, Trust::Remote).await,
                     };
                     if let Err(error) = result {
                         debug!("HTTP client {peer}: {error}");
@@ -59,10 +70,27 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, web: Arc<WebSec
     }
 }
 
+/// Whether a connection's first byte is a TLS handshake record (waits for it, bounded).
+async fn opens_with_tls(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(REQUEST_TIMEOUT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
+}
+
+/// Who a request comes from: a plain-HTTP client on loopback (the CLI) needs no password.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    Local,
+    Remote,
+}
+
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     metrics: &Metrics,
     web: &WebSecurity,
+    trust: Trust,
 ) -> std::io::Result<()> {
     let head = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut stream)).await {
         Ok(head) => head?,
@@ -94,7 +122,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
         stream: &mut stream,
         head_only,
     };
-    if !web.authorized(&head) {
+    if trust == Trust::Remote && !web.authorized(&head) {
         return respond(&mut stream, 401, "text/plain", "unauthorized\n").await;
     }
     match (method, path) {
