@@ -709,8 +709,10 @@ impl Monitor {
         let Some(expected) = self.baseline.rules[index].sha256.clone() else {
             return;
         };
-        // A process gone before its executable could be read: nothing to compare.
-        let Some(exe) = delta.exe.clone() else {
+        // A process gone before its executable could be read or hashed: nothing to compare
+        // (a short job exiting at once is not a changed binary). Every readable executable
+        // has a hash, however large (see poller::executables).
+        let (Some(exe), Some(_)) = (delta.exe.clone(), &delta.exe_sha256) else {
             return;
         };
         if delta.exe_sha256.as_ref() == Some(&expected) {
@@ -1322,7 +1324,11 @@ mod tests {
         };
         monitor.observe_step(&[with_hash(Some(hash("a")))], START + STEP);
         assert!(monitor.changed_executables().is_empty());
-        // Patched: still the rule's traffic, but reported; unreadable counts as changed.
+        // A short job gone before its executable was hashed: nothing to compare, no report
+        // (the quiet day's hourly upload once raised a false executable-changed here).
+        monitor.observe_step(&[with_hash(None)], START + STEP);
+        assert!(monitor.changed_executables().is_empty());
+        // Patched: still the rule's traffic, but reported.
         let increments = monitor.observe_step(&[with_hash(Some(hash("b")))], START + 2.0 * STEP);
         assert!(increments.is_empty());
         let changed = monitor.changed_executables();
@@ -1330,8 +1336,9 @@ mod tests {
         assert_eq!(changed[0].exe, "/usr/bin/xmrig");
         assert_eq!(changed[0].expected_sha256, hash("a"));
         assert_eq!(changed[0].sha256, Some(hash("b")));
+        // Unhashed in between: the report keeps what was seen.
         monitor.observe_step(&[with_hash(None)], START + 3.0 * STEP);
-        assert_eq!(monitor.changed_executables()[0].sha256, None);
+        assert_eq!(monitor.changed_executables()[0].sha256, Some(hash("b")));
         monitor.observe_step(&[with_hash(Some(hash("b")))], START + 4.0 * STEP);
         // A reload that still expects the old hash keeps it; one that took the new clears it.
         monitor.replace_baseline(baseline(vec![rule.clone()]), START + 5.0 * STEP);

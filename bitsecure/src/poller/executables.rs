@@ -11,9 +11,10 @@ use std::{
 
 use sha2::{Digest as _, Sha256};
 
-/// Executables larger than this are not hashed (their hash stays unknown): reading them would
-/// stall the poll (SHA-256 runs at ~0.5-2 GB/s, and each file version is hashed once). Far
-/// above any miner or agent binary.
+/// Of larger executables only this much is hashed (reading more would stall the poll: SHA-256
+/// runs at ~0.5-2 GB/s), so their "hash" is that of their first 256 MiB, not `sha256sum`'s.
+/// Far above any miner or agent binary; and a hash there is always, so padding a patched
+/// binary past the limit does not make it unknown (its headers and code are in that part).
 const MAX_HASHED_BYTES: u64 = 256 << 20;
 /// File versions remembered; the cache starts over when it is full.
 const MAX_CACHED: usize = 4096;
@@ -36,8 +37,9 @@ pub struct ExecutableHashes {
 }
 
 impl ExecutableHashes {
-    /// The SHA-256 (lowercase hex) of the executable of `pid`, read below `proc_root`;
-    /// `None` when it cannot be read (the process is gone, or the file is too large).
+    /// The SHA-256 (lowercase hex) of the executable of `pid`, read below `proc_root` (of its
+    /// first [`MAX_HASHED_BYTES`] for a larger one); `None` when it cannot be read (the
+    /// process is gone).
     pub fn of_process(&mut self, proc_root: &Path, pid: u32) -> Option<String> {
         let mut file = File::open(proc_root.join(pid.to_string()).join("exe")).ok()?;
         let metadata = file.metadata().ok()?;
@@ -53,9 +55,6 @@ impl ExecutableHashes {
         if let Some(hash) = self.hashes.get(&version) {
             return Some(hash.clone());
         }
-        if version.size > MAX_HASHED_BYTES {
-            return None;
-        }
         let hash = sha256_hex(&mut file)?;
         if self.hashes.len() >= MAX_CACHED {
             self.hashes.clear();
@@ -65,22 +64,18 @@ impl ExecutableHashes {
     }
 }
 
-/// SHA-256 of everything `reader` yields (up to [`MAX_HASHED_BYTES`]), lowercase hex.
+/// SHA-256 of what `reader` yields, up to [`MAX_HASHED_BYTES`], lowercase hex; `None` if
+/// reading fails.
 pub fn sha256_hex(reader: &mut impl std::io::Read) -> Option<String> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 256 * 1024];
-    let mut limited = reader.take(MAX_HASHED_BYTES + 1);
-    let mut total = 0_u64;
+    let mut limited = reader.take(MAX_HASHED_BYTES);
     loop {
         let read = limited.read(&mut buffer).ok()?;
         if read == 0 {
             break;
         }
-        total += read as u64;
         hasher.update(&buffer[..read]);
-    }
-    if total > MAX_HASHED_BYTES {
-        return None;
     }
     Some(
         hasher
@@ -122,5 +117,15 @@ mod tests {
             Some(own)
         );
         assert_eq!(hashes.of_process(Path::new("/proc"), u32::MAX), None);
+    }
+
+    #[test]
+    fn a_file_past_the_limit_is_hashed_by_its_first_part() {
+        // Padding past the limit keeps a hash (a patched binary cannot make itself unknown
+        // by growing), and it is the hash of the part read.
+        let big = std::io::repeat(7).take(MAX_HASHED_BYTES + 4096);
+        let head = std::io::repeat(7).take(MAX_HASHED_BYTES);
+        assert_eq!(sha256_hex(&mut { big }), sha256_hex(&mut { head }));
+        assert!(sha256_hex(&mut std::io::repeat(7).take(MAX_HASHED_BYTES + 1)).is_some());
     }
 }
