@@ -47,7 +47,7 @@ fn a_quiet_day_pages_nobody_and_attacks_still_page() {
     }
     // No high-risk departure all day: the noise budget says so too.
     let high = prometheus.range(
-        r#"sum(bitsecure_alertable_departures_total{risk="high"})"#,
+        r#"sum by (reason) (bitsecure_alertable_departures_total{risk="high"})"#,
         start,
         end,
         scrape,
@@ -58,7 +58,14 @@ fn a_quiet_day_pages_nobody_and_attacks_still_page() {
             .unwrap()
             .iter()
             .all(|point| point[1] == "0")),
-        "high-risk departures during the day: {high:#?}"
+        "high-risk departures during the day, by reason: {:?}\n{}",
+        high.iter()
+            .map(|series| (
+                &series["metric"]["reason"],
+                series["values"].as_array().and_then(|v| v.last()).cloned()
+            ))
+            .collect::<Vec<_>>(),
+        day.output()
     );
 
     // Every rare class was learnt while settling, or is listed as low risk.
