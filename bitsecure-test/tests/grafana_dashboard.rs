@@ -933,3 +933,74 @@ fn every_query_parses_with_promtool() {
         named.join("\n")
     );
 }
+
+/// Type-checks `dashboard` against Grafana's published dashboard types (the foundation SDK,
+/// pinned in `bitsecure-test/grafana-schema`, installed by `cargo xtask setup`): the findings
+/// of `tsc`, without the known false alarms listed beside it.
+fn schema_findings(dashboard: &Value) -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("grafana-schema");
+    let source = format!(
+        "import type * as cog from '@grafana/grafana-foundation-sdk/cog';\n\
+         import type {{ Dashboard }} from '@grafana/grafana-foundation-sdk/dashboard';\n\
+         import type {{ dataquery }} from '@grafana/grafana-foundation-sdk/prometheus';\n\
+         // Grafana's types with two artefacts of their TypeScript form removed: their enums\n\
+         // are TS enums (a JSON string never is one: compared by value), and a panel's queries\n\
+         // are an opaque variant (this dashboard's are all Prometheus queries).\n\
+         type PrometheusQuery = Omit<dataquery, '_implementsDataqueryVariant'>;\n\
+         type LooseObject<T> = {{ [K in keyof T]: Loose<T[K]> }};\n\
+         type Loose<T> = T extends string ? T | `${{T}}`\n\
+           : T extends number | boolean | null | undefined ? T\n\
+           : T extends (infer U)[] ? Loose<U>[]\n\
+           : T extends cog.Dataquery ? LooseObject<PrometheusQuery>\n\
+           : T extends object ? LooseObject<T> : T;\n\
+         export const dashboard: Loose<Dashboard> = {};\n",
+        serde_json::to_string_pretty(dashboard).unwrap()
+    );
+    std::fs::write(dir.join("check.gen.ts"), source).unwrap();
+    let tsc = dir.join("node_modules/.bin/tsc");
+    let output = std::process::Command::new(&tsc)
+        .arg("-p")
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|error| panic!("{}: {error}: run `cargo xtask setup`", tsc.display()));
+    let known: Vec<String> = std::fs::read_to_string(dir.join("known-false-alarms.txt"))
+        .unwrap()
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    // One finding per `file(line,col): error ...` line; its continuation lines are indented.
+    let findings: Vec<String> = text
+        .lines()
+        .filter(|line| line.contains(": error TS"))
+        .filter(|line| !known.iter().any(|alarm| line.contains(alarm.as_str())))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        output.status.success() || !text.trim().is_empty(),
+        "tsc failed without findings: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    findings
+}
+
+/// The dashboard is what Grafana's own published types say a dashboard is (see
+/// `schema_findings`); and the check finds a misspelt field and a wrong type.
+#[test]
+fn dashboard_passes_grafanas_published_schema() {
+    let dashboard = dashboard();
+    assert_clean("schema", schema_findings(&dashboard));
+    let mut broken = dashboard.clone();
+    broken["panels"][1]["titel"] = json!("typo");
+    broken["panels"][2]["gridPos"]["w"] = json!("12");
+    let findings = schema_findings(&broken).join("\n");
+    assert!(
+        findings.contains("'\"titel\"' does not exist"),
+        "{findings}"
+    );
+    assert!(
+        findings.contains("Type 'string' is not assignable to type 'number'"),
+        "{findings}"
+    );
+}

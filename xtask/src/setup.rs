@@ -43,7 +43,32 @@ pub fn run(root: &Path) -> anyhow::Result<()> {
     install_rust_src()?;
     install_bpf_linker(root)?;
     install_debian_packages()?;
+    install_schema_check(root)?;
     Ok(())
+}
+
+/// The dashboard's schema check (`bitsecure-test/grafana-schema`): TypeScript and Grafana's
+/// published dashboard types, pinned in its package-lock.json, from the npm registry with the
+/// machine's npm. Installed again when the lock file is newer than the install.
+fn install_schema_check(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("bitsecure-test/grafana-schema");
+    let lock = dir.join("package-lock.json");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if matches!((modified(&installed), modified(&lock)), (Some(done), Some(wanted)) if done >= wanted)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing the dashboard schema check (npm ci in {})",
+        dir.display()
+    );
+    let mut npm = Command::new("npm");
+    npm.args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir);
+    util::status(npm).context(
+        "npm ci failed (the dashboard schema check needs Node.js and npm: apt-get install nodejs npm)",
+    )
 }
 
 fn check_rustup() -> anyhow::Result<()> {
