@@ -743,3 +743,63 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
     assert!(cli.status.success(), "{cli:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The agent's own history (`/api/history`): a process's live points add up to what it sent
+/// (nftables' count), the points without its traffic are 0 or unknown.
+#[test]
+fn history_holds_a_process_traffic_without_prometheus() {
+    let mut net = TestNet::new();
+    let target = format!("{}:5000", net.peer_v4);
+    net.spawn_server(
+        &crate::install_generator("bsh-server"),
+        &["serve", "--udp", &target],
+    );
+    let cgroup = TestCgroup::new("history");
+    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let process = "bsh-client";
+    run_generator(cgroup.command(&crate::install_generator(process)).args([
+        "udp",
+        "--to",
+        &target,
+        "--datagrams",
+        "200",
+        "--size",
+        "1000",
+    ]));
+    let (_, sent) = net.counter("sent", "udp");
+    // The 10-s point of the traffic closes once the clock passes it.
+    std::thread::sleep(Duration::from_secs(12));
+    let body = agent
+        .try_get("/api/history?range=120")
+        .expect("/api/history");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["step_seconds"], 10);
+    let series = view["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["process"] == process
+                && s["kind"] == "live"
+                && s["direction"] == "sent"
+                && s["rule"] == ""
+        })
+        .unwrap_or_else(|| panic!("no live sent series of {process}: {body}"));
+    let values: Vec<f64> = series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|value| value.as_f64().unwrap_or(0.0))
+        .collect();
+    assert_eq!(values.len(), 12);
+    let total: f64 = values.iter().map(|rate| rate * 10.0).sum();
+    assert!(
+        (total - sent as f64).abs() <= sent as f64 * 0.001,
+        "history has {total} bytes, nftables counted {sent}: {values:?}"
+    );
+    // The traffic took a second or two: one or two points hold it, the others are quiet.
+    assert!(
+        values.iter().filter(|rate| **rate > 0.0).count() <= 2,
+        "{values:?}"
+    );
+}

@@ -36,7 +36,8 @@ struct Monitoring(BaselineService);
 
 impl Consumer for Monitoring {
     fn on_poll(&mut self, polled: &Polled, metrics: &Metrics) {
-        metrics.publish_baseline(self.0.on_step(polled, unix_now()));
+        let now = unix_now();
+        metrics.publish_step(self.0.on_step(polled, now), now);
     }
 
     fn on_reload(&mut self, metrics: &Metrics) {

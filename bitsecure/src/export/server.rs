@@ -156,6 +156,21 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             )
             .await
         }
+        ("GET" | "HEAD", "/api/history") => {
+            let range = query_param(target, "range")
+                .and_then(|range| range.parse::<i64>().ok())
+                .unwrap_or(3600)
+                .clamp(60, 24 * 3600);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            match serde_json::to_string(&metrics.history.view(range, now)) {
+                Ok(body) => {
+                    respond_encoded(&mut stream, "application/json", body.as_bytes(), gzip).await
+                }
+                Err(_) => respond(&mut stream, 500, "text/plain", "serialising failed\n").await,
+            }
+        }
         ("GET" | "HEAD", "/api/unexpected" | "/api/baseline") => match metrics.api.body(path) {
             Some(Ok(body)) => {
                 respond_encoded(&mut stream, "application/json", body.as_bytes(), gzip).await
@@ -167,8 +182,8 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 &mut stream,
                 200,
                 "text/plain",
-                "BitSecure agent: /metrics (Prometheus), /api/unexpected and /api/baseline (JSON), \
-             /-/healthy, /-/ready\n",
+                "BitSecure agent: /metrics (Prometheus), /api/unexpected, /api/baseline and \
+             /api/history?range=SECONDS (JSON), /-/healthy, /-/ready\n",
             )
             .await
         }
@@ -195,6 +210,14 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<Opti
         }
     }
     Ok(Some(String::from_utf8_lossy(&buffer).into_owned()))
+}
+
+/// The value of query parameter `name` in a request target (`/path?a=1&b=2`), undecoded.
+fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = target.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// Whether the request's `Accept-Encoding` allows gzip (not refused with `q=0`).

@@ -14,6 +14,7 @@ pub use self::{
     baseline::BaselineMetrics, naming::NamingMetrics, poller::PollerMetrics,
     programs::ProgramMetrics,
 };
+use super::history::TrackKey;
 use super::{
     api::{Api, BaselineView},
     traffic::TrafficMetrics,
@@ -34,6 +35,8 @@ pub struct Metrics {
     pub naming: NamingMetrics,
     pub baseline: BaselineMetrics,
     pub programs: ProgramMetrics,
+    /// The agent's own history of its traffic (`/api/history`).
+    pub history: super::history::History,
     /// The JSON view of the baseline state (served at /api/...).
     pub api: Api,
     /// A poll has completed.
@@ -71,6 +74,7 @@ impl Metrics {
             naming: NamingMetrics::new(&registry)?,
             baseline: BaselineMetrics::new(&registry)?,
             programs: ProgramMetrics::new(&registry)?,
+            history: super::history::History::default(),
             api: Api::default(),
             ready: std::sync::atomic::AtomicBool::new(false),
             registry,
@@ -97,10 +101,94 @@ impl Metrics {
     pub fn record_poll(&self, report: &PollReport, now: u64) {
         self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
         self.traffic.add(&report.deltas, now);
+        self.record_process_history(report, now as f64);
         self.poller.record(report);
         self.naming.record_events(&report.events);
         self.naming.record_dropped(report.kernel.events_dropped);
         self.naming.names.set(report.names as i64);
+    }
+
+    /// Each process's traffic of this poll, into the history.
+    fn record_process_history(&self, report: &PollReport, now: f64) {
+        let mut per_process: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for delta in &report.deltas {
+            let entry = per_process.entry(delta.process.as_str()).or_default();
+            entry.0 += delta.traffic.sent_bytes;
+            entry.1 += delta.traffic.received_bytes;
+        }
+        for (process, (sent, received)) in per_process {
+            for (direction, bytes) in [("sent", sent), ("received", received)] {
+                self.history.add_bytes(
+                    TrackKey {
+                        kind: "live",
+                        process: process.to_owned(),
+                        rule: String::new(),
+                        direction,
+                    },
+                    bytes,
+                    now,
+                );
+            }
+        }
+    }
+
+    /// A step of the baseline service, made at `now` (Unix seconds): published as
+    /// [`Metrics::publish_baseline`] does, and each rule's live and reference rates go into
+    /// the history.
+    pub fn publish_step(&self, report: BaselineReport, now: f64) {
+        if let BaselineState::Monitoring { statuses, .. } = &report.state {
+            // A process's reference: the sum of its rules' (what the overview draws beside
+            // its live traffic).
+            let mut per_process: std::collections::BTreeMap<&str, (f64, f64)> = Default::default();
+            for status in statuses {
+                let entry = per_process
+                    .entry(status.labels.process.as_str())
+                    .or_default();
+                entry.0 += status.reference_sent.unwrap_or(0.0);
+                entry.1 += status.reference_received.unwrap_or(0.0);
+            }
+            for (process, (sent, received)) in per_process {
+                for (direction, rate) in [("sent", sent), ("received", received)] {
+                    self.history.add_rate(
+                        TrackKey {
+                            kind: "reference",
+                            process: process.to_owned(),
+                            rule: String::new(),
+                            direction,
+                        },
+                        rate,
+                        now,
+                    );
+                }
+            }
+            for status in statuses {
+                let labels = &status.labels;
+                let port = if labels.port.is_empty() {
+                    String::new()
+                } else {
+                    format!(":{}", labels.port)
+                };
+                let rule = format!("{}{port}/{}", labels.remote, labels.protocol);
+                let key = |kind: &'static str, direction: &'static str| TrackKey {
+                    kind,
+                    process: labels.process.clone(),
+                    rule: rule.clone(),
+                    direction,
+                };
+                self.history
+                    .add_bytes(key("live", "sent"), status.step_sent_bytes, now);
+                self.history
+                    .add_bytes(key("live", "received"), status.step_received_bytes, now);
+                if let Some(rate) = status.reference_sent {
+                    self.history.add_rate(key("reference", "sent"), rate, now);
+                }
+                if let Some(rate) = status.reference_received {
+                    self.history
+                        .add_rate(key("reference", "received"), rate, now);
+                }
+            }
+        }
+        self.publish_baseline(report);
     }
 
     /// One check that the kernel programs are attached (the guard thread's, every poll interval).
