@@ -396,3 +396,104 @@ fn a_recording_shows_a_bar_on_a_terminal_and_few_lines_in_a_log() {
     assert!(!logged.contains("ETA"), "a bar in a log:\n{logged}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bitsecure top` in a terminal (tmux): it shows the watched processes beside the baseline
+/// and the unexpected list; `a` accepts the selected entry into the baseline file, and the
+/// entry leaves the list.
+#[test]
+fn top_shows_the_rig_and_accepts_an_entry() {
+    let mut net = TestNet::new();
+    let target = format!("{}:5000", net.peer_v4);
+    net.spawn_server(
+        &install_generator("bst-server"),
+        &["serve", "--udp", &target],
+    );
+    let cgroup = TestCgroup::new("top");
+    let dir = scratch_dir().join(format!("top-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let baseline = dir.join("baseline.toml");
+    std::fs::write(
+        &baseline,
+        "format_version = 1\n\n[[rule]]\nprocess = \"bst-known\"\nremote = \"*\"\nprotocol = \"udp\"\n",
+    )
+    .unwrap();
+    let agent = Agent::start_with(&format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+        cgroup.path.display(),
+        baseline.display()
+    ));
+    let send = |program: &str| {
+        run_generator(cgroup.command(&install_generator(program)).args([
+            "udp",
+            "--to",
+            &target,
+            "--datagrams",
+            "20",
+            "--size",
+            "500",
+        ]))
+    };
+    send("bst-known");
+    send("bst-intruder");
+    let session = format!("bitsecure-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        let output = Command::new("tmux").args(args).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let top = format!(
+        "{} top --agent 127.0.0.1:{} --file {} --every 0.5",
+        agent_binary().display(),
+        agent.port,
+        baseline.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "160",
+        "-y",
+        "40",
+        &top,
+    ]);
+    struct Kill(String);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .args(["kill-session", "-t", &self.0])
+                .status();
+        }
+    }
+    let _kill = Kill(session.clone());
+    let screen_until = |what: &str, done: &dyn Fn(&str) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let screen = tmux(&["capture-pane", "-p", "-t", &session]);
+            if done(&screen) {
+                return screen;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{screen}");
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+    };
+    // The known process beside its baseline, the intruder listed (selected: the only entry).
+    screen_until("the rig on screen", &|screen| {
+        screen.contains("bst-known")
+            && screen.contains("bst-intruder")
+            && screen.contains("new-process")
+    });
+    tmux(&["send-keys", "-t", &session, "a"]);
+    let accepted = screen_until("the entry accepted", &|screen| {
+        screen.contains("accepted bst-intruder") && !screen.contains("new-process")
+    });
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    assert!(
+        text.contains("process = \"bst-intruder\""),
+        "{text}\n{accepted}"
+    );
+    assert!(text.contains("accepted in bitsecure top"), "{text}");
+    tmux(&["send-keys", "-t", &session, "q"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,7 +15,7 @@ use bitsecure::{
     cli::{
         check,
         commands::{self, AcceptFilter},
-        rules,
+        rules, top,
     },
     config::{self, Config},
     human,
@@ -94,6 +94,18 @@ enum Command {
         /// runbook_url points to; each alert adds its section as #alertname.
         #[arg(long, value_name = "URL", default_value = rules::DEFAULT_RUNBOOK)]
         runbook_base: String,
+    },
+    /// The live view in a terminal (for a rig reached over SSH): each process's rate beside
+    /// what the baseline expects, and the unexpected list, riskiest first; `a` accepts the
+    /// selected entry into the baseline as `baseline accept` does. `q` quits.
+    Top {
+        #[command(flatten)]
+        agent: AgentArg,
+        #[command(flatten)]
+        file: FileArg,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
     },
     /// Print the shell completion script for SHELL.
     ///
@@ -323,6 +335,16 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 print!("{}", toml::to_string_pretty(&effective)?);
             }
             Ok(())
+        }
+        Command::Top { agent, file, every } => {
+            if !(every.is_finite() && every > 0.0) {
+                anyhow::bail!("--every {every}: give a number of seconds above 0");
+            }
+            top::run(
+                &agent.address()?,
+                &file.path()?,
+                std::time::Duration::from_secs_f64(every),
+            )
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();

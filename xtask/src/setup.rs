@@ -32,6 +32,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "promtool"),
     ("prometheus-alertmanager", "amtool"),
     ("systemd-container", "systemd-nspawn"),
+    ("tmux", "tmux"),
     ("systemd", "systemd-analyze"),
     ("bind9-dnsutils", "dig"),
     ("openssl", "openssl"),
