@@ -745,7 +745,8 @@ fn a_real_prometheus_scrapes_over_tls_with_basic_auth() {
 }
 
 /// The agent's own history (`/api/history`): a process's live points add up to what it sent
-/// (nftables' count), the points without its traffic are 0 or unknown.
+/// (nftables' count), the points without its traffic are 0 or unknown; after a clean restart
+/// the next agent shows the same points.
 #[test]
 fn history_holds_a_process_traffic_without_prometheus() {
     let mut net = TestNet::new();
@@ -755,7 +756,15 @@ fn history_holds_a_process_traffic_without_prometheus() {
         &["serve", "--udp", &target],
     );
     let cgroup = TestCgroup::new("history");
-    let agent = Agent::start_with(&format!("cgroup = \"{}\"\n", cgroup.path.display()));
+    let dir = scratch_dir().join(format!("history-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = format!(
+        "cgroup = \"{}\"\n[baseline]\npath = \"{}\"\nlearn_seconds = 0\n",
+        cgroup.path.display(),
+        dir.join("baseline.toml").display()
+    );
+    let agent = Agent::start_with(&config);
     let process = "bsh-client";
     run_generator(cgroup.command(&crate::install_generator(process)).args([
         "udp",
@@ -802,4 +811,31 @@ fn history_holds_a_process_traffic_without_prometheus() {
         values.iter().filter(|rate| **rate > 0.0).count() <= 2,
         "{values:?}"
     );
+
+    // A clean restart keeps it (saved beside the baseline, loaded at start).
+    assert!(agent.stop().success());
+    assert!(dir.join("history.json").exists());
+    let again = Agent::start_with(&config);
+    let body = again
+        .try_get("/api/history?range=300")
+        .expect("/api/history");
+    let view: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let restored: f64 = view["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["process"] == process
+                && s["kind"] == "live"
+                && s["direction"] == "sent"
+                && s["rule"] == ""
+        })
+        .flat_map(|s| s["values"].as_array().unwrap().clone())
+        .map(|value| value.as_f64().unwrap_or(0.0) * 10.0)
+        .sum();
+    assert!(
+        (restored - total).abs() < 1.0,
+        "after the restart {restored} bytes, before {total}: {body}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

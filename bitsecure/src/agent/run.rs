@@ -125,6 +125,8 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         "capabilities dropped: the poller keeps CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE, the guard \
          CAP_NET_ADMIN and CAP_BPF, the rest none"
     );
+    let history_path = history_path(&config);
+    restore_history(&metrics, &history_path);
     let http_task = tokio::spawn(server::serve(listener, Arc::clone(&metrics), web));
     let log_task = tokio::spawn(forward_kernel_logs(kernel_logger));
 
@@ -145,6 +147,7 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
     if poll_thread.join().is_err() {
         warn!("the poller thread panicked");
     }
+    save_history(&metrics, &history_path);
     drop(stop_guard);
     if guard_thread.join().is_err() {
         warn!("the guard thread panicked");
@@ -159,6 +162,55 @@ async fn run_agent(config: Config, cgroup: PathBuf) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the traffic history is kept across restarts: beside the baseline (the state
+/// directory).
+fn history_path(config: &Config) -> PathBuf {
+    config
+        .baseline
+        .path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("history.json")
+}
+
+fn restore_history(metrics: &Metrics, path: &std::path::Path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match metrics.history.restore_json(&text) {
+            Ok(tracks) => info!("history: {tracks} tracks from {}", path.display()),
+            Err(error) => warn!(
+                "{}: not a history this agent reads ({error}); starting afresh",
+                path.display()
+            ),
+        },
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => warn!(
+            "cannot read {}: {error}; the history starts afresh",
+            path.display()
+        ),
+    }
+}
+
+fn save_history(metrics: &Metrics, path: &std::path::Path) {
+    let saved = metrics
+        .history
+        .to_json()
+        .map_err(|error| error.to_string())
+        .and_then(|json| {
+            crate::fsutil::write_atomically(
+                path,
+                json.as_bytes(),
+                crate::fsutil::FileKind::AgentOwned,
+            )
+            .map_err(|error| error.to_string())
+        });
+    if let Err(error) = saved {
+        warn!(
+            "cannot save the traffic history to {}: {error}",
+            path.display()
+        );
+    }
 }
 
 /// Starts the guard thread: it checks every poll interval that the programs are still

@@ -6,13 +6,17 @@
 //! Memory bound: [`MAX_TRACKS`] tracks × ([`FINE_POINTS`] + [`COARSE_POINTS`]) × 4 bytes
 //! (f32 rates) ≈ 1.8 MiB at the default caps, plus the tracks' names; a unit test fills every
 //! track for 25 hours and checks the allocation against it. Tracks quiet for 24 hours go.
+//!
+//! A clean stop saves it ([`History::save`], JSON beside the baseline) and the next start
+//! loads it, so a restart (an upgrade, a reboot) does not blank the graphs; a `kill -9` loses
+//! what was not saved.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::Mutex,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Width of a fine point, seconds.
 pub const FINE_STEP: i64 = 10;
@@ -286,6 +290,134 @@ impl History {
     }
 }
 
+/// The file form of the history (format 1): every track with its rings and open point.
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    format_version: u32,
+    tracks: Vec<SavedTrack>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedTrack {
+    kind: String,
+    process: String,
+    rule: String,
+    direction: String,
+    sums_bytes: bool,
+    last: Option<i64>,
+    open: bool,
+    sum: f64,
+    samples: u32,
+    coarse_sum: f64,
+    coarse_points: u32,
+    /// Rates; unknown points (NaN in memory) as -1 (JSON has no NaN).
+    fine: Vec<f32>,
+    coarse: Vec<f32>,
+}
+
+const SAVED_FORMAT: u32 = 1;
+
+/// The `'static` label a saved track's text stands for.
+fn known(text: &str, options: [&'static str; 2]) -> Option<&'static str> {
+    options.into_iter().find(|option| *option == text)
+}
+
+impl History {
+    /// The history as JSON (for [`crate::fsutil::write_atomically`]).
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        let encode = |ring: &VecDeque<f32>| {
+            ring.iter()
+                .map(|rate| if rate.is_nan() { -1.0 } else { *rate })
+                .collect()
+        };
+        let tracks = self.store.lock().map_or_else(
+            |_| Vec::new(),
+            |store| {
+                store
+                    .tracks
+                    .iter()
+                    .map(|(key, track)| SavedTrack {
+                        kind: key.kind.to_owned(),
+                        process: key.process.clone(),
+                        rule: key.rule.clone(),
+                        direction: key.direction.to_owned(),
+                        sums_bytes: track.sums_bytes,
+                        last: track.last,
+                        open: track.open,
+                        sum: track.sum,
+                        samples: track.samples,
+                        coarse_sum: track.coarse_sum,
+                        coarse_points: track.coarse_points,
+                        fine: encode(&track.fine),
+                        coarse: encode(&track.coarse),
+                    })
+                    .collect()
+            },
+        );
+        serde_json::to_string(&Saved {
+            format_version: SAVED_FORMAT,
+            tracks,
+        })
+    }
+
+    /// Takes back a saved history (at start, before any traffic); a file of another format
+    /// or with unknown labels is ignored track by track, never trusted beyond the bounds.
+    pub fn restore_json(&self, text: &str) -> Result<usize, String> {
+        let saved: Saved = serde_json::from_str(text).map_err(|error| error.to_string())?;
+        if saved.format_version != SAVED_FORMAT {
+            return Err(format!(
+                "format {} (this agent reads {SAVED_FORMAT})",
+                saved.format_version
+            ));
+        }
+        let Ok(mut store) = self.store.lock() else {
+            return Err("history store poisoned".into());
+        };
+        let decode = |rates: Vec<f32>, keep: usize| {
+            let mut ring: VecDeque<f32> = VecDeque::with_capacity(keep);
+            let skip = rates.len().saturating_sub(keep);
+            ring.extend(
+                rates
+                    .into_iter()
+                    .skip(skip)
+                    .map(|rate| if rate < 0.0 { f32::NAN } else { rate }),
+            );
+            ring
+        };
+        for track in saved.tracks {
+            if store.tracks.len() >= MAX_TRACKS {
+                break;
+            }
+            let (Some(kind), Some(direction)) = (
+                known(&track.kind, ["live", "reference"]),
+                known(&track.direction, ["sent", "received"]),
+            ) else {
+                continue;
+            };
+            store.tracks.insert(
+                TrackKey {
+                    kind,
+                    process: track.process,
+                    rule: track.rule,
+                    direction,
+                },
+                Track {
+                    fine: decode(track.fine, FINE_POINTS),
+                    coarse: decode(track.coarse, COARSE_POINTS),
+                    last: track.last,
+                    open: track.open,
+                    sum: track.sum,
+                    samples: track.samples,
+                    sums_bytes: track.sums_bytes,
+                    coarse_sum: track.coarse_sum,
+                    coarse_points: track.coarse_points,
+                },
+            );
+        }
+        Ok(store.tracks.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,5 +492,30 @@ mod tests {
         let view = history.view(3600, T0 + 25.0 * 3600.0);
         let names: Vec<&str> = view.series.iter().map(|s| s.key.process.as_str()).collect();
         assert_eq!(names, ["busy"]);
+    }
+
+    #[test]
+    fn a_saved_history_comes_back_as_it_was() {
+        let history = History::default();
+        for (second, bytes) in [(0.0, 1000), (10.0, 500)] {
+            history.add_bytes(key("xmrig", "live"), bytes, T0 + second);
+        }
+        history.add_rate(key("xmrig", "reference"), 80.0, T0 + 30.0);
+        let json = history.to_json().unwrap();
+        let back = History::default();
+        assert_eq!(back.restore_json(&json), Ok(2));
+        let now = T0 + 60.0;
+        assert_eq!(back.view(60, now), history.view(60, now));
+        // And it goes on where it stopped.
+        back.add_bytes(key("xmrig", "live"), 300, now);
+        assert_eq!(
+            back.view(20, now + 10.0).series[0].values,
+            [Some(0.0), Some(30.0)]
+        );
+        assert!(
+            History::default()
+                .restore_json("{\"format_version\": 9, \"tracks\": []}")
+                .is_err()
+        );
     }
 }
