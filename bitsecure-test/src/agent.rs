@@ -184,6 +184,17 @@ impl Agent {
         parse_exposition(&text)
     }
 
+    /// The unexpected list as `bitsecure unexpected --json` prints it (the CLI, over loopback).
+    pub fn unexpected(&self) -> Vec<serde_json::Value> {
+        let output = Command::new(agent_binary())
+            .args(["unexpected", "--json", "--agent"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .output()
+            .expect("run bitsecure unexpected");
+        assert!(output.status.success(), "{output:?}");
+        serde_json::from_slice(&output.stdout).expect("bitsecure unexpected --json prints JSON")
+    }
+
     /// Sends `signal` (e.g. `libc::SIGHUP`) to the agent.
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill has no memory arguments; the pid is our own child's.

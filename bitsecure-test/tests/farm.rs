@@ -77,14 +77,8 @@ impl Farm {
 }
 
 fn unexpected_processes(agent: &Agent) -> Vec<String> {
-    let output = Command::new(agent_binary())
-        .args(["unexpected", "--json", "--agent"])
-        .arg(format!("127.0.0.1:{}", agent.port))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    let entries: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    entries
+    agent
+        .unexpected()
         .iter()
         .filter_map(|entry| entry["process"].as_str())
         .filter(|process| process.starts_with("bsf-"))

@@ -55,13 +55,6 @@ fn bitsecure(args: &[&str]) -> std::process::Output {
 }
 
 /// The agent's unexpected list.
-fn unexpected(agent: &Agent) -> Vec<serde_json::Value> {
-    let address = format!("127.0.0.1:{}", agent.port);
-    let output = bitsecure(&["unexpected", "--json", "--agent", &address]);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 /// `bitsecure_impostor_bytes_total` of one impostor of the miner.
 fn impostor_bytes(samples: &[Sample], exe: &str, cgroup: &str) -> f64 {
     sum_metric(
@@ -130,7 +123,7 @@ fn impostors_of_an_expected_process_are_unexpected_and_named_as_such() {
             Err(format!("not reported as impostors: {missing:?}"))
         }
     });
-    let list = unexpected(&agent);
+    let list = agent.unexpected();
     let mine: Vec<&serde_json::Value> = list
         .iter()
         .filter(|entry| entry["process"] == MINER)
@@ -241,7 +234,8 @@ fn a_changed_executable_is_reported_until_accepted() {
     });
     // Still the rule's traffic: nothing of the miner is unexpected.
     assert!(
-        !unexpected(&agent)
+        !agent
+            .unexpected()
             .iter()
             .any(|entry| entry["process"] == name),
         "the patched miner's traffic left its rule"

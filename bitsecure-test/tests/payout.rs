@@ -36,11 +36,9 @@ fn payout_changed(samples: &[Sample], account: &str) -> f64 {
 
 /// The miner's entries in the agent's unexpected list.
 fn listed(agent: &Agent) -> Vec<serde_json::Value> {
-    let address = format!("127.0.0.1:{}", agent.port);
-    let output = bitsecure(&["unexpected", "--json", "--agent", &address]);
-    assert!(output.status.success(), "{output:?}");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    list.into_iter()
+    agent
+        .unexpected()
+        .into_iter()
         .filter(|entry| entry["process"] == MINER)
         .collect()
 }

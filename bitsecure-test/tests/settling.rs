@@ -16,16 +16,6 @@ use bitsecure_test::{
 
 use crate::install_generator;
 
-fn unexpected(agent: &Agent) -> Vec<serde_json::Value> {
-    let output = Command::new(agent_binary())
-        .args(["unexpected", "--json", "--agent"])
-        .arg(format!("127.0.0.1:{}", agent.port))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
 fn status(agent: &Agent) -> String {
     let output = Command::new(agent_binary())
         .args(["baseline", "status", "--agent"])
@@ -144,7 +134,8 @@ fn a_settling_baseline_learns_low_risk_newcomers_and_lists_the_rest() {
     ask(&rig, MINER, 3);
     ask(&rig, "bss-stranger", 3);
     let stranger = eventually(&agent, 15, |_| {
-        unexpected(&agent)
+        agent
+            .unexpected()
             .into_iter()
             .find(|entry| entry["process"] == "bss-stranger")
             .ok_or_else(|| "the stranger is not listed".to_owned())
@@ -183,7 +174,7 @@ fn a_settling_baseline_learns_low_risk_newcomers_and_lists_the_rest() {
         "{text}"
     );
     // Never listed, never counted as unexpected; the state says so.
-    let list = unexpected(&agent);
+    let list = agent.unexpected();
     assert!(
         list.iter().all(|entry| entry["process"] != MINER),
         "{list:#?}"
@@ -229,7 +220,8 @@ fn a_stable_baseline_lists_low_risk_newcomers_for_review() {
     let sent = report.sent_bytes + 28 * report.packets_sent;
     // Listed once all its bytes are counted (the last query may land a poll later).
     let entry = eventually(&agent, 15, |_| {
-        unexpected(&agent)
+        agent
+            .unexpected()
             .into_iter()
             .find(|entry| entry["process"] == MINER && entry["sent_bytes"].as_u64() == Some(sent))
             .ok_or_else(|| format!("the miner's lookup ({sent} bytes) is not listed"))

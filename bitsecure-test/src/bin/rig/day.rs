@@ -13,7 +13,7 @@
 //! Prometheus (with the bundled rules, time-compressed) judges; the events file gives the
 //! test the timeline, the agent's unexpected list at the end of the day and the baseline path.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -119,31 +119,7 @@ fn scenario(args: &DayArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> Re
             &["monitor", "--listen", &at("monitor", port)],
         )?;
     }
-    let zone = lab.dir.join("zone");
-    fs::write(&zone, format!("{POOL_NAME} {}\n", site_address("pool")))?;
-    let zone_arg = zone.to_string_lossy().into_owned();
-    lab.start_at_site(
-        "infra",
-        "dns",
-        &[
-            "dns-server",
-            "--listen",
-            &at("infra", 53),
-            "--zone",
-            &zone_arg,
-        ],
-    )?;
-    lab.start_at_site(
-        "infra",
-        "ntp",
-        &[
-            "udp-responder",
-            "--listen",
-            &at("infra", 123),
-            "--reply-bytes",
-            "48",
-        ],
-    )?;
+    lab.start_infrastructure(POOL_NAME)?;
     lab.start_at_site(
         "outside",
         "outside",

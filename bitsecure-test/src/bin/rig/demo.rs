@@ -317,36 +317,8 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
         "outside",
         &["monitor", "--listen", &at("outside", INTRUDER_PORT)],
     )?;
-    // The pool's name and its hijacker's address: the DNS server reads the zone per query.
-    let zone = lab.dir.join("zone");
-    let answer_pool = |site: &str| {
-        fs::write(&zone, format!("{POOL_NAME} {}\n", site_address(site)))
-            .context("cannot write the DNS zone")
-    };
-    answer_pool("pool")?;
-    let zone_arg = zone.to_string_lossy().into_owned();
-    lab.start_at_site(
-        "infra",
-        "dns",
-        &[
-            "dns-server",
-            "--listen",
-            &at("infra", 53),
-            "--zone",
-            &zone_arg,
-        ],
-    )?;
-    lab.start_at_site(
-        "infra",
-        "ntp",
-        &[
-            "udp-responder",
-            "--listen",
-            &at("infra", 123),
-            "--reply-bytes",
-            "48",
-        ],
-    )?;
+    // The pool's name (moved to its hijacker's address later), and NTP.
+    lab.start_infrastructure(POOL_NAME)?;
     lab.start_at_site(
         "hijack",
         "hijacked-pool",
@@ -559,7 +531,7 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
                 lab.start_on_rig(MINER, &thief_args)?;
             }
             "dns-hijack" => {
-                answer_pool("hijack")?;
+                lab.answer(POOL_NAME, "hijack")?;
                 pause(lookup)?;
                 lab.stop(MINER)?;
                 lab.start_on_rig(MINER, &hijacked_args)?;
@@ -581,7 +553,7 @@ fn scenario(args: &DemoArgs, agent_binary: &std::path::Path, lab: &mut Lab) -> R
             }
             // The pool's own address again.
             "dns-hijack" => {
-                answer_pool("pool")?;
+                lab.answer(POOL_NAME, "pool")?;
                 pause(lookup)?;
                 lab.stop(MINER)?;
                 lab.start_on_rig(MINER, &miner_args)?;

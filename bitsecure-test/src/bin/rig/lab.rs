@@ -128,6 +128,36 @@ impl Lab {
         self.spawn(name, command, true)
     }
 
+    /// Starts the infrastructure site's services: a DNS server answering `pool_name` from a
+    /// zone file (it reads the file per query: [`Lab::answer`] moves the name while it runs),
+    /// first with the pool site's address, and an NTP responder.
+    pub fn start_infrastructure(&mut self, pool_name: &str) -> Result<()> {
+        self.answer(pool_name, "pool")?;
+        let zone = self.zone().to_string_lossy().into_owned();
+        let dns = format!("{}:53", site_address("infra"));
+        let ntp = format!("{}:123", site_address("infra"));
+        self.start_at_site(
+            "infra",
+            "dns",
+            &["dns-server", "--listen", &dns, "--zone", &zone],
+        )?;
+        self.start_at_site(
+            "infra",
+            "ntp",
+            &["udp-responder", "--listen", &ntp, "--reply-bytes", "48"],
+        )
+    }
+
+    /// Makes the infrastructure's DNS server answer `name` with the address of `site`.
+    pub fn answer(&self, name: &str, site: &str) -> Result<()> {
+        fs::write(self.zone(), format!("{name} {}\n", site_address(site)))
+            .context("cannot write the DNS zone")
+    }
+
+    fn zone(&self) -> PathBuf {
+        self.dir.join("zone")
+    }
+
     /// Starts `name` with `args` on the rig itself (in the watched cgroup).
     pub fn start_on_rig(&mut self, name: &str, args: &[&str]) -> Result<()> {
         let program = self.program(name)?;
